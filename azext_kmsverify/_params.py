@@ -1,0 +1,74 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""Arguments of ``az aksarc kms verify``. Kept free of heavy imports."""
+
+from knack.arguments import CLIArgumentType
+
+from azext_kmsverify import defaults
+
+
+def load_arguments(self, _):
+    from azure.cli.core.commands.parameters import get_three_state_flag
+
+    with self.argument_context('aksarc kms verify') as c:
+        # No configured default for the group: an `az config` default must not silently turn a
+        # `--kubeconfig` run into an ARM call.
+        c.argument('resource_group_name', CLIArgumentType(options_list=['--resource-group', '-g']),
+                   arg_group='Cluster', help='Resource group of the AKS Arc cluster (Arc connected cluster).')
+        c.argument('cluster_name', options_list=['--name', '-n'], arg_group='Cluster',
+                   help='Name of the AKS Arc cluster (Arc connected cluster).')
+        c.argument('admin', arg_type=get_three_state_flag(), arg_group='Cluster',
+                   help='Use the certificate-based admin kubeconfig (listAdminKubeconfig) instead of Entra ID.')
+        c.argument('kubeconfig', options_list=['--kubeconfig'], arg_group='Cluster',
+                   help='Use this existing kubeconfig instead of fetching credentials from Azure.')
+        c.argument('context', options_list=['--context'], arg_group='Cluster',
+                   help='Context of --kubeconfig to use. Default: its current context.')
+
+        c.argument('secrets', options_list=['--secret'], nargs='+', action='append', arg_group='Secrets',
+                   help='Secret to verify, as NAMESPACE/NAME. Repeat or give several. Without --secret and '
+                        '--all-secrets, a probe secret is created, verified and deleted.')
+        c.argument('all_secrets', options_list=['--all-secrets'], arg_type=get_three_state_flag(),
+                   arg_group='Secrets', help='Scan every secret stored in etcd (read-only).')
+        c.argument('probe', options_list=['--probe'], arg_type=get_three_state_flag(), arg_group='Secrets',
+                   help='Create, verify and delete a probe secret. Default: only when neither --secret nor '
+                        '--all-secrets is given.')
+        c.argument('probe_namespace', options_list=['--probe-namespace'], arg_group='Secrets',
+                   help='Namespace of the probe secret.')
+        c.argument('fail_on_stale', options_list=['--fail-on-stale'], arg_type=get_three_state_flag(),
+                   arg_group='Secrets', help='Fail (instead of warn) when secrets were written under an older key.')
+        c.argument('rotation_days', options_list=['--rotation-days'], type=int, arg_group='Secrets',
+                   help='KMS v1 key rotation period in days: secrets last written longer ago are reported '
+                        'as written before the last rotation.')
+
+        c.argument('etcd_pod', options_list=['--etcd-pod'], arg_group='etcd',
+                   help='etcd pod in kube-system to exec into. Default: found by label component=etcd.')
+        c.argument('etcd_container', options_list=['--etcd-container'], arg_group='etcd',
+                   help='Container of the etcd pod that has etcdctl.')
+        c.argument('etcd_endpoint', options_list=['--etcd-endpoint'], arg_group='etcd',
+                   help='etcd client URL as seen from inside the etcd pod.')
+        c.argument('etcd_cacert', options_list=['--etcd-cacert'], arg_group='etcd',
+                   help='Path of the etcd CA certificate inside the etcd pod.')
+        c.argument('etcd_cert', options_list=['--etcd-cert'], arg_group='etcd',
+                   help='Path of the etcd client certificate inside the etcd pod.')
+        c.argument('etcd_key', options_list=['--etcd-key'], arg_group='etcd',
+                   help='Path of the etcd client key inside the etcd pod.')
+        c.argument('page_size', options_list=['--page-size'], type=int, arg_group='etcd',
+                   help='Keys read per etcdctl call when scanning.')
+
+        c.argument('timeout', options_list=['--timeout'], type=int,
+                   help='Seconds the whole verification may take.')
+        c.argument('junit_xml', options_list=['--junit-xml'],
+                   help='Also write the result as a JUnit XML report to this file (for PublishTestResults).')
+
+    # Defaults live in one place (defaults.py) so help, validation and code agree.
+    with self.argument_context('aksarc kms verify') as c:
+        c.argument('probe_namespace', default=defaults.PROBE_NAMESPACE)
+        c.argument('etcd_container', default=defaults.ETCD_CONTAINER)
+        c.argument('etcd_endpoint', default=defaults.ETCD_ENDPOINT)
+        c.argument('etcd_cacert', default=defaults.ETCD_CACERT)
+        c.argument('etcd_cert', default=defaults.ETCD_CERT)
+        c.argument('etcd_key', default=defaults.ETCD_KEY)
+        c.argument('rotation_days', default=defaults.ROTATION_DAYS)
+        c.argument('page_size', default=defaults.PAGE_SIZE)
+        c.argument('timeout', default=defaults.TIMEOUT_SECONDS)

@@ -1,0 +1,120 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""Argument validation. Pure and light: imported when the command table loads."""
+
+import os
+import re
+
+from azext_kmsverify.errors import argument_error, exit_with
+
+# Kubernetes names: a namespace is a DNS-1123 label, a secret name a DNS-1123 subdomain.
+_LABEL = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')
+_SUBDOMAIN = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')
+
+
+def parse_secret_ref(value):
+    """Return (namespace, name) for 'NAMESPACE/NAME' or raise an argument error (exit 2)."""
+    from azure.cli.core.azclierror import InvalidArgumentValueError
+    parts = value.split('/')
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise argument_error(InvalidArgumentValueError(
+            "--secret '{}' is not NAMESPACE/NAME.".format(_shorten(value)),
+            'Give the secret as NAMESPACE/NAME, for example --secret default/db-user-pass.'))
+    namespace, name = parts
+    if len(namespace) > 63 or not _LABEL.match(namespace):
+        raise argument_error(InvalidArgumentValueError(
+            "--secret '{}': '{}' is not a valid namespace name.".format(_shorten(value), _shorten(namespace)),
+            'Namespace names are lower-case letters, digits and "-", at most 63 characters.'))
+    if len(name) > 253 or not _SUBDOMAIN.match(name):
+        raise argument_error(InvalidArgumentValueError(
+            "--secret '{}': '{}' is not a valid secret name.".format(_shorten(value), _shorten(name)),
+            'Secret names are lower-case letters, digits, "-" and ".", at most 253 characters.'))
+    return namespace, name
+
+
+def _shorten(text, limit=80):
+    return text if len(text) <= limit else text[:limit] + '...'
+
+
+def validate_verify(namespace):
+    """Command-level validation of ``az aksarc kms verify``; argument errors exit with code 2."""
+    from azure.cli.core.azclierror import AzCLIError
+    try:
+        _validate(namespace)
+    except AzCLIError as error:
+        if getattr(error, 'kmsverify_exit_code', None) is None:
+            raise
+        exit_with(error)
+
+
+def _validate(namespace):
+    from azure.cli.core.azclierror import (FileOperationError, InvalidArgumentValueError,
+                                           MutuallyExclusiveArgumentError, RequiredArgumentMissingError)
+    ns = namespace
+    arm = bool(ns.resource_group_name or ns.cluster_name)
+    if ns.kubeconfig and arm:
+        raise argument_error(MutuallyExclusiveArgumentError(
+            '--kubeconfig cannot be used with --resource-group/--name.',
+            'Either fetch credentials from Azure with -g/-n, or use an existing kubeconfig with --kubeconfig.'))
+    if not ns.kubeconfig and not arm:
+        raise argument_error(RequiredArgumentMissingError(
+            'No cluster given.',
+            'Give the AKS Arc cluster with --resource-group and --name, or an existing kubeconfig with '
+            '--kubeconfig.'))
+    if arm and not (ns.resource_group_name and ns.cluster_name):
+        missing = '--name' if ns.resource_group_name else '--resource-group'
+        raise argument_error(RequiredArgumentMissingError(
+            '{} is required with {}.'.format(missing, '--resource-group' if missing == '--name' else '--name'),
+            'Give both --resource-group and --name of the AKS Arc cluster.'))
+    if ns.admin and not arm:
+        raise argument_error(MutuallyExclusiveArgumentError(
+            '--admin applies only to credentials fetched with --resource-group/--name.',
+            'Drop --admin; the user of --kubeconfig is chosen by --context.'))
+    if ns.context and not ns.kubeconfig:
+        raise argument_error(MutuallyExclusiveArgumentError(
+            '--context applies only to --kubeconfig.',
+            'Drop --context, or give the kubeconfig with --kubeconfig.'))
+    if ns.kubeconfig:
+        path = os.path.expanduser(ns.kubeconfig)
+        if not os.path.isfile(path):
+            raise argument_error(FileOperationError(
+                "--kubeconfig file '{}' does not exist.".format(ns.kubeconfig),
+                'Check the path, or fetch credentials from Azure with --resource-group and --name.'))
+        if not os.access(path, os.R_OK):
+            raise argument_error(FileOperationError(
+                "--kubeconfig file '{}' is not readable.".format(ns.kubeconfig),
+                'Check the permissions of the file.'))
+        ns.kubeconfig = path
+
+    refs = []
+    for group in ns.secrets or []:
+        for value in group if isinstance(group, list) else [group]:
+            ref = parse_secret_ref(value)
+            if ref not in refs:
+                refs.append(ref)
+    ns.secrets = refs
+    if ns.probe_namespace is not None and not _LABEL.match(ns.probe_namespace or ''):
+        raise argument_error(InvalidArgumentValueError(
+            "--probe-namespace '{}' is not a valid namespace name.".format(_shorten(ns.probe_namespace or '')),
+            'Give an existing namespace, for example --probe-namespace default.'))
+
+    for option, value, low, high in (('--timeout', ns.timeout, 1, 86400),
+                                     ('--rotation-days', ns.rotation_days, 1, 3650),
+                                     ('--page-size', ns.page_size, 1, 100000)):
+        if value is not None and not low <= value <= high:
+            raise argument_error(InvalidArgumentValueError(
+                '{} must be between {} and {}, not {}.'.format(option, low, high, value),
+                'Give {} a value in that range.'.format(option)))
+    for option in ('etcd_cacert', 'etcd_cert', 'etcd_key'):
+        value = getattr(ns, option)
+        if not value or not value.startswith('/'):
+            raise argument_error(InvalidArgumentValueError(
+                '--{} must be an absolute path inside the etcd pod.'.format(option.replace('_', '-')),
+                'For kubeadm-style clusters the files are under /etc/kubernetes/pki/etcd/.'))
+    if ns.junit_xml:
+        parent = os.path.dirname(os.path.abspath(os.path.expanduser(ns.junit_xml)))
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise argument_error(FileOperationError(
+                "--junit-xml: folder '{}' does not exist or is not writable.".format(parent),
+                'Give a path in an existing, writable folder.'))

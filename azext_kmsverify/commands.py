@@ -1,0 +1,14 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""Command table. Kept free of heavy imports: ``az`` loads it on every relevant call."""
+
+from azext_kmsverify._format import verify_table_format
+from azext_kmsverify._validators import validate_verify
+
+
+def load_command_table(self, _):
+    # The ``aksarc`` group belongs to the aksarc extension; command tables merge, so only the
+    # ``kms`` subgroup is ours.
+    with self.command_group('aksarc kms', is_preview=True) as g:
+        g.custom_command('verify', 'verify_kms', validator=validate_verify, table_transformer=verify_table_format)

@@ -1,0 +1,132 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""``az aksarc kms verify``: wires the steps together; each step lives in its own module.
+
+credentials -> cluster (health, etcd pods, exec) -> etcd (etcdctl, parsing, paging) -> storage (classify)
+-> checks (rules, result) -> _format (table, exit code).
+"""
+
+import os
+
+from knack.log import get_logger
+
+from azext_kmsverify import defaults
+from azext_kmsverify.errors import exit_with, make
+
+logger = get_logger(__name__)
+
+
+def verify_kms(cmd, resource_group_name=None, cluster_name=None, admin=False, kubeconfig=None, context=None,
+               secrets=None, all_secrets=False, probe=None, probe_namespace=defaults.PROBE_NAMESPACE,
+               fail_on_stale=False, rotation_days=defaults.ROTATION_DAYS, etcd_pod=None,
+               etcd_container=defaults.ETCD_CONTAINER, etcd_endpoint=defaults.ETCD_ENDPOINT,
+               etcd_cacert=defaults.ETCD_CACERT, etcd_cert=defaults.ETCD_CERT, etcd_key=defaults.ETCD_KEY,
+               page_size=defaults.PAGE_SIZE, timeout=defaults.TIMEOUT_SECONDS, junit_xml=None):
+    # pylint: disable=too-many-arguments,too-many-locals
+    from azure.cli.core.azclierror import AzCLIError
+    from azext_kmsverify import checks as rules
+    from azext_kmsverify._format import exit_nonzero_after_output
+    from azext_kmsverify.cluster import Cluster, EtcdExec, ProbeSecret
+    from azext_kmsverify.credentials import Deadline
+    from azext_kmsverify.etcd import EtcdReader
+
+    secrets = list(secrets or [])
+    if probe is None:  # read-only unless asked: the probe is the default only when nothing else is verified
+        probe = not (secrets or all_secrets)
+    deadline = Deadline(timeout)
+    try:
+        config, context_name, cluster_info, config_dir = _credentials(
+            cmd.cli_ctx, resource_group_name, cluster_name, admin, kubeconfig, context, deadline)
+        with Cluster(config, context_name, deadline, config_dir, cluster_info['credential']) as cluster:
+            cluster_info['server'] = cluster.server
+            check_list = [_kms_health(cluster)]
+            runner = EtcdExec(cluster, cluster.etcd_pods(etcd_pod), etcd_container)
+            reader = EtcdReader(runner, endpoint=etcd_endpoint, cacert=etcd_cacert, cert=etcd_cert,
+                                key_file=etcd_key, page_size=page_size)
+            entries = []
+            if probe:
+                with ProbeSecret(cluster, probe_namespace) as probe_secret:
+                    entries.append(_read_secret(cluster, reader, probe_namespace, probe_secret.name, probe=True))
+                if not probe_secret.deleted:
+                    check_list.append(rules.check(
+                        rules.PROBE_CLEANUP, rules.WARNING, 'could not delete the probe secret; delete it with '
+                        'kubectl delete secret -n {} {}'.format(probe_namespace, probe_secret.name),
+                        target='{}/{}'.format(probe_namespace, probe_secret.name)))
+            for namespace, name in secrets:
+                entries.append(_read_secret(cluster, reader, namespace, name))
+            check_list.extend(rules.secret_check(e) for e in entries)
+            warning = rules.kms_v1_warning(entries)
+            if warning:
+                check_list.append(warning)
+            result = rules.build_result(cluster_info, check_list, entries, etcd_pod=runner.pod)
+    except AzCLIError as error:
+        if getattr(error, 'kmsverify_exit_code', None) is None:
+            raise
+        exit_with(error)
+    exit_nonzero_after_output(cmd.cli_ctx, result)
+    return result
+
+
+def _credentials(cli_ctx, resource_group, cluster_name, admin, kubeconfig, context, deadline):
+    """(kubeconfig dict, context name, cluster info for the result, folder for relative paths)."""
+    from azext_kmsverify import credentials
+    if kubeconfig:
+        config = credentials.load_kubeconfig_file(kubeconfig)
+        source = "--kubeconfig '{}'".format(kubeconfig)
+        context_name, _, _ = credentials.select_context(config, context, source)
+        credentials.resolve_entra_sign_in(cli_ctx, config, context_name, force=False)
+        info = {'source': 'kubeconfig', 'name': None, 'resourceGroup': None, 'context': context_name,
+                'credential': 'kubeconfig'}
+        return config, context_name, info, os.path.dirname(kubeconfig)
+    config = credentials.fetch_kubeconfig(cli_ctx, resource_group, cluster_name, admin, deadline)
+    context_name, _, _ = credentials.select_context(config, None, 'the kubeconfig from Azure')
+    if not admin:
+        credentials.resolve_entra_sign_in(cli_ctx, config, context_name, force=True)
+    info = {'source': 'azure', 'name': cluster_name, 'resourceGroup': resource_group, 'context': context_name,
+            'credential': 'admin' if admin else 'user'}
+    return config, context_name, info, ''
+
+
+def _kms_health(cluster):
+    """The KMS health check; readyz trouble is reported as a failed check and the etcd checks still run."""
+    from azure.cli.core.azclierror import AzCLIError, UnauthorizedError
+    from azext_kmsverify import checks as rules
+    from azext_kmsverify.readyz import parse_check_error
+    try:
+        status, body = cluster.readyz()
+    except AzCLIError as error:
+        return rules.kms_health(None, None, {}, unreachable=error.error_msg)
+    if status == 401:
+        raise cluster.api_error(status, body.encode(), 'reading /readyz')
+    if status not in (200, 500):
+        return rules.kms_health(None, None, {}, unreachable='HTTP {}'.format(status))
+    reasons = {}
+    for name in rules.failing_kms_check_names(body):
+        try:
+            check_status, check_body = cluster.readyz_check(name)
+        except AzCLIError as error:
+            if isinstance(error, UnauthorizedError):
+                raise
+            continue
+        if check_status != 200:
+            reasons[name] = parse_check_error(check_body)
+    return rules.kms_health(status, body, reasons)
+
+
+def _read_secret(cluster, reader, namespace, name, probe=False):
+    """Classify the etcd value of one secret. etcd is the source of truth; the API only explains a miss."""
+    from azure.cli.core.azclierror import AzureResponseError, ResourceNotFoundError
+    from azext_kmsverify import checks as rules
+    from azext_kmsverify.storage import classify
+    key = '{}{}/{}'.format(defaults.ETCD_SECRETS_PREFIX, namespace, name)
+    kv = reader.get(key)
+    if kv is None:
+        if probe or cluster.secret_exists(namespace, name):
+            raise make(AzureResponseError, "The API has secret {}/{} but etcd has no key {}.".format(
+                namespace, name, key),
+                'The API server stores secrets in another etcd or under another --etcd-prefix; this cluster '
+                'cannot be verified through its etcd pod.')
+        raise make(ResourceNotFoundError, "Secret {}/{} was not found.".format(namespace, name),
+                   "Check the name with 'kubectl get secret -n {} {}'.".format(namespace, name))
+    return rules.secret_entry(namespace, name, key, classify(kv.value), probe=probe, mod_revision=kv.mod_revision)

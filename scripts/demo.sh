@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# `make demo`: run `az aksarc kms verify` as a user would.
+#  - With arguments (make demo ARGS="-g myRG -n myCluster"), against that real cluster with your own az login.
+#  - Without, against two local sandbox clusters: one KMS v2 (passes, exit 0) and one that stores
+#    secrets in plaintext (fails, exit 4). The sandboxes are stopped on every way out.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+AZ=.venv/bin/az
+PY=.venv/bin/python
+
+if [ $# -gt 0 ]; then
+  exec "$AZ" aksarc kms verify "$@" -o table
+fi
+
+root=.sandbox/demo
+cleanup() {
+  for d in "$root"/kms-v2 "$root"/identity; do
+    [ -f "$d/sandbox.json" ] && $PY -m tests.sandbox down --dir "$d" >/dev/null 2>&1
+  done
+}
+trap cleanup EXIT INT TERM
+rm -rf "$root" && mkdir -p "$root"
+# The demo needs no Azure sign-in: the sandbox kubeconfig authenticates with a client certificate.
+export AZURE_CONFIG_DIR="$PWD/$root/azure-config"
+
+status=0
+for provider in kms-v2 identity; do
+  dir="$root/$provider"
+  echo
+  echo "=== sandbox cluster with provider '$provider' ==="
+  $PY -m tests.sandbox up --dir "$dir" --provider "$provider" >/dev/null || { echo "sandbox did not start"; exit 1; }
+  echo "\$ az aksarc kms verify --kubeconfig $dir/kubeconfig --secret default/db-user-pass -o table"
+  "$AZ" aksarc kms verify --kubeconfig "$dir/kubeconfig" --secret default/db-user-pass -o table
+  code=$?
+  echo "exit code: $code"
+  echo "\$ az aksarc kms verify --kubeconfig $dir/kubeconfig -o table   # probe secret, created and deleted"
+  "$AZ" aksarc kms verify --kubeconfig "$dir/kubeconfig" -o table
+  code2=$?
+  echo "exit code: $code2"
+  if [ "$provider" = kms-v2 ] && { [ $code -ne 0 ] || [ $code2 -ne 0 ]; }; then status=1; fi
+  if [ "$provider" = identity ] && { [ $code -ne 4 ] || [ $code2 -ne 4 ]; }; then status=1; fi
+done
+echo
+[ $status -eq 0 ] && echo "demo: the KMS v2 cluster passed (0) and the plaintext cluster failed (4), as expected." \
+  || echo "demo: unexpected exit codes"
+exit $status

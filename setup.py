@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""Azure CLI extension ``kmsverify``: ``az aksarc kms verify``."""
+
+from setuptools import find_packages, setup
+
+# Keep equal to the top entry of HISTORY.rst.
+VERSION = '0.1.0'
+
+CLASSIFIERS = [
+    'Development Status :: 4 - Beta',
+    'Intended Audience :: Developers',
+    'Intended Audience :: System Administrators',
+    'Programming Language :: Python',
+    'Programming Language :: Python :: 3',
+    'Programming Language :: Python :: 3.9',
+    'Programming Language :: Python :: 3.10',
+    'Programming Language :: Python :: 3.11',
+    'Programming Language :: Python :: 3.12',
+    'License :: OSI Approved :: MIT License',
+]
+
+# azure-cli-core and knack come with az itself.
+DEPENDENCIES = [
+    'kubernetes>=30.1.0',
+]
+
+with open('README.md', 'r', encoding='utf-8') as f:
+    README = f.read()
+with open('HISTORY.rst', 'r', encoding='utf-8') as f:
+    HISTORY = f.read()
+
+setup(
+    name='kmsverify',
+    version=VERSION,
+    description='Prove that Kubernetes Secrets of AKS on Azure Local clusters are KMS-encrypted at rest in etcd.',
+    long_description=README + '\n\n' + HISTORY,
+    long_description_content_type='text/markdown',
+    license='MIT',
+    author='kmsverify contributors',
+    url='https://github.com/Azure/azure-cli-extensions',
+    classifiers=CLASSIFIERS,
+    packages=find_packages(include=['azext_kmsverify', 'azext_kmsverify.*']),
+    install_requires=DEPENDENCIES,
+    package_data={'azext_kmsverify': ['azext_metadata.json']},
+)
