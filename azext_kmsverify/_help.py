@@ -2,6 +2,7 @@
 # Copyright (c) kmsverify contributors. Licensed under the MIT License.
 # --------------------------------------------------------------------------------------------
 # pylint: disable=line-too-long
+# ruff: noqa: E501
 """Help text for ``az aksarc kms``."""
 
 from knack.help_files import helps  # pylint: disable=unused-import
@@ -14,7 +15,7 @@ short-summary: Inspect KMS encryption at rest of an AKS on Azure Local (AKS Arc)
 helps['aksarc kms verify'] = """
 type: command
 short-summary: Prove that Kubernetes Secrets are encrypted at rest in etcd by the cluster's KMS plugin.
-long-summary: |
+long-summary: >
     Gets credentials like `az aksarc get-credentials` (Entra ID token from your az login, no kubelogin needed;
     --admin for the certificate kubeconfig; or --kubeconfig), checks the KMS health checks of the API server
     (/readyz), then reads the raw values of the secrets from etcd by exec-ing etcdctl in the etcd pod (no shell,

@@ -11,6 +11,8 @@ from azext_kmsverify import defaults
 def load_arguments(self, _):
     from azure.cli.core.commands.parameters import get_three_state_flag
 
+    # Defaults live in defaults.py so help, validation and code agree.
+
     with self.argument_context('aksarc kms verify') as c:
         # No configured default for the group: an `az config` default must not silently turn a
         # `--kubeconfig` run into an ARM call.
@@ -33,42 +35,40 @@ def load_arguments(self, _):
         c.argument('probe', options_list=['--probe'], arg_type=get_three_state_flag(), arg_group='Secrets',
                    help='Create, verify and delete a probe secret. Default: only when neither --secret nor '
                         '--all-secrets is given.')
-        c.argument('probe_namespace', options_list=['--probe-namespace'], arg_group='Secrets',
+        c.argument('probe_namespace',
+                   default=defaults.PROBE_NAMESPACE, options_list=['--probe-namespace'], arg_group='Secrets',
                    help='Namespace of the probe secret.')
         c.argument('fail_on_stale', options_list=['--fail-on-stale'], arg_type=get_three_state_flag(),
                    arg_group='Secrets', help='Fail (instead of warn) when secrets were written under an older key.')
-        c.argument('rotation_days', options_list=['--rotation-days'], type=int, arg_group='Secrets',
+        c.argument('rotation_days',
+                   default=defaults.ROTATION_DAYS, options_list=['--rotation-days'], type=int, arg_group='Secrets',
                    help='KMS v1 key rotation period in days: secrets last written longer ago are reported '
                         'as written before the last rotation.')
 
         c.argument('etcd_pod', options_list=['--etcd-pod'], arg_group='etcd',
-                   help='etcd pod in kube-system to exec into. Default: found by label component=etcd.')
-        c.argument('etcd_container', options_list=['--etcd-container'], arg_group='etcd',
+                   help='Name of the etcd pod in kube-system to exec into. Default: found by label component=etcd.')
+        c.argument('etcd_container',
+                   default=defaults.ETCD_CONTAINER, options_list=['--etcd-container'], arg_group='etcd',
                    help='Container of the etcd pod that has etcdctl.')
-        c.argument('etcd_endpoint', options_list=['--etcd-endpoint'], arg_group='etcd',
+        c.argument('etcd_endpoint',
+                   default=defaults.ETCD_ENDPOINT, options_list=['--etcd-endpoint'], arg_group='etcd',
                    help='etcd client URL as seen from inside the etcd pod.')
-        c.argument('etcd_cacert', options_list=['--etcd-cacert'], arg_group='etcd',
+        c.argument('etcd_cacert',
+                   default=defaults.ETCD_CACERT, options_list=['--etcd-cacert'], arg_group='etcd',
                    help='Path of the etcd CA certificate inside the etcd pod.')
-        c.argument('etcd_cert', options_list=['--etcd-cert'], arg_group='etcd',
+        c.argument('etcd_cert',
+                   default=defaults.ETCD_CERT, options_list=['--etcd-cert'], arg_group='etcd',
                    help='Path of the etcd client certificate inside the etcd pod.')
-        c.argument('etcd_key', options_list=['--etcd-key'], arg_group='etcd',
+        c.argument('etcd_key',
+                   default=defaults.ETCD_KEY, options_list=['--etcd-key'], arg_group='etcd',
                    help='Path of the etcd client key inside the etcd pod.')
-        c.argument('page_size', options_list=['--page-size'], type=int, arg_group='etcd',
+        c.argument('page_size',
+                   default=defaults.PAGE_SIZE, options_list=['--page-size'], type=int, arg_group='etcd',
                    help='Keys read per etcdctl call when scanning.')
 
-        c.argument('timeout', options_list=['--timeout'], type=int,
+        c.argument('timeout',
+                   default=defaults.TIMEOUT_SECONDS, options_list=['--timeout'], type=int,
                    help='Seconds the whole verification may take.')
         c.argument('junit_xml', options_list=['--junit-xml'],
                    help='Also write the result as a JUnit XML report to this file (for PublishTestResults).')
 
-    # Defaults live in one place (defaults.py) so help, validation and code agree.
-    with self.argument_context('aksarc kms verify') as c:
-        c.argument('probe_namespace', default=defaults.PROBE_NAMESPACE)
-        c.argument('etcd_container', default=defaults.ETCD_CONTAINER)
-        c.argument('etcd_endpoint', default=defaults.ETCD_ENDPOINT)
-        c.argument('etcd_cacert', default=defaults.ETCD_CACERT)
-        c.argument('etcd_cert', default=defaults.ETCD_CERT)
-        c.argument('etcd_key', default=defaults.ETCD_KEY)
-        c.argument('rotation_days', default=defaults.ROTATION_DAYS)
-        c.argument('page_size', default=defaults.PAGE_SIZE)
-        c.argument('timeout', default=defaults.TIMEOUT_SECONDS)

@@ -153,7 +153,8 @@ class Cluster:  # pylint: disable=too-many-instance-attributes
             header_params={'Accept': accept, **({'Content-Type': 'application/json'} if body is not None else {})},
             body=body, auth_settings=['BearerToken'])
         try:
-            response = self._api.call_api(*params, _request_timeout=self.deadline.bound(timeout) if bounded else timeout)
+            limit = self.deadline.bound(timeout) if bounded else timeout
+            response = self._api.call_api(*params, _request_timeout=limit)
             return response.status, response.read()
         except ApiException as ex:
             if ex.status:

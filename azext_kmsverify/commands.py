@@ -10,5 +10,7 @@ from azext_kmsverify._validators import validate_verify
 def load_command_table(self, _):
     # The ``aksarc`` group belongs to the aksarc extension; command tables merge, so only the
     # ``kms`` subgroup is ours.
-    with self.command_group('aksarc kms', is_preview=True) as g:
+    # Not marked is_preview: that prints a warning on stderr on every run, which pipelines with
+    # failOnStandardError treat as failure. The extension itself is marked preview (azext_metadata.json).
+    with self.command_group('aksarc kms') as g:
         g.custom_command('verify', 'verify_kms', validator=validate_verify, table_transformer=verify_table_format)
