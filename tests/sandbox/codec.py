@@ -119,14 +119,14 @@ def parse_time(value: str | None) -> int | None:
     """RFC 3339 (``2026-01-02T03:04:05Z``) to Unix seconds; None/empty is the zero time."""
     if not value:
         return None
-    dt = datetime.datetime.fromisoformat(value)
+    dt = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))  # 3.9-safe
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=datetime.UTC)
+        dt = dt.replace(tzinfo=datetime.timezone.utc)
     return int(dt.timestamp())
 
 
 def format_time(seconds: int) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _encode_time(value: str | None) -> bytes:

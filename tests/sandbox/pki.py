@@ -90,7 +90,7 @@ class _CA:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def _key_usage(ca: bool) -> x509.KeyUsage:
