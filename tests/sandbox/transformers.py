@@ -295,9 +295,9 @@ class EncryptionConfig:
             raise TransformError(errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]")
         detail = ""
         if stored.startswith(ENCRYPTED_PREFIX):
-            end = stored.find(b":", stored.find(b":v", len(ENCRYPTED_PREFIX)) + 2)
-            detail = f" (value prefix {stored[:end + 1].decode(errors='replace')!r}; configured: " + \
-                ", ".join(repr(p.prefix.decode()) for p in self.providers if p.prefix) + ")"
+            head = b":".join(stored.split(b":", 5)[:5]) + b":"  # k8s:enc:<kind>:<version>:<name>:
+            configured = ", ".join(repr(p.prefix.decode()) for p in self.providers if p.prefix) or "identity only"
+            detail = f" (value prefix {head.decode(errors='replace')!r}; configured: {configured})"
         raise TransformError("no matching prefix found" + detail)
 
     @classmethod
