@@ -26,6 +26,9 @@ class KmsVerifyCommandsLoader(AzCommandsLoader):
 
     def load_arguments(self, command):
         from azext_kmsverify._params import load_arguments
+        if getattr(self.cli_ctx, 'invocation', None) is None:
+            # Loaded outside an az invocation (tools, tests): there is no command string to filter by.
+            self.skip_applicability = True
         load_arguments(self, command)
 
 

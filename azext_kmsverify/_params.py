@@ -6,6 +6,7 @@
 from knack.arguments import CLIArgumentType
 
 from azext_kmsverify import defaults
+from azext_kmsverify._validators import AppendSecrets
 
 
 def load_arguments(self, _):
@@ -27,7 +28,7 @@ def load_arguments(self, _):
         c.argument('context', options_list=['--context'], arg_group='Cluster',
                    help='Context of --kubeconfig to use. Default: its current context.')
 
-        c.argument('secrets', options_list=['--secret'], nargs='+', action='append', arg_group='Secrets',
+        c.argument('secrets', options_list=['--secret'], nargs='+', action=AppendSecrets, arg_group='Secrets',
                    help='Secret to verify, as NAMESPACE/NAME. Repeat or give several. Without --secret and '
                         '--all-secrets, a probe secret is created, verified and deleted.')
         c.argument('all_secrets', options_list=['--all-secrets'], arg_type=get_three_state_flag(),

@@ -3,6 +3,7 @@
 # --------------------------------------------------------------------------------------------
 """Argument validation. Pure and light: imported when the command table loads."""
 
+import argparse
 import os
 import re
 
@@ -11,6 +12,15 @@ from azext_kmsverify.errors import argument_error, exit_with
 # Kubernetes names: a namespace is a DNS-1123 label, a secret name a DNS-1123 subdomain.
 _LABEL = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')
 _SUBDOMAIN = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')
+
+
+class AppendSecrets(argparse.Action):  # pylint: disable=too-few-public-methods
+    """``--secret a/b c/d --secret e/f``: every value of every occurrence, in order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, self.dest, None) or [])
+        items.extend(values if isinstance(values, list) else [values])
+        setattr(namespace, self.dest, items)
 
 
 def parse_secret_ref(value):
@@ -88,11 +98,10 @@ def _validate(namespace):
         ns.kubeconfig = path
 
     refs = []
-    for group in ns.secrets or []:
-        for value in group if isinstance(group, list) else [group]:
-            ref = parse_secret_ref(value)
-            if ref not in refs:
-                refs.append(ref)
+    for value in ns.secrets or []:
+        ref = parse_secret_ref(value)
+        if ref not in refs:
+            refs.append(ref)
     ns.secrets = refs
     if ns.probe_namespace is not None and not _LABEL.match(ns.probe_namespace or ''):
         raise argument_error(InvalidArgumentValueError(
