@@ -1,0 +1,110 @@
+"""Pass/fail rules (pure) on the real readyz bodies and real etcd values in ../shared/fixtures."""
+
+import json
+
+import pytest
+
+from azext_kmsverify import checks
+from azext_kmsverify._format import verify_table_format
+from azext_kmsverify.readyz import parse_check_error
+from azext_kmsverify.storage import classify
+
+from .conftest import fixtures_dir
+
+
+def _readyz(name):
+    return (fixtures_dir() / 'readyz' / name).read_text()
+
+
+def test_healthy_aggregate_kms_check_passes():
+    result = checks.kms_health(200, _readyz('aggregate-ok.txt'), {})
+    assert result['status'] == checks.PASSED
+    assert 'kms-providers ok' in result['detail']
+
+
+def test_per_provider_checks_all_count():
+    result = checks.kms_health(200, _readyz('per-provider-ok.txt'), {})
+    assert result['status'] == checks.PASSED
+    assert 'kms-provider-0' in result['detail'] and 'kms-provider-1' in result['detail']
+
+
+def test_failing_kms_check_reports_the_real_reason():
+    body = _readyz('aggregate-failed.http500.txt')
+    assert checks.failing_kms_check_names(body) == ['kms-providers']
+    reason = parse_check_error(_readyz('aggregate-failed.kms-providers.http500.txt'))
+    result = checks.kms_health(500, body, {'kms-providers': reason})
+    assert result['status'] == checks.FAILED
+    assert reason and reason in result['detail']
+    assert 'reason withheld' not in result['detail']
+
+
+def test_failing_kms_check_without_reason_still_fails():
+    result = checks.kms_health(500, _readyz('aggregate-failed.http500.txt'), {})
+    assert result['status'] == checks.FAILED
+    assert 'kms-providers' in result['detail']
+
+
+def test_no_kms_provider_configured_fails_although_the_server_is_healthy():
+    result = checks.kms_health(200, _readyz('no-kms-ok.txt'), {})
+    assert result['status'] == checks.FAILED
+    assert 'no KMS provider configured' in result['detail']
+
+
+def test_non_verbose_body_has_no_kms_line_and_fails():
+    assert checks.kms_health(200, _readyz('nonverbose-ok.txt'), {})['status'] == checks.FAILED
+
+
+def test_unreachable_readyz_fails_with_the_reason():
+    result = checks.kms_health(None, None, {}, unreachable='connection refused')
+    assert result['status'] == checks.FAILED and 'connection refused' in result['detail']
+
+
+def _expected():
+    return json.loads((fixtures_dir() / 'etcd-values' / 'expected.json').read_text())
+
+
+@pytest.mark.parametrize('name', sorted(json.loads((fixtures_dir() / 'etcd-values' / 'expected.json').read_text())))
+def test_a_secret_passes_only_when_stored_with_kms(name):
+    value = (fixtures_dir() / 'etcd-values' / (name + '.bin')).read_bytes()
+    entry = checks.secret_entry('fixtures', name, '/registry/secrets/fixtures/' + name, classify(value))
+    result = checks.secret_check(entry)
+    expected = _expected()[name]
+    if expected['storage'] == 'kms':
+        assert result['status'] == checks.PASSED
+        assert 'KMS {}'.format(expected['kmsVersion']) in result['detail']
+        if expected['keyId']:
+            assert expected['keyId'] in result['detail']
+    elif expected['storage'] == 'identity':
+        assert result['status'] == checks.FAILED and 'stored in plaintext' in result['detail']
+    else:
+        assert result['status'] == checks.FAILED and 'encrypted with a local key, not KMS' in result['detail']
+    assert result['target'] == 'fixtures/' + name
+    if expected['canary']:
+        assert expected['canary'] not in json.dumps(entry) + json.dumps(result)
+
+
+def test_kms_v1_warns_but_does_not_fail():
+    v1 = classify((fixtures_dir() / 'etcd-values' / 'kms-v1-aksarc.bin').read_bytes())
+    entry = checks.secret_entry('default', 's', '/registry/secrets/default/s', v1)
+    warning = checks.kms_v1_warning([entry])
+    assert warning['status'] == checks.WARNING and 'deprecated' in warning['detail']
+    result = checks.build_result({}, [checks.secret_check(entry), warning], [entry])
+    assert result['passed'] is True
+    v2 = classify((fixtures_dir() / 'etcd-values' / 'kms-v2-mock.bin').read_bytes())
+    assert checks.kms_v1_warning([checks.secret_entry('default', 's', 'k', v2)]) is None
+
+
+def test_result_shape_and_table_rows():
+    identity = classify((fixtures_dir() / 'etcd-values' / 'identity-protobuf.bin').read_bytes())
+    entry = checks.secret_entry('default', 'plain', '/registry/secrets/default/plain', identity)
+    health = checks.kms_health(200, _readyz('aggregate-ok.txt'), {})
+    result = checks.build_result({'source': 'kubeconfig'}, [health, checks.secret_check(entry)], [entry],
+                                 etcd_pod='etcd-moc-x')
+    assert result['passed'] is False
+    assert result['secrets'] == [{'namespace': 'default', 'name': 'plain', 'etcdKey': '/registry/secrets/default/plain',
+                                  'storage': 'identity', 'kmsVersion': None, 'provider': None, 'keyId': None,
+                                  'encrypted': False}]
+    rows = verify_table_format(result)
+    assert [r['Check'] for r in rows] == ['KmsProviderHealth', 'SecretEncryptedWithKms']
+    assert [r['Status'] for r in rows] == ['Passed', 'Failed']
+    assert rows[1]['Target'] == 'default/plain'
