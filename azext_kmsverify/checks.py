@@ -81,14 +81,16 @@ def secret_check(entry):
     return check(SECRET_ENCRYPTED, status, detail, target='{}/{}'.format(entry['namespace'], entry['name']))
 
 
-def kms_v1_warning(entries):
+def kms_v1_warning(entries, scanned_by_version=None):
     """KMS v1 is deprecated (1.28) and off by default (1.29): warn, do not fail."""
     v1 = [e for e in entries if e.get('storage') == 'kms' and e.get('kmsVersion') == 'v1']
-    if not v1:
+    scanned = (scanned_by_version or {}).get('v1', 0)
+    if not v1 and not scanned:
         return None
-    providers = sorted({e.get('provider') or '?' for e in v1})
-    return check(KMS_V1_DEPRECATED, WARNING, 'KMS v1 in use (provider {}): deprecated since Kubernetes 1.28 and '
-                 'off by default since 1.29; KMS v2 is recommended'.format(', '.join(providers)))
+    where = 'provider {}'.format(', '.join(sorted({e.get('provider') or '?' for e in v1}))) if v1 else \
+        '{} secrets'.format(scanned)
+    return check(KMS_V1_DEPRECATED, WARNING, 'KMS v1 in use ({}): deprecated since Kubernetes 1.28 and off by '
+                 'default since 1.29; KMS v2 is recommended'.format(where))
 
 
 def build_result(cluster, checks, entries, etcd_pod=None, scan=None):

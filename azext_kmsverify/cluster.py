@@ -433,6 +433,7 @@ class EtcdExec:
         self.pods = list(pods)
         self.container = container
         self.pod = None  # the pod that last served
+        self.last_pod = None  # the pod whose answer was returned, failing or not
 
     def __call__(self, argv):
         first_failure = None
@@ -455,8 +456,11 @@ class EtcdExec:
                                candidates[index + 1])
                 continue
             if result.returncode != 0 and isinstance(first_failure, ExecResult):
+                self.last_pod = candidates[0]
                 return first_failure  # the first pod's error explains best; the others usually repeat it
-            self.pod = pod
+            self.last_pod = pod
+            if result.returncode == 0:
+                self.pod = pod
             return result
         raise AssertionError('unreachable')
 

@@ -29,12 +29,13 @@ def verify_kms(cmd, resource_group_name=None, cluster_name=None, admin=False, ku
     from azext_kmsverify._format import exit_nonzero_after_output
     from azext_kmsverify.cluster import Cluster, EtcdExec, ProbeSecret
     from azext_kmsverify.credentials import Deadline
-    from azext_kmsverify.etcd import EtcdReader
+    from azext_kmsverify.etcd import EtcdctlError, EtcdOutputError, EtcdReader
 
     secrets = list(secrets or [])
     if probe is None:  # read-only unless asked: the probe is the default only when nothing else is verified
         probe = not (secrets or all_secrets)
     deadline = Deadline(timeout)
+    runner = None
     try:
         config, context_name, cluster_info, config_dir = _credentials(
             cmd.cli_ctx, resource_group_name, cluster_name, admin, kubeconfig, context, deadline)
@@ -56,16 +57,58 @@ def verify_kms(cmd, resource_group_name=None, cluster_name=None, admin=False, ku
             for namespace, name in secrets:
                 entries.append(_read_secret(cluster, reader, namespace, name))
             check_list.extend(rules.secret_check(e) for e in entries)
-            warning = rules.kms_v1_warning(entries)
+            scan = None
+            if all_secrets:
+                current = next((e['keyId'] for e in entries if e.get('probe') and e.get('keyId')), None)
+                scan, scan_checks = _scan(cmd.cli_ctx, cluster, reader, current, fail_on_stale, rotation_days)
+                check_list.extend(scan_checks)
+            warning = rules.kms_v1_warning(entries, (scan or {}).get('byKmsVersion'))
             if warning:
                 check_list.append(warning)
-            result = rules.build_result(cluster_info, check_list, entries, etcd_pod=runner.pod)
+            result = rules.build_result(cluster_info, check_list, entries, etcd_pod=runner.pod, scan=scan)
+    except EtcdctlError as error:
+        _fail(_etcdctl_error(error, runner), junit_xml)
+    except EtcdOutputError as error:
+        from azure.cli.core.azclierror import AzureResponseError
+        _fail(make(AzureResponseError, 'etcdctl output could not be read: {}'.format(error),
+                   'Check the etcdctl version in the etcd pod (3.4 and 3.5 are supported).'), junit_xml)
     except AzCLIError as error:
-        if getattr(error, 'kmsverify_exit_code', None) is None:
-            raise
-        exit_with(error)
+        _fail(error, junit_xml)
+    if junit_xml:
+        _write_junit(junit_xml, result)
     exit_nonzero_after_output(cmd.cli_ctx, result)
     return result
+
+
+def _fail(error, junit_xml):
+    """Raise ``error`` as az reports it; a pipeline asking for JUnit still gets a report saying why."""
+    if junit_xml:
+        from azext_kmsverify import checks as rules
+        try:
+            _write_junit(junit_xml, rules.build_result(None, [rules.check(
+                'Verification', rules.FAILED, 'could not verify: ' + error.error_msg)], []))
+        except Exception:  # pylint: disable=broad-except
+            logger.warning('Could not write the JUnit report to %s.', junit_xml)
+    if getattr(error, 'kmsverify_exit_code', None) is not None:
+        exit_with(error)
+    raise error from None
+
+
+def _write_junit(path, result):
+    from azure.cli.core.azclierror import FileOperationError
+    from azext_kmsverify.junit import write_junit_xml
+    try:
+        write_junit_xml(path, result)
+    except OSError as ex:
+        raise make(FileOperationError, "Could not write the JUnit report '{}': {}.".format(
+            path, ex.strerror or type(ex).__name__), 'Give --junit-xml a path in a writable folder.') from None
+
+
+def _etcdctl_error(error, runner):
+    from azure.cli.core.azclierror import AzureResponseError
+    pod = (runner.last_pod if runner else None) or 'the etcd pod'
+    return make(AzureResponseError, 'etcdctl failed in {}: {}'.format(pod, error.stderr_summary or error),
+                error.hint or 'Check --etcd-cacert, --etcd-cert, --etcd-key and --etcd-endpoint.')
 
 
 def _credentials(cli_ctx, resource_group, cluster_name, admin, kubeconfig, context, deadline):
@@ -112,6 +155,69 @@ def _kms_health(cluster):
         if check_status != 200:
             reasons[name] = parse_check_error(check_body)
     return rules.kms_health(status, body, reasons)
+
+
+def _scan(cli_ctx, cluster, reader, current_key_id, fail_on_stale, rotation_days):
+    """Classify every secret in etcd as the pages stream in; then the KMS v1 age check from API metadata."""
+    import sys
+    from azure.cli.core.azclierror import AzCLIError
+    from azext_kmsverify.scan import ScanSummary
+    from azext_kmsverify.storage import classify
+    summary = ScanSummary()
+    # Progress only for a person watching: not in pipelines (stderr not a terminal), not with --only-show-errors.
+    progress = None
+    if sys.stderr.isatty() and not cli_ctx.only_show_errors:
+        progress = cli_ctx.get_progress_controller(det=True)
+        progress.begin(message='Reading secrets from etcd')
+    prefix_length = len(defaults.ETCD_SECRETS_PREFIX)
+    count = 0
+    try:
+        for kv in reader.iter_prefix(defaults.ETCD_SECRETS_PREFIX):
+            namespace, _, name = kv.key[prefix_length:].decode('utf-8', 'replace').partition('/')
+            summary.add(namespace, name, classify(kv.value), kv.mod_revision)
+            count += 1
+            if progress is not None and count % 500 == 0:
+                progress.add(message='Reading secrets {} of {}'.format(count, reader.total), value=count,
+                             total_val=max(reader.total or count, count))
+    finally:
+        if progress is not None:
+            progress.end()
+    logger.info('Scanned %s secrets at etcd revision %s', count, reader.revision)
+
+    write_times, skip_reason = None, None
+    if summary.needs_write_times():
+        try:
+            write_times = _write_times(cluster, rotation_days)
+        except AzCLIError as error:
+            skip_reason = 'the API could not list secret metadata: {}'.format(error.error_msg)
+    return summary.finish(current_key_id=current_key_id, current_key_source='probe' if current_key_id else None,
+                          write_times=write_times, age_skip_reason=skip_reason, rotation_days=rotation_days,
+                          fail_on_stale=fail_on_stale, revision=reader.revision)
+
+
+def _write_times(cluster, rotation_days):
+    """Last write time of secrets older than the rotation period, from metadata only (never data)."""
+    from datetime import datetime, timedelta, timezone
+    cutoff = datetime.now(timezone.utc) - timedelta(days=rotation_days)
+    old = {}
+    for meta in cluster.list_secret_metadata():
+        written = _last_write(meta)
+        if written is not None and written < cutoff:
+            old[(meta.get('namespace'), meta.get('name'))] = written
+    return old
+
+
+def _last_write(meta):
+    """Latest managedFields time, else creationTimestamp (RFC 3339, UTC)."""
+    from datetime import datetime, timezone
+    times = [f.get('time') for f in meta.get('managedFields') or [] if f.get('time')]
+    stamp = max(times) if times else meta.get('creationTimestamp')
+    if not stamp:
+        return None
+    try:
+        return datetime.strptime(stamp, '%Y-%m-%dT%H:%M:%SZ').replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
 
 
 def _read_secret(cluster, reader, namespace, name, probe=False):

@@ -164,3 +164,33 @@ def fresh_sandbox(tmp_path, **options):
 
 def which_kubectl():
     return shutil.which('kubectl')
+
+
+def core_api(box, kubeconfig_name='kubeconfig'):
+    """A Python kubernetes client for the sandbox (test set-up and inspection only)."""
+    from kubernetes import client, config
+    api_client = config.new_client_from_config(str(Path(box.dir) / kubeconfig_name))
+    return client.CoreV1Api(api_client)
+
+
+def make_secret(box, namespace, name, data):
+    """Create a secret through the sandbox API (so it is stored as the API server stores it)."""
+    import base64
+
+    from kubernetes import client
+    api = core_api(box)
+    body = client.V1Secret(metadata=client.V1ObjectMeta(name=name, namespace=namespace),
+                           data={k: base64.b64encode(v.encode()).decode() for k, v in data.items()})
+    try:
+        api.delete_namespaced_secret(name, namespace)
+    except client.exceptions.ApiException:
+        pass
+    api.create_namespaced_secret(namespace, body)
+
+
+def probe_secrets_left(box):
+    api = core_api(box)
+    items = api.list_secret_for_all_namespaces(label_selector='app.kubernetes.io/managed-by=kmsverify').items
+    return [i.metadata.namespace + '/' + i.metadata.name for i in items] + [
+        i.metadata.namespace + '/' + i.metadata.name for i in api.list_secret_for_all_namespaces().items
+        if i.metadata.name.startswith('kmsverify-probe-')]
