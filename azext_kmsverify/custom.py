@@ -163,7 +163,8 @@ def _scan(cli_ctx, cluster, reader, current_key_id, fail_on_stale, rotation_days
     from azure.cli.core.azclierror import AzCLIError
     from azext_kmsverify.scan import ScanSummary
     from azext_kmsverify.storage import classify
-    summary = ScanSummary()
+    # Knowing the current key (the probe's) up front keeps only the names of secrets under older keys.
+    summary = ScanSummary(current_key_id=current_key_id)
     # Progress only for a person watching: not in pipelines (stderr not a terminal), not with --only-show-errors.
     progress = None
     if sys.stderr.isatty() and not cli_ctx.only_show_errors:
@@ -190,8 +191,7 @@ def _scan(cli_ctx, cluster, reader, current_key_id, fail_on_stale, rotation_days
             write_times = _write_times(cluster, rotation_days)
         except AzCLIError as error:
             skip_reason = 'the API could not list secret metadata: {}'.format(error.error_msg)
-    return summary.finish(current_key_id=current_key_id, current_key_source='probe' if current_key_id else None,
-                          write_times=write_times, age_skip_reason=skip_reason, rotation_days=rotation_days,
+    return summary.finish(write_times=write_times, age_skip_reason=skip_reason, rotation_days=rotation_days,
                           fail_on_stale=fail_on_stale, revision=reader.revision)
 
 
