@@ -1,0 +1,70 @@
+"""Command line for the sandbox (see README.md): up, down, kms, ctl.
+
+    python -m tests.sandbox up   --dir DIR [--provider kms-v2] [--etcdctl 3.5] [--nodes 1] [--broken-node]
+                                 [--readyz-style aggregate|per-provider] [--history]
+    python -m tests.sandbox down --dir DIR
+    python -m tests.sandbox kms  --dir DIR stop|kill|start|rotate|unhealthy|healthy
+    python -m tests.sandbox ctl  --dir DIR '<json>'
+
+``up`` prints sandbox.json on stdout and returns once the API server's /readyz passes; it cleans up after itself
+when it fails. Errors go to stderr with exit code 1 (2 for bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .control import PROVIDERS, READYZ_STYLES, Sandbox, SandboxError
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.sandbox", description="Local AKS-Arc-like sandbox cluster.")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start a sandbox and wait until it is ready")
+    up.add_argument("--dir", required=True)
+    up.add_argument("--provider", choices=PROVIDERS, default="kms-v2")
+    up.add_argument("--etcdctl", choices=("3.5", "3.4"), default="3.5")
+    up.add_argument("--nodes", type=int, choices=(1, 3), default=1)
+    up.add_argument("--broken-node", action="store_true", help="the first etcd pod's node does not answer exec")
+    up.add_argument("--readyz-style", choices=READYZ_STYLES, default="aggregate")
+    up.add_argument("--history", action="store_true",
+                    help="also seed a secret stored before encryption and (KMS) one under a rotated-out key")
+    down = sub.add_parser("down", help="stop every process of a sandbox (idempotent)")
+    down.add_argument("--dir", required=True)
+    kms = sub.add_parser("kms", help="control the KMS plugin")
+    kms.add_argument("--dir", required=True)
+    kms.add_argument("action", choices=("stop", "kill", "start", "rotate", "unhealthy", "healthy"))
+    ctl = sub.add_parser("ctl", help="fault injection: POST JSON to the control port")
+    ctl.add_argument("--dir", required=True)
+    ctl.add_argument("json")
+    a = p.parse_args(argv)
+
+    box = Sandbox(a.dir)
+    try:
+        if a.command == "up":
+            info = box.up(provider=a.provider, etcdctl=a.etcdctl, nodes=a.nodes, broken_node=a.broken_node,
+                          readyz_style=a.readyz_style, history=a.history)
+            print(json.dumps({k: v for k, v in info.items() if k != "pki"}, indent=2))
+        elif a.command == "down":
+            box.down()
+        elif a.command == "kms":
+            result = box.kms(a.action)
+            if result is not None:
+                print(result)
+        elif a.command == "ctl":
+            try:
+                body = json.loads(a.json)
+            except ValueError as e:
+                print(f"error: the ctl argument is not JSON: {e}", file=sys.stderr)
+                return 2
+            print(json.dumps(box.ctl(body), indent=2))
+    except SandboxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,188 @@
+"""The sandbox's server process: API server (HTTPS), ARM emulator (HTTPS) and control site (HTTP) in one loop.
+
+    python -m tests.sandbox.serve --dir DIR
+
+Reads ``DIR/serve.json`` (written by :mod:`tests.sandbox.control`), binds each site on 127.0.0.1 (port 0 =
+any free port, so sandboxes never collide), then writes ``DIR/serve-ready.json`` with the ports: the control
+side waits for that file instead of guessing ports. SIGTERM/SIGINT stop it cleanly (exec'd processes killed).
+
+The control site (``POST /ctl`` with JSON) injects faults at run time: ``exec_fault``, ``readyz``, ``etcd``
+(stop/start the etcd process), ``write_secret`` (store a Secret as identity or the current provider would).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from .apiserver import APIServer, etcd_pod_names
+from .arm import ARM
+from .execws import FAULT_MODES
+
+
+def _listen(port: int = 0) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(128)
+    s.setblocking(False)
+    return s
+
+
+def apiserver_ssl(pki: dict) -> ssl.SSLContext:
+    """Serving cert of the Kubernetes CA; client certs optional (bearer tokens also authenticate) but, when
+    sent, verified against the Kubernetes CA, as kube-apiserver's ``--client-ca-file`` does."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(pki["apiserver_cert"], pki["apiserver_key"])
+    ctx.load_verify_locations(pki["ca_cert"])
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def arm_ssl(pki: dict) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(pki["arm_cert"], pki["arm_key"])
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+class Control:
+    """``POST /ctl``: fault injection and sandbox-only operations; ``GET /state``: current faults."""
+
+    def __init__(self, api: APIServer, directory: Path):
+        self.api = api
+        self.dir = directory
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/ctl", self.h_ctl)
+        app.router.add_get("/state", self.h_state)
+        return app
+
+    def state(self) -> dict:
+        return {"exec_faults": dict(self.api.exec_faults), "readyz": self.api.readyz_fault,
+                "etcd_pods": etcd_pod_names(self.api.pods)}
+
+    async def h_state(self, request):
+        return web.json_response(self.state())
+
+    async def h_ctl(self, request):
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            result = await self.apply(body)
+        except (ValueError, KeyError, TypeError) as e:
+            return web.json_response({"ok": False, "error": str(e)}, status=400)
+        except Exception as e:  # noqa: BLE001 - report, do not kill the server
+            logging.exception("ctl failed")
+            return web.json_response({"ok": False, "error": f"{type(e).__name__}: {e}"}, status=500)
+        return web.json_response({"ok": True, "result": result, "state": self.state()})
+
+    async def apply(self, body: dict) -> dict:
+        unknown = set(body) - {"exec_fault", "readyz", "etcd", "write_secret"}
+        if unknown:
+            raise ValueError(f"unknown ctl keys: {', '.join(sorted(unknown))} (expected exec_fault, readyz, etcd, "
+                             "write_secret)")
+        result: dict = {}
+        if "exec_fault" in body:
+            spec = body["exec_fault"]
+            mode = spec.get("mode")
+            if mode not in FAULT_MODES + (None,):
+                raise ValueError(f"exec_fault.mode must be one of {', '.join(FAULT_MODES)} or null, not {mode!r}")
+            pods = etcd_pod_names(self.api.pods)
+            targets = pods if spec.get("pod") in (None, "*") else [spec["pod"]]
+            for pod in targets:
+                if pod not in pods:
+                    raise ValueError(f"no etcd pod {pod!r} (pods: {', '.join(pods)})")
+                if mode is None:
+                    self.api.exec_faults.pop(pod, None)
+                else:
+                    self.api.exec_faults[pod] = mode
+        if "readyz" in body:
+            if body["readyz"] not in ("unreachable", "unavailable", None):
+                raise ValueError("readyz must be 'unreachable' (connection reset), 'unavailable' (503) or null")
+            self.api.readyz_fault = body["readyz"]
+        if "etcd" in body:
+            from . import control
+            if body["etcd"] not in ("stop", "start"):
+                raise ValueError("etcd must be 'stop' or 'start'")
+            result["etcd"] = await asyncio.to_thread(control.etcd_action, self.dir, body["etcd"])
+        if "write_secret" in body:
+            spec = body["write_secret"]
+            result["write_secret"] = await self.api.write_secret_as(
+                spec["namespace"], spec["name"], spec.get("data") or {}, spec.get("with", "current"),
+                spec.get("labels"))
+        return result
+
+
+async def serve(directory: Path) -> None:
+    cfg = json.loads((directory / "serve.json").read_text())
+    pki = cfg["pki"]
+    api = APIServer(cfg)
+    await api.start()
+    api_sock, arm_sock, ctl_sock = _listen(), _listen(), _listen()
+    api.port = api_sock.getsockname()[1]
+    api_url = f"https://127.0.0.1:{api.port}"
+    arm = ARM(cfg["arm"], api_url, Path(pki["ca_cert"]).read_bytes(), Path(pki["admin_cert"]).read_bytes(),
+              Path(pki["admin_key"]).read_bytes())
+    arm.url = f"https://127.0.0.1:{arm_sock.getsockname()[1]}"
+    control = Control(api, directory)
+
+    async def no_server_header(request, response):
+        response.headers.pop("Server", None)  # kube-apiserver and ARM send none; nothing should key on it
+
+    runners = []
+    for app, sock, ctx in ((api.app(), api_sock, apiserver_ssl(pki)), (arm.app(), arm_sock, arm_ssl(pki)),
+                           (control.app(), ctl_sock, None)):
+        app.on_response_prepare.append(no_server_header)
+        runner = web.AppRunner(app, access_log=logging.getLogger("sandbox.access"), handle_signals=False,
+                               shutdown_timeout=1.0)
+        await runner.setup()
+        await web.SockSite(runner, sock, ssl_context=ctx, shutdown_timeout=1.0).start()
+        runners.append(runner)
+
+    ready = {"pid": os.getpid(), "apiserver_port": api.port, "arm_port": arm_sock.getsockname()[1],
+             "control_port": ctl_sock.getsockname()[1]}
+    tmp = directory / "serve-ready.json.tmp"
+    tmp.write_text(json.dumps(ready))
+    os.replace(tmp, directory / "serve-ready.json")
+    logging.info("serving: apiserver %s, arm %s, control http://127.0.0.1:%s", api_url, arm.url,
+                 ready["control_port"])
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.info("stopping")
+    for runner in reversed(runners):
+        await runner.cleanup()
+    await api.close()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.sandbox.serve", description=__doc__.split("\n")[0])
+    p.add_argument("--dir", required=True, help="sandbox directory (with serve.json)")
+    a = p.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if os.environ.get("SANDBOX_DEBUG") else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(serve(Path(a.dir).resolve()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
