@@ -295,6 +295,17 @@ def test_write_secret_as_identity_stores_plaintext(box):
     http(box).delete(box.info["apiserver"]["url"] + "/api/v1/namespaces/default/secrets/before-encryption")
 
 
+def test_seed_writes_many_secrets_as_the_api_server_would(box):
+    result = box.ctl({"seed": {"namespace": "bench", "count": 300, "size": 32, "labels": {"seeded": "yes"}}})
+    assert result["result"]["seed"]["written"] == 300
+    keys = box.etcdctl("get", "/registry/secrets/bench/", "--prefix", "--keys-only").stdout.split()
+    assert len(keys) == 300
+    assert box.etcdctl_get("/registry/secrets/bench/bulk-299").startswith(b"k8s:enc:kms:v2:kms-plugin:")
+    items = get(http(box), "/api/v1/namespaces/bench/secrets?labelSelector=seeded").json()["items"]
+    assert len(items) == 300 and len(base64.b64decode(items[0]["data"]["value"])) == 32
+    box.etcdctl("del", "/registry/secrets/bench/", "--prefix")
+
+
 # --- pods and exec ------------------------------------------------------------------------------------------------
 
 

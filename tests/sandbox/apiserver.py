@@ -25,6 +25,7 @@ import collections
 import copy
 import json
 import logging
+import os
 import random
 import re
 import secrets as pysecrets
@@ -913,6 +914,43 @@ class APIServer:
         return self._respond(kube.status_obj(200, "", "", details))
 
     # -- sandbox-only writes (control port) -------------------------------------------------------------------------
+
+    async def seed(self, ns: str, count: int, prefix: str = "bulk-", size: int = 64, with_: str = "current",
+                   labels: dict | None = None, start: int = 0) -> dict:
+        """Write ``count`` Secrets ``<prefix><n>`` quickly (batched etcd transactions, encryption on worker
+        threads), stored exactly as :meth:`_create` stores them: for benchmarks of scans over many secrets."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .transformers import EncryptionConfig
+        if with_ not in ("current", "identity"):
+            raise ValueError(f"with must be 'identity' or 'current', not {with_!r}")
+        if count < 0 or size < 0:
+            raise ValueError("count and size must not be negative")
+        self.namespaces.setdefault(ns, time.time())
+        enc = self.encryption if with_ == "current" else EncryptionConfig.for_provider("identity")
+        now = kube.now_rfc3339()
+
+        def build(i: int) -> tuple[bytes, bytes]:
+            name = f"{prefix}{i}"
+            obj = {"metadata": {"name": name, "namespace": ns, "uid": kube.new_uid(), "creationTimestamp": now},
+                   "data": {"value": base64.b64encode(os.urandom(size)).decode()}, "type": "Opaque"}
+            if labels:
+                obj["metadata"]["labels"] = dict(labels)
+            obj["metadata"]["managedFields"] = [managed_entry("sandbox-seed", "Update", now, obj)]
+            obj["metadata"] = order_meta(obj["metadata"])
+            key = f"{SECRETS_PREFIX}{ns}/{name}"
+            return key.encode(), enc.write(key, codec.encode_secret(obj))
+
+        started = time.monotonic()
+        batch = 128
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for lo in range(start, start + count, batch * 8):
+                hi = min(start + count, lo + batch * 8)
+                items = await asyncio.gather(*(loop.run_in_executor(pool, build, i) for i in range(lo, hi)))
+                for j in range(0, len(items), batch):
+                    await self._etcd(self.etcd.put_many(items[j:j + batch]))
+        return {"written": count, "seconds": round(time.monotonic() - started, 2)}
 
     async def write_secret_as(self, ns: str, name: str, data: dict, with_: str = "current",
                               labels: dict | None = None) -> dict:

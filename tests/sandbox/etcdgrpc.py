@@ -232,6 +232,15 @@ class EtcdClient:
                 succeeded = bool(val)
         return revision if succeeded else None
 
+    async def put_many(self, items: list[tuple[bytes, bytes]]) -> int:
+        """Unconditional puts in one transaction (etcd allows 128 operations per txn by default)."""
+        txn = b"".join(_f_bytes(2, _f_bytes(2, _put_req(k, v))) for k, v in items)
+        resp = await self._txn(txn, timeout=self.timeout)
+        for num, _, val in _fields(resp):
+            if num == 1:
+                return _parse_header_revision(val)
+        return 0
+
     async def delete(self, key: bytes) -> KeyValue | None:
         """Delete one key; the previous KeyValue, or None if it did not exist."""
         resp = await self._delete(_delete_req(key), timeout=self.timeout)

@@ -7,7 +7,8 @@ any free port, so sandboxes never collide), then writes ``DIR/serve-ready.json``
 side waits for that file instead of guessing ports. SIGTERM/SIGINT stop it cleanly (exec'd processes killed).
 
 The control site (``POST /ctl`` with JSON) injects faults at run time: ``exec_fault``, ``readyz``, ``etcd``
-(stop/start the etcd process), ``write_secret`` (store a Secret as identity or the current provider would).
+(stop/start the etcd process), ``write_secret`` (store a Secret as identity or the current provider would),
+``seed`` (write many Secrets fast, for benchmarks).
 """
 
 from __future__ import annotations
@@ -93,10 +94,10 @@ class Control:
         return web.json_response({"ok": True, "result": result, "state": self.state()})
 
     async def apply(self, body: dict) -> dict:
-        unknown = set(body) - {"exec_fault", "readyz", "etcd", "write_secret"}
+        unknown = set(body) - {"exec_fault", "readyz", "etcd", "write_secret", "seed"}
         if unknown:
             raise ValueError(f"unknown ctl keys: {', '.join(sorted(unknown))} (expected exec_fault, readyz, etcd, "
-                             "write_secret)")
+                             "write_secret, seed)")
         result: dict = {}
         if "exec_fault" in body:
             spec = body["exec_fault"]
@@ -126,6 +127,11 @@ class Control:
             result["write_secret"] = await self.api.write_secret_as(
                 spec["namespace"], spec["name"], spec.get("data") or {}, spec.get("with", "current"),
                 spec.get("labels"))
+        if "seed" in body:
+            spec = body["seed"]
+            result["seed"] = await self.api.seed(
+                spec.get("namespace", "bench"), int(spec["count"]), spec.get("prefix", "bulk-"),
+                int(spec.get("size", 64)), spec.get("with", "current"), spec.get("labels"), int(spec.get("start", 0)))
         return result
 
 
