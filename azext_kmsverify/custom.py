@@ -31,6 +31,10 @@ def verify_kms(cmd, resource_group_name=None, cluster_name=None, admin=False, ku
     from azext_kmsverify.credentials import Deadline
     from azext_kmsverify.etcd import EtcdctlError, EtcdOutputError, EtcdReader
 
+    # az wraps argument defaults in str/int subclasses that serialise as {"isDefault": true}: unwrap them.
+    probe_namespace, etcd_container, etcd_endpoint = str(probe_namespace), str(etcd_container), str(etcd_endpoint)
+    etcd_cacert, etcd_cert, etcd_key = str(etcd_cacert), str(etcd_cert), str(etcd_key)
+    page_size, timeout, rotation_days = int(page_size), int(timeout), int(rotation_days)
     secrets = list(secrets or [])
     if probe is None:  # read-only unless asked: the probe is the default only when nothing else is verified
         probe = not (secrets or all_secrets)

@@ -1,0 +1,142 @@
+"""End to end: the installed wheel run through az against sandbox clusters (real etcd, etcdctl, KMS plugin)."""
+
+import base64
+
+import pytest
+
+from .conftest import assert_no_leak, make_secret, probe_secrets_left, signed_in_config
+
+CANARY = 'canary-value-7f3a9c1e'
+
+
+def _verify(az, box, *args):
+    return az('aksarc', 'kms', 'verify', '--kubeconfig', box.kubeconfig, *args)
+
+
+@pytest.mark.parametrize('provider, version, key_id_expected', [('kms-v1', 'v1', False), ('kms-v2', 'v2', True)])
+def test_kms_cluster_passes_with_exact_fields(az, sandbox_factory, provider, version, key_id_expected):
+    box = sandbox_factory(provider=provider)
+    make_secret(box, 'default', 'app-secret', {'password': CANARY})
+    result = _verify(az, box, '--secret', 'default/app-secret', '-o', 'json')
+    assert result.code == 0, result
+    body = result.json()
+    assert body['passed'] is True
+    [secret] = body['secrets']
+    assert secret == {'namespace': 'default', 'name': 'app-secret', 'etcdKey': '/registry/secrets/default/app-secret',
+                      'storage': 'kms', 'kmsVersion': version, 'provider': 'kms-plugin',
+                      'keyId': secret['keyId'], 'encrypted': True}
+    assert (secret['keyId'] is not None) == key_id_expected
+    statuses = {c['name']: c['status'] for c in body['checks']}
+    assert statuses['KmsProviderHealth'] == 'Passed'
+    assert statuses['SecretEncryptedWithKms'] == 'Passed'
+    if version == 'v1':
+        assert statuses['KmsV1Deprecated'] == 'Warning'
+    else:
+        assert 'KmsV1Deprecated' not in statuses
+    assert body['etcdPod'].startswith('etcd-moc-')
+    assert_no_leak(result, [CANARY, base64.b64encode(CANARY.encode()).decode()])
+
+
+@pytest.mark.parametrize('provider, storage, detail', [('aescbc', 'aescbc', 'encrypted with a local key, not KMS'),
+                                                       ('identity', 'identity', 'stored in plaintext')])
+def test_non_kms_cluster_fails_with_exit_4_and_the_full_result(az, sandbox_factory, provider, storage, detail):
+    box = sandbox_factory(provider=provider)
+    make_secret(box, 'default', 'app-secret', {'password': CANARY})
+    result = _verify(az, box, '--secret', 'default/app-secret', '-o', 'json')
+    assert result.code == 4, result
+    body = result.json()
+    assert body['passed'] is False
+    assert body['secrets'][0]['storage'] == storage
+    assert body['secrets'][0]['encrypted'] is (storage != 'identity')
+    assert body['secrets'][0]['provider'] == ('key1' if storage == 'aescbc' else None)
+    failed = [c for c in body['checks'] if c['status'] == 'Failed']
+    assert any(detail in c['detail'] for c in failed), body['checks']
+    # a local-key or plaintext cluster has no KMS provider at all
+    assert any(c['name'] == 'KmsProviderHealth' and 'no KMS provider configured' in c['detail'] for c in failed)
+    assert_no_leak(result, [CANARY, base64.b64encode(CANARY.encode()).decode()])
+
+
+def test_probe_mode_creates_verifies_and_deletes_the_probe(az, sandbox_factory):
+    box = sandbox_factory(provider='kms-v2')
+    result = _verify(az, box, '-o', 'json')
+    assert result.code == 0, result
+    body = result.json()
+    [probe] = body['secrets']
+    assert probe['name'].startswith('kmsverify-probe-') and probe['namespace'] == 'default'
+    assert probe['storage'] == 'kms' and probe['kmsVersion'] == 'v2'
+    assert probe_secrets_left(box) == []
+
+
+def test_table_output_and_query(az, sandbox_factory):
+    box = sandbox_factory(provider='kms-v2')
+    table = _verify(az, box, '--secret', 'default/db-user-pass', '-o', 'table')
+    assert table.code == 0, table
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ['Check', 'Target', 'Status', 'Detail']
+    assert any('KmsProviderHealth' in line and 'Passed' in line for line in lines)
+    assert any('default/db-user-pass' in line and 'Passed' in line for line in lines)
+    query = _verify(az, box, '--secret', 'default/db-user-pass', '--query', 'secrets[0].storage', '-o', 'tsv')
+    assert query.code == 0 and query.stdout.strip() == 'kms', query
+
+
+def test_failing_result_keeps_exit_4_with_query_and_table(az, sandbox_factory):
+    box = sandbox_factory(provider='identity')
+    result = _verify(az, box, '--secret', 'default/db-user-pass', '--query', 'passed', '-o', 'tsv')
+    assert result.code == 4 and result.stdout.strip() == 'false', result
+    table = _verify(az, box, '--secret', 'default/db-user-pass', '-o', 'table')
+    assert table.code == 4 and 'stored in plaintext' in table.stdout, table
+
+
+def test_stopped_kms_plugin_fails_health_with_the_real_reason(az, tmp_path):
+    from .conftest import fresh_sandbox
+    box = fresh_sandbox(tmp_path, provider='kms-v2')
+    try:
+        box.kms('stop')
+        result = _verify(az, box, '--secret', 'default/db-user-pass', '-o', 'json')
+        assert result.code == 4, result
+        health = next(c for c in result.json()['checks'] if c['name'] == 'KmsProviderHealth')
+        assert health['status'] == 'Failed'
+        assert 'reason withheld' not in health['detail']
+        assert 'kms-providers' in health['detail'] and ('connect' in health['detail'] or 'Unavailable' in
+                                                         health['detail']), health
+        box.kms('start')
+        healed = _verify(az, box, '--secret', 'default/db-user-pass', '-o', 'json')
+        assert healed.code == 0, healed
+    finally:
+        box.down()
+
+
+def test_secret_values_and_ciphertext_never_appear_even_with_debug(az, sandbox_factory):
+    box = sandbox_factory(provider='identity')
+    make_secret(box, 'default', 'debug-canary', {'token': CANARY})
+    result = _verify(az, box, '--secret', 'default/debug-canary', '--debug')
+    assert result.code == 4, result
+    assert 'DEBUG' in result.stderr  # --debug really was on
+    assert_no_leak(result, [CANARY, base64.b64encode(CANARY.encode()).decode()])
+
+    encrypted = sandbox_factory(provider='kms-v2')
+    make_secret(encrypted, 'default', 'debug-canary', {'token': CANARY})
+    stored = encrypted.etcdctl_get('/registry/secrets/default/debug-canary')
+    ciphertext = stored[len(b'k8s:enc:kms:v2:kms-plugin:'):][-48:-16]
+    result = _verify(az, encrypted, '--secret', 'default/debug-canary', '--debug', '-o', 'json')
+    assert result.code == 0, result
+    assert_no_leak(result, [CANARY, base64.b64encode(ciphertext).decode()[:24], ciphertext.hex()[:24],
+                            repr(ciphertext)[2:26]])
+
+
+@pytest.mark.parametrize('admin', [False, True])
+def test_resource_group_and_name_through_the_arm_emulator(installed, sandbox_factory, tmp_path, admin):
+    from .conftest import Az
+    box = sandbox_factory(provider='kms-v2')
+    arm = box.info['arm']
+    config_dir, env = signed_in_config(tmp_path / 'azure', arm['url'], box.info['ca_bundle'])
+    az = Az(config_dir, env)
+    args = ['aksarc', 'kms', 'verify', '-g', arm['resource_group'], '-n', arm['cluster'], '-o', 'json']
+    result = az(*(args + ['--admin'] if admin else args), '--debug')
+    assert result.code == 0, result
+    body = result.json()
+    assert body['cluster']['credential'] == ('admin' if admin else 'user')
+    assert body['cluster']['source'] == 'azure' and body['cluster']['name'] == arm['cluster']
+    assert body['passed'] is True
+    assert_no_leak(result)
+    assert probe_secrets_left(box) == []
