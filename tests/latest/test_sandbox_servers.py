@@ -463,6 +463,19 @@ def test_kubectl_raw_readyz_pods_secrets_and_exec(box, tmp_path):
     assert _kubectl(box, tmp_path, "delete", "secret", "from-kubectl").returncode == 0
 
 
+def test_kubectl_replace_reencrypts_a_plaintext_secret(box, tmp_path):
+    """The documented remediation: ``kubectl get secrets -o json | kubectl replace -f -`` (a List)."""
+    box.ctl({"write_secret": {"namespace": "default", "name": "old-plain", "with": "identity", "data": {"a": "b"}}})
+    assert box.etcdctl_get("/registry/secrets/default/old-plain").startswith(b"k8s\x00")
+    listing = _kubectl(box, tmp_path, "get", "secrets", "-n", "default", "-o", "json")
+    replaced = subprocess.run(["/usr/bin/kubectl", "replace", "-f", "-"], input=listing.stdout, capture_output=True,
+                              env=dict(os.environ, KUBECONFIG=box.kubeconfig, HOME=str(tmp_path)), timeout=60)
+    assert replaced.returncode == 0, replaced.stderr
+    assert b"secret/old-plain replaced" in replaced.stdout
+    assert box.etcdctl_get("/registry/secrets/default/old-plain").startswith(b"k8s:enc:kms:v2:kms-plugin:")
+    assert _kubectl(box, tmp_path, "delete", "secret", "old-plain").returncode == 0
+
+
 # --- ARM -------------------------------------------------------------------------------------------------------------
 
 

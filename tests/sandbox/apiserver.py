@@ -131,22 +131,8 @@ def _aud_ok(aud) -> bool:
 
 
 def authenticate(request: web.Request) -> User | None:
-    """Bearer token first (as kube-apiserver's union authenticator tries it), then the client certificate."""
-    auth = request.headers.get("Authorization", "")
-    if auth:
-        if not auth.lower().startswith("bearer "):
-            return None
-        claims = _decode_jwt(auth[7:].strip())
-        if not claims or not _aud_ok(claims.get("aud")):
-            return None
-        exp = claims.get("exp")
-        if not isinstance(exp, (int, float)) or exp < time.time():
-            return None
-        upn = claims.get("upn") or claims.get("unique_name") or claims.get("oid")
-        if not upn:
-            return None
-        groups = list(claims.get("groups") or []) + ["system:authenticated"]
-        return User(upn, groups, restricted=upn.lower().startswith("restricted"))
+    """Client certificate first, then the bearer token, as kube-apiserver's union authenticator orders them
+    (x509 before tokens); None when neither authenticates."""
     transport = request.transport
     cert = transport.get_extra_info("peercert") if transport else None
     if cert:
@@ -160,7 +146,20 @@ def authenticate(request: web.Request) -> User | None:
         if cn:
             return User(cn, orgs + ["system:authenticated"],
                         restricted=ADMIN_GROUP not in orgs and cn == RESTRICTED_USER)
-    return None
+    auth = request.headers.get("Authorization", "")
+    if not auth.lower().startswith("bearer "):
+        return None
+    claims = _decode_jwt(auth[7:].strip())
+    if not claims or not _aud_ok(claims.get("aud")):
+        return None
+    exp = claims.get("exp")
+    if not isinstance(exp, (int, float)) or exp < time.time():
+        return None
+    upn = claims.get("upn") or claims.get("unique_name") or claims.get("oid")
+    if not upn:
+        return None
+    groups = list(claims.get("groups") or []) + ["system:authenticated"]
+    return User(upn, groups, restricted=upn.lower().startswith("restricted"))
 
 
 def authorize(user: User, verb: str, resource: str, namespace: str | None, subresource: str | None = None) -> bool:
@@ -240,6 +239,9 @@ class APIServer:
         r.add_get("/apis/", self.h_apis)
         r.add_get("/api/v1", self.h_api_v1)
         r.add_get("/api/v1/", self.h_api_v1)
+        r.add_get("/openapi/v2", self.h_openapi_v2)
+        r.add_get("/openapi/v3", self.h_openapi_v3)
+        r.add_get("/openapi/v3/api/v1", self.h_openapi_v3_v1)
         r.add_get("/api/v1/namespaces", self.h_list_namespaces)
         r.add_post("/api/v1/namespaces", self.h_create_namespace)
         r.add_get("/api/v1/namespaces/{ns}", self.h_get_namespace)
@@ -400,6 +402,38 @@ class APIServer:
         ]
         return web.json_response({"kind": "APIResourceList", "groupVersion": "v1", "resources": resources},
                                  dumps=dumps)
+
+    async def h_openapi_v2(self, request):
+        """A minimal OpenAPI v2 document (protobuf, as kubectl asks for it): no definitions, so kubectl's client-side
+        validation (used for ``kind: List`` input, e.g. ``kubectl get secrets -A -o json | kubectl replace -f -``)
+        finds no schema and lets the server validate."""
+        info = _pb_str(1, "Kubernetes") + _pb_str(2, self.version)
+        doc = _pb_str(1, "2.0") + _pb_bytes(2, info)
+        if "protobuf" in request.headers.get("Accept", ""):
+            return web.Response(body=doc, content_type="application/com.github.proto-openapi.spec.v2.v1.0+protobuf")
+        return web.json_response({"swagger": "2.0", "info": {"title": "Kubernetes", "version": self.version},
+                                  "paths": {}, "definitions": {}}, dumps=dumps)
+
+    async def h_openapi_v3(self, request):
+        return web.json_response({"paths": {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=" + "0" * 128}}},
+                                 dumps=dumps)
+
+    async def h_openapi_v3_v1(self, request):
+        """Just enough of the core/v1 OpenAPI v3 spec for kubectl to see that the server supports
+        ``fieldValidation`` (so it validates server-side) for the kinds the sandbox serves."""
+        paths = {}
+        for kind, plural, namespaced in (("Secret", "secrets", True), ("Namespace", "namespaces", False),
+                                         ("Pod", "pods", True)):
+            path = f"/api/v1/namespaces/{{namespace}}/{plural}/{{name}}" if namespaced else f"/api/v1/{plural}/{{name}}"
+            op = {"operationId": f"patchCoreV1{'Namespaced' if namespaced else ''}{kind}",
+                  "x-kubernetes-action": "patch",
+                  "x-kubernetes-group-version-kind": {"group": "", "version": "v1", "kind": kind},
+                  "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}}
+                                 for n in ("dryRun", "fieldManager", "fieldValidation", "force")],
+                  "responses": {"200": {"description": "OK"}}}
+            paths[path] = {"patch": op}
+        return web.json_response({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": self.version},
+                                  "paths": paths, "components": {"schemas": {}}}, dumps=dumps)
 
     # -- helpers ----------------------------------------------------------------------------------------------------
 
@@ -1022,6 +1056,14 @@ def _node_row(node: dict) -> tuple:
 def _stable_uid(seed: str) -> str:
     import uuid
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "sandbox:" + seed))
+
+
+def _pb_bytes(num: int, value: bytes) -> bytes:
+    return codec.field_bytes(num, value)
+
+
+def _pb_str(num: int, value: str) -> bytes:
+    return codec.field_bytes(num, value.encode())
 
 
 def order_meta(meta: dict) -> dict:
