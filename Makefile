@@ -5,11 +5,14 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-export AZURE_EXTENSION_DIR := $(CURDIR)/.az/extensions
+# Overridable so several checkouts or engineers can build and install side by side.
+AZURE_EXTENSION_DIR ?= $(CURDIR)/.az/extensions
+export AZURE_EXTENSION_DIR
+DIST ?= dist
 export AZURE_CORE_COLLECT_TELEMETRY := false
 export AZURE_CORE_NO_COLOR := true
 VERSION := $(shell sed -n "s/^VERSION = '\(.*\)'/\1/p" setup.py)
-WHEEL := dist/kmsverify-$(VERSION)-py3-none-any.whl
+WHEEL := $(DIST)/kmsverify-$(VERSION)-py3-none-any.whl
 SOURCES := setup.py README.md HISTORY.rst $(shell find azext_kmsverify -name '*.py' -o -name '*.json')
 
 .PHONY: demo test lint bench system-deps install clean
@@ -25,14 +28,14 @@ system-deps:
 	@scripts/system-deps.sh
 
 $(WHEEL): $(BIN)/.installed $(SOURCES)
-	rm -rf build dist *.egg-info
-	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w dist .
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(DIST) .
 
 install: $(AZURE_EXTENSION_DIR)/.installed
 $(AZURE_EXTENSION_DIR)/.installed: $(WHEEL)
 	$(BIN)/az extension remove --name kmsverify >/dev/null 2>&1 || true
 	$(BIN)/az extension add --source $(WHEEL) --yes
-	touch $@
+	mkdir -p $(AZURE_EXTENSION_DIR) && touch $@
 
 demo: install system-deps
 	@scripts/demo.sh $(ARGS)
