@@ -622,29 +622,35 @@ class APIServer:
         while len(self.cache) > CACHE_MAX:
             self.cache.popitem(last=False)
 
-    def _decode_kvs(self, kvs) -> list[tuple]:
-        """(kv, plain) for each KeyValue; raises TransformFailure for the first unreadable value, as the
-        apiserver fails a whole list on one bad value. Cached plaintext stands in for the DEK cache."""
+    def _transform_reads(self, kvs) -> list[bytes]:
+        """Plaintext of each KeyValue (may run on a worker thread: touches no shared state). Raises
+        TransformFailure for the first unreadable value, as the apiserver fails a whole list on one bad value."""
         out = []
         for kv in kvs:
-            key = kv.key.decode()
-            hit = self.cache.get(key)
-            if hit and hit[0] == kv.mod_revision:
-                out.append((kv, hit[1]))
-                continue
             try:
-                plain = self.encryption.read(key, kv.value)
+                out.append(self.encryption.read(kv.key.decode(), kv.value))
             except Exception as e:  # noqa: BLE001 - TransformError, or a crashed KMS client
-                raise TransformFailure(key, e) from None
-            self._cache_put(key, kv.mod_revision, plain)
-            out.append((kv, plain))
+                raise TransformFailure(kv.key.decode(), e) from None
         return out
 
     async def _decoded(self, kvs) -> list[tuple]:
-        """(kv, secret object with resourceVersion) for each KeyValue."""
-        need_kms = self._kms() and any(
-            (self.cache.get(kv.key.decode()) or (None,))[0] != kv.mod_revision for kv in kvs)
-        pairs = await asyncio.to_thread(self._decode_kvs, kvs) if need_kms else self._decode_kvs(kvs)
+        """(kv, secret object with resourceVersion) for each KeyValue. Cached plaintext (by key and mod revision)
+        stands in for the apiserver's DEK cache, so reads of what this server wrote need no KMS call."""
+        plains: dict = {}
+        misses = []
+        for kv in kvs:
+            hit = self.cache.get(kv.key.decode())
+            if hit and hit[0] == kv.mod_revision:
+                plains[kv.key] = hit[1]
+            else:
+                misses.append(kv)
+        if misses:
+            read = (await asyncio.to_thread(self._transform_reads, misses) if self._kms()
+                    else self._transform_reads(misses))
+            for kv, plain in zip(misses, read):
+                self._cache_put(kv.key.decode(), kv.mod_revision, plain)
+                plains[kv.key] = plain
+        pairs = [(kv, plains[kv.key]) for kv in kvs]
         out = []
         for kv, plain in pairs:
             try:
@@ -815,7 +821,7 @@ class APIServer:
         if kv is None:
             return key, None, None, None
         [(kv, obj)] = await self._decoded([kv])
-        return key, kv, obj, self.cache[key][1]
+        return key, kv, obj, codec.encode_secret(_storable(obj)) if key not in self.cache else self.cache[key][1]
 
     async def h_update_secret(self, request):
         ns, name = request.match_info["ns"], request.match_info["name"]

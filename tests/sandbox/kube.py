@@ -7,6 +7,7 @@ apiserver's: Status JSON is compact and in Go's field order, errors carry the re
 from __future__ import annotations
 
 import base64
+import calendar
 import json
 import re
 import time
@@ -237,7 +238,7 @@ def human_age(since_ts: float) -> str:
 def parse_ts(value: str | None) -> float:
     if not value:
         return time.time()
-    return time.mktime(time.strptime(value, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    return calendar.timegm(time.strptime(value, "%Y-%m-%dT%H:%M:%SZ"))
 
 
 def partial_metadata(obj: dict) -> dict:
