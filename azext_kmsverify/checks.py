@@ -54,6 +54,7 @@ def secret_entry(namespace, name, etcd_key, classification, probe=False, mod_rev
     entry = {'namespace': namespace, 'name': name, 'etcdKey': etcd_key}
     for field in SECRET_FIELDS[3:]:
         entry[field] = classification.get(field)
+    entry['malformed'] = classification.get('malformed')  # used by the verdict; not part of the result
     entry['probe'] = probe
     entry['modRevision'] = mod_revision
     return entry
@@ -62,6 +63,11 @@ def secret_entry(namespace, name, etcd_key, classification, probe=False, mod_rev
 def encryption_verdict(entry):
     """(status, detail) of one stored secret: passes only when stored with KMS."""
     storage = entry.get('storage')
+    if storage == 'kms' and entry.get('malformed'):
+        # The prefix says KMS but the payload does not have the shape the API server writes: it cannot be
+        # decrypted, so it does not count as encrypted.
+        return FAILED, 'KMS {} prefix but a malformed payload ({})'.format(entry.get('kmsVersion'),
+                                                                         entry['malformed'])
     if storage == 'kms':
         detail = 'stored with KMS {} provider {}'.format(entry.get('kmsVersion'), entry.get('provider'))
         if entry.get('keyId'):

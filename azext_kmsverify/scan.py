@@ -89,8 +89,9 @@ class ScanSummary:
         provider = classification.get('provider')
         if provider is not None:
             provider = self._strings.setdefault(provider, provider)
-        if storage != 'kms':
-            self._failing.append((namespace, name, storage, provider))
+        malformed = classification.get('malformed')
+        if storage != 'kms' or malformed:
+            self._failing.append((namespace, name, storage, provider, malformed))
             return
         if provider is not None:
             self._by_provider[provider] = self._by_provider.get(provider, 0) + 1
@@ -155,9 +156,10 @@ class ScanSummary:
             checks.append(age_check)
 
         failing = []
-        for namespace, name, storage, provider in sorted(self._failing, key=lambda f: (f[0], f[1])):
+        for namespace, name, storage, provider, malformed in sorted(self._failing, key=lambda f: (f[0], f[1])):
+            verdict = encryption_verdict({'storage': storage, 'provider': provider, 'malformed': malformed})
             failing.append({'namespace': namespace, 'name': name, 'storage': storage, 'provider': provider,
-                            'reason': encryption_verdict({'storage': storage, 'provider': provider})[1]})
+                            'reason': verdict[1]})
         stale.sort(key=lambda s: (s['namespace'], s['name']))
 
         scan = {
@@ -181,7 +183,8 @@ class ScanSummary:
         if not self._failing:
             return check(ALL_SECRETS_ENCRYPTED, PASSED, '{} encrypted with KMS'.format(_all(self.total, 'secret')))
         kinds = {}
-        for _, _, storage, _ in self._failing:
+        for _, _, storage, _, malformed in self._failing:
+            storage = storage + " (malformed)" if malformed else storage
             kinds[storage] = kinds.get(storage, 0) + 1
         parts = ', '.join('{} {}'.format(n, s) for s, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
         bad = len(self._failing)

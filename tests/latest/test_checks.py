@@ -108,3 +108,18 @@ def test_result_shape_and_table_rows():
     assert [r['Check'] for r in rows] == ['KmsProviderHealth', 'SecretEncryptedWithKms']
     assert [r['Status'] for r in rows] == ['Passed', 'Failed']
     assert rows[1]['Target'] == 'default/plain'
+
+
+def test_a_kms_prefix_with_a_malformed_payload_fails():
+    from azext_kmsverify.scan import ScanSummary
+    classification = classify(b'k8s:enc:kms:v2:kms-plugin:' + b'\xff\xfe not an EncryptedObject')
+    assert classification['storage'] == 'kms' and classification['malformed']
+    entry = checks.secret_entry('default', 'broken', '/registry/secrets/default/broken', classification)
+    result = checks.secret_check(entry)
+    assert result['status'] == checks.FAILED and 'malformed payload' in result['detail']
+    summary = ScanSummary()
+    summary.add('default', 'broken', classification, 7)
+    scan, scan_checks = summary.finish()
+    assert [f['name'] for f in scan['failing']] == ['broken']
+    assert 'malformed' in scan['failing'][0]['reason']
+    assert any(c['name'] == 'AllSecretsEncrypted' and c['status'] == checks.FAILED for c in scan_checks)
