@@ -140,3 +140,26 @@ def test_resource_group_and_name_through_the_arm_emulator(installed, sandbox_fac
     assert body['passed'] is True
     assert_no_leak(result)
     assert probe_secrets_left(box) == []
+
+
+def test_credentials_from_azure_never_touch_the_disk(installed, sandbox_factory, tmp_path):
+    """The admin kubeconfig (with its client key) lives in memory only: nothing lands in TMPDIR or ~/.kube."""
+    from .conftest import Az
+    box = sandbox_factory(provider='kms-v2')
+    arm = box.info['arm']
+    config_dir, env = signed_in_config(tmp_path / 'azure', arm['url'], box.info['ca_bundle'])
+    scratch, home = tmp_path / 'tmp', tmp_path / 'home'
+    scratch.mkdir()
+    home.mkdir()
+    az = Az(config_dir, dict(env, TMPDIR=str(scratch), HOME=str(home)))
+    before = {p for p in config_dir.rglob('*')}
+    result = az('aksarc', 'kms', 'verify', '-g', arm['resource_group'], '-n', arm['cluster'], '--admin',
+                '--secret', 'default/db-user-pass', '--debug')
+    assert result.code == 0, result
+    assert list(scratch.iterdir()) == []
+    assert not (home / '.kube').exists()
+    key_marker = 'PRIVATE KEY'
+    for path in {p for p in config_dir.rglob('*')} - before:
+        if path.is_file():
+            assert key_marker not in path.read_text(errors='replace'), path
+    assert_no_leak(result)
