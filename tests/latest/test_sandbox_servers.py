@@ -295,6 +295,36 @@ def test_write_secret_as_identity_stores_plaintext(box):
     http(box).delete(box.info["apiserver"]["url"] + "/api/v1/namespaces/default/secrets/before-encryption")
 
 
+def test_write_secret_with_a_local_key_stays_readable_through_the_api(box):
+    result = box.ctl({"write_secret": {"namespace": "default", "name": "before-kms", "with": "aescbc",
+                                       "data": {"token": "l0cal"}}})
+    assert result["result"]["write_secret"]["prefix"] == "k8s:enc:aescbc:v1:key1:"
+    raw = box.etcdctl_get("/registry/secrets/default/before-kms")
+    assert raw.startswith(b"k8s:enc:aescbc:v1:key1:") and b"l0cal" not in raw
+    r = get(http(box), "/api/v1/namespaces/default/secrets/before-kms")
+    assert base64.b64decode(r.json()["data"]["token"]) == b"l0cal"  # the old key stays configured for reading
+    http(box).delete(box.info["apiserver"]["url"] + "/api/v1/namespaces/default/secrets/before-kms")
+
+
+def test_write_secret_backdated_and_under_a_retired_prefix(box):
+    box.ctl({"write_secret": {"namespace": "default", "name": "old-one", "data": {"a": "b"},
+                              "written_at": "2024-01-02T03:04:05Z"}})
+    meta = get(http(box), "/api/v1/namespaces/default/secrets/old-one").json()["metadata"]
+    assert meta["creationTimestamp"] == "2024-01-02T03:04:05Z"
+    assert [f["time"] for f in meta["managedFields"]] == ["2024-01-02T03:04:05Z"]
+    http(box).delete(box.info["apiserver"]["url"] + "/api/v1/namespaces/default/secrets/old-one")
+
+    result = box.ctl({"write_secret": {"namespace": "default", "name": "retired", "data": {"a": "b"},
+                                       "prefix": "k8s:enc:kms:v1:retired-plugin:"}})
+    assert result["result"]["write_secret"]["prefix"] == "k8s:enc:kms:v1:retired-plugin:"
+    try:
+        assert box.etcdctl_get("/registry/secrets/default/retired").startswith(b"k8s:enc:kms:v1:retired-plugin:")
+        r = get(http(box), "/api/v1/namespaces/default/secrets/retired")
+        assert r.status_code == 500 and "no matching prefix found" in r.json()["message"]
+    finally:
+        box.etcdctl("del", "/registry/secrets/default/retired")
+
+
 def test_seed_writes_many_secrets_as_the_api_server_would(box):
     result = box.ctl({"seed": {"namespace": "bench", "count": 300, "size": 32, "labels": {"seeded": "yes"}}})
     assert result["result"]["seed"]["written"] == 300

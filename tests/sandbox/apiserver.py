@@ -50,6 +50,7 @@ ADMIN_GROUP = "system:masters"
 RESTRICTED_USER = "restricted-user"
 PAGE = 500
 CACHE_MAX = 200_000
+LOCAL_KINDS = ("aescbc", "aesgcm", "secretbox")
 EXEC_CHUNK = 64 * 1024
 
 READYZ_HEAD = ["ping", "log", "etcd", "etcd-readiness"]
@@ -993,12 +994,22 @@ class APIServer:
         return {"written": count, "seconds": round(time.monotonic() - started, 2)}
 
     async def write_secret_as(self, ns: str, name: str, data: dict, with_: str = "current",
-                              labels: dict | None = None) -> dict:
-        """Store a Secret as an apiserver configured with ``with_`` ("identity" or "current") would have:
-        "identity" reproduces a secret written before encryption was enabled."""
+                              labels: dict | None = None, written_at: str | None = None,
+                              prefix: str | None = None) -> dict:
+        """Store a Secret as an apiserver configured with ``with_`` would have: "identity" reproduces a secret
+        written before encryption was enabled; "aescbc"/"aesgcm"/"secretbox" one written with a local key
+        before KMS was configured (the sandbox then keeps that key as a read-only provider after the first one,
+        as such a cluster's EncryptionConfiguration does). ``written_at`` (RFC 3339) backdates creationTimestamp
+        and the managedFields time. ``prefix`` replaces the provider prefix of the stored value (e.g.
+        ``k8s:enc:kms:v1:retired-plugin:``): a value under a provider this apiserver no longer has, which it
+        cannot read."""
         from .transformers import EncryptionConfig
+        if with_ not in ("current", "identity") + LOCAL_KINDS:
+            raise ValueError(f"with must be 'identity', 'current' or one of {', '.join(LOCAL_KINDS)}, not {with_!r}")
+        if written_at is not None:
+            kube.parse_ts(written_at)  # ValueError (400) for a malformed time
         self.namespaces.setdefault(ns, time.time())
-        now = kube.now_rfc3339()
+        now = written_at or kube.now_rfc3339()
         obj = {"metadata": {"name": name, "namespace": ns, "uid": kube.new_uid(), "creationTimestamp": now},
                "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}, "type": "Opaque"}
         if labels:
@@ -1006,16 +1017,36 @@ class APIServer:
         obj["metadata"]["managedFields"] = [managed_entry("kubectl-create", "Update", now, obj)]
         obj["metadata"] = order_meta(obj["metadata"])
         key = f"{SECRETS_PREFIX}{ns}/{name}"
+        plain = codec.encode_secret(_storable(obj))
         if with_ == "identity":
-            plain = codec.encode_secret(_storable(obj))
-            value = EncryptionConfig.for_provider("identity").write(key, plain)
+            writer = EncryptionConfig.for_provider("identity").writer
+            value = writer.to_storage(key, plain)
         elif with_ == "current":
+            writer = self.encryption.writer
             plain, value = await self._offload(self._encode, key, obj)
         else:
-            raise ValueError(f"with must be 'identity' or 'current', not {with_!r}")
+            writer = self._local_reader(with_)
+            value = writer.to_storage(key, plain)
+        if prefix is not None:
+            value = prefix.encode() + value[len(writer.prefix):]
         rev = await self._etcd(self.etcd.put(key.encode(), value))
-        self._cache_put(key, rev, plain)
-        return {"key": key, "resourceVersion": str(rev), "prefix": value[:40].split(b"\x00")[0].decode("latin-1")}
+        if prefix is None:  # a cached plaintext would let the API read what it cannot decrypt
+            self._cache_put(key, rev, plain)
+        else:
+            self.cache.pop(key, None)
+        stored_prefix = prefix.encode() if prefix is not None else (writer.prefix or b"k8s")
+        return {"key": key, "resourceVersion": str(rev), "prefix": stored_prefix.decode("latin-1")}
+
+    def _local_reader(self, kind: str):
+        """The local-key transformer of ``kind`` the encryption config reads with, added after the first
+        provider when missing (a cluster that moved from a local key to KMS keeps the old key for reading)."""
+        from .transformers import LOCAL_TRANSFORMERS
+        for p in self.encryption.providers:
+            if p.kind == kind:
+                return p
+        t = LOCAL_TRANSFORMERS[kind]("key1")
+        self.encryption.providers.insert(1, t)
+        return t
 
 
 # --- exceptions -------------------------------------------------------------------------------------------------

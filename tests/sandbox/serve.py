@@ -126,7 +126,7 @@ class Control:
             spec = body["write_secret"]
             result["write_secret"] = await self.api.write_secret_as(
                 spec["namespace"], spec["name"], spec.get("data") or {}, spec.get("with", "current"),
-                spec.get("labels"))
+                spec.get("labels"), spec.get("written_at"), spec.get("prefix"))
         if "seed" in body:
             spec = body["seed"]
             result["seed"] = await self.api.seed(

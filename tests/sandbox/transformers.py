@@ -210,6 +210,9 @@ class KMSv2Transformer(Transformer):
         raise TransformError(f"unknown encryptedDEKSourceType: {obj['encryptedDEKSourceType']}")
 
 
+LOCAL_TRANSFORMERS = {"aescbc": AESCBCTransformer, "aesgcm": AESGCMTransformer, "secretbox": SecretboxTransformer}
+
+
 # --- primitives -------------------------------------------------------------------------------------------
 
 
@@ -317,7 +320,6 @@ class EncryptionConfig:
                 raise ValueError(f"{name} needs a {want} KMS client, got {kms_client.api}")
             t = (KMSv1Transformer if want == "v1" else KMSv2Transformer)(kms_client, kms_provider_name)
             return cls([t, IdentityTransformer()])
-        local = {"aescbc": AESCBCTransformer, "aesgcm": AESGCMTransformer, "secretbox": SecretboxTransformer}
-        if name in local:
-            return cls([local[name](key_name, key), IdentityTransformer()])
+        if name in LOCAL_TRANSFORMERS:
+            return cls([LOCAL_TRANSFORMERS[name](key_name, key), IdentityTransformer()])
         raise ValueError(f"unknown provider {name!r} (expected one of {', '.join(PROVIDER_NAMES)})")
