@@ -163,3 +163,36 @@ def test_credentials_from_azure_never_touch_the_disk(installed, sandbox_factory,
         if path.is_file():
             assert key_marker not in path.read_text(errors='replace'), path
     assert_no_leak(result)
+
+
+@pytest.mark.parametrize('signame', ['SIGINT', 'SIGTERM'])
+def test_interrupted_run_still_deletes_the_probe(installed, tmp_path, signame):
+    """Ctrl-C (SIGINT) or a cancelled pipeline (SIGTERM) while the probe exists: the probe is still deleted."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from .conftest import AZ, EXTENSION_DIR, FAKEAZ, core_api, fresh_sandbox
+    box = fresh_sandbox(tmp_path, provider='kms-v2')
+    try:
+        box.ctl({'exec_fault': {'pod': '*', 'mode': 'hang'}})
+        env = dict(os.environ, AZURE_CONFIG_DIR=str(tmp_path / 'azure'), AZURE_EXTENSION_DIR=str(EXTENSION_DIR),
+                   AZURE_CORE_COLLECT_TELEMETRY='false', PYTHONPATH=str(FAKEAZ))
+        proc = subprocess.Popen([str(AZ), 'aksarc', 'kms', 'verify', '--kubeconfig', box.kubeconfig,
+                                 '--timeout', '120'], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, text=True)
+        api = core_api(box)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not probe_secrets_left(box):
+            time.sleep(0.1)
+        assert probe_secrets_left(box), 'the probe secret was never created'
+        time.sleep(0.5)  # now blocked in the hanging exec
+        proc.send_signal(getattr(signal, signame))
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode != 0
+        assert 'Traceback' not in err, err
+        assert probe_secrets_left(box) == [], 'probe left behind after ' + signame
+        assert api.list_namespaced_secret('default').items is not None
+    finally:
+        box.down()
