@@ -413,11 +413,17 @@ class Sandbox:
         if history:
             self.api("POST", "/api/v1/namespaces", {"metadata": {"name": "legacy"}})
             self.ctl({"write_secret": {"namespace": "legacy", "name": "app-credentials-2023", "with": "identity",
-                                       "data": {"username": "app", "password": "Summer2023!"}}})
+                                       "data": {"username": "app", "password": "Summer2023!"},
+                                       "written_at": "2023-06-01T09:00:00Z"}})
             hist = {"plaintext": ["legacy/app-credentials-2023"], "old_key": [], "rotated_to": None}
             seeded.append("legacy/app-credentials-2023")
             if provider.startswith("kms-"):
-                self.create_secret("legacy", "api-token-before-rotation", {"token": "tkn-" + os.urandom(8).hex()})
+                # Last written 45 days ago, before the rotation: KMS v2 shows it by key id, KMS v1 only by age
+                # (AKS Arc rotates every 30 days).
+                self.ctl({"write_secret": {"namespace": "legacy", "name": "api-token-before-rotation",
+                                           "data": {"token": "tkn-" + os.urandom(8).hex()},
+                                           "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                       time.gmtime(time.time() - 45 * 86400))}})
                 hist["old_key"].append("legacy/api-token-before-rotation")
                 seeded.append("legacy/api-token-before-rotation")
                 hist["rotated_to"] = self.kms("rotate")
