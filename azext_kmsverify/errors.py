@@ -21,8 +21,11 @@ def argument_error(error):
 
 
 def make(error_cls, message, recommendation=None):
-    """Build an azclierror with a one-line message and a recommendation."""
-    return error_cls(' '.join(str(message).split()), recommendation)
+    """Build an azclierror with a one-line message and a recommendation.
+
+    By keyword: ``AuthenticationError``'s second positional parameter is ``msal_error``, not the recommendation.
+    """
+    return error_cls(' '.join(str(message).split()), recommendation=recommendation)
 
 
 def exit_with(error):
