@@ -55,8 +55,7 @@ def cluster_resource_id(subscription, resource_group, cluster_name):
 
 def fetch_kubeconfig(cli_ctx, resource_group, cluster_name, admin, deadline):
     """Return the kubeconfig (a dict) of an AKS Arc cluster from ARM, polling the long-running operation."""
-    from azure.cli.core.commands.client_factory import get_subscription_id
-    subscription = get_subscription_id(cli_ctx)
+    subscription = _subscription_id(cli_ctx)
     action = 'listAdminKubeconfig' if admin else 'listUserKubeconfig'
     path = '{}/providers/Microsoft.HybridContainerService/provisionedClusterInstances/default/{}'.format(
         cluster_resource_id(subscription, resource_group, cluster_name), action)
@@ -74,6 +73,21 @@ def fetch_kubeconfig(cli_ctx, resource_group, cluster_name, admin, deadline):
     else:
         raise context.http_error(response)
     return _kubeconfig_from_result(body, context)
+
+
+def _subscription_id(cli_ctx):
+    """The az login's current subscription; not signed in (no azureProfile) is an authentication error."""
+    from azure.cli.core.azclierror import AuthenticationError
+    from azure.cli.core.commands.client_factory import get_subscription_id
+    from knack.util import CLIError
+    try:
+        return get_subscription_id(cli_ctx)
+    except CLIError as ex:
+        message = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
+        raise make(AuthenticationError, 'Could not find an Azure subscription in the az login: {}'.format(message),
+                   "Sign in with 'az login' and select the cluster's subscription with 'az account set "
+                   "--subscription ID' (in pipelines, use an AzureCLI task with a service connection), "
+                   'then retry.') from None
 
 
 def get_arm_token(cli_ctx, subscription):
