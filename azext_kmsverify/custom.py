@@ -184,6 +184,8 @@ def _scan(cli_ctx, cluster, reader, current_key_id, fail_on_stale, rotation_days
             if progress is not None and count % 500 == 0:
                 progress.add(message='Reading secrets {} of {}'.format(count, reader.total), value=count,
                              total_val=max(reader.total or count, count))
+        if progress is not None:  # end on a full bar, not on the last multiple of 500
+            progress.add(message='Read {} secrets'.format(count), value=count, total_val=count or 1)
     finally:
         if progress is not None:
             progress.end()
