@@ -15,7 +15,7 @@ import secrets as _random
 from knack.log import get_logger
 
 from azext_kmsverify import defaults
-from azext_kmsverify.errors import make
+from azext_kmsverify.errors import argument_error, make
 from azext_kmsverify.etcd import ExecResult
 
 logger = get_logger(__name__)
@@ -176,7 +176,7 @@ class Cluster:  # pylint: disable=too-many-instance-attributes
             return make(AzureConnectionError, 'The API server {} did not answer in time.'.format(self.server),
                         'Check network line of sight to the cluster, then retry.')
         return make(AzureConnectionError, 'Could not reach the API server {}: {}.'.format(
-            self.server, _short_reason(text)),
+            self.server, _network_reason(reason)),
             'Check network line of sight to the cluster (hosted pipeline agents usually have none: use a '
             'self-hosted agent in the cluster network), then retry.')
 
@@ -288,10 +288,10 @@ class Cluster:  # pylint: disable=too-many-instance-attributes
                 client.close()
             except Exception:  # pylint: disable=broad-except
                 pass
-        returncode = self._exit_status(pod, argv, error_frame)
+        returncode = self._exit_status(pod, argv, error_frame, container)
         return ExecResult(returncode=returncode, stdout=b''.join(stdout), stderr=b''.join(stderr))
 
-    def _exit_status(self, pod, argv, frame):
+    def _exit_status(self, pod, argv, frame, container=None):
         from azure.cli.core.azclierror import AzureResponseError
         if not frame:
             raise ExecError(self._stream_cut(pod, 'no exit status received'))
@@ -309,10 +309,16 @@ class Cluster:  # pylint: disable=too-many-instance-attributes
                     except (TypeError, ValueError):
                         break
             return 1
-        message = _short_reason(status.get('message') or 'exec failed')
-        if 'executable file not found' in message or 'no such file or directory' in message:
-            raise ExecError(make(AzureResponseError, "'{}' is not available in container of pod {}: {}".format(
-                argv[0], pod, message), 'Give the container that has etcdctl with --etcd-container.'))
+        full = str(status.get('message') or 'exec failed')
+        message = _short_reason(full)
+        if 'executable file not found' in full or 'no such file or directory' in full:
+            # containerd's message is long (exec id, OCI runtime prefix); its "exec: ..." part says it all.
+            import re
+            cause = re.search(r'exec: "[^"]*": [^:]*(?:: no such file or directory)?', full)
+            raise ExecError(make(AzureResponseError, "'{}' was not found in container '{}' of pod {} ({}).".format(
+                argv[0], container or '?', pod, cause.group(0) if cause else message),
+                'Give the etcd pod with --etcd-pod and its etcd container with --etcd-container (kubeadm: etcd); '
+                'the etcd image must ship etcdctl.'))
         raise ExecError(make(AzureResponseError, 'exec into pod {} failed: {}'.format(pod, message),
                              'Check the pod with kubectl describe pod -n kube-system {}.'.format(pod)))
 
@@ -331,6 +337,17 @@ class Cluster:  # pylint: disable=too-many-instance-attributes
                                    permission='create pods/exec in namespace kube-system',
                                    not_found=("etcd pod '{}' was not found in kube-system.".format(pod),
                                               'Drop --etcd-pod to find the etcd pod by its label.'))
+            message = _status_message(body)
+            if status == 400 and 'container' in message:  # "container X is not valid for pod Y": --etcd-container
+                from azure.cli.core.azclierror import InvalidArgumentValueError
+                return ExecError(argument_error(make(
+                    InvalidArgumentValueError, 'The API server refused the exec into pod {}: {}.'.format(pod, message),
+                    'Give the container of the etcd pod that has etcdctl with --etcd-container (kubeadm: etcd).')),
+                    fatal=True)
+            if status >= 500:  # "error dialing backend": the API server cannot reach that node's kubelet
+                error = make(type(error), error.error_msg,
+                             "Check the node that runs pod {} and its kubelet ('kubectl get nodes'); with several "
+                             'control-plane nodes, name a healthy etcd pod with --etcd-pod.'.format(pod))
             return ExecError(error, fatal=status in (401, 403))
         if self.deadline.expired():
             return ExecError(self.timeout_error('connecting to exec into ' + pod), True)
@@ -420,6 +437,21 @@ def _short_reason(text, limit=300):
     return text if len(text) <= limit else text[:limit] + '...'
 
 
+def _network_reason(reason):
+    """The root cause of a urllib3 transport error in a few words ("Connection refused"), not urllib3's
+    "HTTPSConnectionPool(...): Max retries exceeded with url: ... (Caused by ...)" wrapper."""
+    import re
+    inner = getattr(reason, 'reason', None) or reason  # MaxRetryError wraps the real error
+    args = getattr(inner, 'args', ())
+    if len(args) > 1 and isinstance(args[1], BaseException):  # ProtocolError('Connection aborted.', cause)
+        inner = args[1]
+    text = str(inner)
+    errno_text = re.search(r"\[Errno -?\d+\] ([^'\"()\[\]]+)", text)
+    if errno_text:
+        return errno_text.group(1).strip()
+    return _short_reason(text or type(inner).__name__, 200)
+
+
 class EtcdExec:
     """Runs etcdctl in the etcd pods, falling back to the next pod when one cannot serve.
 
@@ -447,8 +479,8 @@ class EtcdExec:
                     raise (first_failure if isinstance(first_failure, ExecError) and not ex.fatal
                            else ex).error from None
                 first_failure = first_failure or ex
-                logger.warning('etcd pod %s could not run etcdctl (%s); trying %s.', pod, ex.error.error_msg,
-                               candidates[index + 1])
+                logger.warning('etcd pod %s could not run etcdctl (%s); trying %s.', pod,
+                               ex.error.error_msg.rstrip('.'), candidates[index + 1])
                 continue
             if result.returncode != 0 and not last:
                 first_failure = first_failure or result
