@@ -237,8 +237,9 @@ def _read_secret(cluster, reader, namespace, name, probe=False):
         if probe or cluster.secret_exists(namespace, name):
             raise make(AzureResponseError, "The API has secret {}/{} but etcd has no key {}.".format(
                 namespace, name, key),
-                'The API server stores secrets in another etcd or under another --etcd-prefix; this cluster '
-                'cannot be verified through its etcd pod.')
+                'The API server stores secrets in another etcd or under another key prefix (kube-apiserver '
+                '--etcd-servers/--etcd-prefix) than the etcd pod serves; this cluster cannot be verified through '
+                'that etcd pod (check --etcd-pod and --etcd-endpoint).')
         raise make(ResourceNotFoundError, "Secret {}/{} was not found.".format(namespace, name),
                    "Check the name with 'kubectl get secret -n {} {}'.".format(namespace, name))
     return rules.secret_entry(namespace, name, key, classify(kv.value), probe=probe, mod_revision=kv.mod_revision)
