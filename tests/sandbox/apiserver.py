@@ -206,6 +206,9 @@ class APIServer:
         self.etcdutl_bin = str(Path(self.etcd_bin).with_name("etcdutl"))
         self.exec_faults: dict[str, str] = dict(cfg.get("exec_faults") or {})
         self.readyz_fault: str | None = None
+        # ctl exec_key_prefix: etcdctl run through exec sees /registry/ keys under this prefix instead (as if the
+        # etcd pod served another etcd than the API server's, or the API server used another --etcd-prefix).
+        self.exec_key_prefix: str | None = None
         self.cache: collections.OrderedDict = collections.OrderedDict()
         self.namespaces = {ns: self.started - 3600 for ns in ("default", "kube-system", "kube-public",
                                                                "kube-node-lease")}
@@ -598,6 +601,8 @@ class APIServer:
             if arg.startswith("--endpoints"):
                 endpoint_flag = True
             arg = arg.replace(POD_ETCD_PKI, pki)
+            if self.exec_key_prefix and arg.startswith(SECRETS_PREFIX):
+                arg = self.exec_key_prefix + arg[len("/registry/"):]
             arg = re.sub(r"(?<![\w.])(127\.0\.0\.1|localhost):2379\b", rf"\g<1>:{self.etcd_port}", arg)
             mapped.append(arg)
         env = {"PATH": "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "ETCDCTL_API": "3",
@@ -1272,9 +1277,13 @@ def build_node(name: str, i: int, version: str, started: float) -> dict:
         "status": {"addresses": [{"type": "InternalIP", "address": node_ip(i)}, {"type": "Hostname", "address": name}],
                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                                    "message": "kubelet is posting ready status"}],
-                   "nodeInfo": {"kubeletVersion": version, "containerRuntimeVersion": "containerd://1.7.20",
-                                "operatingSystem": "linux", "architecture": "amd64",
-                                "osImage": "CBL-Mariner/Linux"}},
+                   # Every field a kubelet reports (the Python client >= 35 rejects a NodeSystemInfo without them).
+                   "nodeInfo": {"machineID": _stable_uid("machine:" + name).replace("-", ""),
+                                "systemUUID": _stable_uid("system:" + name).upper(),
+                                "bootID": _stable_uid("boot:" + name), "kernelVersion": "5.15.173.1-1.cm2",
+                                "osImage": "CBL-Mariner/Linux", "containerRuntimeVersion": "containerd://1.7.20",
+                                "kubeletVersion": version, "kubeProxyVersion": version,
+                                "operatingSystem": "linux", "architecture": "amd64"}},
     }
 
 
