@@ -601,7 +601,7 @@ class APIServer:
             if arg.startswith("--endpoints"):
                 endpoint_flag = True
             arg = arg.replace(POD_ETCD_PKI, pki)
-            if self.exec_key_prefix and arg.startswith(SECRETS_PREFIX):
+            if self.exec_key_prefix and arg.startswith("/registry/"):
                 arg = self.exec_key_prefix + arg[len("/registry/"):]
             arg = re.sub(r"(?<![\w.])(127\.0\.0\.1|localhost):2379\b", rf"\g<1>:{self.etcd_port}", arg)
             mapped.append(arg)

@@ -66,6 +66,7 @@ class Control:
     def __init__(self, api: APIServer, directory: Path):
         self.api = api
         self.dir = directory
+        self.hidden_pods: list = []
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -94,10 +95,10 @@ class Control:
         return web.json_response({"ok": True, "result": result, "state": self.state()})
 
     async def apply(self, body: dict) -> dict:
-        unknown = set(body) - {"exec_fault", "readyz", "etcd", "write_secret", "seed"}
+        unknown = set(body) - {"exec_fault", "readyz", "etcd", "write_secret", "seed", "etcd_pods", "exec_key_prefix"}
         if unknown:
             raise ValueError(f"unknown ctl keys: {', '.join(sorted(unknown))} (expected exec_fault, readyz, etcd, "
-                             "write_secret, seed)")
+                             "write_secret, seed, etcd_pods, exec_key_prefix)")
         result: dict = {}
         if "exec_fault" in body:
             spec = body["exec_fault"]
@@ -117,6 +118,23 @@ class Control:
             if body["readyz"] not in ("unreachable", "unavailable", None):
                 raise ValueError("readyz must be 'unreachable' (connection reset), 'unavailable' (503) or null")
             self.api.readyz_fault = body["readyz"]
+        if "etcd_pods" in body:
+            # "hidden": kube-system lists no etcd pod (external or managed etcd); "visible" brings them back.
+            if body["etcd_pods"] not in ("hidden", "visible"):
+                raise ValueError("etcd_pods must be 'hidden' or 'visible'")
+            if body["etcd_pods"] == "hidden":
+                names = set(etcd_pod_names(self.api.pods))
+                self.hidden_pods += [p for p in self.api.pods if p["metadata"]["name"] in names]
+                self.api.pods = [p for p in self.api.pods if p["metadata"]["name"] not in names]
+            else:
+                self.api.pods = sorted(self.api.pods + self.hidden_pods,
+                                       key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"]))
+                self.hidden_pods = []
+        if "exec_key_prefix" in body:
+            prefix = body["exec_key_prefix"]
+            if prefix is not None and not (isinstance(prefix, str) and prefix.startswith("/") and prefix.endswith("/")):
+                raise ValueError("exec_key_prefix must be a key prefix like '/other/' or null")
+            self.api.exec_key_prefix = prefix
         if "etcd" in body:
             from . import control
             if body["etcd"] not in ("stop", "start"):
