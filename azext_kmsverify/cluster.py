@@ -278,6 +278,12 @@ class Cluster:  # pylint: disable=too-many-instance-attributes
                 err = client.read_stderr(timeout=0)
                 if err:
                     stderr.append(err)
+            # A read of an empty channel runs an update too: the one that met the close may have buffered the
+            # last output (up to megabytes of a page) after this loop's reads. Drain it, or the page is cut short.
+            for channel, sink in ((1, stdout), (2, stderr)):
+                rest = client.read_channel(channel, timeout=0)
+                if rest:
+                    sink.append(rest)
             error_frame = client.read_channel(3, timeout=0)
         except websocket.WebSocketException as ex:
             raise ExecError(self._stream_cut(pod, type(ex).__name__)) from None
