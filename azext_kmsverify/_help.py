@@ -30,7 +30,7 @@ long-summary: >
     3 cluster, secret or etcd pod not found.
 
     Permissions: "Azure Kubernetes Service Arc Cluster User Role" (or "... Admin Role" with --admin) on the
-    cluster, and Kubernetes RBAC to create pods/exec in kube-system, list pods in kube-system, get secrets
+    cluster, and Kubernetes RBAC for get and create on pods/exec in kube-system, list pods in kube-system, get secrets
     (and create/delete secrets in the probe namespace for the probe).
 examples:
   - name: Verify a cluster with a probe secret, signed in with az (Entra ID).

@@ -340,7 +340,7 @@ class Cluster:  # pylint: disable=too-many-instance-attributes
         if status:
             body = getattr(cause, 'resp_body', b'') or b''
             error = self.api_error(status, body, 'exec into pod {} in kube-system'.format(pod),
-                                   permission='create pods/exec in namespace kube-system',
+                                   permission='get and create pods/exec in namespace kube-system',
                                    not_found=("etcd pod '{}' was not found in kube-system.".format(pod),
                                               'Drop --etcd-pod to find the etcd pod by its label.'))
             message = _status_message(body)

@@ -279,7 +279,7 @@ def test_exec_forbidden_names_pods_exec_in_kube_system_exit_1(az, box):
     result = verify(az, box.kubeconfig_restricted, '--secret', 'default/db-user-pass')
     assert_error(result, 1, ['Forbidden while exec into pod {} in kube-system'.format(etcd_pod(box)),
                              'cannot create resource "pods/exec"'],
-                 'permission to create pods/exec in namespace kube-system')
+                 'permission to get and create pods/exec in namespace kube-system')
 
 
 def test_exec_forbidden_for_an_entra_user_through_arm_exit_1(arm_az, box):
