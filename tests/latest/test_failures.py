@@ -335,16 +335,20 @@ def test_wrong_certificate_path_exit_1(az, box):
     assert probe_secrets_left(box) == []
 
 
-def test_client_certificate_rejected_by_etcd_exit_1(az, box):
-    # A certificate in the pod's etcd folder that the etcd CA did not sign (the API server's admin client cert).
+@pytest.mark.parametrize('flags, message, recommendation', [
+    (['--etcd-cert', '/etc/kubernetes/pki/etcd/foreign.crt', '--etcd-key', '/etc/kubernetes/pki/etcd/foreign.key'],
+     'tls: bad certificate', ['etcd rejected the TLS handshake', 'not signed by the etcd CA']),
+    (['--etcd-cacert', '/etc/kubernetes/pki/etcd/foreign.crt'],
+     'x509: certificate signed by unknown authority', ['not signed by the given CA', 'Pass the etcd CA'])],
+    ids=['client-cert-rejected', 'server-cert-untrusted'])
+def test_etcd_tls_handshake_refused_exit_1(az, box, flags, message, recommendation):
+    # A certificate in the pod's etcd folder from another CA (the API server's admin client certificate).
     folder = os.path.join(str(box.dir), 'nodes', box.info['nodes'][0], 'pki', 'etcd')
     for source, name in ((box.info['pki']['admin_cert'], 'foreign.crt'), (box.info['pki']['admin_key'], 'foreign.key')):
         with open(source, 'rb') as src, open(os.path.join(folder, name), 'wb') as dst:
             dst.write(src.read())
-    result = verify(az, box.kubeconfig, '--secret', 'default/db-user-pass', '--etcd-cert',
-                    '/etc/kubernetes/pki/etcd/foreign.crt', '--etcd-key', '/etc/kubernetes/pki/etcd/foreign.key')
-    assert_error(result, 1, ['etcdctl failed in ' + etcd_pod(box), 'tls: bad certificate'],
-                 ['etcd rejected the TLS handshake', 'not signed by the etcd CA'])
+    result = verify(az, box.kubeconfig, '--secret', 'default/db-user-pass', *flags)
+    assert_error(result, 1, ['etcdctl failed in ' + etcd_pod(box), message], recommendation)
 
 
 def test_plain_http_endpoint_against_tls_etcd_exit_1(az, box):
