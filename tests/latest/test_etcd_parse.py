@@ -595,27 +595,10 @@ def test_module_imports_only_the_standard_library(module):
         assert name.startswith(".") or name.split(".")[0] in sys.stdlib_module_names, name
 
 
-# -- test-side encoders (independent of the code under test) -------------------------------------------
-
-def _varint(n):
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _ld(field, payload):
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _vi(field, n):
-    return _varint(field << 3) + _varint(n)
+# -- test-side encoders (independent of the code under test) -------------
+# The sandbox's codec writes protobuf independently of the product's readers under test.
+from tests.sandbox.codec import field_bytes as _ld  # noqa: E402
+from tests.sandbox.codec import field_varint as _vi  # noqa: E402
 
 
 def _header(revision):

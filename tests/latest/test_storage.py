@@ -34,26 +34,10 @@ def _canary_forms(canary):
     return [canary, base64.b64encode(canary.encode()).decode().rstrip("=")]
 
 
-# -- tiny protobuf encoder for synthetic EncryptedObjects --------------------------------------------
-
-def _varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _ld(field, payload):
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _vi(field, n):
-    return _varint(field << 3) + _varint(n)
+# -- tiny protobuf encoder for synthetic EncryptedObjects -------------
+# The sandbox's codec writes protobuf independently of the product's readers under test.
+from tests.sandbox.codec import field_bytes as _ld  # noqa: E402
+from tests.sandbox.codec import field_varint as _vi  # noqa: E402
 
 
 def _encrypted_object(key_id=b"kms-test", data=b"\x11" * 40, dek=b"\x22" * 32, annotations=None, dek_type=1,

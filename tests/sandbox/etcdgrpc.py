@@ -12,62 +12,17 @@ from dataclasses import dataclass
 
 import grpc
 
-# --- protobuf wire helpers -------------------------------------------------------------------------------
+from .codec import field_bytes, field_varint, iter_fields, varint
 
-
-def _varint(n: int) -> bytes:
-    if n < 0:
-        n += 1 << 64
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+# --- protobuf wire helpers (the sandbox codec's primitives; proto3 omits zero and empty fields) -----------
 
 
 def _f_varint(num: int, value: int) -> bytes:
-    return _varint(num << 3) + _varint(value) if value else b""
+    return field_varint(num, value) if value else b""
 
 
 def _f_bytes(num: int, value: bytes, always: bool = False) -> bytes:
-    if not value and not always:
-        return b""
-    return _varint((num << 3) | 2) + _varint(len(value)) + value
-
-
-def _fields(buf: bytes):
-    """Yield (field number, wire type, value) for each field of a message."""
-    i, n = 0, len(buf)
-    while i < n:
-        tag, i = _read_varint(buf, i)
-        num, wt = tag >> 3, tag & 7
-        if wt == 0:
-            val, i = _read_varint(buf, i)
-        elif wt == 2:
-            ln, i = _read_varint(buf, i)
-            val, i = buf[i:i + ln], i + ln
-        elif wt == 1:
-            val, i = int.from_bytes(buf[i:i + 8], "little"), i + 8
-        elif wt == 5:
-            val, i = int.from_bytes(buf[i:i + 4], "little"), i + 4
-        else:
-            raise ValueError(f"unsupported wire type {wt}")
-        yield num, wt, val
-
-
-def _read_varint(buf: bytes, i: int):
-    shift = result = 0
-    while True:
-        b = buf[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, i
-        shift += 7
+    return field_bytes(num, value) if value or always else b""
 
 
 # --- messages ---------------------------------------------------------------------------------------------
@@ -92,7 +47,7 @@ class RangeResult:
 
 
 def _parse_header_revision(buf: bytes) -> int:
-    for num, _, val in _fields(buf):
+    for num, _, val in iter_fields(buf):
         if num == 3:
             return val
     return 0
@@ -100,7 +55,7 @@ def _parse_header_revision(buf: bytes) -> int:
 
 def _parse_kv(buf: bytes) -> KeyValue:
     kv = KeyValue()
-    for num, _, val in _fields(buf):
+    for num, _, val in iter_fields(buf):
         if num == 1:
             kv.key = val
         elif num == 2:
@@ -118,7 +73,7 @@ def _parse_kv(buf: bytes) -> KeyValue:
 
 def _parse_range(buf: bytes) -> RangeResult:
     res = RangeResult([], False, 0, 0)
-    for num, _, val in _fields(buf):
+    for num, _, val in iter_fields(buf):
         if num == 1:
             res.revision = _parse_header_revision(val)
         elif num == 2:
@@ -148,7 +103,7 @@ def _delete_req(key: bytes, prev_kv: bool = True) -> bytes:
 def _compare(key: bytes, target: int, value: int) -> bytes:
     field = {0: 4, 1: 5, 2: 6}[target]
     # proto3 oneof: the value must be present even when zero, so encode it explicitly.
-    return _f_varint(2, target) + _f_bytes(3, key, always=True) + _varint(field << 3) + _varint(value)
+    return _f_varint(2, target) + _f_bytes(3, key, always=True) + varint(field << 3) + varint(value)
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -207,7 +162,7 @@ class EtcdClient:
 
     async def put(self, key: bytes, value: bytes) -> int:
         resp = await self._put(_put_req(key, value), timeout=self.timeout)
-        for num, _, val in _fields(resp):
+        for num, _, val in iter_fields(resp):
             if num == 1:
                 return _parse_header_revision(val)
         return 0
@@ -225,7 +180,7 @@ class EtcdClient:
     async def _txn_put(self, txn: bytes) -> int | None:
         resp = await self._txn(txn, timeout=self.timeout)
         revision, succeeded = 0, False
-        for num, _, val in _fields(resp):
+        for num, _, val in iter_fields(resp):
             if num == 1:
                 revision = _parse_header_revision(val)
             elif num == 2:
@@ -236,7 +191,7 @@ class EtcdClient:
         """Unconditional puts in one transaction (etcd allows 128 operations per txn by default)."""
         txn = b"".join(_f_bytes(2, _f_bytes(2, _put_req(k, v))) for k, v in items)
         resp = await self._txn(txn, timeout=self.timeout)
-        for num, _, val in _fields(resp):
+        for num, _, val in iter_fields(resp):
             if num == 1:
                 return _parse_header_revision(val)
         return 0
@@ -244,7 +199,7 @@ class EtcdClient:
     async def delete(self, key: bytes) -> KeyValue | None:
         """Delete one key; the previous KeyValue, or None if it did not exist."""
         resp = await self._delete(_delete_req(key), timeout=self.timeout)
-        for num, _, val in _fields(resp):
+        for num, _, val in iter_fields(resp):
             if num == 3:
                 return _parse_kv(val)
         return None
