@@ -516,15 +516,25 @@ class EtcdReader:
 
     After :meth:`iter_prefix` starts, ``revision`` is the revision the scan is pinned to and
     ``total`` the number of keys in the range at that revision (for progress).
+
+    ``page_bytes`` keeps pages near that many bytes of keys and values: etcd pages by count only, and a page
+    is held whole in memory (by etcdctl's output, then here), so a count alone gives pages of a few hundred
+    kilobytes of small secrets or of gigabytes of Helm releases. With it, the first page is small
+    (:data:`FIRST_PAGE_KEYS`), and each next page's limit is what the average key/value of the page before
+    gives for ``page_bytes``, growing at most fourfold per page, never above ``page_size``.
     """
 
     def __init__(self, run: Callable[[list[str]], ExecResult], *, cacert: str | None = DEFAULT_CACERT,
                  cert: str | None = DEFAULT_CERT, key_file: str | None = DEFAULT_KEY,
                  endpoint: str = DEFAULT_ENDPOINT, command_timeout: int | None = None,
-                 executable: str = "etcdctl", write_out: str = "protobuf", page_size: int = 1000):
+                 executable: str = "etcdctl", write_out: str = "protobuf", page_size: int = 1000,
+                 page_bytes: int | None = None):
         if write_out not in WRITE_OUT_FORMATS:
             raise ValueError(f"unsupported write_out {write_out!r}; expected one of {WRITE_OUT_FORMATS}")
         _check_page_size(page_size)
+        if page_bytes is not None:
+            _check_page_size(page_bytes)
+        self.page_bytes = page_bytes
         self._run = run
         self._common = {"cacert": cacert, "cert": cert, "key_file": key_file, "endpoint": endpoint,
                         "command_timeout": command_timeout, "executable": executable, "write_out": write_out}
@@ -581,7 +591,8 @@ class EtcdReader:
         self.revision = None
         self.total = None
 
-        page = self._range(key=prefix, range_end=range_end, limit=page_size, keys_only=keys_only)
+        limit = page_size if self.page_bytes is None else min(page_size, FIRST_PAGE_KEYS)
+        page = self._range(key=prefix, range_end=range_end, limit=limit, keys_only=keys_only)
         self.revision = page.revision
         self.total = page.count
         kvs, more = page.kvs, page.more
@@ -593,9 +604,11 @@ class EtcdReader:
             if not kvs:
                 raise EtcdOutputError("etcdctl reported more keys but returned an empty page")
             last = kvs[-1].key
+            if self.page_bytes is not None:
+                limit = _next_limit(kvs, limit, page_size, self.page_bytes)
             del kvs  # hold at most one page
             start = _argv_key(last)
-            page = self._range(key=start, range_end=range_end, limit=page_size + 1, rev=self.revision,
+            page = self._range(key=start, range_end=range_end, limit=limit + 1, rev=self.revision,
                                keys_only=keys_only)
             if not page.kvs or page.kvs[0].key != last:
                 raise EtcdOutputError(
@@ -604,6 +617,17 @@ class EtcdReader:
             del page
             if not kvs and more:
                 raise EtcdOutputError("etcdctl reported more keys but the page made no progress")
+
+
+#: Keys in the first page when pages are sized by bytes: nothing is known of the values yet.
+FIRST_PAGE_KEYS = 100
+
+
+def _next_limit(kvs: list[KeyValue], limit: int, page_size: int, page_bytes: int) -> int:
+    """The next page's key limit: ``page_bytes`` at this page's average key/value size, at most four times
+    this page's limit (sizes change along the key space) and ``page_size``; at least one key."""
+    size = sum(len(kv.key) + len(kv.value) for kv in kvs) / len(kvs)
+    return max(1, min(page_size, 4 * limit, int(page_bytes / max(size, 1.0))))
 
 
 def _check_page_size(page_size: int) -> None:
