@@ -65,7 +65,8 @@ def load_arguments(self, _):
                    help='Path of the etcd client key inside the etcd pod.')
         c.argument('page_size',
                    default=defaults.PAGE_SIZE, options_list=['--page-size'], type=int, arg_group='etcd',
-                   help='Keys read per etcdctl call when scanning.')
+                   help='At most this many keys per etcdctl call when scanning (pages are also kept near '
+                        '4 MiB of values).')
 
         c.argument('timeout',
                    default=defaults.TIMEOUT_SECONDS, options_list=['--timeout'], type=int,

@@ -48,7 +48,7 @@ def verify_kms(cmd, resource_group_name=None, cluster_name=None, admin=False, ku
             check_list = [_kms_health(cluster)]
             runner = EtcdExec(cluster, cluster.etcd_pods(etcd_pod), etcd_container)
             reader = EtcdReader(runner, endpoint=etcd_endpoint, cacert=etcd_cacert, cert=etcd_cert,
-                                key_file=etcd_key, page_size=page_size)
+                                key_file=etcd_key, page_size=page_size, page_bytes=defaults.PAGE_BYTES)
             entries = []
             if probe:
                 with ProbeSecret(cluster, probe_namespace) as probe_secret:

@@ -20,5 +20,6 @@ ETCD_SECRETS_PREFIX = '/registry/secrets/'
 
 PROBE_NAMESPACE = 'default'
 ROTATION_DAYS = 30  # AKS Arc rotates the KMS key encryption key every 30 days.
-PAGE_SIZE = 1000
+PAGE_SIZE = 5000  # keys per etcdctl call at most; PAGE_BYTES sizes the pages (see etcd.EtcdReader)
+PAGE_BYTES = 4 * 1024 * 1024
 TIMEOUT_SECONDS = 300
