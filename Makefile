@@ -37,7 +37,7 @@ $(AZURE_EXTENSION_DIR)/.installed: $(WHEEL)
 	$(BIN)/az extension add --source $(WHEEL) --yes
 	mkdir -p $(AZURE_EXTENSION_DIR) && touch $@
 
-demo: install system-deps
+demo: install
 	@scripts/demo.sh $(ARGS)
 
 test: install system-deps
