@@ -72,6 +72,9 @@ class Az:
             'PYTHONPATH': str(FAKEAZ),
             'FAKEAZ_TOKENS': '1',
             'KUBECONFIG': str(self.config_dir / 'no-kubeconfig'),
+            # az runs `python -m azure.cli`, which puts the working directory first on sys.path: run from the
+            # project, it would import ./azext_kmsverify (the working tree) instead of the installed wheel.
+            'PYTHONSAFEPATH': '1',
         })
         full_env.update(self.env)
         full_env.update(env or {})
