@@ -178,7 +178,7 @@ def test_interrupted_run_still_deletes_the_probe(installed, tmp_path, signame):
     try:
         box.ctl({'exec_fault': {'pod': '*', 'mode': 'hang'}})
         env = dict(os.environ, AZURE_CONFIG_DIR=str(tmp_path / 'azure'), AZURE_EXTENSION_DIR=str(EXTENSION_DIR),
-                   AZURE_CORE_COLLECT_TELEMETRY='false', PYTHONPATH=str(FAKEAZ))
+                   AZURE_CORE_COLLECT_TELEMETRY='false', PYTHONPATH=str(FAKEAZ), PYTHONSAFEPATH='1')
         proc = subprocess.Popen([str(AZ), 'aksarc', 'kms', 'verify', '--kubeconfig', box.kubeconfig,
                                  '--timeout', '120'], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL, text=True)
