@@ -99,7 +99,10 @@ def _az_env(config_dir: Path) -> dict:
     env = dict(os.environ)
     env.update({"AZURE_CONFIG_DIR": str(config_dir), "AZURE_CORE_COLLECT_TELEMETRY": "false",
                 "AZURE_CORE_NO_COLOR": "true", "AZURE_CORE_SURVEY_MESSAGE": "false",
-                "AZURE_CORE_ONLY_SHOW_ERRORS": "true", "KUBECONFIG": str(config_dir / "no-kubeconfig")})
+                "AZURE_CORE_ONLY_SHOW_ERRORS": "true", "KUBECONFIG": str(config_dir / "no-kubeconfig"),
+                # `python -m azure.cli` puts the working directory first on sys.path: without this, az run from
+                # the project would import ./azext_kmsverify instead of the installed extension.
+                "PYTHONSAFEPATH": "1"})
     env.setdefault("AZURE_EXTENSION_DIR", str(PROJECT / ".az" / "extensions"))
     return env
 

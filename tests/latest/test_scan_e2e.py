@@ -426,7 +426,8 @@ def _az_env(tmp_path, only_show_errors=False):
     env.update({'AZURE_CONFIG_DIR': str(tmp_path / 'azure-config'), 'AZURE_EXTENSION_DIR': str(EXTENSION_DIR),
                 'AZURE_CORE_COLLECT_TELEMETRY': 'false', 'AZURE_CORE_NO_COLOR': 'true',
                 'AZURE_CORE_SURVEY_MESSAGE': 'false', 'PYTHONPATH': str(FAKEAZ), 'FAKEAZ_TOKENS': '1',
-                'AZURE_CORE_ONLY_SHOW_ERRORS': 'false', 'KUBECONFIG': str(tmp_path / 'no-kubeconfig')})
+                'AZURE_CORE_ONLY_SHOW_ERRORS': 'false', 'KUBECONFIG': str(tmp_path / 'no-kubeconfig'),
+                'PYTHONSAFEPATH': '1'})  # the installed wheel, not ./azext_kmsverify (see conftest.Az)
     return env
 
 
