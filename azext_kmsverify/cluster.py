@@ -251,7 +251,6 @@ class Cluster:  # pylint: disable=too-many-instance-attributes
         Raises ExecError when the exec itself fails (handshake refused, missing executable, stream cut,
         deadline reached).
         """
-        import select
         import ssl
         from urllib.parse import quote
 
@@ -283,15 +282,14 @@ class Cluster:  # pylint: disable=too-many-instance-attributes
         stdout, stderr, status = [], [], []
         sinks = {ws_client.STDOUT_CHANNEL: stdout, ws_client.STDERR_CHANNEL: stderr, ws_client.ERROR_CHANNEL: status}
         sock = client.sock
-        poller = select.poll()
-        poller.register(sock.sock, select.POLLIN)
+        readable = _readable_waiter(sock.sock)
         try:
             while True:
                 if self.deadline.expired():
                     raise ExecError(self.timeout_error('exec into {} produced no end of output'.format(pod)), True)
                 # TLS may hold whole frames already decrypted, which poll() on the socket cannot see.
                 if not (isinstance(sock.sock, ssl.SSLSocket) and sock.sock.pending()) and \
-                        not poller.poll(int(self.deadline.bound(1.0) * 1000)):
+                        not readable(self.deadline.bound(1.0)):
                     continue
                 opcode, frame = sock.recv_data_frame(True)
                 if opcode == websocket.ABNF.OPCODE_CLOSE:
@@ -299,6 +297,10 @@ class Cluster:  # pylint: disable=too-many-instance-attributes
                 data = frame.data if opcode in (websocket.ABNF.OPCODE_BINARY, websocket.ABNF.OPCODE_TEXT) else b''
                 if len(data) > 1 and data[0] in sinks:  # 255 <n> is v5's end of stream n: nothing to keep
                     sinks[data[0]].append(data[1:])
+        except websocket.WebSocketConnectionClosedException:
+            raise ExecError(self._stream_cut(pod, 'the connection closed without an exit status')) from None
+        except websocket.WebSocketTimeoutException:
+            raise ExecError(self._stream_cut(pod, 'a frame stopped arriving midway')) from None
         except websocket.WebSocketException as ex:
             raise ExecError(self._stream_cut(pod, type(ex).__name__)) from None
         except OSError as ex:
@@ -436,6 +438,17 @@ class Cluster:  # pylint: disable=too-many-instance-attributes
             token = (page.get('metadata') or {}).get('continue')
             if not token:
                 return
+
+
+def _readable_waiter(sock):
+    """``wait(seconds) -> bool``: whether ``sock`` has data. poll() where there is one (no fd limit), else
+    select() (Windows)."""
+    import select
+    if hasattr(select, 'poll'):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return lambda seconds: bool(poller.poll(int(seconds * 1000)))
+    return lambda seconds: bool(select.select([sock], [], [], seconds)[0])
 
 
 def _pod_ready(pod):
