@@ -30,24 +30,6 @@ _TERMINAL = ('succeeded', 'failed', 'canceled', 'cancelled')
 _DEFAULT_POLL_SECONDS = 2.0
 
 
-class Deadline:
-    """The time left of ``--timeout``, shared by every step so the whole run is bounded."""
-
-    def __init__(self, seconds):
-        self.seconds = seconds
-        self.end = time.monotonic() + seconds
-
-    def remaining(self):
-        return max(0.0, self.end - time.monotonic())
-
-    def expired(self):
-        return self.remaining() <= 0
-
-    def bound(self, wanted):
-        """``wanted`` seconds, or less when the deadline is nearer (never below a small floor)."""
-        return max(0.05, min(wanted, self.remaining()))
-
-
 def cluster_resource_id(subscription, resource_group, cluster_name):
     return ('/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Kubernetes/connectedClusters/{}'
             .format(subscription, resource_group, cluster_name))

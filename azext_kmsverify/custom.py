@@ -28,7 +28,7 @@ def verify_kms(cmd, resource_group_name=None, cluster_name=None, admin=False, ku
     from azext_kmsverify import checks as rules
     from azext_kmsverify._format import exit_nonzero_after_output
     from azext_kmsverify.cluster import Cluster, EtcdExec, ProbeSecret
-    from azext_kmsverify.credentials import Deadline
+    from azext_kmsverify.deadline import Deadline
     from azext_kmsverify.etcd import EtcdctlError, EtcdOutputError, EtcdReader
 
     # az wraps argument defaults in str/int subclasses that serialise as {"isDefault": true}: unwrap them.

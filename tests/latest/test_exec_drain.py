@@ -14,7 +14,7 @@ import pytest
 import websocket
 
 from azext_kmsverify.cluster import Cluster
-from azext_kmsverify.credentials import Deadline
+from azext_kmsverify.deadline import Deadline
 
 SUCCESS = json.dumps({'metadata': {}, 'status': 'Success'}).encode()
 EXIT_3 = json.dumps({'metadata': {}, 'status': 'Failure', 'reason': 'NonZeroExitCode',
