@@ -60,11 +60,11 @@ def _split(total: int, shares) -> list[int]:
     return counts
 
 
-def seed_plan(n: int) -> list[dict]:
+def seed_plan(n: int, old_share: float = OLD_KEY_SHARE, plaintext_share: float = PLAINTEXT_SHARE) -> list[dict]:
     """The ``ctl seed`` calls for ``n`` secrets, in the order they must run (old-key ones before the rotation):
     each ``{"phase": "old"|"current"|"plaintext", "namespace", "prefix", "count", "size"}``."""
-    old = int(n * OLD_KEY_SHARE)
-    plain = max(1, int(n * PLAINTEXT_SHARE)) if n >= 10 else 0
+    old = int(n * old_share)
+    plain = max(1, int(n * plaintext_share)) if n >= 10 and plaintext_share > 0 else 0
     current = n - old - plain
     plan = []
     for phase, count in (("old", old), ("current", current), ("plaintext", plain)):
@@ -75,12 +75,12 @@ def seed_plan(n: int) -> list[dict]:
     return plan
 
 
-def seed(box: Sandbox, n: int) -> dict:
+def seed(box: Sandbox, n: int, old_share: float = OLD_KEY_SHARE, plaintext_share: float = PLAINTEXT_SHARE) -> dict:
     """Seed ``n`` secrets (plus the sandbox's own few); returns what was written and how long it took."""
     started = time.monotonic()
     written = {"old": 0, "current": 0, "plaintext": 0}
     rotated = False
-    for call in seed_plan(n):
+    for call in seed_plan(n, old_share, plaintext_share):
         if call["phase"] != "old" and not rotated:
             box.kms("rotate")
             rotated = True
@@ -107,18 +107,39 @@ def _az_env(config_dir: Path) -> dict:
     return env
 
 
+# Started by run_measured: forks and execs the command, waits for it, writes its exit status, wall time and
+# peak RSS to the file named first. Linux gives a child the peak RSS of the process it was spawned from
+# (vfork/fork shares or copies that memory until exec; the kernel keeps its high-water mark), so measuring
+# az straight from this script would report this script's peak whenever that is higher (it is, after reading
+# 100 MB of etcd output for the floor). This small process is what az is spawned from instead.
+_MEASURE = """
+import json, os, sys, time
+out, argv = sys.argv[1], sys.argv[2:]
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(out, "w") as f:
+    json.dump({"status": status, "wall": time.perf_counter() - started, "maxrss_kib": usage.ru_maxrss}, f)
+"""
+
+
 def run_measured(argv: list[str], env: dict | None = None, stdout=subprocess.DEVNULL) -> tuple[int, float, int]:
-    """(exit code, wall seconds, peak RSS in bytes) of one process (its own rusage, not its siblings')."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE)
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    proc.stderr.close()
-    if proc.returncode not in (0, 4):
-        raise RuntimeError(f"{argv[:4]} exited {proc.returncode}: {stderr.decode(errors='replace')[-2000:]}")
-    return proc.returncode, wall, usage.ru_maxrss * 1024  # Linux: KiB
+    """(exit code, wall seconds, peak RSS in bytes) of one process: its own, measured by a small parent."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as report:
+        proc = subprocess.run([sys.executable, "-c", _MEASURE, report.name, *argv], env=env, stdin=subprocess.DEVNULL,
+                              stdout=stdout, stderr=subprocess.PIPE)
+        if proc.returncode != 0:
+            raise RuntimeError(f"measuring {argv[:4]} failed: {proc.stderr.decode(errors='replace')[-2000:]}")
+        measured = json.loads(Path(report.name).read_text())
+    code = os.waitstatus_to_exitcode(measured["status"])
+    if code not in (0, 4):
+        raise RuntimeError(f"{argv[:4]} exited {code}: {proc.stderr.decode(errors='replace')[-2000:]}")
+    return code, measured["wall"], measured["maxrss_kib"] * 1024  # Linux: KiB
 
 
 def az_startup(env: dict, runs: int) -> float:
@@ -151,7 +172,8 @@ def floor(box: Sandbox, runs: int) -> dict:
         env[key] = value
     argv = [find_etcdctl("3.5"), "get", PREFIX, "--prefix", "-w", "protobuf"]
     walls = [run_measured(argv, env)[1] for _ in range(runs)]
-    size = len(subprocess.run(argv, env=env, capture_output=True, check=True).stdout)
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE) as proc:  # counted, never held whole
+        size = sum(len(chunk) for chunk in iter(lambda: proc.stdout.read(1 << 20), b""))
     return {"wall": statistics.median(walls), "walls": walls, "bytes": size}
 
 
@@ -201,7 +223,7 @@ def bench_size(n: int, args, env: dict, workdir: Path) -> dict:
     box = Sandbox(str(workdir / f"sandbox-{n}"))
     box.up(provider="kms-v2", timeout=120)
     try:
-        seeded = seed(box, n)
+        seeded = seed(box, n, args.old_share, args.plaintext_share)
         keys = box.etcdctl("get", PREFIX, "--prefix", "--keys-only", timeout=600).stdout.decode().splitlines()
         stored = sum(1 for k in keys if k)
         measured = scan(box, env, args.runs, args.page_size, workdir)
@@ -291,6 +313,10 @@ def main(argv=None) -> int:
                         help="secrets checked one kubectl exec at a time (default 50; 0 to skip)")
     parser.add_argument("--page-size", type=int, default=None, help="--page-size for the scan (default: the "
                                                                      "command's default)")
+    parser.add_argument("--old-share", type=float, default=OLD_KEY_SHARE,
+                        help="share of secrets written before the key rotation (default 0.10)")
+    parser.add_argument("--plaintext-share", type=float, default=PLAINTEXT_SHARE,
+                        help="share of plaintext secrets (default 0.01; 0 for none)")
     parser.add_argument("--dir", help="working folder (default: a temporary one, removed afterwards)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
