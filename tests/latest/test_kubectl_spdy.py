@@ -163,3 +163,94 @@ def test_large_output_streams_byte_exact_and_faults(kubectl120, tmp_path):
         assert healed.returncode == 0, healed.stderr
     finally:
         box.down()
+
+
+# --- what kubectl 1.20 never does: older stream protocols, PING, a failed negotiation (a raw SPDY client) ------------
+
+
+class _RawSpdy:
+    """A minimal SPDY/3.1 exec client over the admin's TLS connection, from the sandbox's own framing helpers."""
+
+    def __init__(self, box, query, protocols):
+        import socket
+        import ssl
+        import zlib
+        from urllib.parse import urlparse
+
+        from tests.sandbox import execspdy
+        self.spdy = execspdy
+        url = urlparse(box.info['apiserver']['url'])
+        ctx = ssl.create_default_context(cafile=box.info['pki']['ca_cert'])
+        ctx.load_cert_chain(box.info['pki']['admin_cert'], box.info['pki']['admin_key'])
+        self.sock = ctx.wrap_socket(socket.create_connection((url.hostname, url.port), timeout=15),
+                                    server_hostname=url.hostname)
+        head = ''.join('X-Stream-Protocol-Version: {}\r\n'.format(p) for p in protocols)
+        self.sock.sendall('POST /api/v1/namespaces/kube-system/pods/{}/exec?{} HTTP/1.1\r\nHost: {}\r\n'
+                          'Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n{}Content-Length: 0\r\n\r\n'
+                          .format(box.info['etcd_pods'][0], query, url.netloc, head).encode())
+        self.buf = b''
+        while b'\r\n\r\n' not in self.buf:
+            chunk = self.sock.recv(65536)
+            assert chunk, self.buf
+            self.buf += chunk
+        self.response, self.buf = self.buf.split(b'\r\n\r\n', 1)
+        self.deflate = zlib.compressobj(9, zlib.DEFLATED, 15, 8, zlib.Z_DEFAULT_STRATEGY, execspdy.DICTIONARY)
+        self.inflate = zlib.decompressobj(zdict=execspdy.DICTIONARY)
+
+    def syn_stream(self, sid, streamtype):
+        import struct
+        import zlib
+        block = self.deflate.compress(self.spdy.encode_headers({'streamtype': streamtype})) + \
+            self.deflate.flush(zlib.Z_SYNC_FLUSH)
+        self.sock.sendall(self.spdy.control_frame(self.spdy.SYN_STREAM, 0, struct.pack('>IIBB', sid, 0, 0, 0) + block))
+
+    def frames(self):
+        """Every frame until the server's GOAWAY, as (kind, stream id or ping id, flags, payload)."""
+        out = []
+        while True:
+            while len(self.buf) < 8 or len(self.buf) < 8 + int.from_bytes(self.buf[5:8], 'big'):
+                chunk = self.sock.recv(65536)
+                assert chunk, out
+                self.buf += chunk
+            n = 8 + int.from_bytes(self.buf[5:8], 'big')
+            head, payload, self.buf = self.buf[:8], self.buf[8:n], self.buf[n:]
+            ident = int.from_bytes((payload if head[0] & 0x80 else head)[:4], 'big') & 0x7FFFFFFF
+            kind = int.from_bytes(head[2:4], 'big') if head[0] & 0x80 else 'data'
+            if kind == self.spdy.SYN_REPLY:
+                assert self.spdy.decode_headers(self.inflate.decompress(payload[4:])) == {}
+            out.append((kind, ident, head[4], payload if kind == 'data' else b''))
+            if kind == self.spdy.GOAWAY:
+                return out
+
+
+def test_raw_spdy_v2_protocol_ping_and_plain_error_message(box):
+    import struct
+    spdy = _RawSpdy(box, 'command=etcdctl&command=--no-such-flag&container=etcd&stdout=true&stderr=true',
+                    ['v2.channel.k8s.io', 'channel.k8s.io'])
+    try:
+        assert spdy.response.startswith(b'HTTP/1.1 101 Switching Protocols\r\n')
+        assert b'\r\nX-Stream-Protocol-Version: v2.channel.k8s.io' in spdy.response
+        spdy.sock.sendall(spdy.spdy.control_frame(spdy.spdy.PING, 0, struct.pack('>I', 1)))
+        for sid, kind in ((1, 'error'), (3, 'stdout'), (5, 'stderr')):
+            spdy.syn_stream(sid, kind)
+        frames = spdy.frames()
+    finally:
+        spdy.sock.close()
+    assert (spdy.spdy.PING, 1, 0, b'') in frames
+    assert [f[1] for f in frames if f[0] == spdy.spdy.SYN_REPLY] == [1, 3, 5]
+    data = {sid: b''.join(f[3] for f in frames if f[0] == 'data' and f[1] == sid) for sid in (1, 3, 5)}
+    fins = [f[1] for f in frames if f[0] == 'data' and f[2] & spdy.spdy.FLAG_FIN]
+    assert sorted(fins) == [1, 3, 5] and fins[-1] == 1  # stdout and stderr end first, then the error stream
+    assert b'unknown flag: --no-such-flag' in data[5] and data[3].startswith(b'NAME:')  # etcdctl's usage
+    # v2: the failure as text, not a JSON Status.
+    assert data[1].decode().startswith('command terminated with non-zero exit code: error executing command '
+                                       '[etcdctl --no-such-flag], exit code ')
+
+
+def test_raw_spdy_without_a_common_stream_protocol_is_refused(box):
+    spdy = _RawSpdy(box, 'command=etcdctl&command=version&container=etcd&stdout=true', ['v9.channel.k8s.io'])
+    try:
+        assert spdy.response.startswith(b'HTTP/1.1 403 Forbidden\r\n')
+        assert b'unable to upgrade: unable to negotiate protocol: client supports [v9.channel.k8s.io]' in spdy.buf
+    finally:
+        spdy.sock.close()

@@ -8,7 +8,8 @@ must not be able to tell the difference:
   ``restricted-user`` that may read but not exec into kube-system nor create secrets (real 403 Status bodies);
 - ``/readyz`` and ``/healthz`` with the real check lines, and ``/readyz/<check>`` with the real KMS error;
 - pods (kubeadm-like etcd mirror pods) and ``pods/exec`` over WebSocket (v5/v4 channel protocols) or SPDY/3.1
-  (kubectl before 1.29) running the real ``etcdctl`` with the pod's paths mapped onto the sandbox, distroless (no shell);
+  (kubectl before 1.29) running the real ``etcdctl`` with the pod's paths mapped onto the sandbox, distroless
+  (no shell);
 - secrets stored in the real etcd exactly as kube-apiserver stores them (protobuf, then the first provider of
   the EncryptionConfiguration), read back through every provider; an unreadable value fails get and list with
   the apiserver's ``unable to transform key`` error.
