@@ -8,6 +8,7 @@ Status bodies, RBAC denials, and the ARM long-running operation.
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -466,10 +467,11 @@ def test_bearer_tokens(box):
 
 
 def _kubectl(box, tmp_path, *args):
-    if not Path("/usr/bin/kubectl").exists():
-        pytest.skip("kubectl not installed (make system-deps)")
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.fail("kubectl not found on PATH: run `make system-deps` (installs Debian's kubernetes-client)")
     env = dict(os.environ, KUBECONFIG=box.kubeconfig, HOME=str(tmp_path))
-    return subprocess.run(["/usr/bin/kubectl", *args], capture_output=True, env=env, timeout=60)
+    return subprocess.run([kubectl, *args], capture_output=True, env=env, timeout=60)
 
 
 def test_kubectl_raw_readyz_pods_secrets_and_exec(box, tmp_path):
@@ -711,7 +713,7 @@ def test_failed_up_cleans_up_after_itself(tmp_path):
 def test_fakeaz_swaps_only_the_token_source(tmp_path):
     az = PROJECT / ".venv" / "bin" / "az"
     if not az.exists():
-        pytest.skip("az not installed in .venv")
+        pytest.fail("az not installed in .venv: run the tests with `make test`")
     write_profile(str(tmp_path), "11111111-2222-3333-4444-555555555555")
     env = dict(os.environ, AZURE_CONFIG_DIR=str(tmp_path), PYTHONPATH=str(FAKEAZ), FAKEAZ_TOKENS="1",
                FAKEAZ_UPN="restricted-dev@contoso.com", AZURE_CORE_COLLECT_TELEMETRY="false")
