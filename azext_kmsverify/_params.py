@@ -15,8 +15,8 @@ def load_arguments(self, _):
     # Defaults live in defaults.py so help, validation and code agree.
 
     with self.argument_context('aksarc kms verify') as c:
-        # No configured default for the group: an `az config` default must not silently turn a
-        # `--kubeconfig` run into an ARM call.
+        # az applies a configured default group (defaults.group) whatever this says; _validators decides ARM
+        # mode from --name, so the default never turns a --kubeconfig run into an ARM call.
         c.argument('resource_group_name', CLIArgumentType(options_list=['--resource-group', '-g']),
                    arg_group='Cluster', help='Resource group of the AKS Arc cluster (Arc connected cluster).')
         c.argument('cluster_name', options_list=['--name', '-n'], arg_group='Cluster',
@@ -32,7 +32,7 @@ def load_arguments(self, _):
                    help='Secret to verify, as NAMESPACE/NAME. Repeat or give several. Without --secret and '
                         '--all-secrets, a probe secret is created, verified and deleted.')
         c.argument('all_secrets', options_list=['--all-secrets'], arg_type=get_three_state_flag(),
-                   arg_group='Secrets', help='Scan every secret stored in etcd (read-only).')
+                   arg_group='Scan', help='Scan every secret stored in etcd (read-only).')
         c.argument('probe', options_list=['--probe'], arg_type=get_three_state_flag(), arg_group='Secrets',
                    help='Create, verify and delete a probe secret. Default: only when neither --secret nor '
                         '--all-secrets is given.')
@@ -40,9 +40,9 @@ def load_arguments(self, _):
                    default=defaults.PROBE_NAMESPACE, options_list=['--probe-namespace'], arg_group='Secrets',
                    help='Namespace of the probe secret.')
         c.argument('fail_on_stale', options_list=['--fail-on-stale'], arg_type=get_three_state_flag(),
-                   arg_group='Secrets', help='Fail (instead of warn) when secrets were written under an older key.')
+                   arg_group='Scan', help='Fail (instead of warn) when secrets were written under an older key.')
         c.argument('rotation_days',
-                   default=defaults.ROTATION_DAYS, options_list=['--rotation-days'], type=int, arg_group='Secrets',
+                   default=defaults.ROTATION_DAYS, options_list=['--rotation-days'], type=int, arg_group='Scan',
                    help='KMS v1 key rotation period in days: secrets last written longer ago are reported '
                         'as written before the last rotation.')
 
@@ -64,7 +64,7 @@ def load_arguments(self, _):
                    default=defaults.ETCD_KEY, options_list=['--etcd-key'], arg_group='etcd',
                    help='Path of the etcd client key inside the etcd pod.')
         c.argument('page_size',
-                   default=defaults.PAGE_SIZE, options_list=['--page-size'], type=int, arg_group='etcd',
+                   default=defaults.PAGE_SIZE, options_list=['--page-size'], type=int, arg_group='Scan',
                    help='At most this many keys per etcdctl call when scanning (pages are also kept near '
                         '4 MiB of values).')
 

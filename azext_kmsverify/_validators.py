@@ -8,10 +8,11 @@ import os
 import re
 
 from azext_kmsverify.errors import argument_error, exit_with
+from azext_kmsverify.text import printable, truncate
 
 # Kubernetes names: a namespace is a DNS-1123 label, a secret name a DNS-1123 subdomain.
-_LABEL = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')
-_SUBDOMAIN = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')
+_LABEL = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?')
+_SUBDOMAIN = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')
 
 
 class AppendSecrets(argparse.Action):  # pylint: disable=too-few-public-methods
@@ -32,11 +33,11 @@ def parse_secret_ref(value):
             "--secret '{}' is not NAMESPACE/NAME.".format(_shorten(value)),
             'Give the secret as NAMESPACE/NAME, for example --secret default/db-user-pass.'))
     namespace, name = parts
-    if len(namespace) > 63 or not _LABEL.match(namespace):
+    if len(namespace) > 63 or not _LABEL.fullmatch(namespace):
         raise argument_error(InvalidArgumentValueError(
             "--secret '{}': '{}' is not a valid namespace name.".format(_shorten(value), _shorten(namespace)),
             'Namespace names are lower-case letters, digits and "-", at most 63 characters.'))
-    if len(name) > 253 or not _SUBDOMAIN.match(name):
+    if len(name) > 253 or not _SUBDOMAIN.fullmatch(name):
         raise argument_error(InvalidArgumentValueError(
             "--secret '{}': '{}' is not a valid secret name.".format(_shorten(value), _shorten(name)),
             'Secret names are lower-case letters, digits, "-" and ".", at most 253 characters.'))
@@ -44,7 +45,8 @@ def parse_secret_ref(value):
 
 
 def _shorten(text, limit=80):
-    return text if len(text) <= limit else text[:limit] + '...'
+    """An argument value as it may be echoed in an error: one line, no control characters."""
+    return printable(truncate(text, limit)) if '\n' not in str(text) else printable(str(text)[:limit])
 
 
 def validate_verify(namespace):
@@ -62,7 +64,12 @@ def _validate(namespace):
     from azure.cli.core.azclierror import (FileOperationError, InvalidArgumentValueError,
                                            MutuallyExclusiveArgumentError, RequiredArgumentMissingError)
     ns = namespace
-    arm = bool(ns.resource_group_name or ns.cluster_name)
+    # ARM mode is decided by --name: a configured default group (az config set defaults.group=RG, or
+    # AZURE_DEFAULTS_GROUP) reaches every command as a DefaultStr and must not turn --kubeconfig into an ARM call.
+    group_given = bool(ns.resource_group_name) and not _is_default(ns.resource_group_name)
+    if ns.kubeconfig and not ns.cluster_name and not group_given:
+        ns.resource_group_name = None
+    arm = bool(ns.cluster_name or group_given)
     if ns.kubeconfig and arm:
         raise argument_error(MutuallyExclusiveArgumentError(
             '--kubeconfig cannot be used with --resource-group/--name.',
@@ -76,7 +83,8 @@ def _validate(namespace):
         missing = '--name' if ns.resource_group_name else '--resource-group'
         raise argument_error(RequiredArgumentMissingError(
             '{} is required with {}.'.format(missing, '--resource-group' if missing == '--name' else '--name'),
-            'Give both --resource-group and --name of the AKS Arc cluster.'))
+            'Give both --resource-group and --name of the AKS Arc cluster (or set a default group with '
+            "'az config set defaults.group=RG')."))
     if ns.admin and not arm:
         raise argument_error(MutuallyExclusiveArgumentError(
             '--admin applies only to credentials fetched with --resource-group/--name.',
@@ -87,13 +95,18 @@ def _validate(namespace):
             'Drop --context, or give the kubeconfig with --kubeconfig.'))
     if ns.kubeconfig:
         path = os.path.expanduser(ns.kubeconfig)
+        if not os.path.exists(path):
+            raise argument_error(FileOperationError(
+                "--kubeconfig file '{}' does not exist.".format(_shorten(ns.kubeconfig, 200)),
+                'Check the path, or fetch credentials from Azure with --resource-group and --name.'))
         if not os.path.isfile(path):
             raise argument_error(FileOperationError(
-                "--kubeconfig file '{}' does not exist.".format(ns.kubeconfig),
-                'Check the path, or fetch credentials from Azure with --resource-group and --name.'))
+                "--kubeconfig '{}' is {}, not a kubeconfig file.".format(
+                    _shorten(ns.kubeconfig, 200), 'a folder' if os.path.isdir(path) else 'not a regular file'),
+                'Give the path of a kubeconfig file.'))
         if not os.access(path, os.R_OK):
             raise argument_error(FileOperationError(
-                "--kubeconfig file '{}' is not readable.".format(ns.kubeconfig),
+                "--kubeconfig file '{}' is not readable.".format(_shorten(ns.kubeconfig, 200)),
                 'Check the permissions of the file.'))
         ns.kubeconfig = path
 
@@ -103,7 +116,7 @@ def _validate(namespace):
         if ref not in refs:
             refs.append(ref)
     ns.secrets = refs
-    if ns.probe_namespace is not None and not _LABEL.match(ns.probe_namespace or ''):
+    if ns.probe_namespace is not None and not _LABEL.fullmatch(ns.probe_namespace or ''):
         raise argument_error(InvalidArgumentValueError(
             "--probe-namespace '{}' is not a valid namespace name.".format(_shorten(ns.probe_namespace or '')),
             'Give an existing namespace, for example --probe-namespace default.'))
@@ -115,9 +128,17 @@ def _validate(namespace):
             raise argument_error(InvalidArgumentValueError(
                 '{} must be between {} and {}, not {}.'.format(option, low, high, value),
                 'Give {} a value in that range.'.format(option)))
+    for option in ('etcd_container', 'etcd_endpoint'):
+        value = getattr(ns, option)
+        if not value or any(c in value for c in '\x00\n\r') or (
+                option == 'etcd_endpoint' and not re.fullmatch(r'(https?|unix|unixs)://[^\s]+', value)):
+            raise argument_error(InvalidArgumentValueError(
+                "--{} '{}' is not valid.".format(option.replace('_', '-'), _shorten(value or '')),
+                'Give a container name (kubeadm: etcd).' if option == 'etcd_container' else
+                'Give the etcd client URL as seen inside the etcd pod, for example https://127.0.0.1:2379.'))
     for option in ('etcd_cacert', 'etcd_cert', 'etcd_key'):
         value = getattr(ns, option)
-        if not value or not value.startswith('/'):
+        if not value or not value.startswith('/') or any(c in value for c in '\x00\n\r'):
             raise argument_error(InvalidArgumentValueError(
                 '--{} must be an absolute path inside the etcd pod.'.format(option.replace('_', '-')),
                 'For kubeadm-style clusters the files are under /etc/kubernetes/pki/etcd/.'))
@@ -127,3 +148,8 @@ def _validate(namespace):
             raise argument_error(FileOperationError(
                 "--junit-xml: folder '{}' does not exist or is not writable.".format(parent),
                 'Give a path in an existing, writable folder.'))
+
+
+def _is_default(value):
+    """az marks values from defaults (its own or configured) with ``is_default``."""
+    return bool(getattr(value, 'is_default', False))

@@ -3,7 +3,7 @@
 # --------------------------------------------------------------------------------------------
 """Command table. Kept free of heavy imports: ``az`` loads it on every relevant call."""
 
-from azext_kmsverify._format import verify_table_format
+from azext_kmsverify.report.table import verify_table_format
 from azext_kmsverify._validators import validate_verify
 
 

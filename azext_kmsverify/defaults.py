@@ -1,11 +1,12 @@
 # --------------------------------------------------------------------------------------------
 # Copyright (c) kmsverify contributors. Licensed under the MIT License.
 # --------------------------------------------------------------------------------------------
-"""Defaults shared by arguments, validation and the command (no imports: loaded at start-up)."""
+"""Every default and limit, in one place so help, validation and code agree (no imports: loaded at start-up)."""
 
-# AKS Entra server application: the audience of kubelogin tokens for AKS and AKS Arc clusters.
+# AKS Entra server application: the audience of kubelogin tokens when a kubeconfig names none.
 AKS_ENTRA_SERVER_ID = '6dae42f8-4368-4678-94ff-3960e28e3630'
 HYBRIDAKS_API_VERSION = '2024-01-01'
+USER_AGENT = 'az-aksarc-kms-verify'
 
 # kubeadm-style etcd static pod, as on AKS on Azure Local nodes.
 ETCD_NAMESPACE = 'kube-system'
@@ -19,7 +20,19 @@ ETCD_KEY = '/etc/kubernetes/pki/etcd/server.key'
 ETCD_SECRETS_PREFIX = '/registry/secrets/'
 
 PROBE_NAMESPACE = 'default'
+PROBE_PREFIX = 'kmsverify-probe-'
+PROBE_LABEL = 'app.kubernetes.io/managed-by'
+PROBE_LABEL_VALUE = 'kmsverify'
+PROBE_DELETE_GRACE = 10  # seconds the probe's delete may take beyond --timeout (it runs on every way out)
+
 ROTATION_DAYS = 30  # AKS Arc rotates the KMS key encryption key every 30 days.
-PAGE_SIZE = 5000  # keys per etcdctl call at most; PAGE_BYTES sizes the pages (see etcd.EtcdReader)
+PAGE_SIZE = 5000  # keys per etcdctl call at most; PAGE_BYTES sizes the pages (see etcd.reader.EtcdReader)
 PAGE_BYTES = 4 * 1024 * 1024
+METADATA_PAGE_SIZE = 500  # secrets per API list page when only metadata is read
 TIMEOUT_SECONDS = 300
+FAILING_SHOWN = 10  # failing secrets named in -o table before "and N more"
+
+# Caps on what is read from the cluster: a broken or hostile server cannot exhaust the run.
+BODY_MAX_BYTES = 64 * 1024 * 1024  # any API answer (pod lists, metadata pages, Status)
+READYZ_MAX_BYTES = 1024 * 1024
+EXEC_OUTPUT_MAX_BYTES = 256 * 1024 * 1024  # one etcdctl page (pages are kept near PAGE_BYTES)

@@ -181,7 +181,8 @@ def paged_floor(box: Sandbox, runs: int, page_size: int | None) -> dict:
     """Host-side etcdctl paged exactly as the scan pages (same reader, one etcdctl process per page, values
     parsed, not classified): what paging costs before any exec, WebSocket or API server is involved."""
     from azext_kmsverify import defaults
-    from azext_kmsverify.etcd import EtcdReader, ExecResult
+    from azext_kmsverify.etcd.reader import EtcdReader
+    from azext_kmsverify.kube.execstream import ExecResult
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
     for line in Path(box.info["etcd_env"]).read_text().splitlines():
         key, _, value = line.partition("=")

@@ -1,13 +1,13 @@
-"""Pass/fail rules (pure) on the real readyz bodies and real etcd values in ../shared/fixtures."""
+"""Pass/fail rules (pure) on the real readyz bodies and real etcd values in tests/fixtures."""
 
 import json
 
 import pytest
 
-from azext_kmsverify import checks
-from azext_kmsverify._format import verify_table_format
-from azext_kmsverify.readyz import parse_check_error
-from azext_kmsverify.storage import classify
+from azext_kmsverify.verdict import checks
+from azext_kmsverify.report.table import verify_table_format
+from azext_kmsverify.verdict.readyz import parse_check_error
+from azext_kmsverify.verdict.classify import classify
 
 from .conftest import fixtures_dir
 
@@ -111,7 +111,7 @@ def test_result_shape_and_table_rows():
 
 
 def test_a_kms_prefix_with_a_malformed_payload_fails():
-    from azext_kmsverify.scan import ScanSummary
+    from azext_kmsverify.verdict.scan import ScanSummary
     classification = classify(b'k8s:enc:kms:v2:kms-plugin:' + b'\xff\xfe not an EncryptedObject')
     assert classification['storage'] == 'kms' and classification['malformed']
     entry = checks.secret_entry('default', 'broken', '/registry/secrets/default/broken', classification)

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from azext_kmsverify.etcd import FIRST_PAGE_KEYS, EtcdReader
+from azext_kmsverify.etcd.reader import FIRST_PAGE_KEYS, EtcdReader
 
 from .test_etcd_parse import TLS, FakeEtcd
 

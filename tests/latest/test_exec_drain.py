@@ -1,20 +1,21 @@
-"""Cluster.exec keeps every byte of etcdctl's output, however its frames and the close arrive.
+"""kube.execstream keeps every byte of etcdctl's output, however its frames and the close arrive.
 
-An earlier loop over WSClient.update()/read_stdout()/read_stderr() lost the last stdout frames whenever the
-close arrived in the update a read of an empty channel ran (intermittent on pages of megabytes: protobuf "declares
-N bytes but only M remain"). Cluster.exec now reads the frames itself; these tests feed it frames as
-websocket-client returns them from ``recv_data_frame``, through the same ``websocket_call`` it uses, and check
-the request is the one CoreV1Api.connect_get_namespaced_pod_exec would send.
+An earlier loop over the kubernetes client's WSClient lost the last stdout frames whenever the close arrived in
+the update a read of an empty channel ran (intermittent on pages of megabytes). The stream is now read frame by
+frame with websocket-client; these tests feed it frames as ``recv_data_frame`` returns them and check the
+request it sends (URL, subprotocols, headers) without a server.
 """
 
 import json
 import socket
+import ssl
 
 import pytest
 import websocket
 
-from azext_kmsverify.cluster import Cluster
 from azext_kmsverify.deadline import Deadline
+from azext_kmsverify.kube import execstream
+from azext_kmsverify.kube.execstream import ExecError, exec_in_pod
 
 SUCCESS = json.dumps({'metadata': {}, 'status': 'Success'}).encode()
 EXIT_3 = json.dumps({'metadata': {}, 'status': 'Failure', 'reason': 'NonZeroExitCode',
@@ -28,13 +29,22 @@ class Frame:
         self.data = data
 
 
-class FakeSocket:
-    """websocket.WebSocket as Cluster.exec uses it: ``recv_data_frame`` and a pollable ``sock``."""
+class FakeWebSocket:
+    """websocket.WebSocket as execstream uses it: ``connect``, ``recv_data_frame``, a pollable ``sock``."""
 
-    def __init__(self, frames):
-        self.frames = list(frames)
+    instances = []
+
+    def __init__(self, sslopt=None, skip_utf8_validation=False):
+        self.sslopt = sslopt
+        self.frames = list(FakeWebSocket.next_frames)
         self.sock, self._peer = socket.socketpair()
         self._peer.send(b'x')  # always readable: each poll() says a frame is there
+        self.connected_with = None
+        self.closed = False
+        FakeWebSocket.instances.append(self)
+
+    def connect(self, url, **options):
+        self.connected_with = (url, options)
 
     def recv_data_frame(self, control_frame=False):
         if not self.frames:
@@ -42,46 +52,41 @@ class FakeSocket:
         opcode, data = self.frames.pop(0)
         return opcode, Frame(data)
 
-    def close(self):
+    def close(self, timeout=None):
+        self.closed = True
         self.sock.close()
         self._peer.close()
 
 
 class FakeClient:
-    def __init__(self, frames):
-        self.sock = FakeSocket(frames)
-        self.closed = False
+    """What exec_in_pod needs of a KubeClient."""
 
-    def close(self):
-        self.closed = True
-        self.sock.close()
+    server = 'https://127.0.0.1:6443'
+    proxy = None
+    tls_server_name = None
 
+    def __init__(self):
+        from azext_kmsverify.kube.errors import KubeErrors
+        self.deadline = Deadline(30)
+        self.ssl_context = ssl.create_default_context()
+        self.errors = KubeErrors(self.server, 'kubeconfig', self.deadline)
 
-@pytest.fixture
-def cluster():
-    from kubernetes import client
-    configuration = client.Configuration()
-    configuration.host = 'https://127.0.0.1:6443'
-    instance = object.__new__(Cluster)
-    instance.deadline = Deadline(30)
-    instance.credential = 'kubeconfig'
-    instance.server = configuration.host
-    instance._api = client.ApiClient(configuration=configuration)
-    return instance
+    def url(self, path, query=None):
+        from urllib.parse import urlencode
+        return self.server + path + ('?' + urlencode(list(query)) if query else '')
+
+    def auth_headers(self):
+        return {'Authorization': 'Bearer not-a-real-token'}
 
 
-def _run(monkeypatch, cluster, frames, argv=('etcdctl', 'get', '--', '/registry/secrets/')):
-    from kubernetes.stream import ws_client
-    calls = []
-    fake = FakeClient(frames)
-
-    def websocket_call(configuration, method, url, **kwargs):
-        calls.append((method, url, kwargs))
-        return fake
-    monkeypatch.setattr(ws_client, 'websocket_call', websocket_call)
-    result = cluster.exec('etcd-node', 'etcd', list(argv))
+def _run(monkeypatch, frames, argv=('etcdctl', 'get', '--', '/registry/secrets/')):
+    FakeWebSocket.next_frames = frames
+    FakeWebSocket.instances = []
+    monkeypatch.setattr(websocket, 'WebSocket', FakeWebSocket)
+    result = exec_in_pod(FakeClient(), 'kube-system', 'etcd-node', 'etcd', list(argv))
+    [fake] = FakeWebSocket.instances
     assert fake.closed
-    return result, calls
+    return result, fake
 
 
 @pytest.mark.parametrize('frames', [
@@ -91,56 +96,52 @@ def _run(monkeypatch, cluster, frames, argv=('etcdctl', 'get', '--', '/registry/
     [(BINARY, b'\x01' + bytes(range(256)) * 300), (TEXT, b'\x01tail'), (BINARY, b'\x01'), (BINARY, b'\x03' + SUCCESS),
      (CLOSE, b'')],
 ])
-def test_exec_keeps_every_output_frame(monkeypatch, cluster, frames):
+def test_exec_keeps_every_output_frame(monkeypatch, frames):
     data = [d for op, d in frames if op in (BINARY, TEXT)]
-    result, calls = _run(monkeypatch, cluster, frames)
+    result, fake = _run(monkeypatch, frames)
     assert result.returncode == 0
     assert result.stdout == b''.join(d[1:] for d in data if d[:1] == b'\x01')
     assert result.stderr == b''.join(d[1:] for d in data if d[:1] == b'\x02')
-    [(method, url, kwargs)] = calls
-    assert method == 'GET'
-    assert url == ('https://127.0.0.1:6443/api/v1/namespaces/kube-system/pods/etcd-node/exec?command=etcdctl'
-                   '&command=get&command=--&command=/registry/secrets/&container=etcd&stderr=true&stdin=false'
+    url, options = fake.connected_with
+    assert url == ('wss://127.0.0.1:6443/api/v1/namespaces/kube-system/pods/etcd-node/exec?command=etcdctl'
+                   '&command=get&command=--&command=%2Fregistry%2Fsecrets%2F&container=etcd&stderr=true'
                    '&stdout=true&tty=false')
-    assert kwargs['binary'] is True and kwargs['capture_all'] is False and kwargs['_preload_content'] is False
+    assert options['subprotocols'] == ['v5.channel.k8s.io', 'v4.channel.k8s.io']
+    assert 'Authorization: Bearer not-a-real-token' in options['header']
+    assert 0 < options['timeout'] <= 30
 
 
-def test_exec_exit_code_from_the_status_frame(monkeypatch, cluster):
-    result, _ = _run(monkeypatch, cluster, [(BINARY, b'\x02Error: boom\n'), (BINARY, b'\x03' + EXIT_3),
-                                            (CLOSE, b'')])
+def test_exec_exit_code_from_the_status_frame(monkeypatch):
+    result, _ = _run(monkeypatch, [(BINARY, b'\x02Error: boom\n'), (BINARY, b'\x03' + EXIT_3), (CLOSE, b'')])
     assert (result.returncode, result.stdout, result.stderr) == (3, b'', b'Error: boom\n')
 
 
-def test_exec_stream_cut_without_close_is_an_error(monkeypatch, cluster):
-    from azext_kmsverify.cluster import ExecError
+def test_exec_stream_cut_without_close_is_an_error(monkeypatch):
     with pytest.raises(ExecError) as info:
-        _run(monkeypatch, cluster, [(BINARY, b'\x01partial')])
+        _run(monkeypatch, [(BINARY, b'\x01partial')])
     assert 'cut before etcdctl finished' in info.value.error.error_msg
 
 
-def test_exec_url_matches_the_generated_client(cluster):
-    """The request is byte for byte the one CoreV1Api.connect_get_namespaced_pod_exec sends through stream()."""
-    import importlib
+def test_exec_output_is_capped(monkeypatch):
+    monkeypatch.setattr(execstream.defaults, 'EXEC_OUTPUT_MAX_BYTES', 1024 * 1024)
+    frames = [(BINARY, b'\x01' + b'A' * 600 * 1024)] * 2 + [(BINARY, b'\x03' + SUCCESS), (CLOSE, b'')]
+    FakeWebSocket.next_frames = frames
+    FakeWebSocket.instances = []
+    monkeypatch.setattr(websocket, 'WebSocket', FakeWebSocket)
+    with pytest.raises(ExecError) as info:
+        exec_in_pod(FakeClient(), 'kube-system', 'etcd-node', 'etcd', ['etcdctl'], max_bytes=1024 * 1024)
+    assert 'more than 1 MiB of output' in info.value.error.error_msg and info.value.fatal
 
-    from kubernetes import client
-    stream_module = importlib.import_module('kubernetes.stream.stream')
-    seen = []
 
-    def capture(configuration, method, url, **kwargs):
-        seen.append((method, url, kwargs.get('headers')))
-        raise RuntimeError('captured')
-    argv = ['etcdctl', '--endpoints=https://127.0.0.1:2379', 'get', '--', '/registry/secrets/a b+c&d']
-    with pytest.raises(RuntimeError):
-        stream_module._websocket_request(capture, None, client.CoreV1Api(cluster._api).connect_get_namespaced_pod_exec,
-                                         'etcd-node', 'kube-system', command=argv, container='etcd', stderr=True,
-                                         stdin=False, stdout=True, tty=False, _preload_content=False, binary=True)
-    from kubernetes.stream import ws_client
-    mine = []
-    original = ws_client.websocket_call
-    try:
-        ws_client.websocket_call = lambda configuration, method, url, **kwargs: mine.append(
-            (method, url, kwargs.get('headers'))) or FakeClient([(BINARY, b'\x03' + SUCCESS), (CLOSE, b'')])
-        cluster.exec('etcd-node', 'etcd', argv)
-    finally:
-        ws_client.websocket_call = original
-    assert mine == seen
+def test_exec_handshake_refusal_names_the_permission(monkeypatch):
+    class Refusing(FakeWebSocket):
+        def connect(self, url, **options):
+            body = json.dumps({'kind': 'Status', 'message': 'pods "etcd-node" is forbidden: User "u" cannot create '
+                                                            'resource "pods/exec"'}).encode()
+            raise websocket.WebSocketBadStatusException('Handshake status 403 Forbidden', 403, resp_body=body)
+    FakeWebSocket.next_frames = []
+    monkeypatch.setattr(websocket, 'WebSocket', Refusing)
+    with pytest.raises(ExecError) as info:
+        exec_in_pod(FakeClient(), 'kube-system', 'etcd-node', 'etcd', ['etcdctl'])
+    assert info.value.fatal
+    assert any('get and create pods/exec' in r for r in info.value.error.recommendations)

@@ -3,10 +3,10 @@
 Every test here runs something a person would run by hand (the documented procedure with the machine's
 ``kubectl``, or the Python kubernetes client) next to the installed ``az aksarc kms verify``, and asserts that
 both see the same cluster: the same health, the same etcd pod, the same stored bytes, the same classification.
-kubectl's output is parsed with the product's own parsers (``azext_kmsverify.etcd``/``readyz``) and, separately,
+kubectl's output is parsed with the product's own parsers (``azext_kmsverify.etcd``/``verdict.readyz``, and the tests' own text parsers) and, separately,
 checked the way the docs tell a person to check it (the ``Value`` prefix as etcdctl prints it).
 
-The documented procedure (shared/reference/aksarc.md), with its known typo fixed (``-- etcdctl``) and without
+The documented procedure (AKS Arc documentation), with its known typo fixed (``-- etcdctl``) and without
 ``--stdin --tty``:
 
     kubectl get --raw='/readyz?verbose'
@@ -27,9 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from azext_kmsverify import readyz
-from azext_kmsverify.etcd import parse_fields, parse_protobuf
-from azext_kmsverify.storage import classify
+from azext_kmsverify.etcd.protobuf import parse_protobuf
+from azext_kmsverify.verdict import readyz
+from azext_kmsverify.verdict.classify import classify
+
+from tests.support.etcdctl_text import parse_fields
+from tests.support.kubectl_text import unwrap_kubectl_error
 
 from .conftest import assert_no_leak, core_api, fresh_sandbox, make_secret
 
@@ -110,7 +113,7 @@ def _kubectl_server_error(proc):
     """The body kubectl shows inside ``Error from server (InternalError): an error on the server ("...")``."""
     text = proc.stderr.decode()
     assert proc.returncode == 1 and KUBECTL_SERVER_ERROR.search(text), (proc.returncode, text)
-    return readyz.parse_check_error(text)
+    return readyz.parse_check_error(unwrap_kubectl_error(text))
 
 
 def _wait_readyz(box, ok=True, timeout=15):

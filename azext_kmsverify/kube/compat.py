@@ -1,0 +1,83 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""The kubernetes client, whichever copy comes first on ``sys.path``, used only for kubeconfig semantics.
+
+az appends extension folders to ``sys.path`` in name order, so the ``aksarc`` extension's bundled kubernetes
+(24.2.0 in connectedk8s' pin) is imported before ours. Only what every release from 24.2.0 on shares is used:
+``KubeConfigLoader`` (contexts, exec plugins, token files, expiry refresh) filling a ``Configuration``
+(host, TLS files, proxy, the ``authorization`` API key). HTTP and the exec stream are this package's own
+(urllib3 and websocket-client, both shipped with az).
+"""
+
+from __future__ import annotations
+
+import os
+
+from knack.log import get_logger
+
+from azext_kmsverify.auth.kubeconfig import Kubeconfig
+from azext_kmsverify.errors import argument_error, make
+from azext_kmsverify.text import truncate
+
+logger = get_logger(__name__)
+
+MIN_VERSION = (24, 2, 0)
+MIN_VERSION_TEXT = '.'.join(map(str, MIN_VERSION))
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in str(text).split('.')[:3]:
+        digits = ''.join(c for c in part if c.isdigit()) if not part.isdigit() else part
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def kubernetes_client():
+    """The ``kubernetes`` module first on ``sys.path``, if it is recent enough."""
+    from azure.cli.core.azclierror import CLIInternalError, ValidationError
+    try:
+        import kubernetes
+    except ImportError as ex:
+        raise make(CLIInternalError, f'The kubernetes Python client could not be imported ({type(ex).__name__}).',
+                   'Reinstall the extension: az extension remove --name kmsverify, then az extension add.') from None
+    version = str(getattr(kubernetes, '__version__', '0'))
+    where = os.path.dirname(os.path.dirname(os.path.abspath(kubernetes.__file__)))
+    logger.debug('kubernetes client %s from %s', version, where)
+    if _version_tuple(version) < MIN_VERSION:
+        raise make(ValidationError, f'The kubernetes client {truncate(version, 40)} found first on the path '
+                                    f'(in {where}) is older than kmsverify supports (>= {MIN_VERSION_TEXT}).',
+                   'Update the extension that bundles it (for example az extension update --name aksarc), or '
+                   'remove it while running this command.')
+    return kubernetes
+
+
+def load_configuration(kubeconfig: Kubeconfig, add_file):
+    """A ``kubernetes.client.Configuration`` for the kubeconfig's context (runs its exec plugin, if any)."""
+    kubernetes_client()
+    from kubernetes.client import Configuration
+    from kubernetes.config.config_exception import ConfigException
+    from kubernetes.config.kube_config import KubeConfigLoader
+    try:
+        loader = KubeConfigLoader(config_dict=kubeconfig.loader_dict(add_file),
+                                  active_context=kubeconfig.context_name, config_base_path=kubeconfig.base_dir)
+        configuration = Configuration()
+        loader.load_and_set(configuration)
+    except ConfigException as ex:
+        # Loader messages name fields and commands, not values; keep the first line only.
+        from azure.cli.core.azclierror import InvalidArgumentValueError
+        first = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
+        raise argument_error(make(InvalidArgumentValueError, f'{kubeconfig.source} is not usable: '
+                                  f'{truncate(first, 200)}.',
+                                  'Fetch fresh credentials (az aksarc get-credentials, or -g/-n with this '
+                                  'command).')) from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as ex:
+        # What the loader raises on shapes its releases disagree about; its text may quote the file.
+        from azure.cli.core.azclierror import InvalidArgumentValueError
+        raise argument_error(make(InvalidArgumentValueError, f'{kubeconfig.source} is not usable: the kubernetes '
+                                  f'client could not load it ({type(ex).__name__}).',
+                                  'Fix the kubeconfig, or fetch fresh credentials.')) from None
+    return configuration

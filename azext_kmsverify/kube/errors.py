@@ -1,0 +1,110 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""The one place where HTTP and Kubernetes failures become azclierrors: one line and a recommendation.
+
+No response body, token or key reaches a message: a Kubernetes ``Status`` contributes its ``message`` (which
+the API server writes for users), transport errors their root cause in a few words.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from azext_kmsverify.errors import make
+from azext_kmsverify.text import printable, truncate
+
+NO_LINE_OF_SIGHT = ('hosted pipeline agents and Cloud Shell usually have none: run on a machine in the cluster '
+                    "network, or go through Cluster Connect ('az connectedk8s proxy -g RG -n CLUSTER' in the "
+                    "background, then this command with --kubeconfig on the kubeconfig it writes)")
+
+
+class KubeErrors:
+    """Error builders for one cluster: ``server`` and ``credential`` shape the recommendations."""
+
+    def __init__(self, server: str, credential: str, deadline, proxy: str | None = None):
+        self.server = printable(server)
+        self.credential = credential
+        self.deadline = deadline
+        self.proxy = printable(proxy) if proxy else None
+
+    def timeout(self, doing: str):
+        from azure.cli.core.azclierror import AzureConnectionError
+        return make(AzureConnectionError, f'Verification did not finish within the --timeout of '
+                                          f'{self.deadline.seconds} s ({doing}).', 'Retry with a larger --timeout.')
+
+    def transport(self, reason: BaseException | str, doing: str):
+        """A request that got no HTTP answer: TLS, timeout, refused, proxy."""
+        from azure.cli.core.azclierror import AzureConnectionError
+        text = str(reason)
+        root = network_reason(reason)
+        if 'CERTIFICATE_VERIFY_FAILED' in text or 'certificate verify failed' in text:
+            return make(AzureConnectionError, f'The TLS certificate of the API server {self.server} is not trusted '
+                                              'by the kubeconfig.',
+                        'Fetch fresh credentials; the cluster CA in the kubeconfig does not match the server.')
+        if 'timed out' in text.lower() or 'timeout' in type(reason).__name__.lower():
+            if self.deadline.expired():
+                return self.timeout(doing)
+            return make(AzureConnectionError, f'The API server {self.server} did not answer in time ({doing}).',
+                        'Check network line of sight to the cluster, then retry.')
+        if self.proxy and _is_proxy_error(reason):
+            return make(AzureConnectionError, f'Could not reach the proxy {self.proxy} of the kubeconfig: {root}.',
+                        "Check the kubeconfig's proxy-url and that the proxy is running, then retry.")
+        return make(AzureConnectionError, f'Could not reach the API server {self.server}: {root}.',
+                    f'Check network line of sight to the cluster ({NO_LINE_OF_SIGHT}), then retry.')
+
+    def api(self, status: int, body: bytes, doing: str, permission: str | None = None,
+            not_found: tuple[str, str] | None = None):
+        """An API error answer (a Kubernetes Status)."""
+        from azure.cli.core.azclierror import (AzureResponseError, ForbiddenError, ResourceNotFoundError,
+                                               UnauthorizedError)
+        message = status_message(body)
+        if status == 401:
+            hint = ("Sign in again with 'az login'" if self.credential == 'user' else
+                    'Fetch fresh credentials for the cluster')
+            return make(UnauthorizedError, f'The API server rejected the credentials (401 Unauthorized) while '
+                                           f'{doing}.', hint + ', then retry.')
+        if status == 403:
+            return make(ForbiddenError, f"Forbidden while {doing}: {message or 'access denied'}",
+                        f'Ask a cluster admin for Kubernetes RBAC permission to {permission or doing}.')
+        if status == 404 and not_found:
+            return make(ResourceNotFoundError, not_found[0], not_found[1])
+        return make(AzureResponseError, f"The API server answered {status} while {doing}: "
+                                        f"{message or 'no details'}",
+                    'Retry; if it persists, check the API server logs.')
+
+
+def status_message(body: bytes | str) -> str:
+    """The ``message`` (else ``reason``) of a Kubernetes Status body, on one safe line; '' for anything else."""
+    try:
+        status = json.loads(body)
+        return printable(truncate(status.get('message') or status.get('reason') or ''))
+    except (ValueError, AttributeError, TypeError, RecursionError):
+        return ''
+
+
+def network_reason(reason: BaseException | str) -> str:
+    """The root cause of a transport error in a few words ("Connection refused"), not urllib3's
+    "HTTPSConnectionPool(...): Max retries exceeded with url: ... (Caused by ...)" wrapper."""
+    inner = getattr(reason, 'reason', None) or reason  # MaxRetryError wraps the real error
+    args = getattr(inner, 'args', ())
+    if len(args) > 1 and isinstance(args[1], BaseException):  # ProtocolError('Connection aborted.', cause)
+        inner = args[1]
+    text = str(inner)
+    errno_text = re.search(r"\[Errno -?\d+\] ([^'\"()\[\]]+)", text)
+    if errno_text:
+        return printable(errno_text.group(1).strip())
+    return printable(truncate(text or type(inner).__name__, 200))
+
+
+def _is_proxy_error(reason) -> bool:
+    import urllib3
+    seen = reason
+    for _ in range(4):
+        if isinstance(seen, urllib3.exceptions.ProxyError):
+            return True
+        seen = getattr(seen, 'reason', None) or getattr(seen, '__context__', None)
+        if seen is None:
+            return False
+    return False

@@ -1,0 +1,251 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""``az aksarc kms verify``, step by step, along the data's path:
+
+auth (a resolved kubeconfig) -> kube (API client, KMS health, etcd pods, exec) -> etcd (etcdctl pages)
+-> verdict (classification, checks, scan) -> report (JUnit; the table is az's transformer).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from knack.log import get_logger
+
+from azext_kmsverify import defaults
+from azext_kmsverify.errors import exit_with, make
+from azext_kmsverify.options import ClusterOptions, VerifyOptions
+from azext_kmsverify.text import printable
+
+logger = get_logger(__name__)
+
+
+def main(cli_ctx, options: VerifyOptions) -> dict:
+    """The command: the result for az to print, the JUnit report, and the exit code (README "Exit codes")."""
+    from azure.cli.core.azclierror import AzCLIError
+    from azext_kmsverify.report.exitcode import exit_nonzero_after_output
+    step = ['starting']
+    try:
+        result = verify(cli_ctx, options, step)
+    except AzCLIError as error:
+        fail(error, options.junit_xml)
+    except Exception as ex:  # pylint: disable=broad-except
+        # An unknown exception's text may carry what it was handed (a token, a file's content): only its type
+        # and the step reach the user, never str(ex) or a traceback.
+        from azure.cli.core.azclierror import CLIInternalError
+        fail(make(CLIInternalError, f'kmsverify failed unexpectedly while {step[0]} ({type(ex).__name__}).',
+                  'Retry with --debug for the step; please report it at '
+                  'https://github.com/Azure/azure-cli-extensions/issues.'), options.junit_xml)
+    if options.junit_xml:
+        write_junit(options.junit_xml, result)
+    exit_nonzero_after_output(cli_ctx, result)
+    return result
+
+
+def verify(cli_ctx, options: VerifyOptions, step: list | None = None) -> dict:
+    """Run the verification; returns the result, or raises an azclierror when it could not verify.
+    ``step[0]`` names what is being done, for the message of an unexpected failure."""
+    step = step if step is not None else ['starting']
+    from azext_kmsverify.deadline import Deadline
+    from azext_kmsverify.etcd.reader import EtcdReader
+    from azext_kmsverify.etcd.records import EtcdctlError, EtcdOutputError
+    from azext_kmsverify.kube.client import KubeClient
+    from azext_kmsverify.kube.pods import EtcdExec, etcd_pods
+    from azext_kmsverify.kube.probe import ProbeSecret
+    from azext_kmsverify.verdict import checks as rules
+
+    deadline = Deadline(options.timeout)
+    runner = None
+    try:
+        step[0] = 'signing in'
+        kubeconfig, cluster_info = sign_in(cli_ctx, options.cluster, deadline)
+        step[0] = 'loading the kubeconfig'
+        with KubeClient(kubeconfig, deadline, cluster_info['credential']) as client:
+            cluster_info['server'] = client.server
+            step[0] = 'checking KMS health'
+            check_list = [kms_health(client)]
+            etcd = options.etcd
+            step[0] = 'finding the etcd pods'
+            runner = EtcdExec(client, etcd_pods(client, etcd.pod), etcd.container)
+            reader = EtcdReader(runner, endpoint=etcd.endpoint, cacert=etcd.cacert, cert=etcd.cert,
+                                key_file=etcd.key, page_size=etcd.page_size, page_bytes=defaults.PAGE_BYTES)
+            entries = []
+            step[0] = 'reading secrets from etcd'
+            if options.probe:
+                with ProbeSecret(client, options.probe_namespace) as probe:
+                    entries.append(read_secret(client, reader, options.probe_namespace, probe.name, probe=True))
+                if not probe.deleted:
+                    target = f'{options.probe_namespace}/{probe.name}'
+                    check_list.append(rules.check(
+                        rules.PROBE_CLEANUP, rules.WARNING, 'could not delete the probe secret; delete it with '
+                        f'kubectl delete secret -n {options.probe_namespace} {probe.name}', target=target))
+            for namespace, name in options.secrets:
+                entries.append(read_secret(client, reader, namespace, name))
+            check_list.extend(rules.secret_check(e) for e in entries)
+            scan = None
+            if options.all_secrets:
+                step[0] = 'scanning every secret'
+                current = next((e['keyId'] for e in entries if e.get('probe') and e.get('keyId')), None)
+                scan, scan_checks = scan_all(cli_ctx, client, reader, current, options)
+                check_list.extend(scan_checks)
+            warning = rules.kms_v1_warning(entries, (scan or {}).get('byKmsVersion'))
+            if warning:
+                check_list.append(warning)
+            return rules.build_result(cluster_info, check_list, entries, etcd_pod=runner.pod, scan=scan)
+    except EtcdctlError as error:
+        raise etcdctl_error(error, runner) from None
+    except EtcdOutputError as error:
+        from azure.cli.core.azclierror import AzureResponseError
+        raise make(AzureResponseError, f'etcdctl output could not be read: {error}',
+                   'Check the etcdctl version in the etcd pod (3.4 and 3.5 are supported).') from None
+
+
+def sign_in(cli_ctx, cluster: ClusterOptions, deadline):
+    """(resolved kubeconfig, cluster info for the result): from Azure with ``-n``, else ``--kubeconfig``."""
+    from azext_kmsverify.auth import kubeconfig as kc
+    from azext_kmsverify.auth.entra import replace_kubelogin
+    if cluster.from_azure:
+        from azext_kmsverify.auth.arm import fetch_kubeconfig
+        config = fetch_kubeconfig(cli_ctx, cluster.resource_group, cluster.name, cluster.admin, deadline)
+        resolved = kc.resolve(config, None, source=kc.AZURE_SOURCE, from_azure=True)
+        credential = 'admin' if cluster.admin else 'user'
+        info = {'source': 'azure', 'name': cluster.name, 'resourceGroup': cluster.resource_group}
+    else:
+        config = kc.load_kubeconfig_file(cluster.kubeconfig)
+        resolved = kc.resolve(config, cluster.context, source=f"--kubeconfig '{printable(cluster.kubeconfig)}'",
+                              base_dir=os.path.dirname(cluster.kubeconfig))
+        credential = 'kubeconfig'
+        info = {'source': 'kubeconfig', 'name': None, 'resourceGroup': None}
+    resolved = replace_kubelogin(cli_ctx, resolved)
+    info.update(context=resolved.context_name, credential=credential)
+    return resolved, info
+
+
+def kms_health(client):
+    """The KMS health check; readyz trouble is reported as a failed check and the etcd checks still run."""
+    from azure.cli.core.azclierror import AzCLIError, UnauthorizedError
+    from azext_kmsverify.kube.health import readyz, readyz_check
+    from azext_kmsverify.verdict import checks as rules
+    from azext_kmsverify.verdict.readyz import parse_check_error
+    try:
+        status, body = readyz(client)
+    except AzCLIError as error:
+        if client.deadline.expired():
+            raise
+        return rules.kms_health(None, None, {}, unreachable=error.error_msg)
+    if status == 401:
+        raise client.errors.api(status, body.encode(), 'reading /readyz')
+    if status not in (200, 500):
+        return rules.kms_health(None, None, {}, unreachable=f'HTTP {status}')
+    reasons = {}
+    for name in rules.failing_kms_check_names(body):
+        try:
+            check_status, check_body = readyz_check(client, name)
+        except AzCLIError as error:
+            if isinstance(error, UnauthorizedError) or client.deadline.expired():
+                raise
+            continue
+        if check_status != 200:
+            reasons[name] = printable(parse_check_error(check_body))
+    return rules.kms_health(status, body, reasons)
+
+
+def scan_all(cli_ctx, client, reader, current_key_id, options: VerifyOptions):
+    """Classify every secret in etcd as the pages stream in; then the KMS v1 age check from API metadata."""
+    from azure.cli.core.azclierror import AzCLIError
+    from azext_kmsverify.kube.secrets import list_secret_metadata
+    from azext_kmsverify.verdict.classify import classify
+    from azext_kmsverify.verdict.scan import ScanSummary, written_before
+    # Knowing the current key (the probe's) up front keeps only the names of secrets under older keys.
+    summary = ScanSummary(current_key_id=current_key_id)
+    progress = _progress(cli_ctx, 'Reading secrets from etcd')
+    prefix_length = len(defaults.ETCD_SECRETS_PREFIX)
+    count = 0
+    try:
+        for kv in reader.iter_prefix(defaults.ETCD_SECRETS_PREFIX):
+            namespace, _, name = kv.key[prefix_length:].decode('utf-8', 'replace').partition('/')
+            summary.add(namespace, name, classify(kv.value), kv.mod_revision)
+            count += 1
+            if progress is not None and count % 500 == 0:
+                progress.add(message=f'Reading secrets {count} of {reader.total}', value=count,
+                             total_val=max(reader.total or count, count))
+        if progress is not None:  # end on a full bar, not on the last multiple of 500
+            progress.add(message=f'Read {count} secrets', value=count, total_val=count or 1)
+    finally:
+        if progress is not None:
+            progress.end()
+    logger.info('Scanned %s secrets at etcd revision %s', count, reader.revision)
+
+    write_times, skip_reason = None, None
+    if summary.needs_write_times():
+        try:
+            write_times = written_before(list_secret_metadata(client), options.rotation_days)
+        except AzCLIError as error:
+            if client.deadline.expired():
+                raise
+            skip_reason = f'the API could not list secret metadata: {error.error_msg}'
+    return summary.finish(write_times=write_times, age_skip_reason=skip_reason, rotation_days=options.rotation_days,
+                          fail_on_stale=options.fail_on_stale, revision=reader.revision)
+
+
+def _progress(cli_ctx, message):
+    """az's progress bar, only for a person watching: not in pipelines (stderr not a terminal), not with
+    --only-show-errors."""
+    if not sys.stderr.isatty() or cli_ctx.only_show_errors:
+        return None
+    progress = cli_ctx.get_progress_controller(det=True)
+    progress.begin(message=message)
+    return progress
+
+
+def read_secret(client, reader, namespace, name, probe=False):
+    """Classify the etcd value of one secret. etcd is the source of truth; the API only explains a miss."""
+    from azure.cli.core.azclierror import AzureResponseError, ResourceNotFoundError
+    from azext_kmsverify.kube.secrets import secret_exists
+    from azext_kmsverify.verdict import checks as rules
+    from azext_kmsverify.verdict.classify import classify
+    key = f'{defaults.ETCD_SECRETS_PREFIX}{namespace}/{name}'
+    kv = reader.get(key)
+    if kv is None:
+        if probe or secret_exists(client, namespace, name):
+            raise make(AzureResponseError, f'The API has secret {namespace}/{name} but etcd has no key {key}.',
+                       'The API server stores secrets in another etcd or under another key prefix (kube-apiserver '
+                       '--etcd-servers/--etcd-prefix) than the etcd pod serves; this cluster cannot be verified '
+                       'through that etcd pod (check --etcd-pod and --etcd-endpoint).')
+        raise make(ResourceNotFoundError, f'Secret {namespace}/{name} was not found.',
+                   f"Check the name with 'kubectl get secret -n {namespace} {name}'.")
+    return rules.secret_entry(namespace, name, key, classify(kv.value), probe=probe, mod_revision=kv.mod_revision)
+
+
+def etcdctl_error(error, runner):
+    from azure.cli.core.azclierror import AzureResponseError
+    pod = (runner.last_pod if runner else None) or 'the etcd pod'
+    return make(AzureResponseError, f'etcdctl failed in {printable(pod)}: {printable(error.stderr_summary or error)}',
+                error.hint or 'Check --etcd-cacert, --etcd-cert, --etcd-key and --etcd-endpoint.')
+
+
+def fail(error, junit_xml):
+    """Raise ``error`` as az reports it; a pipeline asking for JUnit still gets a report saying why."""
+    if junit_xml:
+        from azext_kmsverify.verdict import checks as rules
+        try:
+            write_junit(junit_xml, rules.build_result(None, [rules.check(
+                'Verification', rules.FAILED, 'could not verify: ' + error.error_msg)], []))
+        except Exception:  # pylint: disable=broad-except
+            logger.warning('Could not write the JUnit report to %s.', printable(junit_xml))
+    if getattr(error, 'kmsverify_exit_code', None) is not None:
+        exit_with(error)
+    raise error from None
+
+
+def write_junit(path, result):
+    from azure.cli.core.azclierror import FileOperationError
+    from azext_kmsverify.report.junit import write_junit_xml
+    try:
+        write_junit_xml(path, result)
+    except OSError as ex:
+        raise make(FileOperationError, f"Could not write the JUnit report '{printable(path)}': "
+                                       f'{ex.strerror or type(ex).__name__}.',
+                   'Give --junit-xml a path in a writable folder.') from None

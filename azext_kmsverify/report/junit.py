@@ -1,0 +1,188 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""JUnit XML of a verify result, for CI test tabs (Azure DevOps ``PublishTestResults@2``, Jenkins, GitLab).
+
+Shape, and why (Azure DevOps reads it with the agent's JUnit reader; see its result formats mapping):
+
+* ``<testsuites>`` with one ``<testsuite>``: the suite's ``name`` becomes the run title, ``timestamp`` the
+  start (no offset; read as UTC), ``time`` the duration, ``hostname`` the agent name.
+* one ``<testcase>`` per check, ``name`` non-empty (cases without one are dropped), ``classname``
+  ``kmsverify.<check>``; ``<failure>`` -> Failed (``message`` is the error message, the text the stack
+  trace), ``<skipped>`` -> Not Executed, anything else -> Passed. ``time`` is never negative.
+* warnings pass, with their detail in the case's ``<system-out>`` and, gathered, the suite's (Jenkins and
+  GitLab show these; Azure DevOps imports console output only for failed cases, and attaches the file).
+
+Built with ElementTree so every name and detail is escaped; characters XML 1.0 cannot carry at all are
+written as ``\\xNN``/``\\uNNNN``. Nothing here sees a secret value: the result never holds one.
+"""
+
+import os
+import re
+import shlex
+import socket
+import tempfile
+import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
+
+from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, WARNING
+from azext_kmsverify.verdict.scan import ALL_SECRETS_ENCRYPTED, KMS_V1_ROTATION, KMS_V2_CURRENT_KEY
+
+SUITE_NAME = 'az aksarc kms verify'
+_CLASS_PREFIX = 'kmsverify.'
+_SCAN_CHECK_OF_VERSION = {'v2': KMS_V2_CURRENT_KEY, 'v1': KMS_V1_ROTATION}
+# Everything outside the XML 1.0 Char production (control characters, lone surrogates, U+FFFE/U+FFFF).
+_NOT_XML_CHAR = re.compile('[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]')
+
+
+def _xml_text(value):
+    if value is None:
+        return ''
+    text = str(value).replace('\r\n', '\n').replace('\r', '\n')  # a parser would turn a raw CR into LF anyway
+    return _NOT_XML_CHAR.sub(lambda m: '\\x{:02x}'.format(ord(m.group())) if ord(m.group()) < 0x100
+                             else '\\u{:04x}'.format(ord(m.group())), text)
+
+
+def _sub(parent, tag, text=None, **attrs):
+    element = ET.SubElement(parent, tag, {k: _xml_text(v) for k, v in attrs.items() if v is not None})
+    if text is not None:
+        element.text = _xml_text(text)
+    return element
+
+
+def _seconds(value):
+    return '{:.3f}'.format(max(0.0, float(value or 0)))
+
+
+def suite_name(result):
+    """The command line that produced the result (what Azure DevOps shows as the run title)."""
+    cluster = result.get('cluster') or {}
+    parts = [SUITE_NAME]
+    if cluster.get('resourceGroup') and cluster.get('name'):
+        parts.append('-g {} -n {}'.format(cluster['resourceGroup'], cluster['name']))
+    elif cluster.get('context'):
+        parts.append('--context {}'.format(cluster['context']))
+    if result.get('scan') is not None:
+        parts.append('--all-secrets')
+    return ' '.join(parts)
+
+
+def _testcases(result):
+    """(classname, name, status, message, text, stdout) for every check and every reported secret."""
+    checks = result.get('checks') or []
+    scan = result.get('scan') or {}
+    remediation = scan.get('remediation')
+    scan_checks = {ALL_SECRETS_ENCRYPTED} | set(_SCAN_CHECK_OF_VERSION.values())
+    cases = []
+    for item in checks:
+        name = item.get('name') or 'Check'
+        detail = item.get('detail') or ''
+        text = detail
+        if remediation and name in scan_checks and item.get('status') == FAILED:
+            text += '\n' + remediation  # once here, not in every secret's case: there may be thousands
+        cases.append((_CLASS_PREFIX + name, item.get('target') or name, item.get('status'), detail, text, detail))
+    for entry in scan.get('failing') or []:
+        cases.append(_secret_case(ALL_SECRETS_ENCRYPTED, entry))
+    failed_checks = {c.get('name') for c in checks if c.get('status') == FAILED}
+    for entry in scan.get('stale') or []:
+        check_name = _SCAN_CHECK_OF_VERSION.get(entry.get('kmsVersion'))
+        if check_name in failed_checks:
+            cases.append(_secret_case(check_name, entry))
+    return cases
+
+
+def _secret_case(check_name, entry):
+    namespace, name = entry.get('namespace') or '', entry.get('name') or ''
+    reason = entry.get('reason') or ''
+    text = '{}/{}: {}\nRewrite it to re-encrypt: kubectl get secret -n {} {} -o json | kubectl replace -f -'.format(
+        namespace, name, reason, shlex.quote(namespace), shlex.quote(name))
+    return (_CLASS_PREFIX + check_name, '{}/{}'.format(namespace, name), FAILED, reason, text, None)
+
+
+def to_junit_xml(result, *, timestamp=None, hostname=None, duration=None):
+    """UTF-8 JUnit XML (with declaration) of the command's result dict.
+
+    ``timestamp`` is when the run started (default: now), ``hostname`` where it ran (default: this host),
+    ``duration`` how long it took in seconds (default 0).
+    """
+    moment = timestamp or datetime.now(timezone.utc)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    host = hostname or socket.gethostname() or 'localhost'
+    cases = _testcases(result)
+    counts = {FAILED: 0, SKIPPED: 0, 'error': 0}
+    for case in cases:
+        status = case[2]
+        key = status if status in (FAILED, SKIPPED) else ('error' if status not in (PASSED, WARNING) else None)
+        if key:
+            counts[key] += 1
+    total_time = _seconds(duration)
+    name = suite_name(result)
+
+    root = ET.Element('testsuites')
+    _sub_attrs(root, name=name, tests=len(cases), failures=counts[FAILED], errors=counts['error'], time=total_time)
+    suite = _sub(root, 'testsuite')
+    _sub_attrs(suite, name=name, tests=len(cases), failures=counts[FAILED], errors=counts['error'],
+               skipped=counts[SKIPPED], time=total_time, timestamp=moment.strftime('%Y-%m-%dT%H:%M:%S'),
+               hostname=host, id=0, package='kmsverify')
+    _properties(suite, result)
+    warnings = []
+    for classname, case_name, status, message, text, stdout in cases:
+        case = _sub(suite, 'testcase', classname=classname, name=case_name, time=_seconds(0))
+        if status == FAILED:
+            _sub(case, 'failure', text, message=message, type=classname[len(_CLASS_PREFIX):])
+        elif status == SKIPPED:
+            _sub(case, 'skipped', message=message)
+        elif status not in (PASSED, WARNING):
+            _sub(case, 'error', text, message='unknown check status {!r}: {}'.format(status, message),
+                 type='UnknownStatus')
+        if status == WARNING:
+            warnings.append('Warning: {} {}: {}'.format(classname[len(_CLASS_PREFIX):], case_name, stdout))
+            _sub(case, 'system-out', 'Warning: ' + stdout)
+        elif stdout and status == PASSED:
+            _sub(case, 'system-out', stdout)
+    if warnings:
+        _sub(suite, 'system-out', '\n'.join(warnings))
+    ET.indent(root)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding='unicode').encode('utf-8') + b'\n'
+
+
+def _sub_attrs(element, **attrs):
+    for key, value in attrs.items():
+        element.set(key, _xml_text(value))
+
+
+def _properties(suite, result):
+    """Context for the run: the cluster, never its credentials (the result holds none)."""
+    cluster = result.get('cluster') or {}
+    scan = result.get('scan') or {}
+    props = [('cluster.' + k, cluster.get(k)) for k in ('source', 'name', 'resourceGroup', 'context', 'credential')]
+    props += [('etcdPod', result.get('etcdPod')), ('passed', result.get('passed'))]
+    props += [('scan.' + k, scan.get(k)) for k in ('total', 'revision', 'currentKeyId', 'currentKeyIdSource')]
+    props = [(k, v) for k, v in props if v is not None]
+    if props:
+        element = _sub(suite, 'properties')
+        for key, value in props:
+            _sub(element, 'property', name=key, value=str(value).lower() if isinstance(value, bool) else value)
+
+
+def write_junit_xml(path, result, **kwargs):
+    """Write :func:`to_junit_xml` to ``path`` atomically: a reader never sees a half-written file."""
+    data = to_junit_xml(result, **kwargs)
+    path = os.path.abspath(os.fspath(path))
+    folder, base = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix='.{}.'.format(base), suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the report holds nothing secret and CI must read it
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path

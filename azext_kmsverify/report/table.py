@@ -1,0 +1,47 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""The ``-o table`` view. Light (loaded with the command table) and pure.
+
+Every cell goes through ``printable``: names come from etcd keys, which anyone with etcd access can set to
+anything, and a table goes to a terminal.
+"""
+
+from collections import OrderedDict
+
+from azext_kmsverify import defaults
+from azext_kmsverify.text import printable
+
+
+def _row(check, target, status, detail):
+    return OrderedDict([('Check', printable(check)), ('Target', printable(target or '')),
+                        ('Status', printable(status)), ('Detail', printable(detail or ''))])
+
+
+def verify_table_format(result):
+    """One row per check; with a scan, a summary row, the first failing secrets and how to fix them."""
+    rows = [_row(c.get('name'), c.get('target'), c.get('status'), c.get('detail')) for c in result.get('checks') or []]
+    scan = result.get('scan')
+    if scan:
+        rows.append(_row('Scan', defaults.ETCD_SECRETS_PREFIX, 'Info', scan_summary(scan)))
+        findings = [(f, 'Failed') for f in scan.get('failing') or []] + [(s, 'Stale') for s in scan.get('stale') or []]
+        for finding, status in findings[:defaults.FAILING_SHOWN]:
+            rows.append(_row('Secret', f"{finding.get('namespace')}/{finding.get('name')}", status,
+                             finding.get('reason')))
+        if len(findings) > defaults.FAILING_SHOWN:
+            rows.append(_row('Secret', '', 'Info', f'and {len(findings) - defaults.FAILING_SHOWN} more '
+                                                   '(all of them: -o json, scan.failing and scan.stale)'))
+        if findings and scan.get('remediation'):
+            rows.append(_row('Remediation', '', 'Info', scan['remediation']))
+    return rows
+
+
+def scan_summary(scan):
+    parts = [f"{scan.get('total', 0)} secrets"]
+    for label, counts in (('storage', scan.get('byStorage')), ('KMS', scan.get('byKmsVersion'))):
+        if counts:
+            parts.append(f"{label}: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}")
+    parts.append(f"{len(scan.get('failing') or [])} not KMS-encrypted")
+    if scan.get('stale'):
+        parts.append(f"{len(scan['stale'])} under an older key")
+    return '; '.join(parts)

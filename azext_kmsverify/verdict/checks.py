@@ -1,0 +1,113 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""Step 5, checks and report: pass/fail rules and the result dict. Pure: no I/O.
+
+A check is ``{"name", "target", "status": Passed|Failed|Warning|Skipped, "detail"}``. The result passes
+when no check failed; warnings do not fail it.
+"""
+
+from azext_kmsverify.verdict.readyz import kms_checks, parse_readyz
+
+PASSED, FAILED, WARNING, SKIPPED = 'Passed', 'Failed', 'Warning', 'Skipped'
+
+KMS_HEALTH = 'KmsProviderHealth'
+SECRET_ENCRYPTED = 'SecretEncryptedWithKms'
+KMS_V1_DEPRECATED = 'KmsV1Deprecated'
+PROBE_CLEANUP = 'ProbeSecretDeleted'
+
+SECRET_FIELDS = ('namespace', 'name', 'etcdKey', 'storage', 'kmsVersion', 'provider', 'keyId', 'encrypted')
+
+
+def check(name, status, detail, target=None):
+    return {'name': name, 'target': target, 'status': status, 'detail': detail}
+
+
+def kms_health(readyz_status, readyz_body, check_reasons, unreachable=None):
+    """The KMS health check from ``/readyz?verbose`` and the per-check reasons of failing KMS checks.
+
+    ``check_reasons`` maps a failing check name to the text of ``/readyz/<name>``; ``unreachable`` is why
+    readyz could not be read at all (then the check fails, and the etcd checks still run).
+    """
+    if unreachable:
+        return check(KMS_HEALTH, FAILED, 'could not read /readyz: {}'.format(unreachable))
+    if readyz_status not in (200, 500):
+        return check(KMS_HEALTH, FAILED, '/readyz answered HTTP {}'.format(readyz_status))
+    lines = kms_checks(parse_readyz(readyz_body))
+    if not lines:
+        return check(KMS_HEALTH, FAILED, 'no KMS provider configured: /readyz has no kms-providers or '
+                                         'kms-provider-N check')
+    failing = [c for c in lines if c['status'] == 'failed']
+    if failing:
+        reasons = ['{}: {}'.format(c['name'], check_reasons.get(c['name']) or 'failed (reason withheld)')
+                   for c in failing]
+        return check(KMS_HEALTH, FAILED, '; '.join(reasons))
+    return check(KMS_HEALTH, PASSED, ', '.join('{} {}'.format(c['name'], c['status']) for c in lines))
+
+
+def failing_kms_check_names(readyz_body):
+    return [c['name'] for c in kms_checks(parse_readyz(readyz_body)) if c['status'] == 'failed']
+
+
+def secret_entry(namespace, name, etcd_key, classification, probe=False, mod_revision=None):
+    """One row of ``secrets``: the classification of its etcd value, never the value."""
+    entry = {'namespace': namespace, 'name': name, 'etcdKey': etcd_key}
+    for field in SECRET_FIELDS[3:]:
+        entry[field] = classification.get(field)
+    entry['malformed'] = classification.get('malformed')  # used by the verdict; not part of the result
+    entry['probe'] = probe
+    entry['modRevision'] = mod_revision
+    return entry
+
+
+def encryption_verdict(entry):
+    """(status, detail) of one stored secret: passes only when stored with KMS."""
+    storage = entry.get('storage')
+    if storage == 'kms' and entry.get('malformed'):
+        # The prefix says KMS but the payload does not have the shape the API server writes: it cannot be
+        # decrypted, so it does not count as encrypted.
+        return FAILED, 'KMS {} prefix but a malformed payload ({})'.format(entry.get('kmsVersion'),
+                                                                         entry['malformed'])
+    if storage == 'kms':
+        detail = 'stored with KMS {} provider {}'.format(entry.get('kmsVersion'), entry.get('provider'))
+        if entry.get('keyId'):
+            detail += ', key id {}'.format(entry['keyId'])
+        return PASSED, detail
+    if storage in ('aescbc', 'aesgcm', 'secretbox'):
+        return FAILED, 'encrypted with a local key, not KMS ({} key {})'.format(storage, entry.get('provider'))
+    if storage == 'identity':
+        return FAILED, 'stored in plaintext (identity)'
+    return FAILED, 'stored in an unrecognised format, not KMS'
+
+
+def secret_check(entry):
+    status, detail = encryption_verdict(entry)
+    if entry.get('probe'):
+        detail = 'probe secret ' + detail
+    return check(SECRET_ENCRYPTED, status, detail, target='{}/{}'.format(entry['namespace'], entry['name']))
+
+
+def kms_v1_warning(entries, scanned_by_version=None):
+    """KMS v1 is deprecated (1.28) and off by default (1.29): warn, do not fail."""
+    v1 = [e for e in entries if e.get('storage') == 'kms' and e.get('kmsVersion') == 'v1']
+    scanned = (scanned_by_version or {}).get('v1', 0)
+    if not v1 and not scanned:
+        return None
+    where = 'provider {}'.format(', '.join(sorted({e.get('provider') or '?' for e in v1}))) if v1 else \
+        '{} secrets'.format(scanned)
+    return check(KMS_V1_DEPRECATED, WARNING, 'KMS v1 in use ({}): deprecated since Kubernetes 1.28 and off by '
+                 'default since 1.29; KMS v2 is recommended'.format(where))
+
+
+def build_result(cluster, checks, entries, etcd_pod=None, scan=None):
+    """The command's result (what ``-o json`` prints)."""
+    result = {
+        'passed': not any(c['status'] == FAILED for c in checks),
+        'cluster': cluster,
+        'etcdPod': etcd_pod,
+        'checks': checks,
+        'secrets': [{k: e.get(k) for k in SECRET_FIELDS} for e in entries],
+    }
+    if scan is not None:
+        result['scan'] = scan
+    return result

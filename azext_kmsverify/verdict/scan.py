@@ -1,0 +1,278 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""``--all-secrets``: summarise a streaming scan of every stored Secret. Pure: no I/O.
+
+A cluster can hold hundreds of thousands of secrets, read from etcd page by page. The summary
+therefore keeps counters, and names only of secrets that may end up in the report: see
+:class:`ScanSummary` for the exact memory bound. No value byte is ever kept.
+"""
+
+from datetime import datetime, timedelta, timezone
+
+from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, WARNING, check, encryption_verdict
+
+ALL_SECRETS_ENCRYPTED = 'AllSecretsEncrypted'
+KMS_V2_CURRENT_KEY = 'KmsV2CurrentKey'
+KMS_V1_ROTATION = 'KmsV1WrittenBeforeRotation'
+
+SOURCE_PROBE = 'probe'
+SOURCE_LATEST_WRITE = 'latestWrite'
+_SOURCE_TEXT = {SOURCE_PROBE: 'from the probe secret', SOURCE_LATEST_WRITE: 'from the most recently written secret'}
+
+REWRITE_ONE = 'kubectl get secret -n <namespace> <name> -o json | kubectl replace -f -'
+REWRITE_ALL = 'kubectl get secrets --all-namespaces -o json | kubectl replace -f -'
+
+
+def _plural(n, word):
+    return '{} {}{}'.format(n, word, '' if n == 1 else 's')
+
+
+def _all(n, noun):
+    """'the 1 secret is' / 'all 3 secrets are'."""
+    return 'the 1 {} is'.format(noun) if n == 1 else 'all {} {}s are'.format(n, noun)
+
+
+def _iso(moment):
+    """ISO 8601 UTC with a Z; naive datetimes are taken as UTC (the API's metadata times are UTC)."""
+    if moment is None:
+        return None
+    return _utc(moment).strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+def _utc(moment):
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def _sorted_counts(counts):
+    return {k: counts[k] for k in sorted(counts)}
+
+
+class ScanSummary:
+    """Accumulates ``add()`` calls for every key under ``/registry/secrets/``; ``finish()`` reports.
+
+    Memory is proportional to the secrets that can become findings, never to the total:
+
+    * counters per storage kind, KMS version, KMS provider name and KMS v2 key id;
+    * ``(namespace, name, storage, provider)`` of each secret not stored with KMS (each is a finding);
+    * names of KMS v1 secrets: whether one was written before the last key rotation is only known from
+      the API's write times, which the caller reads after the scan (:meth:`needs_write_times`,
+      :meth:`kms_v1_secrets`);
+    * names of KMS v2 secrets not under the current key id. When the current key id is known before the
+      scan (``current_key_id`` here, e.g. from the probe secret) that is only the stale ones. When it is
+      learnt from the scan itself (the key of the most recent write, known only at the end) the names of
+      *every* KMS v2 secret are kept, grouped by key id and namespace (one string object per secret,
+      namespaces shared), at roughly 80 bytes per secret: pass the key id up front to avoid that.
+    """
+
+    def __init__(self, current_key_id=None, current_key_source=SOURCE_PROBE):
+        self._known_key = current_key_id
+        self._known_source = current_key_source if current_key_id is not None else None
+        self.total = 0
+        self._by_storage = {}
+        self._by_version = {}
+        self._by_provider = {}
+        self._by_key_id = {}
+        self._failing = []      # (namespace, name, storage, provider)
+        self._v1 = {}           # namespace -> [name, ...]
+        self._v2 = {}           # key id (or None when the value has none) -> namespace -> [name, ...]
+        self._latest = None     # (mod_revision, key id) of the newest KMS v2 value with a key id
+        self._strings = {}      # one shared object per distinct provider name
+
+    def add(self, namespace, name, classification, mod_revision):
+        """Count one etcd key; keep its name only if it may be reported (see the class docstring)."""
+        self.total += 1
+        storage = classification.get('storage') or 'unknown'
+        self._by_storage[storage] = self._by_storage.get(storage, 0) + 1
+        provider = classification.get('provider')
+        if provider is not None:
+            provider = self._strings.setdefault(provider, provider)
+        malformed = classification.get('malformed')
+        if storage != 'kms' or malformed:
+            self._failing.append((namespace, name, storage, provider, malformed))
+            return
+        if provider is not None:
+            self._by_provider[provider] = self._by_provider.get(provider, 0) + 1
+        version = classification.get('kmsVersion')
+        if version:
+            self._by_version[version] = self._by_version.get(version, 0) + 1
+        if version == 'v1':
+            self._v1.setdefault(namespace, []).append(name)
+        elif version == 'v2':
+            key_id = classification.get('keyId')
+            if key_id is not None:
+                self._by_key_id[key_id] = self._by_key_id.get(key_id, 0) + 1
+                if self._latest is None or mod_revision > self._latest[0]:
+                    self._latest = (mod_revision, key_id)
+            if self._known_key is None or key_id != self._known_key:
+                self._v2.setdefault(key_id, {}).setdefault(namespace, []).append(name)
+
+    def needs_write_times(self):
+        """True when ``finish`` needs the API's write times: the scan saw a KMS v1 secret."""
+        return bool(self._by_version.get('v1'))
+
+    def kms_v1_secrets(self):
+        """``(namespace, name)`` of every KMS v1 secret seen: the ones whose write times ``finish`` needs."""
+        for namespace, names in self._v1.items():
+            for name in names:
+                yield namespace, name
+
+    def finish(self, *, current_key_id=None, current_key_source=None, write_times=None, age_skip_reason=None,
+               rotation_days=30, now=None, fail_on_stale=False, revision=None):
+        """Return ``(scan, checks)``: the ``scan`` dict of the result and its checks.
+
+        ``write_times`` maps ``(namespace, name)`` to the secret's last write time (UTC datetime) from the
+        API's metadata: for all secrets, for the KMS v1 ones, or only for those older than the rotation
+        period, so a secret it does not name counts as recent. ``None`` means not read (the age check is
+        skipped), and ``age_skip_reason`` says why.
+        ``fail_on_stale`` turns the stale-key warnings into failures.
+        """
+        if current_key_id is not None and self._known_key is not None and current_key_id != self._known_key:
+            raise ValueError('finish() got a different current key id than the one the scan started with')
+        if current_key_id is None and self._known_key is not None:
+            current_key_id, current_key_source = self._known_key, current_key_source or self._known_source
+        if current_key_id is not None:
+            current_key_source = current_key_source or SOURCE_PROBE
+        elif self._latest is not None:
+            current_key_id, current_key_source = self._latest[1], SOURCE_LATEST_WRITE
+        else:
+            current_key_source = None
+        now = _utc(now) if now is not None else datetime.now(timezone.utc)
+        stale_status = FAILED if fail_on_stale else WARNING
+
+        checks = [self._encrypted_check()]
+        stale = []
+        v2_total = self._by_version.get('v2', 0)
+        if v2_total:
+            found, key_check = self._v2_check(current_key_id, current_key_source, v2_total, write_times or {},
+                                              stale_status)
+            stale.extend(found)
+            checks.append(key_check)
+        if self._by_version.get('v1', 0):
+            found, age_check = self._v1_check(write_times, age_skip_reason, rotation_days, now, stale_status)
+            stale.extend(found)
+            checks.append(age_check)
+
+        failing = []
+        for namespace, name, storage, provider, malformed in sorted(self._failing, key=lambda f: (f[0], f[1])):
+            verdict = encryption_verdict({'storage': storage, 'provider': provider, 'malformed': malformed})
+            failing.append({'namespace': namespace, 'name': name, 'storage': storage, 'provider': provider,
+                            'reason': verdict[1]})
+        stale.sort(key=lambda s: (s['namespace'], s['name']))
+
+        scan = {
+            'total': self.total,
+            'revision': revision,
+            'byStorage': _sorted_counts(self._by_storage),
+            'byKmsVersion': {'v1': self._by_version.get('v1', 0), 'v2': v2_total},
+            'byProvider': _sorted_counts(self._by_provider),
+            'byKeyId': _sorted_counts(self._by_key_id),
+            'currentKeyId': current_key_id,
+            'currentKeyIdSource': current_key_source,
+            'failing': failing,
+            'stale': stale,
+            'remediation': remediation(bool(failing), bool(stale)),
+        }
+        return scan, checks
+
+    def _encrypted_check(self):
+        if not self.total:
+            return check(ALL_SECRETS_ENCRYPTED, WARNING, 'no secrets found under /registry/secrets/: nothing to verify')
+        if not self._failing:
+            return check(ALL_SECRETS_ENCRYPTED, PASSED, '{} encrypted with KMS'.format(_all(self.total, 'secret')))
+        kinds = {}
+        for _, _, storage, _, malformed in self._failing:
+            storage = storage + " (malformed)" if malformed else storage
+            kinds[storage] = kinds.get(storage, 0) + 1
+        parts = ', '.join('{} {}'.format(n, s) for s, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+        bad = len(self._failing)
+        return check(ALL_SECRETS_ENCRYPTED, FAILED, '{} of {} {} not encrypted with KMS: {}'.format(
+            bad, _plural(self.total, 'secret'), 'is' if bad == 1 else 'are', parts))
+
+    def _v2_check(self, current, source, v2_total, write_times, stale_status):
+        if current is None:
+            return [], check(KMS_V2_CURRENT_KEY, WARNING, 'cannot tell the current KMS v2 key id: no KMS v2 value '
+                                                          'carries one')
+        stale, per_key = [], {}
+        for key_id, namespaces in self._v2.items():
+            if key_id == current:
+                continue
+            for namespace, names in namespaces.items():
+                for name in names:
+                    per_key[key_id] = per_key.get(key_id, 0) + 1
+                    reason = ('written under KMS v2 key id {}, not the current key id {}'.format(key_id, current)
+                              if key_id is not None else 'KMS v2 value without a key id')
+                    stale.append({'namespace': namespace, 'name': name, 'kmsVersion': 'v2', 'keyId': key_id,
+                                  'lastWrite': _iso(write_times.get((namespace, name))), 'reason': reason})
+        where = 'current key id {} ({})'.format(current, _SOURCE_TEXT.get(source, source))
+        if not stale:
+            return stale, check(KMS_V2_CURRENT_KEY, PASSED, '{} under the {}'.format(
+                _all(v2_total, 'KMS v2 secret'), where))
+        keys = ', '.join('{} ({})'.format(k if k is not None else 'no key id', n)
+                         for k, n in sorted(per_key.items(), key=lambda kv: (-kv[1], kv[0] or '')))
+        return stale, check(KMS_V2_CURRENT_KEY, stale_status, '{} of {} {} written under an older key than the {}: {}'
+                            .format(len(stale), _plural(v2_total, 'KMS v2 secret'),
+                                    'was' if len(stale) == 1 else 'were', where, keys))
+
+    def _v1_check(self, write_times, skip_reason, rotation_days, now, stale_status):
+        v1_total = self._by_version['v1']
+        if skip_reason:
+            return [], check(KMS_V1_ROTATION, SKIPPED, skip_reason)
+        if write_times is None:
+            return [], check(KMS_V1_ROTATION, SKIPPED, 'the last write times of the KMS v1 secrets were not read')
+        limit = now - timedelta(days=rotation_days)
+        stale = []
+        for namespace, name in self.kms_v1_secrets():
+            written = write_times.get((namespace, name))
+            if written is not None and _utc(written) < limit:
+                stale.append({'namespace': namespace, 'name': name, 'kmsVersion': 'v1', 'keyId': None,
+                              'lastWrite': _iso(written),
+                              'reason': 'KMS v1, last written more than {} days ago: before the last key '
+                                        'rotation'.format(rotation_days)})
+        if not stale:
+            return stale, check(KMS_V1_ROTATION, PASSED, 'none of {} was last written more than {} days ago (the '
+                                'key rotation period)'.format(_plural(v1_total, 'KMS v1 secret'), rotation_days))
+        return stale, check(KMS_V1_ROTATION, stale_status, '{} of {} {} last written more than {} days ago, before '
+                            'the last key rotation'.format(len(stale), _plural(v1_total, 'KMS v1 secret'),
+                                                           'was' if len(stale) == 1 else 'were', rotation_days))
+
+
+def remediation(failing, stale):
+    """How to re-encrypt: rewriting a secret makes the API server store it again with its first provider."""
+    if not failing and not stale:
+        return None
+    text = ('Rewrite the listed secrets so that the API server stores them again with its current first provider '
+            '(and, for KMS, the current key): one at a time with `{}`, or all at once with `{}` (the method the '
+            'AKS on Azure Local documentation gives).'.format(REWRITE_ONE, REWRITE_ALL))
+    if failing:
+        text += (' Plaintext (identity) and local-key (aescbc, aesgcm, secretbox) secrets become KMS-encrypted '
+                 'only once KMS is the first provider in the EncryptionConfiguration: rewriting them before that '
+                 'stores them the same way again.')
+    return text
+
+
+def written_before(metadata, rotation_days, now=None):
+    """``{(namespace, name): last write}`` of the secrets last written more than ``rotation_days`` ago, from
+    API metadata only (never data): the latest managedFields time, else the creationTimestamp."""
+    now = _utc(now) if now is not None else datetime.now(timezone.utc)
+    cutoff = now - timedelta(days=rotation_days)
+    old = {}
+    for meta in metadata:
+        written = last_write(meta)
+        if written is not None and written < cutoff:
+            old[(meta.get('namespace'), meta.get('name'))] = written
+    return old
+
+
+def last_write(meta):
+    """Latest managedFields time, else creationTimestamp (RFC 3339, UTC); None when neither parses."""
+    times = [f.get('time') for f in meta.get('managedFields') or [] if isinstance(f, dict) and f.get('time')]
+    stamp = max(times) if times else meta.get('creationTimestamp')
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return datetime.strptime(stamp, '%Y-%m-%dT%H:%M:%SZ').replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None

@@ -1,0 +1,85 @@
+"""The layout is the data's path: each subpackage one step, imports running one way, pure steps without I/O.
+
+Read from the sources (no import), so the rule holds for every module, including ones no test imports.
+"""
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / 'azext_kmsverify'
+# A module may import modules of its own layer and of the layers before it, never after.
+LAYERS = [
+    {'defaults', 'errors', 'text', 'deadline', 'options'},
+    {'etcd'},
+    {'verdict'},
+    {'report'},
+    {'auth'},
+    {'kube'},
+    {'operations'},
+    {'custom'},
+]
+WIRING = {'__init__', 'commands', '_params', '_help', '_validators', 'custom'}
+# Steps that must stay pure: no network, no subprocess, no az runtime beyond error classes.
+# (report/junit writes its file and names the host: it is the one report module with I/O.)
+PURE = {'etcd', 'verdict', 'report/table', 'report/exitcode', 'text', 'defaults', 'options', 'deadline'}
+IO_MODULES = {'socket', 'ssl', 'subprocess', 'urllib3', 'requests', 'websocket', 'kubernetes', 'http', 'select'}
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob('*.py')):
+        yield path, path.relative_to(PACKAGE).with_suffix('').parts
+
+
+def _imports(path):
+    tree = ast.parse(path.read_text(encoding='utf-8'))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            assert node.level == 0, f'{path}: relative import; use azext_kmsverify.<module>'
+            yield node.module
+
+
+def _layer(top):
+    return next((i for i, layer in enumerate(LAYERS) if top in layer), None)
+
+
+@pytest.mark.parametrize('path,parts', list(_modules()), ids=lambda v: '/'.join(v) if isinstance(v, tuple) else '')
+def test_imports_run_one_way(path, parts):
+    own = _layer(parts[0])
+    for name in _imports(path):
+        if not name.startswith('azext_kmsverify.'):
+            continue
+        target = name.split('.')[1]
+        if parts[0] in WIRING - {'custom'} or target in WIRING - {'custom'}:
+            continue  # wiring may import wiring helpers and light modules (checked by test_startup)
+        theirs = _layer(target)
+        assert theirs is not None, f'{name} is in no layer of {LAYERS}'
+        assert own is None or theirs <= own, f'{"/".join(parts)} (layer {own}) imports {name} (layer {theirs})'
+
+
+@pytest.mark.parametrize('path,parts', [(p, m) for p, m in _modules() if m[0] in PURE or '/'.join(m) in PURE],
+                         ids=lambda v: '/'.join(v) if isinstance(v, tuple) else '')
+def test_pure_steps_do_no_io(path, parts):
+    for name in _imports(path):
+        top = name.split('.')[0]
+        assert top not in IO_MODULES, f'{"/".join(parts)} imports {name}'
+        assert top in sys.stdlib_module_names or top in ('azext_kmsverify', 'azure', 'knack', '__future__'), name
+
+
+def test_wiring_stays_flat_and_thin():
+    flat = {p.stem for p in PACKAGE.glob('*.py')}
+    assert WIRING <= flat
+    assert flat - WIRING <= {'defaults', 'errors', 'text', 'deadline', 'options'}, flat - WIRING
+    custom = (PACKAGE / 'custom.py').read_text()
+    assert len(custom.splitlines()) < 60, 'custom.py only wires'
+
+
+def test_no_machine_paths_in_the_package():
+    for path, _ in _modules():
+        text = path.read_text(encoding='utf-8')
+        for marker in ('/work/', '/home/', '/root/', '/tmp/', 'C:\\\\'):
+            assert marker not in text, f'{path} mentions {marker}'
