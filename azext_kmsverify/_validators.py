@@ -30,16 +30,16 @@ def parse_secret_ref(value):
     parts = value.split('/')
     if len(parts) != 2 or not parts[0] or not parts[1]:
         raise argument_error(InvalidArgumentValueError(
-            "--secret '{}' is not NAMESPACE/NAME.".format(_shorten(value)),
+            f"--secret '{_shorten(value)}' is not NAMESPACE/NAME.",
             'Give the secret as NAMESPACE/NAME, for example --secret default/db-user-pass.'))
     namespace, name = parts
     if len(namespace) > 63 or not _LABEL.fullmatch(namespace):
         raise argument_error(InvalidArgumentValueError(
-            "--secret '{}': '{}' is not a valid namespace name.".format(_shorten(value), _shorten(namespace)),
+            f"--secret '{_shorten(value)}': '{_shorten(namespace)}' is not a valid namespace name.",
             'Namespace names are lower-case letters, digits and "-", at most 63 characters.'))
     if len(name) > 253 or not _SUBDOMAIN.fullmatch(name):
         raise argument_error(InvalidArgumentValueError(
-            "--secret '{}': '{}' is not a valid secret name.".format(_shorten(value), _shorten(name)),
+            f"--secret '{_shorten(value)}': '{_shorten(name)}' is not a valid secret name.",
             'Secret names are lower-case letters, digits, "-" and ".", at most 253 characters.'))
     return namespace, name
 
@@ -61,8 +61,12 @@ def validate_verify(namespace):
 
 
 def _validate(namespace):
-    from azure.cli.core.azclierror import (FileOperationError, InvalidArgumentValueError,
-                                           MutuallyExclusiveArgumentError, RequiredArgumentMissingError)
+    from azure.cli.core.azclierror import (
+        FileOperationError,
+        InvalidArgumentValueError,
+        MutuallyExclusiveArgumentError,
+        RequiredArgumentMissingError,
+    )
     ns = namespace
     # ARM mode is decided by --name: a configured default group (az config set defaults.group=RG, or
     # AZURE_DEFAULTS_GROUP) reaches every command as a DefaultStr and must not turn --kubeconfig into an ARM call.
@@ -97,7 +101,7 @@ def _validate(namespace):
         path = os.path.expanduser(ns.kubeconfig)
         if not os.path.exists(path):
             raise argument_error(FileOperationError(
-                "--kubeconfig file '{}' does not exist.".format(_shorten(ns.kubeconfig, 200)),
+                f"--kubeconfig file '{_shorten(ns.kubeconfig, 200)}' does not exist.",
                 'Check the path, or fetch credentials from Azure with --resource-group and --name.'))
         if not os.path.isfile(path):
             raise argument_error(FileOperationError(
@@ -106,7 +110,7 @@ def _validate(namespace):
                 'Give the path of a kubeconfig file.'))
         if not os.access(path, os.R_OK):
             raise argument_error(FileOperationError(
-                "--kubeconfig file '{}' is not readable.".format(_shorten(ns.kubeconfig, 200)),
+                f"--kubeconfig file '{_shorten(ns.kubeconfig, 200)}' is not readable.",
                 'Check the permissions of the file.'))
         ns.kubeconfig = path
 
@@ -126,8 +130,8 @@ def _validate(namespace):
                                      ('--page-size', ns.page_size, 1, 100000)):
         if value is not None and not low <= value <= high:
             raise argument_error(InvalidArgumentValueError(
-                '{} must be between {} and {}, not {}.'.format(option, low, high, value),
-                'Give {} a value in that range.'.format(option)))
+                f'{option} must be between {low} and {high}, not {value}.',
+                f'Give {option} a value in that range.'))
     for option in ('etcd_container', 'etcd_endpoint'):
         value = getattr(ns, option)
         if not value or any(c in value for c in '\x00\n\r') or (
@@ -146,7 +150,7 @@ def _validate(namespace):
         parent = os.path.dirname(os.path.abspath(os.path.expanduser(ns.junit_xml)))
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
             raise argument_error(FileOperationError(
-                "--junit-xml: folder '{}' does not exist or is not writable.".format(parent),
+                f"--junit-xml: folder '{parent}' does not exist or is not writable.",
                 'Give a path in an existing, writable folder.'))
 
 

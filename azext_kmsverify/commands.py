@@ -3,8 +3,8 @@
 # --------------------------------------------------------------------------------------------
 """Command table. Kept free of heavy imports: ``az`` loads it on every relevant call."""
 
-from azext_kmsverify.report.table import verify_table_format
 from azext_kmsverify._validators import validate_verify
+from azext_kmsverify.report.table import verify_table_format
 
 
 def load_command_table(self, _):

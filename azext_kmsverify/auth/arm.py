@@ -29,16 +29,16 @@ _DEFAULT_POLL_SECONDS = 2.0
 
 
 def cluster_resource_id(subscription, resource_group, cluster_name):
-    return ('/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Kubernetes/connectedClusters/{}'
-            .format(subscription, resource_group, cluster_name))
+    return (f'/subscriptions/{subscription}/resourceGroups/{resource_group}'
+            f'/providers/Microsoft.Kubernetes/connectedClusters/{cluster_name}')
 
 
 def fetch_kubeconfig(cli_ctx, resource_group, cluster_name, admin, deadline):
     """Return the kubeconfig (a dict) of an AKS Arc cluster from ARM, polling the long-running operation."""
     subscription = _subscription_id(cli_ctx)
     action = 'listAdminKubeconfig' if admin else 'listUserKubeconfig'
-    path = '{}/providers/Microsoft.HybridContainerService/provisionedClusterInstances/default/{}'.format(
-        cluster_resource_id(subscription, resource_group, cluster_name), action)
+    path = (f'{cluster_resource_id(subscription, resource_group, cluster_name)}'
+            f'/providers/Microsoft.HybridContainerService/provisionedClusterInstances/default/{action}')
     endpoints = cli_ctx.cloud.endpoints
     url = '{}{}?api-version={}'.format(endpoints.resource_manager.rstrip('/'), path, defaults.HYBRIDAKS_API_VERSION)
     context = _ArmContext(cli_ctx, subscription, resource_group, cluster_name, admin, action, deadline)
@@ -64,7 +64,7 @@ def _subscription_id(cli_ctx):
         return get_subscription_id(cli_ctx)
     except CLIError as ex:
         message = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
-        raise make(AuthenticationError, 'Could not find an Azure subscription in the az login: {}'.format(message),
+        raise make(AuthenticationError, f'Could not find an Azure subscription in the az login: {message}',
                    "Sign in with 'az login' and select the cluster's subscription with 'az account set "
                    "--subscription ID' (in pipelines, use an AzureCLI task with a service connection), "
                    'then retry.') from None
@@ -77,7 +77,7 @@ def _session(cli_ctx):
     # requests honours REQUESTS_CA_BUNDLE and proxies from the environment, as az itself does.
     session.verify = not should_disable_connection_verify()
     from azure.cli.core.util import get_az_user_agent
-    session.headers['User-Agent'] = '{} az-aksarc-kms-verify'.format(get_az_user_agent())
+    session.headers['User-Agent'] = f'{get_az_user_agent()} az-aksarc-kms-verify'
     session.headers['CommandName'] = cli_ctx.data.get('command', '')
     return session
 
@@ -106,13 +106,13 @@ class _ArmContext:
                 'x-ms-client-request-id': str(uuid.uuid4())}), timeout=self.deadline.bound(60))
         except requests.exceptions.SSLError:
             raise make(AzureConnectionError,
-                       'The TLS certificate of Azure Resource Manager at {} is not trusted.'.format(host),
+                       f'The TLS certificate of Azure Resource Manager at {host} is not trusted.',
                        'Behind a TLS-inspecting proxy, point REQUESTS_CA_BUNDLE at its CA bundle.') from None
         except requests.exceptions.Timeout:
             raise self.timeout_error() from None
         except requests.exceptions.RequestException as ex:
-            raise make(AzureConnectionError, 'Could not reach Azure Resource Manager at {}: {}.'.format(
-                host, type(ex).__name__), 'Check the network connection and proxy settings, then retry.') from None
+            raise make(AzureConnectionError, f'Could not reach Azure Resource Manager at {host}: {type(ex).__name__}.',
+                       'Check the network connection and proxy settings, then retry.') from None
         logger.debug('ARM answered %s (x-ms-request-id %s)', response.status_code,
                      response.headers.get('x-ms-request-id', '-'))
         return response
@@ -122,25 +122,29 @@ class _ArmContext:
         try:
             return response.json()
         except ValueError:
-            raise make(AzureResponseError, 'Azure Resource Manager answered {} with a body that is not JSON.'.format(
-                self.action), 'Retry; if it persists, open a support request.') from None
+            raise make(AzureResponseError, f'Azure Resource Manager answered {self.action} with a body that is not '
+                                           'JSON.', 'Retry; if it persists, open a support request.') from None
 
     def http_error(self, response):
-        from azure.cli.core.azclierror import (AzureResponseError, ForbiddenError, ResourceNotFoundError,
-                                               UnauthorizedError)
+        from azure.cli.core.azclierror import (
+            AzureResponseError,
+            ForbiddenError,
+            ResourceNotFoundError,
+            UnauthorizedError,
+        )
         code, message = _arm_error(response)
         status = response.status_code
         if status == 404:
-            return make(ResourceNotFoundError, "AKS Arc cluster '{}' was not found in resource group '{}' "
-                        "(subscription {}).".format(self.cluster_name, self.resource_group, self.subscription),
+            return make(ResourceNotFoundError, f"AKS Arc cluster '{self.cluster_name}' was not found in resource group "
+                                               f"'{self.resource_group}' (subscription {self.subscription}).",
                         "Check --resource-group and --name ('az aksarc list -o table'), and the subscription "
                         "('az account show', or --subscription).")
         if status == 403:
             role = ADMIN_ROLE if self.admin else USER_ROLE
             return make(ForbiddenError, "Not allowed to run {} on AKS Arc cluster '{}': {}".format(
                 self.action, self.cluster_name, code or 'Forbidden'),
-                "Ask for the '{}' role on the cluster (action Microsoft.HybridContainerService/"
-                "provisionedClusterInstances/{}/action).".format(role, self.action))
+                f"Ask for the '{role}' role on the cluster (action Microsoft.HybridContainerService/"
+                f"provisionedClusterInstances/{self.action}/action).")
         if status == 401:
             return make(UnauthorizedError, 'Azure Resource Manager rejected the az sign-in ({}).'.format(
                 code or 'Unauthorized'), "Sign in again with 'az login'.")
@@ -150,10 +154,10 @@ class _ArmContext:
 
     def timeout_error(self):
         from azure.cli.core.azclierror import AzureResponseError
-        return make(AzureResponseError, 'The {} operation on AKS Arc cluster \'{}\' did not finish within the '
-                    '--timeout of {} s.'.format(self.action, self.cluster_name, self.deadline.seconds),
+        return make(AzureResponseError, f"The {self.action} operation on AKS Arc cluster '{self.cluster_name}' did not "
+                                        f'finish within the --timeout of {self.deadline.seconds} s.',
                     'Retry with a larger --timeout; check the cluster state with '
-                    "'az aksarc show -g {} -n {}'.".format(self.resource_group, self.cluster_name))
+                    f"'az aksarc show -g {self.resource_group} -n {self.cluster_name}'.")
 
 
 def _poll(session, context, response, headers):
@@ -162,8 +166,8 @@ def _poll(session, context, response, headers):
     status_url = response.headers.get('Azure-AsyncOperation')
     location_url = response.headers.get('Location')
     if not status_url and not location_url:
-        raise make(AzureResponseError, '{} answered {} without an operation URL.'.format(
-            context.action, response.status_code), 'Retry; if it persists, open a support request.')
+        raise make(AzureResponseError, f'{context.action} answered {response.status_code} without an operation URL.',
+                   'Retry; if it persists, open a support request.')
     delay = _retry_after(response)
     while True:
         time.sleep(context.deadline.bound(delay))
@@ -206,8 +210,8 @@ def _retry_after(response):
 
 def _kubeconfig_from_result(body, context):
     from azure.cli.core.azclierror import AzureResponseError
-    malformed = make(AzureResponseError, 'The kubeconfig returned by {} for cluster \'{}\' is not a valid '
-                     'kubeconfig.'.format(context.action, context.cluster_name),
+    malformed = make(AzureResponseError, f'The kubeconfig returned by {context.action} for cluster '
+                                         f"'{context.cluster_name}' is not a valid kubeconfig.",
                      "Retry; if it persists, check 'az aksarc get-credentials' for the same cluster and open a "
                      'support request.')
     try:

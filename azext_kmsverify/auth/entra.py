@@ -32,7 +32,7 @@ def get_entra_token(cli_ctx, server_id):
     """A token for the cluster's Entra server application from the az login (what kubelogin -l azurecli does)."""
     from azure.cli.core._profile import Profile
     return _token(lambda: Profile(cli_ctx=cli_ctx).get_raw_token(resource=server_id),
-                  'the cluster (Entra server id {})'.format(server_id))
+                  f'the cluster (Entra server id {server_id})')
 
 
 def _token(get, audience):
@@ -42,13 +42,13 @@ def _token(get, audience):
         (_, token, _), _, _ = get()
     except (AzCLIError, CLIError) as ex:
         message = truncate(str(ex).splitlines()[0]) if str(ex) else type(ex).__name__
-        raise make(AuthenticationError, 'Could not get an Entra ID token for {}: {}'.format(audience, message),
+        raise make(AuthenticationError, f'Could not get an Entra ID token for {audience}: {message}',
                    "Sign in with 'az login' (in pipelines, use an AzureCLI task with a service connection), "
                    "then retry.") from None
     except Exception as ex:  # pylint: disable=broad-except
         # MSAL and the network raise many types; none of them may carry a token, but keep only the type.
-        raise make(AuthenticationError, 'Could not get an Entra ID token for {}: {}'.format(
-            audience, type(ex).__name__), "Check 'az account show' and sign in again with 'az login'.") from None
+        raise make(AuthenticationError, f'Could not get an Entra ID token for {audience}: {type(ex).__name__}',
+                   "Check 'az account show' and sign in again with 'az login'.") from None
     return token
 
 

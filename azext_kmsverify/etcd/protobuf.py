@@ -17,9 +17,9 @@ def _check_consistency(result: RangeResult, fmt: str) -> RangeResult:
     # truncated after its kvs loses more/count (they are encoded last), which shows up here.
     n = len(result.kvs)
     if n > result.count:
-        raise EtcdOutputError(f"etcdctl {fmt} output has {n} key(s) but count {result.count}: truncated?")
+        raise EtcdOutputError(f'etcdctl {fmt} output has {n} key(s) but count {result.count}: truncated?')
     if result.more and n >= result.count:
-        raise EtcdOutputError(f"etcdctl {fmt} output says more keys follow but count is {result.count}")
+        raise EtcdOutputError(f'etcdctl {fmt} output says more keys follow but count is {result.count}')
     return result
 
 
@@ -28,13 +28,13 @@ def parse_protobuf(data: bytes) -> RangeResult:
     if not isinstance(data, bytes):
         data = bytes(data)
     if not data:
-        raise EtcdOutputError("etcdctl protobuf output is empty")
+        raise EtcdOutputError('etcdctl protobuf output is empty')
     try:
         result = _parse_range_response(data)
     except pw.ProtoWireError as exc:
-        message = f"etcdctl protobuf output does not parse: {exc}"
+        message = f'etcdctl protobuf output does not parse: {exc}'
     else:
-        return _check_consistency(result, "protobuf")
+        return _check_consistency(result, 'protobuf')
     raise EtcdOutputError(message)
 
 
@@ -49,20 +49,20 @@ def _parse_range_response(buf: bytes) -> RangeResult:
     for number, wire_type, a, b in iter_fields(buf):
         if number == 2:
             if wire_type != LEN:
-                raise pw.ProtoWireError(f"RangeResponse.kvs has wire type {wire_type}")
-            key = value = b""
+                raise pw.ProtoWireError(f'RangeResponse.kvs has wire type {wire_type}')
+            key = value = b''
             create_rev = mod_rev = version = lease = 0
             for kn, kt, ka, kb in iter_fields(buf, a, b):
                 if kn == 5 or kn == 1:
                     if kt != LEN:
-                        raise pw.ProtoWireError(f"KeyValue field {kn} has wire type {kt}")
+                        raise pw.ProtoWireError(f'KeyValue field {kn} has wire type {kt}')
                     if kn == 5:
                         value = buf[ka:kb]
                     else:
                         key = buf[ka:kb]
                 elif 2 <= kn <= 6:
                     if kt != VARINT:
-                        raise pw.ProtoWireError(f"KeyValue field {kn} has wire type {kt}")
+                        raise pw.ProtoWireError(f'KeyValue field {kn} has wire type {kt}')
                     if kn == 2:
                         create_rev = to_int64(ka)
                     elif kn == 3:
@@ -74,20 +74,20 @@ def _parse_range_response(buf: bytes) -> RangeResult:
             kvs.append(KeyValue(key, value, create_rev, mod_rev, version, lease))
         elif number == 1:
             if wire_type != LEN:
-                raise pw.ProtoWireError(f"RangeResponse.header has wire type {wire_type}")
+                raise pw.ProtoWireError(f'RangeResponse.header has wire type {wire_type}')
             revision = 0
             for hn, ht, ha, _hb in iter_fields(buf, a, b):
                 if hn == 3:
                     if ht != VARINT:
-                        raise pw.ProtoWireError(f"ResponseHeader.revision has wire type {ht}")
+                        raise pw.ProtoWireError(f'ResponseHeader.revision has wire type {ht}')
                     revision = to_int64(ha)
         elif number == 3 or number == 4:
             if wire_type != VARINT:
-                raise pw.ProtoWireError(f"RangeResponse field {number} has wire type {wire_type}")
+                raise pw.ProtoWireError(f'RangeResponse field {number} has wire type {wire_type}')
             if number == 3:
                 more = a != 0
             else:
                 count = to_int64(a)
     if revision is None:
-        raise pw.ProtoWireError("RangeResponse has no header")
+        raise pw.ProtoWireError('RangeResponse has no header')
     return RangeResult(revision, kvs, more, count)

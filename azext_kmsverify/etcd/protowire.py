@@ -32,7 +32,7 @@ def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     start = pos
     while True:
         if pos >= end:
-            raise ProtoWireError(f"truncated varint at offset {start}")
+            raise ProtoWireError(f'truncated varint at offset {start}')
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -40,9 +40,9 @@ def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
             break
         shift += 7
         if shift >= 70:
-            raise ProtoWireError(f"varint longer than 10 bytes at offset {start}")
+            raise ProtoWireError(f'varint longer than 10 bytes at offset {start}')
     if result >= _U64_LIMIT:
-        raise ProtoWireError(f"varint overflows 64 bits at offset {start}")
+        raise ProtoWireError(f'varint overflows 64 bits at offset {start}')
     return result, pos
 
 
@@ -64,7 +64,7 @@ def iter_fields(buf: bytes, pos: int = 0, end: int | None = None) -> Iterator[tu
     if end is None:
         end = size
     if not 0 <= pos <= end <= size:
-        raise ProtoWireError(f"message bounds [{pos}, {end}) outside a buffer of {size} bytes")
+        raise ProtoWireError(f'message bounds [{pos}, {end}) outside a buffer of {size} bytes')
     while pos < end:
         start = pos
         tag = buf[pos]
@@ -75,7 +75,7 @@ def iter_fields(buf: bytes, pos: int = 0, end: int | None = None) -> Iterator[tu
         number = tag >> 3
         wire_type = tag & 7
         if number == 0 or number > _MAX_FIELD_NUMBER:
-            raise ProtoWireError(f"invalid field number {number} at offset {start}")
+            raise ProtoWireError(f'invalid field number {number} at offset {start}')
         if wire_type == LEN:
             if pos < end and buf[pos] < 0x80:
                 length = buf[pos]
@@ -85,7 +85,7 @@ def iter_fields(buf: bytes, pos: int = 0, end: int | None = None) -> Iterator[tu
             stop = pos + length
             if stop > end:
                 raise ProtoWireError(
-                    f"field {number} at offset {start} declares {length} bytes but only {end - pos} remain"
+                    f'field {number} at offset {start} declares {length} bytes but only {end - pos} remain'
                 )
             payload_start = pos
             pos = stop
@@ -100,9 +100,9 @@ def iter_fields(buf: bytes, pos: int = 0, end: int | None = None) -> Iterator[tu
         elif wire_type == I64 or wire_type == I32:
             width = 8 if wire_type == I64 else 4
             if pos + width > end:
-                raise ProtoWireError(f"truncated fixed{width * 8} field {number} at offset {start}")
-            value = int.from_bytes(buf[pos:pos + width], "little")
+                raise ProtoWireError(f'truncated fixed{width * 8} field {number} at offset {start}')
+            value = int.from_bytes(buf[pos:pos + width], 'little')
             pos += width
             yield number, wire_type, value, 0
         else:
-            raise ProtoWireError(f"unsupported wire type {wire_type} for field {number} at offset {start}")
+            raise ProtoWireError(f'unsupported wire type {wire_type} for field {number} at offset {start}')

@@ -36,16 +36,16 @@ class EtcdReader:
     def __init__(self, run: Callable[[list[str]], Any], *, cacert: str | None = defaults.ETCD_CACERT,
                  cert: str | None = defaults.ETCD_CERT, key_file: str | None = defaults.ETCD_KEY,
                  endpoint: str = defaults.ETCD_ENDPOINT, command_timeout: int | None = None,
-                 executable: str = "etcdctl", page_size: int = defaults.PAGE_SIZE, page_bytes: int | None = None,
-                 write_out: str = "protobuf", parse: Callable[[bytes], RangeResult] = parse_protobuf):
+                 executable: str = 'etcdctl', page_size: int = defaults.PAGE_SIZE, page_bytes: int | None = None,
+                 write_out: str = 'protobuf', parse: Callable[[bytes], RangeResult] = parse_protobuf):
         # ``write_out``/``parse``: the tests read the same ranges as -w json and -w fields to cross-check.
         _check_page_size(page_size)
         if page_bytes is not None:
             _check_page_size(page_bytes)
         self.page_bytes = page_bytes
         self._run = run
-        self._common = {"cacert": cacert, "cert": cert, "key_file": key_file, "endpoint": endpoint,
-                        "command_timeout": command_timeout, "executable": executable, "write_out": write_out}
+        self._common = {'cacert': cacert, 'cert': cert, 'key_file': key_file, 'endpoint': endpoint,
+                        'command_timeout': command_timeout, 'executable': executable, 'write_out': write_out}
         self._parse = parse
         self.page_size = page_size
         self.revision: int | None = None
@@ -67,10 +67,10 @@ class EtcdReader:
 
     def _get(self, key: str, rev: int | None) -> tuple[KeyValue | None, int]:
         result = self._range(key=key, rev=rev)
-        wanted = key.encode("ascii")
+        wanted = key.encode('ascii')
         found = [kv for kv in result.kvs if kv.key == wanted]
         if len(found) != len(result.kvs) or len(found) > 1:
-            raise EtcdOutputError(f"etcdctl returned {len(result.kvs)} key(s) for a single-key get")
+            raise EtcdOutputError(f'etcdctl returned {len(result.kvs)} key(s) for a single-key get')
         return (found[0] if found else None), result.revision
 
     def iter_prefix(self, prefix: str, page_size: int | None = None, *, keys_only: bool = False
@@ -99,7 +99,7 @@ class EtcdReader:
             if not more:
                 return
             if not kvs:
-                raise EtcdOutputError("etcdctl reported more keys but returned an empty page")
+                raise EtcdOutputError('etcdctl reported more keys but returned an empty page')
             last = kvs[-1].key
             if self.page_bytes is not None:
                 limit = _next_limit(kvs, limit, page_size, self.page_bytes)
@@ -113,7 +113,7 @@ class EtcdReader:
             kvs, more = page.kvs[1:], page.more
             del page
             if not kvs and more:
-                raise EtcdOutputError("etcdctl reported more keys but the page made no progress")
+                raise EtcdOutputError('etcdctl reported more keys but the page made no progress')
 
 
 #: Keys in the first page when pages are sized by bytes: nothing is known of the values yet.
@@ -129,11 +129,11 @@ def _next_limit(kvs: list[KeyValue], limit: int, page_size: int, page_bytes: int
 
 def _check_page_size(page_size: int) -> None:
     if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
-        raise ValueError("page_size must be a positive integer")
+        raise ValueError('page_size must be a positive integer')
 
 
 def _argv_key(key: bytes) -> str:
     """A key etcd returned, as an argv string for the next page's start."""
     if not key or not all(0x01 <= b <= 0x7E for b in key):
-        raise EtcdOutputError("cannot page past a key that is not printable ASCII (argv must carry it exactly)")
-    return key.decode("ascii")
+        raise EtcdOutputError('cannot page past a key that is not printable ASCII (argv must carry it exactly)')
+    return key.decode('ascii')

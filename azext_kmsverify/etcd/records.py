@@ -20,9 +20,9 @@ class KeyValue:
     lease: int = 0
 
     def __repr__(self) -> str:  # the value may be a plaintext secret: show its length only
-        return (f"KeyValue(key={self.key!r}, value=<{len(self.value)} bytes>, "
-                f"create_revision={self.create_revision}, mod_revision={self.mod_revision}, "
-                f"version={self.version}, lease={self.lease})")
+        return (f'KeyValue(key={self.key!r}, value=<{len(self.value)} bytes>, '
+                f'create_revision={self.create_revision}, mod_revision={self.mod_revision}, '
+                f'version={self.version}, lease={self.lease})')
 
     __str__ = __repr__
 

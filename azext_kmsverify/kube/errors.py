@@ -15,6 +15,9 @@ import re
 from azext_kmsverify.errors import make
 from azext_kmsverify.text import printable, truncate
 
+CLUSTER_CONNECT = ('Cloud Shell has no line of sight to an on-premises API server: go through Cluster Connect '
+                   "('az connectedk8s proxy -g RG -n CLUSTER &', then this command with --kubeconfig on the "
+                   'kubeconfig it writes), or run on a machine in the cluster network.')
 NO_LINE_OF_SIGHT = ('hosted pipeline agents and Cloud Shell usually have none: run on a machine in the cluster '
                     "network, or go through Cluster Connect ('az connectedk8s proxy -g RG -n CLUSTER' in the "
                     "background, then this command with --kubeconfig on the kubeconfig it writes)")
@@ -51,14 +54,22 @@ class KubeErrors:
         if self.proxy and _is_proxy_error(reason):
             return make(AzureConnectionError, f'Could not reach the proxy {self.proxy} of the kubeconfig: {root}.',
                         "Check the kubeconfig's proxy-url and that the proxy is running, then retry.")
+        from azure.cli.core.util import in_cloud_console
+        if in_cloud_console():
+            return make(AzureConnectionError, f'Could not reach the API server {self.server} from Cloud Shell: '
+                                              f'{root}.', CLUSTER_CONNECT)
         return make(AzureConnectionError, f'Could not reach the API server {self.server}: {root}.',
                     f'Check network line of sight to the cluster ({NO_LINE_OF_SIGHT}), then retry.')
 
     def api(self, status: int, body: bytes, doing: str, permission: str | None = None,
             not_found: tuple[str, str] | None = None):
         """An API error answer (a Kubernetes Status)."""
-        from azure.cli.core.azclierror import (AzureResponseError, ForbiddenError, ResourceNotFoundError,
-                                               UnauthorizedError)
+        from azure.cli.core.azclierror import (
+            AzureResponseError,
+            ForbiddenError,
+            ResourceNotFoundError,
+            UnauthorizedError,
+        )
         message = status_message(body)
         if status == 401:
             hint = ("Sign in again with 'az login'" if self.credential == 'user' else

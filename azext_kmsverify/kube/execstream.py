@@ -38,8 +38,8 @@ class ExecResult:
     stderr: bytes
 
     def __repr__(self) -> str:
-        return f'ExecResult(returncode={self.returncode}, stdout=<{len(self.stdout)} bytes>, ' \
-               f'stderr=<{len(self.stderr)} bytes>)'
+        return (f'ExecResult(returncode={self.returncode}, stdout=<{len(self.stdout)} bytes>, '
+                f'stderr=<{len(self.stderr)} bytes>)')
 
     __str__ = __repr__
 

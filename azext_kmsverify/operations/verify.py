@@ -25,6 +25,7 @@ logger = get_logger(__name__)
 def main(cli_ctx, options: VerifyOptions) -> dict:
     """The command: the result for az to print, the JUnit report, and the exit code (README "Exit codes")."""
     from azure.cli.core.azclierror import AzCLIError
+
     from azext_kmsverify.report.exitcode import exit_nonzero_after_output
     step = ['starting']
     try:
@@ -126,6 +127,7 @@ def sign_in(cli_ctx, cluster: ClusterOptions, deadline):
 def kms_health(client):
     """The KMS health check; readyz trouble is reported as a failed check and the etcd checks still run."""
     from azure.cli.core.azclierror import AzCLIError, UnauthorizedError
+
     from azext_kmsverify.kube.health import readyz, readyz_check
     from azext_kmsverify.verdict import checks as rules
     from azext_kmsverify.verdict.readyz import parse_check_error
@@ -155,6 +157,7 @@ def kms_health(client):
 def scan_all(cli_ctx, client, reader, current_key_id, options: VerifyOptions):
     """Classify every secret in etcd as the pages stream in; then the KMS v1 age check from API metadata."""
     from azure.cli.core.azclierror import AzCLIError
+
     from azext_kmsverify.kube.secrets import list_secret_metadata
     from azext_kmsverify.verdict.classify import classify
     from azext_kmsverify.verdict.scan import ScanSummary, written_before
@@ -203,6 +206,7 @@ def _progress(cli_ctx, message):
 def read_secret(client, reader, namespace, name, probe=False):
     """Classify the etcd value of one secret. etcd is the source of truth; the API only explains a miss."""
     from azure.cli.core.azclierror import AzureResponseError, ResourceNotFoundError
+
     from azext_kmsverify.kube.secrets import secret_exists
     from azext_kmsverify.verdict import checks as rules
     from azext_kmsverify.verdict.classify import classify
@@ -242,6 +246,7 @@ def fail(error, junit_xml):
 
 def write_junit(path, result):
     from azure.cli.core.azclierror import FileOperationError
+
     from azext_kmsverify.report.junit import write_junit_xml
     try:
         write_junit_xml(path, result)

@@ -39,8 +39,8 @@ def _xml_text(value):
     if value is None:
         return ''
     text = str(value).replace('\r\n', '\n').replace('\r', '\n')  # a parser would turn a raw CR into LF anyway
-    return _NOT_XML_CHAR.sub(lambda m: '\\x{:02x}'.format(ord(m.group())) if ord(m.group()) < 0x100
-                             else '\\u{:04x}'.format(ord(m.group())), text)
+    return _NOT_XML_CHAR.sub(lambda m: f'\\x{ord(m.group()):02x}' if ord(m.group()) < 0x100
+                             else f'\\u{ord(m.group()):04x}', text)
 
 
 def _sub(parent, tag, text=None, **attrs):
@@ -51,7 +51,7 @@ def _sub(parent, tag, text=None, **attrs):
 
 
 def _seconds(value):
-    return '{:.3f}'.format(max(0.0, float(value or 0)))
+    return f'{max(0.0, float(value or 0)):.3f}'
 
 
 def suite_name(result):
@@ -94,9 +94,9 @@ def _testcases(result):
 def _secret_case(check_name, entry):
     namespace, name = entry.get('namespace') or '', entry.get('name') or ''
     reason = entry.get('reason') or ''
-    text = '{}/{}: {}\nRewrite it to re-encrypt: kubectl get secret -n {} {} -o json | kubectl replace -f -'.format(
-        namespace, name, reason, shlex.quote(namespace), shlex.quote(name))
-    return (_CLASS_PREFIX + check_name, '{}/{}'.format(namespace, name), FAILED, reason, text, None)
+    text = (f'{namespace}/{name}: {reason}\nRewrite it to re-encrypt: kubectl get secret -n {shlex.quote(namespace)} '
+            f'{shlex.quote(name)} -o json | kubectl replace -f -')
+    return (_CLASS_PREFIX + check_name, f'{namespace}/{name}', FAILED, reason, text, None)
 
 
 def to_junit_xml(result, *, timestamp=None, hostname=None, duration=None):
@@ -134,10 +134,10 @@ def to_junit_xml(result, *, timestamp=None, hostname=None, duration=None):
         elif status == SKIPPED:
             _sub(case, 'skipped', message=message)
         elif status not in (PASSED, WARNING):
-            _sub(case, 'error', text, message='unknown check status {!r}: {}'.format(status, message),
+            _sub(case, 'error', text, message=f'unknown check status {status!r}: {message}',
                  type='UnknownStatus')
         if status == WARNING:
-            warnings.append('Warning: {} {}: {}'.format(classname[len(_CLASS_PREFIX):], case_name, stdout))
+            warnings.append(f'Warning: {classname[len(_CLASS_PREFIX):]} {case_name}: {stdout}')
             _sub(case, 'system-out', 'Warning: ' + stdout)
         elif stdout and status == PASSED:
             _sub(case, 'system-out', stdout)
@@ -171,7 +171,7 @@ def write_junit_xml(path, result, **kwargs):
     data = to_junit_xml(result, **kwargs)
     path = os.path.abspath(os.fspath(path))
     folder, base = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix='.{}.'.format(base), suffix='.tmp', dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{base}.', suffix='.tmp', dir=folder)
     try:
         with os.fdopen(fd, 'wb') as handle:
             handle.write(data)

@@ -30,9 +30,9 @@ def kms_health(readyz_status, readyz_body, check_reasons, unreachable=None):
     readyz could not be read at all (then the check fails, and the etcd checks still run).
     """
     if unreachable:
-        return check(KMS_HEALTH, FAILED, 'could not read /readyz: {}'.format(unreachable))
+        return check(KMS_HEALTH, FAILED, f'could not read /readyz: {unreachable}')
     if readyz_status not in (200, 500):
-        return check(KMS_HEALTH, FAILED, '/readyz answered HTTP {}'.format(readyz_status))
+        return check(KMS_HEALTH, FAILED, f'/readyz answered HTTP {readyz_status}')
     lines = kms_checks(parse_readyz(readyz_body))
     if not lines:
         return check(KMS_HEALTH, FAILED, 'no KMS provider configured: /readyz has no kms-providers or '
@@ -94,9 +94,9 @@ def kms_v1_warning(entries, scanned_by_version=None):
     if not v1 and not scanned:
         return None
     where = 'provider {}'.format(', '.join(sorted({e.get('provider') or '?' for e in v1}))) if v1 else \
-        '{} secrets'.format(scanned)
-    return check(KMS_V1_DEPRECATED, WARNING, 'KMS v1 in use ({}): deprecated since Kubernetes 1.28 and off by '
-                 'default since 1.29; KMS v2 is recommended'.format(where))
+        f'{scanned} secrets'
+    return check(KMS_V1_DEPRECATED, WARNING, f'KMS v1 in use ({where}): deprecated since Kubernetes 1.28 and off by '
+                 'default since 1.29; KMS v2 is recommended')
 
 
 def build_result(cluster, checks, entries, etcd_pod=None, scan=None):

@@ -30,7 +30,7 @@ def _plural(n, word):
 
 def _all(n, noun):
     """'the 1 secret is' / 'all 3 secrets are'."""
-    return 'the 1 {} is'.format(noun) if n == 1 else 'all {} {}s are'.format(n, noun)
+    return f'the 1 {noun} is' if n == 1 else f'all {n} {noun}s are'
 
 
 def _iso(moment):
@@ -184,9 +184,9 @@ class ScanSummary:
             return check(ALL_SECRETS_ENCRYPTED, PASSED, '{} encrypted with KMS'.format(_all(self.total, 'secret')))
         kinds = {}
         for _, _, storage, _, malformed in self._failing:
-            storage = storage + " (malformed)" if malformed else storage
+            storage = storage + ' (malformed)' if malformed else storage
             kinds[storage] = kinds.get(storage, 0) + 1
-        parts = ', '.join('{} {}'.format(n, s) for s, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+        parts = ', '.join(f'{n} {s}' for s, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
         bad = len(self._failing)
         return check(ALL_SECRETS_ENCRYPTED, FAILED, '{} of {} {} not encrypted with KMS: {}'.format(
             bad, _plural(self.total, 'secret'), 'is' if bad == 1 else 'are', parts))
@@ -202,11 +202,11 @@ class ScanSummary:
             for namespace, names in namespaces.items():
                 for name in names:
                     per_key[key_id] = per_key.get(key_id, 0) + 1
-                    reason = ('written under KMS v2 key id {}, not the current key id {}'.format(key_id, current)
+                    reason = (f'written under KMS v2 key id {key_id}, not the current key id {current}'
                               if key_id is not None else 'KMS v2 value without a key id')
                     stale.append({'namespace': namespace, 'name': name, 'kmsVersion': 'v2', 'keyId': key_id,
                                   'lastWrite': _iso(write_times.get((namespace, name))), 'reason': reason})
-        where = 'current key id {} ({})'.format(current, _SOURCE_TEXT.get(source, source))
+        where = f'current key id {current} ({_SOURCE_TEXT.get(source, source)})'
         if not stale:
             return stale, check(KMS_V2_CURRENT_KEY, PASSED, '{} under the {}'.format(
                 _all(v2_total, 'KMS v2 secret'), where))
@@ -229,8 +229,8 @@ class ScanSummary:
             if written is not None and _utc(written) < limit:
                 stale.append({'namespace': namespace, 'name': name, 'kmsVersion': 'v1', 'keyId': None,
                               'lastWrite': _iso(written),
-                              'reason': 'KMS v1, last written more than {} days ago: before the last key '
-                                        'rotation'.format(rotation_days)})
+                              'reason': f'KMS v1, last written more than {rotation_days} days ago: before the last key '
+                                        'rotation'})
         if not stale:
             return stale, check(KMS_V1_ROTATION, PASSED, 'none of {} was last written more than {} days ago (the '
                                 'key rotation period)'.format(_plural(v1_total, 'KMS v1 secret'), rotation_days))
@@ -244,8 +244,9 @@ def remediation(failing, stale):
     if not failing and not stale:
         return None
     text = ('Rewrite the listed secrets so that the API server stores them again with its current first provider '
-            '(and, for KMS, the current key): one at a time with `{}`, or all at once with `{}` (the method the '
-            'AKS on Azure Local documentation gives).'.format(REWRITE_ONE, REWRITE_ALL))
+            f'(and, for KMS, the current key): one at a time with `{REWRITE_ONE}`, or all at once with '
+            f'`{REWRITE_ALL}` (the method the '
+            'AKS on Azure Local documentation gives).')
     if failing:
         text += (' Plaintext (identity) and local-key (aescbc, aesgcm, secretbox) secrets become KMS-encrypted '
                  'only once KMS is the first provider in the EncryptionConfiguration: rewriting them before that '
