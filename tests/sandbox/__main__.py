@@ -7,7 +7,8 @@
     python -m tests.sandbox ctl  --dir DIR '<json>'
 
 ``up`` prints sandbox.json on stdout and returns once the API server's /readyz passes; it cleans up after itself
-when it fails. Errors go to stderr with exit code 1 (2 for bad arguments).
+when it fails. On a directory that holds a stopped sandbox it resumes that sandbox (saying so in one line on
+stderr); on a running one it fails. Errors go to stderr with exit code 1 (2 for bad arguments).
 """
 
 from __future__ import annotations
@@ -16,20 +17,22 @@ import argparse
 import json
 import sys
 
-from .control import PROVIDERS, READYZ_STYLES, Sandbox, SandboxError
+from .control import DEFAULTS, PROVIDERS, READYZ_STYLES, Sandbox, SandboxError
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.sandbox", description="Local AKS-Arc-like sandbox cluster.")
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start a sandbox and wait until it is ready")
+    # No defaults here: Sandbox.up applies them to a new sandbox, and resumes a stopped one as it was.
     up.add_argument("--dir", required=True)
-    up.add_argument("--provider", choices=PROVIDERS, default="kms-v2")
-    up.add_argument("--etcdctl", choices=("3.5", "3.4"), default="3.5")
-    up.add_argument("--nodes", type=int, choices=(1, 3), default=1)
-    up.add_argument("--broken-node", action="store_true", help="the first etcd pod's node does not answer exec")
-    up.add_argument("--readyz-style", choices=READYZ_STYLES, default="aggregate")
-    up.add_argument("--history", action="store_true",
+    up.add_argument("--provider", choices=PROVIDERS, help=f"default {DEFAULTS['provider']}")
+    up.add_argument("--etcdctl", choices=("3.5", "3.4"), help=f"default {DEFAULTS['etcdctl']}")
+    up.add_argument("--nodes", type=int, choices=(1, 3), help=f"default {DEFAULTS['nodes']}")
+    up.add_argument("--broken-node", action="store_true", default=None,
+                    help="the first etcd pod's node does not answer exec")
+    up.add_argument("--readyz-style", choices=READYZ_STYLES, help=f"default {DEFAULTS['readyz_style']}")
+    up.add_argument("--history", action="store_true", default=None,
                     help="also seed a secret stored before encryption and (KMS) one under a rotated-out key")
     down = sub.add_parser("down", help="stop every process of a sandbox (idempotent)")
     down.add_argument("--dir", required=True)
@@ -47,6 +50,8 @@ def main(argv=None) -> int:
             info = box.up(provider=a.provider, etcdctl=a.etcdctl, nodes=a.nodes, broken_node=a.broken_node,
                           readyz_style=a.readyz_style, history=a.history)
             print(json.dumps({k: v for k, v in info.items() if k != "pki"}, indent=2))
+            if box.resumed:
+                print(f"resumed the stopped sandbox in {box.dir} (its data, certificates and keys)", file=sys.stderr)
         elif a.command == "down":
             box.down()
         elif a.command == "kms":

@@ -6,6 +6,7 @@
     box.kms("stop"); box.kms("start"); box.kms("rotate")
     box.ctl({"exec_fault": {"pod": box.info["etcd_pods"][0], "mode": "drop"}})
     box.down()                         # idempotent; stops every process recorded in sandbox.json
+    box.up()                           # on a stopped sandbox: resumes it (same data, certificates and keys)
 
 Every process runs in its own session and is recorded by pid in ``sandbox.json``, so ``down`` works from
 another process (``python -m tests.sandbox down --dir DIR``) and leaves nothing behind. Every port is a free
@@ -25,7 +26,6 @@ import signal
 import ssl
 import string
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -34,7 +34,8 @@ from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from .proc import StartError, is_alive, is_ours, kill_process, spawn_python, stop_pid, terminate, wait_ready
+
 PROVIDERS = ("kms-v1", "kms-v2", "aescbc", "aesgcm", "secretbox", "identity")
 READYZ_STYLES = ("aggregate", "per-provider")
 SUBSCRIPTION = "00000000-0000-0000-0000-00000000c0de"
@@ -43,13 +44,18 @@ RESOURCE_GROUP = "sandbox-rg"
 CLUSTER = "sandbox-cluster"
 KUBERNETES_VERSION = "v1.30.4"
 UNIX_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
+DEFAULTS = {"provider": "kms-v2", "etcdctl": "3.5", "nodes": 1, "broken_node": False, "readyz_style": "aggregate",
+            "history": False}
+_FLAGS = {"provider": "--provider", "etcdctl": "--etcdctl", "nodes": "--nodes", "broken_node": "--broken-node",
+          "readyz_style": "--readyz-style", "history": "--history"}
+READ_KEYS = "read-keys.json"  # local keys the API server added for reading (write_secret "with"), kept for a resume
 
 
 class SandboxError(RuntimeError):
     """The sandbox could not do what was asked; the message says what and where the logs are."""
 
 
-# --- sandbox.json and process helpers (also used by the server process for ctl etcd) ----------------------------
+# --- sandbox.json and etcd stop/start (also used by the server process for ctl etcd) ----------------------------
 
 
 @contextlib.contextmanager
@@ -75,6 +81,8 @@ def read_info(directory) -> dict:
     except FileNotFoundError:
         raise SandboxError(f"no sandbox at {directory} (no sandbox.json): run `python -m tests.sandbox up --dir "
                            f"{directory}` first") from None
+    except ValueError as e:
+        raise SandboxError(f"{path} is not JSON ({e}): not a sandbox this code wrote") from None
 
 
 def update_info(directory, **changes) -> dict:
@@ -91,48 +99,8 @@ def update_info(directory, **changes) -> dict:
     return info
 
 
-def _alive(pid: int | None) -> bool:
-    """Running (a zombie counts as gone: it no longer runs, only waits for a parent that may never reap it)."""
-    if not pid:
-        return False
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-
-
-def _owned(pid: int, marker: str) -> bool:
-    """The pid is still our process (its command line names our sandbox), not a recycled pid."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return marker.encode() in f.read()
-    except OSError:
-        return False
-
-
-def stop_pid(pid: int | None, marker: str, timeout: float = 10.0) -> bool:
-    """SIGTERM, wait, SIGKILL. True if a process was stopped."""
-    if not pid or not _alive(pid) or not _owned(pid, marker):
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.02)
-    return True
+# tests/latest/test_sandbox_servers.py checks for processes left behind with this name.
+_alive = is_alive
 
 
 def _pki_from_info(info: dict) -> dict:
@@ -157,7 +125,7 @@ def etcd_action(directory, action: str) -> dict:
         update_info(directory, pids={"etcd": None})
         return {"stopped": stopped}
     if action == "start":
-        if _alive(info["pids"].get("etcd")):
+        if is_alive(info["pids"].get("etcd")):
             return {"started": False, "pid": info["pids"]["etcd"]}
         proc = _etcd_process(directory, info).start()
         update_info(directory, pids={"etcd": proc.pid})
@@ -172,11 +140,46 @@ def _json_safe(paths: dict) -> dict:
     return out
 
 
-def _tail(path: Path, n: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except FileNotFoundError:
-        return "(no log)"
+def _check_options(asked: dict) -> None:
+    """SandboxError for an option ``up`` cannot honour (None: not given)."""
+    provider, etcdctl, nodes, readyz_style = (asked[k] for k in ("provider", "etcdctl", "nodes", "readyz_style"))
+    if provider is not None and provider not in PROVIDERS:
+        raise SandboxError(f"unknown provider {provider!r} (expected one of {', '.join(PROVIDERS)})")
+    if etcdctl is not None and etcdctl not in ("3.5", "3.4"):
+        raise SandboxError(f"etcdctl must be 3.5 or 3.4, not {etcdctl!r}")
+    if nodes is not None and nodes not in (1, 3):
+        raise SandboxError(f"nodes must be 1 or 3, not {nodes!r}")
+    if readyz_style is not None and readyz_style not in READYZ_STYLES:
+        raise SandboxError(f"readyz_style must be one of {', '.join(READYZ_STYLES)}, not {readyz_style!r}")
+
+
+def _urls(ports: dict, api_url: str) -> dict:
+    """sandbox.json's entries for the server process's sites (from serve-ready.json's ports)."""
+    return {"apiserver": {"url": api_url, "port": ports["apiserver_port"]},
+            "arm": {"url": f"https://127.0.0.1:{ports['arm_port']}", "port": ports["arm_port"],
+                    "subscription": SUBSCRIPTION, "resource_group": RESOURCE_GROUP, "cluster": CLUSTER,
+                    "tenant": TENANT},
+            "control": {"url": f"http://127.0.0.1:{ports['control_port']}"}}
+
+
+def _token_id() -> str:
+    return "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(6))
+
+
+def _base_seeds(token_id: str) -> list[tuple]:
+    """(namespace, name, string data, type, field manager) of the secrets every ``up`` seeds."""
+    return [
+        ("kube-system", f"bootstrap-token-{token_id}", {
+            "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token",
+            "expiration": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 86400)),
+            "token-id": token_id, "token-secret": os.urandom(8).hex(),
+            "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true"},
+         "bootstrap.kubernetes.io/token", "kubeadm"),
+        ("default", "db-user-pass", {"username": "admin", "password": "S!B\\*d$zDsb="}, "Opaque", "kubectl-create"),
+        ("default", "registry-credentials", {".dockerconfigjson": json.dumps(
+            {"auths": {"contoso.azurecr.io": {"username": "puller", "password": os.urandom(6).hex()}}})},
+         "kubernetes.io/dockerconfigjson", "kubectl-create"),
+    ]
 
 
 def _node_names(n: int) -> list[str]:
@@ -194,6 +197,7 @@ class Sandbox:
     def __init__(self, directory):
         self.dir = Path(directory).resolve()
         self._procs: dict[str, subprocess.Popen] = {}
+        self.resumed = False  # the last up() resumed a stopped sandbox
 
     # -- properties ------------------------------------------------------------------------------------------------
 
@@ -211,29 +215,35 @@ class Sandbox:
 
     # -- up ----------------------------------------------------------------------------------------------------------
 
-    def up(self, provider: str = "kms-v2", etcdctl: str = "3.5", nodes: int = 1, broken_node: bool = False,
-           readyz_style: str = "aggregate", history: bool = False, timeout: float = 60.0) -> dict:
+    def up(self, provider: str | None = None, etcdctl: str | None = None, nodes: int | None = None,
+           broken_node: bool | None = None, readyz_style: str | None = None, history: bool | None = None,
+           timeout: float = 60.0) -> dict:
         """Start everything, wait until ``/readyz`` passes, seed secrets; return sandbox.json's content.
-        On failure everything started is stopped again and SandboxError says why."""
-        if provider not in PROVIDERS:
-            raise SandboxError(f"unknown provider {provider!r} (expected one of {', '.join(PROVIDERS)})")
-        if etcdctl not in ("3.5", "3.4"):
-            raise SandboxError(f"etcdctl must be 3.5 or 3.4, not {etcdctl!r}")
-        if nodes not in (1, 3):
-            raise SandboxError(f"nodes must be 1 or 3, not {nodes!r}")
-        if readyz_style not in READYZ_STYLES:
-            raise SandboxError(f"readyz_style must be one of {', '.join(READYZ_STYLES)}, not {readyz_style!r}")
+
+        Options left as None take their defaults (kms-v2, etcdctl 3.5, 1 node, no broken node, aggregate readyz,
+        no history). A directory that holds a stopped sandbox is resumed: its processes restart on its data
+        (certificates, etcd data and ports, KMS keys, local key), and only seeded secrets that are missing are
+        written again; an option that differs from the stopped sandbox's is an error. A running sandbox in the
+        directory is an error. On failure everything started is stopped again and SandboxError says why."""
+        asked = {"provider": provider, "etcdctl": etcdctl, "nodes": nodes, "broken_node": broken_node,
+                 "readyz_style": readyz_style, "history": history}
+        _check_options(asked)
+        self.resumed = False
         if (self.dir / "sandbox.json").exists():
             info = read_info(self.dir)
-            if any(_alive(p) and _owned(p, str(self.dir)) for p in (info.get("pids") or {}).values()):
-                raise SandboxError(f"a sandbox is already running in {self.dir}: run down first")
+            if any(is_alive(p) and is_ours(p, str(self.dir)) for p in (info.get("pids") or {}).values()):
+                raise SandboxError(f"a sandbox is already running in {self.dir}: run 'python -m tests.sandbox down "
+                                   f"--dir {self.dir}' first, or use another --dir")
+            return self._resume(info, asked, timeout)
+        options = {k: DEFAULTS[k] if v is None else v for k, v in asked.items()}
         self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("sandbox.json", "serve-ready.json", "serve.json"):
+        for stale in ("sandbox.json", "serve-ready.json", "serve.json", READ_KEYS):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / stale).unlink()
         self._partial: dict = {"pids": {}, "kms_dir": None}
         try:
-            return self._up(provider, etcdctl, nodes, broken_node, readyz_style, history, timeout)
+            return self._up(options["provider"], options["etcdctl"], options["nodes"], options["broken_node"],
+                            options["readyz_style"], options["history"], timeout)
         except BaseException as e:
             self._teardown(self._partial)
             if isinstance(e, SandboxError):
@@ -245,7 +255,6 @@ class Sandbox:
 
     def _up(self, provider, etcdctl, n_nodes, broken_node, readyz_style, history, timeout) -> dict:
         from .etcdproc import EtcdProcess, etcdctl_env, find_etcdctl
-        from .kms_plugin import KMSPluginProcess
         from .pki import make_pki
 
         find_etcdctl(etcdctl)  # fail early, with the install hint
@@ -259,21 +268,10 @@ class Sandbox:
         self._procs["etcd"] = etcd.proc
         self._partial["pids"]["etcd"] = etcd.pid
 
-        kms = None
         kms_socket = kms_state = None
         if provider.startswith("kms-"):
-            kms_dir = self.dir / "kms"
-            if len(str(kms_dir / "kms.sock")) > UNIX_PATH_MAX:
-                kms_dir = Path(tempfile.mkdtemp(prefix="sbx-kms-"))
-                self._partial["kms_dir"] = str(kms_dir)
-            kms_dir.mkdir(parents=True, exist_ok=True)
-            kms_socket = kms_dir / "kms.sock"
-            self._partial["kms_socket"] = str(kms_socket)
             kms_state = self.dir / "kms-state.json"
-            kms = KMSPluginProcess(kms_socket, provider.split("-")[1], kms_state, log_path=logs / "kms-plugin.log")
-            kms.start()
-            self._procs["kms_plugin"] = kms.proc
-            self._partial["pids"]["kms_plugin"] = kms.pid
+            kms_socket = self._start_kms(provider, kms_state)
 
         etcd_pods = sorted(f"etcd-{n}" for n in nodes)
         broken = [etcd_pods[0]] if broken_node else []
@@ -282,50 +280,24 @@ class Sandbox:
             "nodes": nodes, "kubernetes_version": KUBERNETES_VERSION, "started": time.time(),
             "etcd": {"endpoint": etcd.endpoint, "ca": str(pki["etcd_ca_cert"]), "cert": str(pki["etcd_client_cert"]),
                      "key": str(pki["etcd_client_key"])},
-            "kms": {"socket": str(kms_socket), "api": provider.split("-")[1]} if kms else None,
+            "kms": {"socket": str(kms_socket), "api": provider.split("-")[1]} if kms_socket else None,
             "local_key": base64.b64encode(os.urandom(32)).decode() if provider in ("aescbc", "aesgcm", "secretbox")
             else None,
             "pki": _json_safe(pki),
             "arm": {"cluster": CLUSTER, "resource_group": RESOURCE_GROUP, "tenant": TENANT},
             "exec_faults": {p: "broken" for p in broken},
+            "read_keys": str(self.dir / READ_KEYS),
         }
         _write_json(self.dir / "serve.json", serve_cfg)
+        ports = self._start_server(timeout)
 
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        with open(logs / "server.log", "ab") as log:
-            server = subprocess.Popen([sys.executable, "-m", "tests.sandbox.serve", "--dir", str(self.dir)],
-                                      cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                      start_new_session=True)
-        self._procs["server"] = server
-        self._partial["pids"]["server"] = server.pid
-        ready_file = self.dir / "serve-ready.json"
-        deadline = time.monotonic() + timeout
-        while not ready_file.exists():
-            if server.poll() is not None:
-                raise SandboxError(f"the sandbox server exited with {server.returncode}; log "
-                                   f"{logs / 'server.log'}:\n{_tail(logs / 'server.log')}")
-            if time.monotonic() > deadline:
-                raise SandboxError(f"the sandbox server did not listen within {timeout}s; log:\n"
-                                   + _tail(logs / "server.log"))
-            time.sleep(0.02)
-        ports = json.loads(ready_file.read_text())
-
-        api_url = f"https://127.0.0.1:{ports['apiserver_port']}"
-        arm_url = f"https://127.0.0.1:{ports['arm_port']}"
-        self._write_kubeconfig(self.dir / "kubeconfig", api_url, pki["ca_cert"], "kubernetes-admin",
-                               pki["admin_cert"], pki["admin_key"])
-        self._write_kubeconfig(self.dir / "kubeconfig-restricted", api_url, pki["ca_cert"], "restricted-user",
-                               pki["restricted_cert"], pki["restricted_key"])
+        api_url = self._write_kubeconfigs(ports, pki)
         etcd_env = etcdctl_env(pki, etcd.endpoint)
         (self.dir / "etcd.env").write_text("".join(f"{k}={v}\n" for k, v in etcd_env.items()))
         info = {
             "dir": str(self.dir), "provider": provider, "etcdctl_version": etcdctl, "readyz_style": readyz_style,
             "kubernetes_version": KUBERNETES_VERSION,
-            "apiserver": {"url": api_url, "port": ports["apiserver_port"]},
-            "arm": {"url": arm_url, "port": ports["arm_port"], "subscription": SUBSCRIPTION,
-                    "resource_group": RESOURCE_GROUP, "cluster": CLUSTER, "tenant": TENANT},
-            "control": {"url": f"http://127.0.0.1:{ports['control_port']}"},
+            **_urls(ports, api_url),
             "etcd": {"endpoint": etcd.endpoint, "port": etcd.client_port, "peer_port": etcd.peer_port},
             "ca_bundle": str(pki["ca_bundle"]),
             "kubeconfig": str(self.dir / "kubeconfig"),
@@ -346,6 +318,112 @@ class Sandbox:
         self._wait_ready(timeout)
         seeded, hist = self._seed(provider, history)
         return update_info(self.dir, seeded=seeded, history=hist)
+
+    def _resume(self, info: dict, asked: dict, timeout: float) -> dict:
+        """Restart a stopped sandbox's processes on its data (see :meth:`up`)."""
+        from .etcdproc import find_etcdctl
+
+        missing = [name for name in ("serve.json", "etcd/etcd/member") if not (self.dir / name).exists()]
+        if missing or not {"provider", "etcdctl_version", "apiserver", "arm", "control", "etcd", "pki", "nodes",
+                            "seeded"} <= set(info):
+            raise SandboxError(f"{self.dir} holds a stopped sandbox that cannot be resumed (no "
+                               f"{', '.join(missing) or 'complete sandbox.json'}): run 'python -m tests.sandbox down "
+                               f"--dir {self.dir}' and remove it, or use another --dir")
+        stored = {"provider": info["provider"], "etcdctl": info["etcdctl_version"], "nodes": len(info["nodes"]),
+                  "broken_node": bool(info.get("broken_pods")), "readyz_style": info.get("readyz_style", "aggregate"),
+                  "history": info.get("history") is not None}
+        differ = []
+        for k, v in asked.items():
+            if v is None or v == stored[k] or (k == "history" and v is False):  # no history asked: none seeded
+                continue
+            if isinstance(v, bool):
+                differ.append(_FLAGS[k] if stored[k] else f"no {_FLAGS[k]}")
+            else:
+                differ.append(f"{_FLAGS[k]} {stored[k]} (not {v})")
+        if differ:
+            raise SandboxError(f"{self.dir} holds a stopped sandbox with {', '.join(differ)}: resume it without "
+                               f"{'that option' if len(differ) == 1 else 'those options'}, or run 'python -m "
+                               f"tests.sandbox down --dir {self.dir}' and remove it, or use another --dir")
+        find_etcdctl(info["etcdctl_version"])  # fail early, with the install hint
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "serve-ready.json").unlink()
+        self.resumed = True
+        self._partial = {"pids": {}, "kms_dir": None}
+        try:
+            return self._restart(info, timeout)
+        except BaseException as e:
+            self._teardown(self._partial)
+            with contextlib.suppress(Exception):
+                update_info(self.dir, pids={k: None for k in (info.get("pids") or {})})
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            text = str(e) if isinstance(e, SandboxError) else f"{type(e).__name__}: {e}"
+            raise SandboxError(f"the stopped sandbox in {self.dir} did not resume: {text}\n(logs in "
+                               f"{self.dir / 'logs'})") from e
+
+    def _restart(self, info: dict, timeout: float) -> dict:
+        etcd = _etcd_process(self.dir, info)  # same ports and data
+        self._partial["pids"]["etcd"] = None
+        etcd.start()
+        self._procs["etcd"] = etcd.proc
+        self._partial["pids"]["etcd"] = etcd.pid
+        update_info(self.dir, pids={"etcd": etcd.pid})
+
+        serve_cfg = json.loads((self.dir / "serve.json").read_text())
+        kms_socket = None
+        if info.get("kms_state"):
+            kms_socket = self._start_kms(info["provider"], Path(info["kms_state"]))  # same keys
+            serve_cfg["kms"]["socket"] = str(kms_socket)
+            update_info(self.dir, kms_socket=str(kms_socket), kms_dir=self._partial["kms_dir"],
+                        pids={"kms_plugin": self._partial["pids"]["kms_plugin"]})
+        serve_cfg["ports"] = {"apiserver": info["apiserver"]["port"], "arm": info["arm"]["port"],
+                              "control": int(info["control"]["url"].rsplit(":", 1)[1])}
+        _write_json(self.dir / "serve.json", serve_cfg)
+        ports = self._start_server(timeout)
+        api_url = self._write_kubeconfigs(ports, _pki_from_info(info))
+        update_info(self.dir, **_urls(ports, api_url), pids=dict(self._partial["pids"]))
+        self._wait_ready(timeout)
+        seeded = self._seed_missing(list(info.get("seeded") or []))
+        return update_info(self.dir, seeded=seeded)
+
+    def _start_kms(self, provider: str, state: Path) -> Path:
+        """Start the KMS plugin on a fresh socket (in DIR/kms, or a short temporary directory when DIR's path
+        is too long for a unix socket) with the key state ``state``; returns the socket path."""
+        from .kms_plugin import KMSPluginProcess
+
+        kms_dir = self.dir / "kms"
+        if len(str(kms_dir / "kms.sock")) > UNIX_PATH_MAX:
+            kms_dir = Path(tempfile.mkdtemp(prefix="sbx-kms-"))
+            self._partial["kms_dir"] = str(kms_dir)
+        kms_dir.mkdir(parents=True, exist_ok=True)
+        kms_socket = kms_dir / "kms.sock"
+        self._partial["kms_socket"] = str(kms_socket)
+        kms = KMSPluginProcess(kms_socket, provider.split("-")[1], state, log_path=self.dir / "logs" / "kms-plugin.log")
+        kms.start()
+        self._procs["kms_plugin"] = kms.proc
+        self._partial["pids"]["kms_plugin"] = kms.pid
+        return kms_socket
+
+    def _start_server(self, timeout: float) -> dict:
+        """Start the server process (API server, ARM, control) on serve.json; returns its ports once it listens."""
+        log = self.dir / "logs" / "server.log"
+        server = spawn_python("tests.sandbox.serve", ["--dir", str(self.dir)], log)
+        self._procs["server"] = server
+        self._partial["pids"]["server"] = server.pid
+        ready_file = self.dir / "serve-ready.json"
+        try:
+            wait_ready(server, ready_file.exists, timeout, "the sandbox server", log, not_ready="did not listen")
+        except StartError as e:
+            raise SandboxError(str(e)) from None
+        return json.loads(ready_file.read_text())
+
+    def _write_kubeconfigs(self, ports: dict, pki: dict) -> str:
+        api_url = f"https://127.0.0.1:{ports['apiserver_port']}"
+        self._write_kubeconfig(self.dir / "kubeconfig", api_url, pki["ca_cert"], "kubernetes-admin",
+                               pki["admin_cert"], pki["admin_key"])
+        self._write_kubeconfig(self.dir / "kubeconfig-restricted", api_url, pki["ca_cert"], "restricted-user",
+                               pki["restricted_cert"], pki["restricted_key"])
+        return api_url
 
     @staticmethod
     def _write_kubeconfig(path: Path, server: str, ca: Path, user: str, cert: Path, key: Path) -> None:
@@ -427,21 +505,26 @@ class Sandbox:
                 hist["old_key"].append("legacy/api-token-before-rotation")
                 seeded.append("legacy/api-token-before-rotation")
                 hist["rotated_to"] = self.kms("rotate")
-        token_id = "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(6))
-        self.create_secret("kube-system", f"bootstrap-token-{token_id}", {
-            "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token",
-            "expiration": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 86400)),
-            "token-id": token_id, "token-secret": os.urandom(8).hex(),
-            "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true"},
-            type_="bootstrap.kubernetes.io/token", field_manager="kubeadm")
-        seeded.append(f"kube-system/bootstrap-token-{token_id}")
-        self.create_secret("default", "db-user-pass", {"username": "admin", "password": "S!B\\*d$zDsb="})
-        seeded.append("default/db-user-pass")
-        self.create_secret("default", "registry-credentials", {".dockerconfigjson": json.dumps(
-            {"auths": {"contoso.azurecr.io": {"username": "puller", "password": os.urandom(6).hex()}}})},
-            type_="kubernetes.io/dockerconfigjson")
-        seeded.append("default/registry-credentials")
+        for ns, name, data, type_, manager in _base_seeds(_token_id()):
+            self.create_secret(ns, name, data, type_=type_, field_manager=manager)
+            seeded.append(f"{ns}/{name}")
         return seeded, hist
+
+    def _seed_missing(self, seeded: list[str]) -> list[str]:
+        """On a resume: write again only the basic seeded secrets that are gone (the history is not redone);
+        returns the new ``seeded`` list."""
+        status, tokens = self.api("GET", "/api/v1/namespaces/kube-system/secrets?fieldSelector="
+                                  "type%3Dbootstrap.kubernetes.io%2Ftoken")
+        names = sorted(t["metadata"]["name"] for t in tokens.get("items", [])) if status == 200 else []
+        token_id = names[0][len("bootstrap-token-"):] if names else _token_id()
+        seeded = list(seeded)
+        for ns, name, data, type_, manager in _base_seeds(token_id):
+            status, _ = self.api("GET", f"/api/v1/namespaces/{ns}/secrets/{name}")
+            if status == 404:  # anything else (200, or a value it cannot read) stays as it is
+                self.create_secret(ns, name, data, type_=type_, field_manager=manager)
+            if f"{ns}/{name}" not in seeded:
+                seeded.append(f"{ns}/{name}")
+        return seeded
 
     # -- down --------------------------------------------------------------------------------------------------------
 
@@ -459,19 +542,14 @@ class Sandbox:
         pids = state.get("pids") or {}
         for name in ("server", "kms_plugin", "etcd"):
             pid = pids.get(name)
-            proc = self._procs.get(name)
-            if proc is not None and proc.pid == pid and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            elif pid:
+            own = self._procs.get(name)
+            if own is not None and own.pid == pid:
+                terminate(own, 10)
+            else:
                 stop_pid(pid, str(self.dir) if name != "kms_plugin" else state.get("kms_socket") or str(self.dir))
-            if proc is not None:
-                with contextlib.suppress(Exception):
-                    proc.wait(0.1)
+                if own is not None:
+                    with contextlib.suppress(Exception):
+                        own.wait(0.1)
         if state.get("kms_dir"):
             shutil.rmtree(state["kms_dir"], ignore_errors=True)
 
@@ -487,39 +565,31 @@ class Sandbox:
     def kms(self, action: str):
         """``stop`` (clean shutdown: the socket disappears), ``kill`` (crash: the socket stays), ``start``,
         ``rotate`` (new current key; returns its id), ``unhealthy``/``healthy`` (v2 Status healthz)."""
-        from .kms_plugin import current_key_id, rotate_state, set_healthz
+        from .kms_plugin import rotate_running, rotate_state, set_healthz
         info = self.info
-        proc = self._kms_process(info)
+        plugin = self._kms_process(info)
         pid = info["pids"].get("kms_plugin")
         if action in ("stop", "kill"):
             own = self._procs.get("kms_plugin")
             if own is not None and own.pid == pid and own.poll() is None:
-                (own.terminate if action == "stop" else own.kill)()
-                own.wait(10)
-            elif pid and _alive(pid) and _owned(pid, info["kms_socket"]):
-                if action == "kill":
-                    os.kill(pid, signal.SIGKILL)
-                stop_pid(pid, info["kms_socket"])
+                (terminate if action == "stop" else kill_process)(own)
+            else:
+                stop_pid(pid, info["kms_socket"], sig=signal.SIGTERM if action == "stop" else signal.SIGKILL)
             update_info(self.dir, pids={"kms_plugin": None})
             return None
         if action == "start":
-            if _alive(pid):
+            if is_alive(pid):
                 return pid
-            proc.start()
-            self._procs["kms_plugin"] = proc.proc
-            update_info(self.dir, pids={"kms_plugin": proc.pid})
-            return proc.pid
+            plugin.start()
+            self._procs["kms_plugin"] = plugin.proc
+            update_info(self.dir, pids={"kms_plugin": plugin.pid})
+            return plugin.pid
         if action == "rotate":
-            before = current_key_id(Path(info["kms_state"]))
-            if pid and _alive(pid):
-                os.kill(pid, signal.SIGHUP)
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
-                    now = current_key_id(Path(info["kms_state"]))
-                    if now != before:
-                        return now
-                    time.sleep(0.02)
-                raise SandboxError("the KMS plugin did not rotate its key within 10s")
+            if pid and is_alive(pid):
+                try:
+                    return rotate_running(pid, Path(info["kms_state"]), timeout=10)
+                except TimeoutError:
+                    raise SandboxError("the KMS plugin did not rotate its key within 10s") from None
             return rotate_state(Path(info["kms_state"]))
         if action in ("unhealthy", "healthy"):
             set_healthz(Path(info["kms_state"]), "ok" if action == "healthy" else "unhealthy: key vault unreachable")

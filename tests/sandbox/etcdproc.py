@@ -9,13 +9,14 @@ product must handle (see storage-formats.md). The locators fail loudly rather th
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import ssl
 import subprocess
 import time
 from functools import cache
 from pathlib import Path
+
+from .proc import StartError, kill_process, spawn, tail, terminate, wait_ready
 
 DEBIAN_ETCDCTL = "/usr/bin/etcdctl"
 
@@ -152,31 +153,22 @@ class EtcdProcess:
             except _PortInUse:
                 if self._fixed_ports or not first_start or attempt == 2:
                     raise RuntimeError(f"etcd could not bind its ports; log {self.log_path}:\n"
-                                       + _tail(self.log_path)) from None
+                                       + tail(self.log_path, 25)) from None
                 self.client_port, self.peer_port = free_port(), free_port()
         return self
 
     def _spawn_and_wait(self, timeout: float) -> None:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- starting etcd {self.endpoint} at {time.strftime('%H:%M:%S')}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(self._cmd(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = _tail(self.log_path)
-                self.proc = None
-                if "address already in use" in tail:
-                    raise _PortInUse()
-                raise RuntimeError(f"etcd exited during start; log {self.log_path}:\n{tail}")
-            if self._listening() and self.healthy():
-                return
-            time.sleep(0.05)
-        self.kill()
-        raise TimeoutError(f"etcd not healthy within {timeout}s; log {self.log_path}:\n{_tail(self.log_path)}")
+        self.proc = spawn(self._cmd(), self.log_path,
+                          banner=f"--- starting etcd {self.endpoint} at {time.strftime('%H:%M:%S')}")
+        try:
+            wait_ready(self.proc, lambda: self._listening() and self.healthy(), timeout, "etcd", self.log_path,
+                       not_ready="not healthy", interval=0.05)
+        except StartError as e:
+            self.proc = None
+            if "address already in use" in e.log_tail:
+                raise _PortInUse() from None
+            raise
 
     def _listening(self) -> bool:
         try:
@@ -213,29 +205,13 @@ class EtcdProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM and wait (etcd flushes and exits); SIGKILL if it does not."""
-        if not self.proc:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.proc, timeout)
         self.proc = None
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        kill_process(self.proc)
         self.proc = None
 
 
 class _PortInUse(Exception):
     pass
-
-
-def _tail(path: Path, n: int = 25) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
-    except FileNotFoundError:
-        return "(no log)"

@@ -11,7 +11,7 @@ stream and a stuck one.
 
 The transport-independent part (request checks, RBAC, the ``broken`` fault, the process and its output pumps)
 is :func:`check_request` and :class:`ExecSession`; a request asking ``Upgrade: SPDY/3.1`` (kubectl before 1.29)
-is served by :mod:`.execspdy` with the same session logic.
+is served by :mod:`.execspdy` with the same session logic (:func:`tests.sandbox.pods.handle_exec` routes).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from aiohttp import WSMsgType, web
 
 from . import kube
 from .kube import status_response
+from .proc import kill_quietly
 
 EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io", "base64.channel.k8s.io")
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
@@ -122,17 +123,8 @@ def error_payload(proto: str, status: dict) -> bytes | None:
     return None
 
 
-async def handle(server, request: web.Request) -> web.StreamResponse:
-    checked = check_request(server, request)
-    if isinstance(checked, web.StreamResponse):
-        return checked
-    upgrade = request.headers.get("Upgrade", "").lower()
-    if upgrade.startswith("spdy/"):
-        from . import execspdy
-        return await execspdy.handle(server, request, checked)
-    if upgrade != "websocket":
-        return kube.bad_request("Upgrade request required")
-
+async def handle(server, request: web.Request, checked: ExecRequest) -> web.StreamResponse:
+    """Serve a checked exec request that asked ``Upgrade: websocket``."""
     ws = web.WebSocketResponse(protocols=EXEC_PROTOCOLS, compress=False, max_msg_size=0, autoping=True)
     await ws.prepare(request)
     session = _WsSession(server, ws, ws.ws_protocol or "channel.k8s.io", request.transport, checked.tty)
@@ -191,10 +183,7 @@ class ExecSession:
             raise
 
     def kill(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+        kill_quietly(self.proc)
 
     async def run(self, argv: list[str], mapped: list[str], env: dict, want_stdin: bool, drop: bool) -> None:
         try:

@@ -40,12 +40,12 @@ import grpc
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import protos
+from .proc import kill_process, read_pid_file, remove, spawn_python, terminate, wait_ready, write_pid_file
 
 MAGIC = b"sbx1"
 ANNOTATIONS = {"version.encryption.remote.io": b"1"}
 RUNTIME_NAME = "kmsverify-sandbox-kms"
 RUNTIME_VERSION = "0.1.0"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- key state --------------------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def _servicer_v1(keys: KeyStore):
         def Decrypt(self, request, context):
             try:
                 plain, _ = keys.decrypt(request.cipher)
-            except Exception as e:  # noqa: BLE001 - every failure is reported to the caller as gRPC status
+            except Exception as e:  # every failure is reported to the caller as gRPC status
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"failed to decrypt: {e}")
             return pb2.DecryptResponse(plain=plain)
 
@@ -223,7 +223,7 @@ def _servicer_v2(keys: KeyStore):
         def Decrypt(self, request, context):
             try:
                 plain, key_id = keys.decrypt(request.ciphertext)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"failed to decrypt: {e}")
             if request.key_id and request.key_id != key_id:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -243,8 +243,7 @@ def serve(socket_path: str, api: str, state_path: str, provider_name: str = "kms
     servicer, add = (_servicer_v1 if api == "v1" else _servicer_v2)(keys)
     sock = Path(socket_path)
     sock.parent.mkdir(parents=True, exist_ok=True)
-    if sock.exists() or sock.is_symlink():
-        sock.unlink()  # stale socket of a killed plugin
+    remove(sock)  # stale socket of a killed plugin
     wake = threading.Event()
     flags = {"stop": False, "hups": 0}
 
@@ -265,9 +264,7 @@ def serve(socket_path: str, api: str, state_path: str, provider_name: str = "kms
     server.add_insecure_port(f"unix:{sock}")
     server.start()
     pid_file = pid_file_for(sock)
-    tmp_pid = pid_file.with_name(pid_file.name + ".tmp")
-    tmp_pid.write_text(f"{os.getpid()}\n")
-    os.replace(tmp_pid, pid_file)
+    write_pid_file(pid_file)
     _log(f"KMS plugin {provider_name} ({api}) listening on unix://{sock}, current key {keys.refresh()['current']}")
     rotations = 0
     try:
@@ -279,11 +276,7 @@ def serve(socket_path: str, api: str, state_path: str, provider_name: str = "kms
                 _log(f"SIGHUP: rotated to {keys.rotate()}")
     finally:
         server.stop(grace=1).wait(2)
-        for p in (sock, pid_file):
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
+        remove(sock, pid_file)
         _log("KMS plugin stopped")
 
 
@@ -316,67 +309,42 @@ class KMSPluginProcess:
         if self.pid:
             return self
         pid_file = pid_file_for(self.socket_path)
-        if pid_file.exists():
-            pid_file.unlink()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "tests.sandbox.kms_plugin", "--socket", str(self.socket_path),
-               "--api", self.api, "--state", str(self.state_path), "--provider-name", self.provider_name]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"KMS plugin exited with {self.proc.returncode}; log {self.log_path}:\n"
-                                   + _tail(self.log_path))
-            if pid_file.exists() and self.socket_path.exists():
-                return self
-            time.sleep(0.02)
-        self.kill()
-        raise TimeoutError(f"KMS plugin did not listen on {self.socket_path} within {timeout}s; log:\n"
-                           + _tail(self.log_path))
+        remove(pid_file)
+        self.proc = spawn_python("tests.sandbox.kms_plugin", [
+            "--socket", str(self.socket_path), "--api", self.api, "--state", str(self.state_path),
+            "--provider-name", self.provider_name], self.log_path)
+        wait_ready(self.proc, lambda: read_pid_file(pid_file) == self.proc.pid and self.socket_path.exists(),
+                   timeout, "KMS plugin", self.log_path, not_ready=f"did not listen on {self.socket_path}")
+        return self
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM and wait (clean shutdown removes the socket); SIGKILL if it does not exit."""
-        if not self.proc:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.proc, timeout)
         self.proc = None
 
     def kill(self) -> None:
         """SIGKILL, as a crash: the socket file stays behind (the next start replaces it)."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        kill_process(self.proc)
         self.proc = None
 
     def rotate(self, timeout: float = 5.0) -> str:
         """SIGHUP the running plugin and wait until the state file has a new current key id; return it."""
-        before = current_key_id(self.state_path)
         if not self.pid:
             return rotate_state(self.state_path)
-        os.kill(self.proc.pid, signal.SIGHUP)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            now = current_key_id(self.state_path)
-            if now != before:
-                return now
-            time.sleep(0.02)
-        raise TimeoutError(f"KMS plugin did not rotate its key within {timeout}s")
+        return rotate_running(self.proc.pid, self.state_path, timeout)
 
 
-def _tail(path: Path, n: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except FileNotFoundError:
-        return "(no log)"
+def rotate_running(pid: int, state_path: Path, timeout: float = 5.0) -> str:
+    """SIGHUP the plugin running as ``pid`` and wait until the state file has a new current key id; return it."""
+    before = current_key_id(state_path)
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = current_key_id(state_path)
+        if now != before:
+            return now
+        time.sleep(0.02)
+    raise TimeoutError(f"KMS plugin did not rotate its key within {timeout}s")
 
 
 def main(argv=None) -> int:

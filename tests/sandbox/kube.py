@@ -1,4 +1,5 @@
-"""Kubernetes API conventions shared by the API server emulator: Status bodies, selectors, objects, tables.
+"""Kubernetes API conventions shared by the API server emulator: Status bodies, selectors, objects, tables,
+answers in the form the client asked for.
 
 Kept apart from the HTTP handlers so the shapes (which the product parses) are easy to check against the real
 apiserver's: Status JSON is compact and in Go's field order, errors carry the real reasons and messages.
@@ -16,6 +17,7 @@ import uuid
 from aiohttp import web
 
 JSON = "application/json"
+TEXT_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache, private"}  # plain-text answers
 
 
 def dumps(obj) -> str:
@@ -29,6 +31,11 @@ def now_rfc3339(ts: float | None = None) -> str:
 
 def new_uid() -> str:
     return str(uuid.uuid4())
+
+
+def stable_uid(seed: str) -> str:
+    """The same uid for the same object on every start (nodes, pods, namespaces)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "sandbox:" + seed))
 
 
 # --- Status -----------------------------------------------------------------------------------------------
@@ -292,6 +299,49 @@ def pod_row(pod: dict) -> tuple:
     return ([meta["name"], f"{ready}/{len(pod['spec']['containers'])}", status.get("phase", ""), str(restarts),
              human_age(parse_ts(meta.get("creationTimestamp"))), status.get("podIP", "<none>"),
              pod["spec"].get("nodeName", "<none>"), "<none>", "<none>"], pod)
+
+
+# --- responses in the form the client asked for (JSON, Table, PartialObjectMetadata) ----------------------
+
+
+def respond(obj: dict, status: int = 200, content_type: str = JSON) -> web.Response:
+    return web.Response(status=status, text=dumps(obj), content_type=content_type)
+
+
+def _not_acceptable() -> web.Response:
+    return status_response(406, "NotAcceptable", "only the following media types are accepted: "
+                           "application/json, application/yaml, application/vnd.kubernetes.protobuf")
+
+
+def render_one(request, obj: dict, kind: str, row, columns, status: int = 200) -> web.Response:
+    form = wanted_form(request.headers.get("Accept"))
+    if form == "table":
+        return respond(table(columns, [row(obj)], obj["metadata"].get("resourceVersion", "")), status)
+    if form == "metadata":
+        return respond(partial_metadata(obj), status)
+    if form == "unacceptable":
+        return _not_acceptable()
+    return respond({"kind": kind, "apiVersion": "v1", **obj}, status)
+
+
+def render_list(request, items: list, kind: str, row, columns, rv: str, cont: str = "",
+                remaining: int | None = None) -> web.Response:
+    form = wanted_form(request.headers.get("Accept"))
+    meta: dict = {"resourceVersion": rv}
+    if cont:
+        meta["continue"] = cont
+        if remaining is not None:
+            meta["remainingItemCount"] = remaining
+    if form == "table":
+        t = table(columns, [row(o) for o in items], rv)
+        t["metadata"] = meta
+        return respond(t)
+    if form == "metadata":
+        return respond({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                        "metadata": meta, "items": [partial_metadata(o) for o in items]}, content_type=JSON)
+    if form == "unacceptable":
+        return _not_acceptable()
+    return respond({"kind": kind, "apiVersion": "v1", "metadata": meta, "items": items})
 
 
 # --- continue tokens --------------------------------------------------------------------------------------

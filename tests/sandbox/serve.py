@@ -3,8 +3,9 @@
     python -m tests.sandbox.serve --dir DIR
 
 Reads ``DIR/serve.json`` (written by :mod:`tests.sandbox.control`), binds each site on 127.0.0.1 (port 0 =
-any free port, so sandboxes never collide), then writes ``DIR/serve-ready.json`` with the ports: the control
-side waits for that file instead of guessing ports. SIGTERM/SIGINT stop it cleanly (exec'd processes killed).
+any free port, so sandboxes never collide; a resumed sandbox asks for its former ports, taken when free), then
+writes ``DIR/serve-ready.json`` with the ports: the control side waits for that file instead of guessing ports.
+SIGTERM/SIGINT stop it cleanly (exec'd processes killed).
 
 The control site (``POST /ctl`` with JSON) injects faults at run time: ``exec_fault``, ``readyz``, ``etcd``
 (stop/start the etcd process), ``write_secret`` (store a Secret as identity or the current provider would),
@@ -32,9 +33,16 @@ from .execws import FAULT_MODES
 
 
 def _listen(port: int = 0) -> socket.socket:
+    """A listening socket on 127.0.0.1:``port``; on any free port when ``port`` is 0 or taken."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        if not port:
+            s.close()
+            raise
+        s.bind(("127.0.0.1", 0))
     s.listen(128)
     s.setblocking(False)
     return s
@@ -89,7 +97,7 @@ class Control:
             result = await self.apply(body)
         except (ValueError, KeyError, TypeError) as e:
             return web.json_response({"ok": False, "error": str(e)}, status=400)
-        except Exception as e:  # noqa: BLE001 - report, do not kill the server
+        except Exception as e:  # report, do not kill the server
             logging.exception("ctl failed")
             return web.json_response({"ok": False, "error": f"{type(e).__name__}: {e}"}, status=500)
         return web.json_response({"ok": True, "result": result, "state": self.state()})
@@ -158,7 +166,8 @@ async def serve(directory: Path) -> None:
     pki = cfg["pki"]
     api = APIServer(cfg)
     await api.start()
-    api_sock, arm_sock, ctl_sock = _listen(), _listen(), _listen()
+    ports = cfg.get("ports") or {}  # a resumed sandbox asks for its former ports again
+    api_sock, arm_sock, ctl_sock = (_listen(ports.get(site, 0)) for site in ("apiserver", "arm", "control"))
     api.port = api_sock.getsockname()[1]
     api_url = f"https://127.0.0.1:{api.port}"
     arm = ARM(cfg["arm"], api_url, Path(pki["ca_cert"]).read_bytes(), Path(pki["admin_cert"]).read_bytes(),

@@ -124,7 +124,7 @@ class SecretboxTransformer(_LocalKey):
             raise TransformError("the stored data was shorter than the required size")
         try:
             return SecretBox(self.key).decrypt(payload)
-        except Exception:  # noqa: BLE001 - nacl CryptoError; upstream's (odd) wording for a failed Open
+        except Exception:  # nacl CryptoError; upstream's (odd) wording for a failed Open
             raise TransformError("output array was not large enough for encryption") from None
 
 
@@ -140,7 +140,7 @@ class KMSv1Transformer(Transformer):
         dek = os.urandom(DEK_SIZE)
         try:
             enc_dek, _, _ = self.client.encrypt(dek)
-        except Exception as e:  # noqa: BLE001 - KMSError and friends
+        except Exception as e:  # KMSError and friends
             raise TransformError(f"failed to encrypt DEK, error: {e}") from None
         if len(enc_dek) > 0xFFFF:
             raise TransformError(f"encrypted DEK is {len(enc_dek)} bytes, more than a uint16 length allows")
@@ -155,7 +155,7 @@ class KMSv1Transformer(Transformer):
         enc_dek, data = payload[2:2 + n], payload[2 + n:]
         try:
             dek = self.client.decrypt(enc_dek)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise TransformError(f"failed to decrypt DEK, error: {e}") from None
         try:
             return _gcm_decrypt(dek, data, etcd_key.encode())
@@ -177,7 +177,7 @@ class KMSv2Transformer(Transformer):
         seed = os.urandom(SEED_SIZE)
         try:
             enc_seed, key_id, annotations = self.client.encrypt(seed, str(uuid.uuid4()))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise TransformError(f"failed to encrypt DEK, error: {e}") from None
         if not key_id:
             raise TransformError("failed to encrypt DEK, error: keyID is empty")
@@ -197,7 +197,7 @@ class KMSv2Transformer(Transformer):
         try:
             dek_source = self.client.decrypt(obj["encryptedDEKSource"], obj["keyID"], obj["annotations"],
                                              str(uuid.uuid4()))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise TransformError(f"failed to decrypt DEK, error: {e}") from None
         data = obj["encryptedData"]
         if obj["encryptedDEKSourceType"] == codec.HKDF_SHA256_XNONCE_AES_GCM_SEED:
@@ -230,7 +230,7 @@ def _gcm_decrypt(key: bytes, data: bytes, aad: bytes) -> bytes:
         raise TransformError("the stored data was shorter than the required size")
     try:
         return AESGCM(key).decrypt(data[:12], data[12:], aad)
-    except Exception:  # noqa: BLE001 - InvalidTag
+    except Exception:  # InvalidTag
         raise TransformError("cipher: message authentication failed") from None
 
 
