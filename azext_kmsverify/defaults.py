@@ -36,3 +36,4 @@ FAILING_SHOWN = 10  # failing secrets named in -o table before "and N more"
 BODY_MAX_BYTES = 64 * 1024 * 1024  # any API answer (pod lists, metadata pages, Status)
 READYZ_MAX_BYTES = 1024 * 1024
 EXEC_OUTPUT_MAX_BYTES = 256 * 1024 * 1024  # one etcdctl page (pages are kept near PAGE_BYTES)
+ARM_POLL_SECONDS = 2  # between polls of an ARM long-running operation when it sends no Retry-After

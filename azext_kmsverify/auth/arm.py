@@ -4,13 +4,13 @@
 """The kubeconfig of an AKS Arc cluster from Azure: the ARM long-running operation behind
 ``az aksarc get-credentials`` (``listUserKubeconfig``/``listAdminKubeconfig``), parsed in memory.
 
-We do not use ``send_raw_request``: with ``--debug`` it logs response bodies, and this one is a kubeconfig
-(with a client key for ``--admin``). Requests are made with ``requests`` and logged without bodies.
+Not ``send_raw_request``: it does not poll, and with ``--debug`` it logs response bodies, and this one is a
+kubeconfig (with a client key for ``--admin``). The request goes through an azure-core pipeline with az's own
+policies and azure-mgmt-core's ``ARMPolling``, with ``logging_enable=False`` on every request of the operation.
 """
 
 import base64
 import time
-import uuid
 
 from knack.log import get_logger
 
@@ -24,8 +24,6 @@ logger = get_logger(__name__)
 
 USER_ROLE = 'Azure Kubernetes Service Arc Cluster User Role'
 ADMIN_ROLE = 'Azure Kubernetes Service Arc Cluster Admin Role'
-_TERMINAL = ('succeeded', 'failed', 'canceled', 'cancelled')
-_DEFAULT_POLL_SECONDS = 2.0
 
 
 def cluster_resource_id(subscription, resource_group, cluster_name):
@@ -35,24 +33,81 @@ def cluster_resource_id(subscription, resource_group, cluster_name):
 
 def fetch_kubeconfig(cli_ctx, resource_group, cluster_name, admin, deadline):
     """Return the kubeconfig (a dict) of an AKS Arc cluster from ARM, polling the long-running operation."""
+    from azure.cli.core.azclierror import AzureResponseError
+    from azure.core.exceptions import AzureError, HttpResponseError
+    from azure.core.polling import LROPoller
+    from azure.core.rest import HttpRequest
+    from azure.mgmt.core.polling.arm_polling import ARMPolling
     subscription = _subscription_id(cli_ctx)
     action = 'listAdminKubeconfig' if admin else 'listUserKubeconfig'
     path = (f'{cluster_resource_id(subscription, resource_group, cluster_name)}'
             f'/providers/Microsoft.HybridContainerService/provisionedClusterInstances/default/{action}')
-    endpoints = cli_ctx.cloud.endpoints
-    url = '{}{}?api-version={}'.format(endpoints.resource_manager.rstrip('/'), path, defaults.HYBRIDAKS_API_VERSION)
+    url = f"{cli_ctx.cloud.endpoints.resource_manager.rstrip('/')}{path}?api-version={defaults.HYBRIDAKS_API_VERSION}"
     context = _ArmContext(cli_ctx, subscription, resource_group, cluster_name, admin, action, deadline)
-
-    session = _session(cli_ctx)
-    headers = {'Authorization': 'Bearer ' + get_arm_token(cli_ctx, subscription)}
-    response = context.send(session, 'POST', url, headers)
-    if response.status_code in (201, 202):
-        body = _poll(session, context, response, headers)
-    elif response.status_code == 200:
-        body = context.json(response)
-    else:
+    client = _pipeline_client(cli_ctx, get_arm_token(cli_ctx, subscription), deadline)
+    # logging_enable=False on every request of the operation: the answer is a kubeconfig (with a client key for
+    # --admin), which az's network trace would print with --debug.
+    options = {'logging_enable': False, 'connection_timeout': deadline.bound(30), 'read_timeout': deadline.bound(60)}
+    logger.debug('ARM POST %s', path)
+    try:
+        initial = client.send_request(HttpRequest('POST', url), stream=False, _return_pipeline_response=True,
+                                      **options)
+    except AzureError as ex:
+        raise context.transport_error(ex) from None
+    response = initial.http_response
+    logger.debug('ARM answered %s (x-ms-request-id %s)', response.status_code,
+                 response.headers.get('x-ms-request-id', '-'))
+    if response.status_code == 200:
+        return _kubeconfig_from_result(context.json(response), context)
+    if response.status_code not in (201, 202):
         raise context.http_error(response)
-    return _kubeconfig_from_result(body, context)
+    if not response.headers.get('Azure-AsyncOperation') and not response.headers.get('Location'):
+        raise make(AzureResponseError, f'{context.action} answered {response.status_code} without an operation URL.',
+                   'Retry; if it persists, open a support request.')
+    # azure-mgmt-core's poller: Azure-AsyncOperation first, else Location; Retry-After honoured (2 s otherwise).
+    polling = ARMPolling(defaults.ARM_POLL_SECONDS, lro_options={'final-state-via': 'azure-async-operation'},
+                         **options)
+    poller = LROPoller(client, initial, lambda pipeline_response: pipeline_response, polling)
+    try:
+        final = poller.result(timeout=max(deadline.remaining(), 0.05))
+    except HttpResponseError as ex:
+        raise context.operation_error(ex) from None
+    except AzureError as ex:
+        raise context.transport_error(ex) from None
+    if not poller.done():
+        raise context.timeout_error()
+    return _kubeconfig_from_result(context.json(final.http_response), context)
+
+
+def _pipeline_client(cli_ctx, token, deadline):
+    """An azure-core pipeline with az's own policies (user agent, headers, telemetry hooks, proxy and TLS
+    settings), a bearer token from the az login, and retries bounded by the run's deadline."""
+    from azure.cli.core.commands.client_factory import _prepare_client_kwargs_track2
+    from azure.core.credentials import AccessToken
+    from azure.core.pipeline import policies
+    from azure.core.pipeline.transport import RequestsTransport
+    from azure.mgmt.core import ARMPipelineClient
+
+    class _Token:  # pylint: disable=too-few-public-methods
+        """The token already taken from the az login (Profile.get_raw_token), as an azure-core credential."""
+
+        def get_token(self, *_scopes, **_kwargs):
+            return AccessToken(token, int(time.time()) + 300)
+
+    kwargs = _prepare_client_kwargs_track2(cli_ctx)  # pylint: disable=protected-access
+    scope = cli_ctx.cloud.endpoints.active_directory_resource_id.rstrip('/') + '/.default'
+    pipeline = [
+        policies.HeadersPolicy(kwargs['headers']),
+        kwargs['user_agent_policy'],
+        policies.RequestIdPolicy(),
+        policies.BearerTokenCredentialPolicy(_Token(), scope),
+        policies.RetryPolicy(retry_total=2, timeout=max(deadline.remaining(), 1)),
+        kwargs['custom_hook_policy'],
+        kwargs['logging_policy'],
+    ]
+    transport = RequestsTransport(connection_verify=kwargs.get('connection_verify', True))
+    return ARMPipelineClient(base_url=cli_ctx.cloud.endpoints.resource_manager, policies=pipeline,
+                             transport=transport)
 
 
 def _subscription_id(cli_ctx):
@@ -70,18 +125,6 @@ def _subscription_id(cli_ctx):
                    'then retry.') from None
 
 
-def _session(cli_ctx):
-    import requests
-    from azure.cli.core.util import should_disable_connection_verify
-    session = requests.Session()
-    # requests honours REQUESTS_CA_BUNDLE and proxies from the environment, as az itself does.
-    session.verify = not should_disable_connection_verify()
-    from azure.cli.core.util import get_az_user_agent
-    session.headers['User-Agent'] = f'{get_az_user_agent()} az-aksarc-kms-verify'
-    session.headers['CommandName'] = cli_ctx.data.get('command', '')
-    return session
-
-
 class _ArmContext:
     """What an ARM call is about, to turn failures into one-line errors with a recommendation."""
 
@@ -94,28 +137,34 @@ class _ArmContext:
         self.action = action
         self.deadline = deadline
 
-    def send(self, session, method, url, headers):
-        import requests
+    def transport_error(self, ex):
+        """No answer from ARM: TLS, timeout, refused (the exception's text may quote URLs; only its kind is kept)."""
         from azure.cli.core.azclierror import AzureConnectionError
-        if self.deadline.expired():
-            raise self.timeout_error()
-        host = _host(url)
-        logger.debug('ARM %s %s', method, _without_query(url))
-        try:
-            response = session.request(method, url, headers=dict(headers, **{
-                'x-ms-client-request-id': str(uuid.uuid4())}), timeout=self.deadline.bound(60))
-        except requests.exceptions.SSLError:
-            raise make(AzureConnectionError,
-                       f'The TLS certificate of Azure Resource Manager at {host} is not trusted.',
-                       'Behind a TLS-inspecting proxy, point REQUESTS_CA_BUNDLE at its CA bundle.') from None
-        except requests.exceptions.Timeout:
-            raise self.timeout_error() from None
-        except requests.exceptions.RequestException as ex:
-            raise make(AzureConnectionError, f'Could not reach Azure Resource Manager at {host}: {type(ex).__name__}.',
-                       'Check the network connection and proxy settings, then retry.') from None
-        logger.debug('ARM answered %s (x-ms-request-id %s)', response.status_code,
-                     response.headers.get('x-ms-request-id', '-'))
-        return response
+        from azure.core.exceptions import ServiceRequestTimeoutError, ServiceResponseTimeoutError
+        host = _host(self.cli_ctx.cloud.endpoints.resource_manager)
+        text = str(ex)
+        if 'CERTIFICATE_VERIFY_FAILED' in text or 'certificate verify failed' in text:
+            return make(AzureConnectionError, f'The TLS certificate of Azure Resource Manager at {host} is not '
+                                              'trusted.',
+                        'Behind a TLS-inspecting proxy, point REQUESTS_CA_BUNDLE at its CA bundle.')
+        if self.deadline.expired() or isinstance(ex, (ServiceRequestTimeoutError, ServiceResponseTimeoutError)) \
+                or 'timed out' in text.lower():
+            return self.timeout_error()
+        return make(AzureConnectionError, f'Could not reach Azure Resource Manager at {host}: {type(ex).__name__}.',
+                    'Check the network connection and proxy settings, then retry.')
+
+    def operation_error(self, ex):
+        """The poller's failure: an operation that ended Failed/Canceled, or an HTTP error while polling."""
+        from azure.cli.core.azclierror import AzureResponseError
+        response = getattr(ex, 'response', None)
+        status = getattr(response, 'status_code', None)
+        error = getattr(ex, 'error', None)
+        code = getattr(error, 'code', None) or 'Unknown'
+        message = truncate(getattr(error, 'message', None) or 'no error message')
+        if status in (401, 403, 404) or (error is None and status is not None and status >= 400):
+            return self.http_error(response)
+        return make(AzureResponseError, f'The {self.action} operation ended Failed: {code}: {message}',
+                    'Check the cluster state in the Azure portal and retry.')
 
     def json(self, response):
         from azure.cli.core.azclierror import AzureResponseError
@@ -158,54 +207,6 @@ class _ArmContext:
                                         f'finish within the --timeout of {self.deadline.seconds} s.',
                     'Retry with a larger --timeout; check the cluster state with '
                     f"'az aksarc show -g {self.resource_group} -n {self.cluster_name}'.")
-
-
-def _poll(session, context, response, headers):
-    """Follow a 201/202 until the operation is terminal (Azure-AsyncOperation first, then Location)."""
-    from azure.cli.core.azclierror import AzureResponseError
-    status_url = response.headers.get('Azure-AsyncOperation')
-    location_url = response.headers.get('Location')
-    if not status_url and not location_url:
-        raise make(AzureResponseError, f'{context.action} answered {response.status_code} without an operation URL.',
-                   'Retry; if it persists, open a support request.')
-    delay = _retry_after(response)
-    while True:
-        time.sleep(context.deadline.bound(delay))
-        if context.deadline.expired():
-            raise context.timeout_error()
-        poll = context.send(session, 'GET', status_url or location_url, headers)
-        delay = _retry_after(poll)
-        if poll.status_code == 202:
-            continue
-        if poll.status_code >= 400:
-            raise context.http_error(poll)
-        body = context.json(poll)
-        status = str(body.get('status', '')).lower() if isinstance(body, dict) else ''
-        if status_url:
-            if status not in _TERMINAL:
-                continue
-            if status != 'succeeded':
-                error = body.get('error') or {}
-                raise make(AzureResponseError, 'The {} operation ended {}: {}: {}'.format(
-                    context.action, body.get('status'), error.get('code', 'Unknown'),
-                    truncate(error.get('message', 'no error message'))),
-                    'Check the cluster state in the Azure portal and retry.')
-            if not (body.get('properties') or {}).get('kubeconfigs') and location_url:
-                # Some operation status resources carry no result; the Location URL does.
-                status_url = None
-                continue
-        return body
-
-
-def _retry_after(response):
-    for header, scale in (('retry-after-ms', 0.001), ('x-ms-retry-after-ms', 0.001), ('Retry-After', 1.0)):
-        value = response.headers.get(header)
-        if value:
-            try:
-                return max(0.0, float(value) * scale)
-            except ValueError:
-                pass
-    return _DEFAULT_POLL_SECONDS
 
 
 def _kubeconfig_from_result(body, context):

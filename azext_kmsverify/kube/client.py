@@ -72,7 +72,10 @@ class KubeClient:
     def auth_headers(self) -> dict:
         """The Authorization header (refreshing an expiring exec-plugin token as the kubernetes client does)."""
         configuration = self._configuration
-        token = configuration.get_api_key_with_prefix('authorization')
+        # kubernetes < 35 keeps the token under 'authorization', later releases under 'BearerToken'; both call
+        # the loader's refresh hook (an expiring exec-plugin token) through get_api_key_with_prefix.
+        key = next((k for k in ('authorization', 'BearerToken') if (configuration.api_key or {}).get(k)), None)
+        token = configuration.get_api_key_with_prefix(key) if key else None
         if token:
             scheme, _, value = token.strip().partition(' ')
             value = value.strip()  # kubectl trims token files: `echo "$TOKEN" > file` ends in a newline
