@@ -12,6 +12,7 @@ from azext_kmsverify.text import printable, truncate
 
 # Kubernetes names: a namespace is a DNS-1123 label, a secret name a DNS-1123 subdomain.
 _LABEL = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?')
+_CONTROL = re.compile('[\x00-\x1f\x7f]')
 _SUBDOMAIN = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')
 
 
@@ -134,7 +135,7 @@ def _validate(namespace):
                 f'Give {option} a value in that range.'))
     for option in ('etcd_container', 'etcd_endpoint'):
         value = getattr(ns, option)
-        if not value or any(c in value for c in '\x00\n\r') or (
+        if not value or _CONTROL.search(value) or (
                 option == 'etcd_endpoint' and not re.fullmatch(r'(https?|unix|unixs)://[^\s]+', value)):
             raise argument_error(InvalidArgumentValueError(
                 "--{} '{}' is not valid.".format(option.replace('_', '-'), _shorten(value or '')),
@@ -142,16 +143,43 @@ def _validate(namespace):
                 'Give the etcd client URL as seen inside the etcd pod, for example https://127.0.0.1:2379.'))
     for option in ('etcd_cacert', 'etcd_cert', 'etcd_key'):
         value = getattr(ns, option)
-        if not value or not value.startswith('/') or any(c in value for c in '\x00\n\r'):
+        if not value or not value.startswith('/') or _CONTROL.search(value):
             raise argument_error(InvalidArgumentValueError(
                 '--{} must be an absolute path inside the etcd pod.'.format(option.replace('_', '-')),
                 'For kubeadm-style clusters the files are under /etc/kubernetes/pki/etcd/.'))
     if ns.junit_xml:
-        parent = os.path.dirname(os.path.abspath(os.path.expanduser(ns.junit_xml)))
+        ns.junit_xml = _check_report_path(ns.junit_xml)
+
+
+def _check_report_path(value):
+    """``--junit-xml`` checked before anything runs: an existing folder, FIFO, socket or block device there is a
+    bad argument; a character device (/dev/null, /dev/stdout) or a symlink is written through, never replaced."""
+    import stat
+
+    from azure.cli.core.azclierror import FileOperationError
+    path = os.path.abspath(os.path.expanduser(value))
+    shown = _shorten(value, 200)
+    try:
+        mode = os.stat(path).st_mode  # follows a symlink: what a write would reach
+    except FileNotFoundError:
+        mode = None
+    except OSError as ex:
+        raise argument_error(FileOperationError(f"--junit-xml '{shown}' cannot be used: {ex.strerror}.",
+                                                'Give a path in an existing, writable folder.')) from None
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+        kind = 'a folder' if stat.S_ISDIR(mode) else 'not a regular file'
+        raise argument_error(FileOperationError(f"--junit-xml '{shown}' is {kind}.",
+                                                'Give the path of a file to write the report to.'))
+    if mode is None:
+        parent = os.path.dirname(path)
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
             raise argument_error(FileOperationError(
-                f"--junit-xml: folder '{parent}' does not exist or is not writable.",
+                f"--junit-xml: folder '{_shorten(parent, 200)}' does not exist or is not writable.",
                 'Give a path in an existing, writable folder.'))
+    elif not os.access(path, os.W_OK):
+        raise argument_error(FileOperationError(f"--junit-xml '{shown}' is not writable.",
+                                                'Check the permissions of the file.'))
+    return path
 
 
 def _is_default(value):

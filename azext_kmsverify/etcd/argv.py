@@ -38,7 +38,7 @@ def etcdctl_argv(*, key: str, range_end: str | None = None, prefix: bool = False
     with '-' is never read as a flag (checked with etcdctl 3.4.23 and 3.5.1). ``--flag=value``
     forms throughout. ``cacert``/``cert``/``key_file`` set to None omit the flag (plain HTTP).
     """
-    _check_key('key', key)
+    _check_key('key', key, allow_del=True)
     if range_end is not None:
         _check_key('range_end', range_end, allow_del=True)
         if prefix:

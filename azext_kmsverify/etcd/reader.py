@@ -80,7 +80,8 @@ class EtcdReader:
         The first page is read at the current revision R; later pages read ``[last key, range end)``
         pinned with ``--rev=R``, so the scan is one consistent snapshot. argv cannot carry the NUL
         that would make "just after the last key", so each later page starts AT the last key with
-        ``--limit`` one higher and its first (already yielded) key is dropped.
+        ``--limit`` one higher and its first (already yielded) key is dropped (see :func:`_page_start` for
+        keys argv cannot carry).
         """
         page_size = self.page_size if page_size is None else page_size
         _check_page_size(page_size)
@@ -104,17 +105,23 @@ class EtcdReader:
             if self.page_bytes is not None:
                 limit = _next_limit(kvs, limit, page_size, self.page_bytes)
             del kvs  # hold at most one page
-            start = _argv_key(last)
-            page = self._range(key=start, range_end=range_end, limit=limit + 1, rev=self.revision,
-                               keys_only=keys_only)
-            if not page.kvs or page.kvs[0].key != last:
-                raise EtcdOutputError(
-                    f"page at revision {self.revision} does not start at the previous page's last key")
-            kvs, more = page.kvs[1:], page.more
-            del page
+            start, exact = _page_start(last)
+            want = limit + 1
+            while True:
+                page = self._range(key=start, range_end=range_end, limit=want, rev=self.revision,
+                                   keys_only=keys_only)
+                if exact and (not page.kvs or page.kvs[0].key != last):
+                    raise EtcdOutputError(
+                        f"page at revision {self.revision} does not start at the previous page's last key")
+                kvs, more, returned = [kv for kv in page.kvs if kv.key > last], page.more, len(page.kvs)
+                del page
+                if kvs or not more:
+                    break
+                if exact or returned < want:
+                    raise EtcdOutputError('etcdctl reported more keys but the page made no progress')
+                want *= 2  # only keys up to the last one came back (a non-ASCII start): widen the page
             if not kvs and more:
                 raise EtcdOutputError('etcdctl reported more keys but the page made no progress')
-
 
 #: Keys in the first page when pages are sized by bytes: nothing is known of the values yet.
 FIRST_PAGE_KEYS = 100
@@ -132,8 +139,19 @@ def _check_page_size(page_size: int) -> None:
         raise ValueError('page_size must be a positive integer')
 
 
-def _argv_key(key: bytes) -> str:
-    """A key etcd returned, as an argv string for the next page's start."""
-    if not key or not all(0x01 <= b <= 0x7E for b in key):
-        raise EtcdOutputError('cannot page past a key that is not printable ASCII (argv must carry it exactly)')
-    return key.decode('ascii')
+def _page_start(key: bytes) -> tuple[str, bool]:
+    """Where the next page starts after ``key``, as argv can carry it: ``(start, exact)``.
+
+    argv is text (the exec API passes it through the container runtime as UTF-8), so a key with a byte of
+    0x80 or more cannot be given as it is. The page then starts at the key's ASCII head followed by DEL (0x7f),
+    which sorts before every such byte and after the head's other keys; the keys up to ``key`` are read again
+    and dropped. ``exact`` means the page starts at ``key`` itself.
+    """
+    if not key:
+        raise EtcdOutputError('etcdctl returned an empty key')
+    for index, byte in enumerate(key):
+        if not 0x01 <= byte <= 0x7E:
+            if byte == 0 or index == 0:
+                raise EtcdOutputError('etcdctl returned a key that cannot start a page')
+            return key[:index].decode('ascii') + '\x7f', False
+    return key.decode('ascii'), True

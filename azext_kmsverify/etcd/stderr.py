@@ -23,7 +23,7 @@ def _json_log_error(line: str) -> str | None:
         return None
     try:
         entry = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # a deeply nested line is text, not a log entry
         return None
     if not isinstance(entry, dict) or 'level' not in entry:
         return None

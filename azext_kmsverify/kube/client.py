@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import warnings
 from urllib.parse import urlencode, urlsplit
 
 from knack.log import get_logger
@@ -110,9 +111,11 @@ class KubeClient:
             headers['Content-Type'] = 'application/json'
             data = json.dumps(body).encode('utf-8')
         try:
-            response = self._pool.request(method, self.url(path, query), body=data, headers=headers,
-                                          timeout=urllib3.Timeout(connect=limit, read=limit),
-                                          preload_content=False, redirect=False)
+            with warnings.catch_warnings():  # insecure-skip-tls-verify: our own one-line warning instead
+                warnings.simplefilter('ignore', urllib3.exceptions.InsecureRequestWarning)
+                response = self._pool.request(method, self.url(path, query), body=data, headers=headers,
+                                              timeout=urllib3.Timeout(connect=limit, read=limit),
+                                              preload_content=False, redirect=False)
             try:
                 content = self._read(response, max_bytes, doing, bounded)
             finally:

@@ -66,6 +66,7 @@ class ProbeSecret:
         self._cleanup()
 
     def _cleanup(self) -> None:
+        blocked = _block_interrupts()  # a second Ctrl-C or SIGTERM waits until the delete is done
         try:
             if self._sent and self.deleted is None:
                 self.deleted = delete_secret(self.client, self.namespace, self.name, defaults.PROBE_DELETE_GRACE)
@@ -76,9 +77,25 @@ class ProbeSecret:
                                    '%s', self.namespace, self.name, self.namespace, self.name)
         finally:
             self._restore()
+            _unblock(blocked)
 
     def _restore(self) -> None:
         import signal
         if self._previous_handler is not None:
             signal.signal(signal.SIGTERM, self._previous_handler)
             self._previous_handler = None
+
+
+def _block_interrupts():
+    """Defer SIGINT and SIGTERM (main thread, POSIX) while the probe is deleted; they are delivered after."""
+    import signal
+    import threading
+    if not hasattr(signal, 'pthread_sigmask') or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _unblock(previous) -> None:
+    import signal
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -39,9 +39,14 @@ def main(cli_ctx, options: VerifyOptions) -> dict:
         fail(make(CLIInternalError, f'kmsverify failed unexpectedly while {step[0]} ({type(ex).__name__}).',
                   'Retry with --debug for the step; please report it at '
                   'https://github.com/Azure/azure-cli-extensions/issues.'), options.junit_xml)
+    report_failed = False
     if options.junit_xml:
-        write_junit(options.junit_xml, result)
-    exit_nonzero_after_output(cli_ctx, result)
+        try:
+            write_junit(options.junit_xml, result)
+        except AzCLIError as error:  # the verification ran: its result is still printed, and the run fails
+            logger.error('%s %s', error.error_msg, 'Give --junit-xml a path in a writable folder.')
+            report_failed = True
+    exit_nonzero_after_output(cli_ctx, result, could_not_report=report_failed)
     return result
 
 
@@ -168,8 +173,10 @@ def scan_all(cli_ctx, client, reader, current_key_id, options: VerifyOptions):
     count = 0
     try:
         for kv in reader.iter_prefix(defaults.ETCD_SECRETS_PREFIX):
+            # Names come from etcd keys, which anyone with etcd access can set to anything: escaped for every
+            # output (a terminal, a tsv row), as JSON and JUnit would escape them anyway.
             namespace, _, name = kv.key[prefix_length:].decode('utf-8', 'replace').partition('/')
-            summary.add(namespace, name, classify(kv.value), kv.mod_revision)
+            summary.add(printable(namespace), printable(name), classify(kv.value), kv.mod_revision)
             count += 1
             if progress is not None and count % 500 == 0:
                 progress.add(message=f'Reading secrets {count} of {reader.total}', value=count,

@@ -1,23 +1,31 @@
 # --------------------------------------------------------------------------------------------
 # Copyright (c) kmsverify contributors. Licensed under the MIT License.
 # --------------------------------------------------------------------------------------------
-"""Exit code 4 for a verification that ran and found a problem, after az printed the result."""
+"""The exit code of a run that printed its result: 4 when it found a problem, 1 when its report could not be
+written (README "Exit codes"), after az printed the result."""
 
-from azext_kmsverify.errors import EXIT_VERIFICATION_FAILED
+from azext_kmsverify.errors import EXIT_COULD_NOT_VERIFY, EXIT_VERIFICATION_FAILED
 
 
-def exit_nonzero_after_output(cli_ctx, result):
-    """Make az exit 4 after printing a failed result.
+def exit_code(result, could_not_report=False):
+    if not result.get('passed'):
+        return EXIT_VERIFICATION_FAILED
+    return EXIT_COULD_NOT_VERIFY if could_not_report else 0
+
+
+def exit_nonzero_after_output(cli_ctx, result, could_not_report=False):
+    """Make az exit non-zero after printing the result.
 
     A command's return value cannot set the exit code; knack prints the result (honouring -o and --query)
-    and then raises EVENT_CLI_SUCCESSFUL_EXECUTE, so a one-shot handler of that event exits 4.
+    and then raises EVENT_CLI_SUCCESSFUL_EXECUTE, so a one-shot handler of that event exits.
     """
-    if result.get('passed'):
+    code = exit_code(result, could_not_report)
+    if not code:
         return
     from knack.events import EVENT_CLI_SUCCESSFUL_EXECUTE
 
     def _exit(_cli_ctx, **_kwargs):
         cli_ctx.unregister_event(EVENT_CLI_SUCCESSFUL_EXECUTE, _exit)
-        raise SystemExit(EXIT_VERIFICATION_FAILED)
+        raise SystemExit(code)
 
     cli_ctx.register_event(EVENT_CLI_SUCCESSFUL_EXECUTE, _exit)

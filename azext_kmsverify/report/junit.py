@@ -167,9 +167,20 @@ def _properties(suite, result):
 
 
 def write_junit_xml(path, result, **kwargs):
-    """Write :func:`to_junit_xml` to ``path`` atomically: a reader never sees a half-written file."""
+    """Write :func:`to_junit_xml` to ``path``. A regular file (or none) is replaced atomically, so a reader never
+    sees half a report; anything else there (a symlink, /dev/null, /dev/stdout) is written through, never
+    replaced: as root, a rename over /dev/null would remove the device."""
+    import stat
     data = to_junit_xml(result, **kwargs)
     path = os.path.abspath(os.fspath(path))
+    try:
+        existing = os.lstat(path).st_mode
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing):
+        with open(path, 'wb') as handle:
+            handle.write(data)
+        return path
     folder, base = os.path.split(path)
     fd, tmp = tempfile.mkstemp(prefix=f'.{base}.', suffix='.tmp', dir=folder)
     try:

@@ -75,7 +75,7 @@ class ScanSummary:
         self._by_version = {}
         self._by_provider = {}
         self._by_key_id = {}
-        self._failing = []      # (namespace, name, storage, provider)
+        self._failing = []      # (namespace, name, storage, provider, malformed, kmsVersion)
         self._v1 = {}           # namespace -> [name, ...]
         self._v2 = {}           # key id (or None when the value has none) -> namespace -> [name, ...]
         self._latest = None     # (mod_revision, key id) of the newest KMS v2 value with a key id
@@ -91,7 +91,7 @@ class ScanSummary:
             provider = self._strings.setdefault(provider, provider)
         malformed = classification.get('malformed')
         if storage != 'kms' or malformed:
-            self._failing.append((namespace, name, storage, provider, malformed))
+            self._failing.append((namespace, name, storage, provider, malformed, classification.get('kmsVersion')))
             return
         if provider is not None:
             self._by_provider[provider] = self._by_provider.get(provider, 0) + 1
@@ -156,8 +156,9 @@ class ScanSummary:
             checks.append(age_check)
 
         failing = []
-        for namespace, name, storage, provider, malformed in sorted(self._failing, key=lambda f: (f[0], f[1])):
-            verdict = encryption_verdict({'storage': storage, 'provider': provider, 'malformed': malformed})
+        for namespace, name, storage, provider, malformed, version in sorted(self._failing, key=lambda f: (f[0], f[1])):
+            verdict = encryption_verdict({'storage': storage, 'provider': provider, 'malformed': malformed,
+                                          'kmsVersion': version})
             failing.append({'namespace': namespace, 'name': name, 'storage': storage, 'provider': provider,
                             'reason': verdict[1]})
         stale.sort(key=lambda s: (s['namespace'], s['name']))
@@ -183,7 +184,7 @@ class ScanSummary:
         if not self._failing:
             return check(ALL_SECRETS_ENCRYPTED, PASSED, '{} encrypted with KMS'.format(_all(self.total, 'secret')))
         kinds = {}
-        for _, _, storage, _, malformed in self._failing:
+        for _, _, storage, _, malformed, _ in self._failing:
             storage = storage + ' (malformed)' if malformed else storage
             kinds[storage] = kinds.get(storage, 0) + 1
         parts = ', '.join(f'{n} {s}' for s, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))

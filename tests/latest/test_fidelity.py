@@ -3,8 +3,8 @@
 Every test here runs something a person would run by hand (the documented procedure with the machine's
 ``kubectl``, or the Python kubernetes client) next to the installed ``az aksarc kms verify``, and asserts that
 both see the same cluster: the same health, the same etcd pod, the same stored bytes, the same classification.
-kubectl's output is parsed with the product's own parsers (``azext_kmsverify.etcd``/``verdict.readyz``, and the tests' own text parsers) and, separately,
-checked the way the docs tell a person to check it (the ``Value`` prefix as etcdctl prints it).
+kubectl's output is parsed with the product's parsers (``etcd``, ``verdict.readyz``) and the tests' text parsers and,
+separately, checked the way the docs tell a person to check it (the ``Value`` prefix as etcdctl prints it).
 
 The documented procedure (AKS Arc documentation), with its known typo fixed (``-- etcdctl``) and without
 ``--stdin --tty``:

@@ -16,7 +16,6 @@ from azext_kmsverify.etcd.protobuf import parse_protobuf
 from azext_kmsverify.verdict import readyz
 
 from tests.support.etcdctl_text import parse_fields
-from tests.support.kubectl_text import unwrap_kubectl_error
 
 from .conftest import PROJECT, core_api, fresh_sandbox, make_secret
 from .test_fidelity import CANARY, DOC_ETCDCTL, DOC_PREFIX, Kubectl, _exec

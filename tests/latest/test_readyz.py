@@ -1,12 +1,8 @@
 """verdict.readyz on every body in the readyz fixtures."""
 
-import re
-import sys
-from pathlib import Path
 
 import pytest
 
-from azext_kmsverify.verdict import readyz
 from azext_kmsverify.verdict.readyz import kms_checks, overall_status, parse_check_error, parse_readyz
 
 from tests.support.kubectl_text import unwrap_kubectl_error

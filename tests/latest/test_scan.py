@@ -3,7 +3,6 @@
 import json
 import tracemalloc
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 

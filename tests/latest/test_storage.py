@@ -4,10 +4,7 @@ import base64
 import json
 import os
 import random
-import re
 import struct
-import sys
-from pathlib import Path
 
 import pytest
 

@@ -158,18 +158,6 @@ def parse_fields(data: bytes) -> RangeResult:
     return _check_consistency(RangeResult(revision, kvs, bool(more), count), "fields")
 
 
-_PARSERS = {"protobuf": parse_protobuf, "json": parse_json, "fields": parse_fields}
-
-
-def parse_output(data: bytes, write_out: str) -> RangeResult:
-    """Parse etcdctl output of the given ``--write-out`` format."""
-    try:
-        parser = _PARSERS[write_out]
-    except KeyError:
-        raise ValueError(f"unsupported write_out {write_out!r}; expected one of {WRITE_OUT_FORMATS}") from None
-    return parser(data)
-
-
 PARSERS = {"protobuf": parse_protobuf, "json": parse_json, "fields": parse_fields}
 
 
