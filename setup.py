@@ -23,8 +23,10 @@ CLASSIFIERS = [
 ]
 
 # azure-cli-core and knack come with az itself.
+# Up to 35 the kubernetes client is about 36 MB installed and pure Python; 36 adds aiohttp and its native libraries,
+# 37 also pydantic, and its own package alone is 126 MB. 24.2.0 is the oldest client the extension supports.
 DEPENDENCIES = [
-    'kubernetes>=30.1.0',
+    'kubernetes>=24.2.0,<36',
 ]
 
 with open('README.md', 'r', encoding='utf-8') as f:

@@ -5,11 +5,14 @@
 #    secrets in plaintext (fails, exit 4). The sandboxes are stopped on every way out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-AZ=.venv/bin/az
-PY=.venv/bin/python
+AZ=.venv-az/bin/az   # azure-cli alone; the extension's dependencies are in its folder
+PY=.venv/bin/python  # the sandbox's python
+# az runs `python -m azure.cli`, which puts the working directory first on sys.path: from here it would import
+# ./azext_kmsverify (the working tree) instead of the installed wheel. Not for $PY: it runs the sandbox from here.
+az() { PYTHONSAFEPATH=1 "$AZ" "$@"; }
 
 if [ $# -gt 0 ]; then
-  exec "$AZ" aksarc kms verify "$@" -o table
+  PYTHONSAFEPATH=1 exec "$AZ" aksarc kms verify "$@" -o table
 fi
 
 root=.sandbox/demo
@@ -30,11 +33,11 @@ for provider in kms-v2 identity; do
   echo "=== sandbox cluster with provider '$provider' ==="
   $PY -m tests.sandbox up --dir "$dir" --provider "$provider" >/dev/null || { echo "sandbox did not start"; exit 1; }
   echo "\$ az aksarc kms verify --kubeconfig $dir/kubeconfig --secret default/db-user-pass -o table"
-  "$AZ" aksarc kms verify --kubeconfig "$dir/kubeconfig" --secret default/db-user-pass -o table
+  az aksarc kms verify --kubeconfig "$dir/kubeconfig" --secret default/db-user-pass -o table
   code=$?
   echo "exit code: $code"
   echo "\$ az aksarc kms verify --kubeconfig $dir/kubeconfig -o table   # probe secret, created and deleted"
-  "$AZ" aksarc kms verify --kubeconfig "$dir/kubeconfig" -o table
+  az aksarc kms verify --kubeconfig "$dir/kubeconfig" -o table
   code2=$?
   echo "exit code: $code2"
   if [ "$provider" = kms-v2 ] && { [ $code -ne 0 ] || [ $code2 -ne 0 ]; }; then status=1; fi

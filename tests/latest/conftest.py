@@ -1,7 +1,7 @@
 """Shared fixtures: the installed extension run through ``az``, and sandbox clusters.
 
 The command under test is always the built wheel installed with ``az extension add`` (``make test`` does that
-into ``.az/extensions``), run as a user runs it: ``.venv/bin/az aksarc kms verify ...`` in a subprocess with a
+into ``.az/extensions``), run as a user runs it: ``.venv-az/bin/az aksarc kms verify ...`` in a subprocess with a
 private ``AZURE_CONFIG_DIR``. The only substitution is the Entra token source (``tests/fakeaz``).
 """
 
@@ -17,7 +17,8 @@ import pytest
 PROJECT = Path(__file__).resolve().parents[2]
 SHARED = PROJECT.parent / 'shared'
 FIXTURES = SHARED / 'fixtures'
-AZ = PROJECT / '.venv' / 'bin' / 'az'
+# azure-cli alone (the Makefile's .venv-az): the extension's dependencies come only from its own folder.
+AZ = Path(os.environ.get('KMSVERIFY_TEST_AZ') or PROJECT / '.venv-az' / 'bin' / 'az')  # override: a session's own az
 EXTENSION_DIR = Path(os.environ.get('AZURE_EXTENSION_DIR') or PROJECT / '.az' / 'extensions')
 FAKEAZ = PROJECT / 'tests' / 'fakeaz'
 SUBSCRIPTION = '00000000-0000-0000-0000-00000000c0de'
