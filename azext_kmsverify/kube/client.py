@@ -105,6 +105,7 @@ class KubeClient:
         if bounded and self.deadline.expired():
             raise self.errors.timeout(doing)
         limit = self.deadline.bound(timeout) if bounded else timeout
+        logger.debug('%s %s', method, printable(path))  # the path names objects only; never query or body
         headers = {'Accept': accept, 'User-Agent': defaults.USER_AGENT, **self.auth_headers()}
         data = None
         if body is not None:

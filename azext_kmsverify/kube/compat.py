@@ -13,6 +13,7 @@ az appends extension folders to ``sys.path`` in name order, so the ``aksarc`` ex
 from __future__ import annotations
 
 import os
+import re
 
 from knack.log import get_logger
 
@@ -58,9 +59,14 @@ def kubernetes_client():
 def load_configuration(kubeconfig: Kubeconfig, add_file):
     """A ``kubernetes.client.Configuration`` for the kubeconfig's context (runs its exec plugin, if any)."""
     kubernetes_client()
+    import logging
+
     from kubernetes.client import Configuration
     from kubernetes.config.config_exception import ConfigException
     from kubernetes.config.kube_config import KubeConfigLoader
+    # The loader logs an exec plugin's failure (with the plugin's stderr, which may hold anything) through the
+    # root logger, which az prints: silence it while it runs; its outcome is reported below, without that text.
+    logging.disable(logging.CRITICAL)
     try:
         loader = KubeConfigLoader(config_dict=kubeconfig.loader_dict(add_file),
                                   active_context=kubeconfig.context_name, config_base_path=kubeconfig.base_dir)
@@ -70,6 +76,10 @@ def load_configuration(kubeconfig: Kubeconfig, add_file):
         # Loader messages name fields and commands, not values; keep the first line only.
         from azure.cli.core.azclierror import InvalidArgumentValueError
         first = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
+        if first.startswith('exec'):  # "exec: process returned 1. <the plugin's stderr>": keep the code only
+            code = re.search(r'returned (-?\d+)', first)
+            first = f"its exec plugin '{os.path.basename(kubeconfig.user['exec']['command'])}' failed" + (
+                f' (exit code {code.group(1)})' if code else '')
         raise argument_error(make(InvalidArgumentValueError, f'{kubeconfig.source} is not usable: '
                                   f'{truncate(first, 200)}.',
                                   'Fetch fresh credentials (az aksarc get-credentials, or -g/-n with this '
@@ -80,4 +90,15 @@ def load_configuration(kubeconfig: Kubeconfig, add_file):
         raise argument_error(make(InvalidArgumentValueError, f'{kubeconfig.source} is not usable: the kubernetes '
                                   f'client could not load it ({type(ex).__name__}).',
                                   'Fix the kubeconfig, or fetch fresh credentials.')) from None
+    finally:
+        logging.disable(logging.NOTSET)
+    plugin = kubeconfig.user.get('exec')
+    if plugin and not (configuration.api_key or {}) and not configuration.cert_file:
+        # The loader swallows a failing plugin (it logs and goes on without credentials): say so here.
+        from azure.cli.core.azclierror import AuthenticationError
+        raise make(AuthenticationError, f"The exec plugin '{os.path.basename(plugin['command'])}' of "
+                                        f'{kubeconfig.source} gave no credentials (it failed, or printed neither a '
+                                        'token nor a client certificate).',
+                   f"Run it as kubectl would ('{os.path.basename(plugin['command'])}' with the args in the kubeconfig) "
+                   'to see why, then retry.')
     return configuration
