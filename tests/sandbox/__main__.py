@@ -1,14 +1,17 @@
-"""Command line for the sandbox (see README.md): up, down, kms, ctl.
+"""Command line for the sandbox (see README.md): up, down, kms, ctl, az-login.
 
     python -m tests.sandbox up   --dir DIR [--provider kms-v2] [--etcdctl 3.5] [--nodes 1] [--broken-node]
-                                 [--readyz-style aggregate|per-provider] [--history]
+                                 [--readyz-style aggregate|per-provider] [--history] [--entra [--no-enforce-pop]]
     python -m tests.sandbox down --dir DIR
     python -m tests.sandbox kms  --dir DIR stop|kill|start|rotate|unhealthy|healthy
     python -m tests.sandbox ctl  --dir DIR '<json>'
+    python -m tests.sandbox az-login --dir DIR [--az PATH] [--identity sp|cert|federated]
 
 ``up`` prints sandbox.json on stdout and returns once the API server's /readyz passes; it cleans up after itself
 when it fails. On a directory that holds a stopped sandbox it resumes that sandbox (saying so in one line on
-stderr); on a running one it fails. Errors go to stderr with exit code 1 (2 for bad arguments).
+stderr); on a running one it fails. ``az-login`` signs the az of ``--az`` (in the current ``AZURE_CONFIG_DIR``)
+in to the sandbox's Entra emulator for real (tests/sandbox/azlogin.py) and prints who is signed in. Errors go to
+stderr with exit code 1 (2 for bad arguments).
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ def main(argv=None) -> int:
     up.add_argument("--readyz-style", choices=READYZ_STYLES, help=f"default {DEFAULTS['readyz_style']}")
     up.add_argument("--history", action="store_true", default=None,
                     help="also seed a secret stored before encryption and (KMS) one under a rotated-out key")
+    up.add_argument("--entra", action="store_true", default=None,
+                    help="add the Entra ID emulator: ARM and the API server accept only tokens it signed")
+    up.add_argument("--enforce-pop", action=argparse.BooleanOptionalAction, default=None,
+                    help="with --entra: the API server accepts only PoP tokens (default); --no-enforce-pop also "
+                         "accepts bearer tokens (still checked against the emulator's keys)")
     down = sub.add_parser("down", help="stop every process of a sandbox (idempotent)")
     down.add_argument("--dir", required=True)
     kms = sub.add_parser("kms", help="control the KMS plugin")
@@ -42,13 +50,27 @@ def main(argv=None) -> int:
     ctl = sub.add_parser("ctl", help="fault injection: POST JSON to the control port")
     ctl.add_argument("--dir", required=True)
     ctl.add_argument("json")
+    login = sub.add_parser("az-login", help="sign az in to the sandbox's Entra emulator (a real az login)")
+    login.add_argument("--dir", required=True)
+    login.add_argument("--az", help="the az to sign in (default .venv-az/bin/az, else .venv/bin/az)")
+    login.add_argument("--identity", choices=("sp", "cert", "federated"), default="sp",
+                       help="service principal with a secret (default), with a certificate, or the workload identity's "
+                            "federated token")
     a = p.parse_args(argv)
+    if a.command == "az-login":
+        from .azlogin import AzLoginError, az_login
+        try:
+            print(az_login(a.dir, az=a.az, identity=a.identity))
+        except (AzLoginError, SandboxError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
 
     box = Sandbox(a.dir)
     try:
         if a.command == "up":
             info = box.up(provider=a.provider, etcdctl=a.etcdctl, nodes=a.nodes, broken_node=a.broken_node,
-                          readyz_style=a.readyz_style, history=a.history)
+                          readyz_style=a.readyz_style, history=a.history, entra=a.entra, enforce_pop=a.enforce_pop)
             print(json.dumps({k: v for k, v in info.items() if k != "pki"}, indent=2))
             if box.resumed:
                 print(f"resumed the stopped sandbox in {box.dir} (its data, certificates and keys)", file=sys.stderr)

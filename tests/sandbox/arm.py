@@ -7,7 +7,12 @@ wrapped result), with ARM's error bodies, and with failure modes chosen by clust
 handling of each can be tested: ``missing-*`` (404), ``forbidden-*`` (403 on both actions), ``useronly-*``
 (403 on the admin action only), ``failing-*`` (operation ends ``Failed``), ``stuck-*`` (never finishes),
 ``malformed-*`` (succeeds with a value that is not a kubeconfig), ``sync-*`` (200 with the result at once).
-Callers authenticate with an Entra-like bearer JWT whose audience is the ARM resource.
+Callers authenticate with an Entra-like bearer JWT whose audience is the ARM resource. With the Entra emulator
+(``up --entra``) the token must be one it signed: ARM checks it against the emulator's JWKS (signature, issuer,
+audience ``https://management.core.windows.net/`` or ``https://management.azure.com/``, expiry, 5 minutes of clock
+skew) and answers with ARM's own 401 codes; ``/subscriptions``, ``/subscriptions/<id>`` and ``/tenants`` answer
+what ``az login`` and ``az account`` read; and the user kubeconfig is AKS Arc's (kubelogin ``--login interactive``
+with ``--pop-enabled --pop-claims u=<cluster ARM id>``, server id ``6256c85f-...``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ from aiohttp import web
 ARM_AUDIENCES = ("https://management.core.windows.net", "https://management.azure.com")
 AKS_SERVER_ID = "6dae42f8-4368-4678-94ff-3960e28e3630"
 KUBELOGIN_CLIENT_ID = "80faf920-1908-4b52-b5ef-a8e7bedfc67a"
+AKS_ARC_SERVER_ID = "6256c85f-0aad-4d50-b960-e6e9b21efe35"
+AKS_ARC_CLIENT_ID = "3f4439ff-e698-4d6d-84fe-09c9d574f06b"
+ARM_TOKEN_AUDIENCES = ("https://management.core.windows.net/", "https://management.core.windows.net",
+                       "https://management.azure.com/", "https://management.azure.com")
+SUBSCRIPTION = "00000000-0000-0000-0000-00000000c0de"
 API_VERSIONS = ("2022-05-01-preview", "2022-09-01-preview", "2023-11-15-preview", "2024-01-01")
 IN_PROGRESS_POLLS = 2
 LOCATION = "eastus"
@@ -62,8 +72,12 @@ def _claims(request: web.Request) -> dict | None:
 class ARM:
     """One ARM emulator serving one sandbox cluster; ``apiserver_url`` and PEMs go into the kubeconfigs."""
 
-    def __init__(self, cfg: dict, apiserver_url: str, ca_pem: bytes, admin_cert_pem: bytes, admin_key_pem: bytes):
+    def __init__(self, cfg: dict, apiserver_url: str, ca_pem: bytes, admin_cert_pem: bytes, admin_key_pem: bytes,
+                 entra=None):
         self.cluster = cfg["cluster"]
+        self.subscription = cfg.get("subscription", SUBSCRIPTION)
+        self.entra = entra  # a tests.sandbox.entra.Entra: tokens are checked against its JWKS
+        self.verifier = entra.verifier(leeway=300) if entra is not None else None
         self.resource_group = cfg["resource_group"]
         self.tenant = cfg.get("tenant", "72f988bf-86f1-41af-91ab-2d7cd011db47")
         self.apiserver_url = apiserver_url
@@ -88,8 +102,9 @@ class ARM:
             problem = self._authenticate(request)
             if problem:
                 problem.headers.update(headers)
-                problem.headers["WWW-Authenticate"] = ('Bearer authorization_uri="https://login.microsoftonline.com/'
-                                                       f'{self.tenant}", error="invalid_token"')
+                login = self.entra.url if self.entra is not None else "https://login.microsoftonline.com"
+                problem.headers["WWW-Authenticate"] = (f'Bearer authorization_uri="{login}/{self.tenant}", '
+                                                       'error="invalid_token"')
                 return problem
             if not request.query.get("api-version"):
                 return arm_error(400, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) "
@@ -102,6 +117,8 @@ class ARM:
         if "Authorization" not in request.headers:
             return arm_error(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is "
                              "missing.")
+        if self.verifier is not None:
+            return self._authenticate_signed(request)
         claims = _claims(request)
         if claims is None:
             return arm_error(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is "
@@ -119,6 +136,41 @@ class ARM:
         request["claims"] = claims
         return None
 
+    def _authenticate_signed(self, request) -> web.Response | None:
+        """ARM's checks of an Entra access token, against the emulator's JWKS, with ARM's 401 codes."""
+        from .jwtverify import TokenError
+        auth = request.headers["Authorization"]
+        if not auth.lower().startswith("bearer ") or auth[7:].strip().count(".") != 2:
+            return arm_error(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is "
+                             "provided in an invalid format.")
+        token = auth[7:].strip()
+        try:
+            claims = self.verifier.verify(token, ARM_TOKEN_AUDIENCES)
+        except TokenError as e:
+            if e.kind == "expired":
+                exp = _claims(request).get("exp") if _claims(request) else None
+                return arm_error(401, "ExpiredAuthenticationToken", "The access token expiry UTC time "
+                                 f"'{_utc_arm(exp)}' is earlier than current UTC time '{_utc_arm(time.time())}'.")
+            if e.kind == "audience":
+                aud = (_claims(request) or {}).get("aud")
+                return arm_error(401, "InvalidAuthenticationTokenAudience", "The access token has been obtained for "
+                                 f"wrong audience or resource '{aud}'. It should exactly match with one of the allowed "
+                                 "audiences 'https://management.core.windows.net/','https://management.core.windows."
+                                 "net','https://management.azure.com/','https://management.azure.com'.")
+            if e.kind == "issuer":
+                return arm_error(401, "InvalidAuthenticationTokenTenant", "The access token is from the wrong issuer "
+                                 f"'{(_claims(request) or {}).get('iss')}'. It must match the tenant "
+                                 f"'https://sts.windows.net/{self.tenant}/' associated with this subscription. Please "
+                                 "use the authority (URL) "
+                                 f"'{self.entra.url}/{self.tenant}' to get the token.")
+            return arm_error(401, "InvalidAuthenticationToken", "The access token is invalid.")
+        if claims.get("tid") != self.tenant:
+            return arm_error(401, "InvalidAuthenticationTokenTenant", f"The access token is from the wrong issuer "
+                             f"'{claims.get('iss')}'. It must match the tenant 'https://sts.windows.net/{self.tenant}/'"
+                             " associated with this subscription.")
+        request["claims"] = claims
+        return None
+
     # -- cloud metadata, subscriptions ------------------------------------------------------------------------------
 
     async def h_metadata(self, request):
@@ -126,7 +178,8 @@ class ARM:
         base = self.url.rstrip("/") + "/"
         return web.json_response([{
             "name": "AzureCloud", "portal": "https://portal.azure.com", "resourceManager": base,
-            "authentication": {"loginEndpoint": "https://login.microsoftonline.com/",
+            "authentication": {"loginEndpoint": (self.entra.url + "/") if self.entra is not None
+                               else "https://login.microsoftonline.com/",
                                "audiences": ["https://management.core.windows.net/", "https://management.azure.com/"],
                                "tenant": "common", "identityProvider": "AAD"},
             "media": "https://rest.media.azure.net", "graphAudience": "https://graph.windows.net/",
@@ -152,12 +205,17 @@ class ARM:
             return await self.h_cluster(request, m["sub"], m["rg"], m["name"], bool(m["instance"]))
         m = _SUBSCRIPTION.match(path)
         if m and request.method == "GET":
+            if self.entra is not None and m["sub"].lower() != self.subscription.lower():
+                return arm_error(404, "SubscriptionNotFound", f"The subscription '{m['sub']}' could not be found.")
             return web.json_response(self._subscription(m["sub"]))
         if path.lower() == "/subscriptions" and request.method == "GET":
-            return web.json_response({"value": [self._subscription("00000000-0000-0000-0000-00000000c0de")]})
+            return web.json_response({"value": [self._subscription(self.subscription)], "count": {"type": "Total",
+                                                                                                  "value": 1}})
         if path.lower() == "/tenants" and request.method == "GET":
-            return web.json_response({"value": [{"id": f"/tenants/{self.tenant}", "tenantId": self.tenant,
-                                                 "displayName": "Contoso"}]})
+            return web.json_response({"value": [{
+                "id": f"/tenants/{self.tenant}", "tenantId": self.tenant, "countryCode": "US",
+                "displayName": "Contoso", "domains": ["contoso.onmicrosoft.com", "contoso.com"],
+                "tenantCategory": "Home", "defaultDomain": "contoso.onmicrosoft.com", "tenantType": "AAD"}]})
         return self._no_route(request, path)
 
     def _no_route(self, request, path):
@@ -266,7 +324,8 @@ class ARM:
             if op["mode"] == "malformed":
                 value = base64.b64encode(b"<html><body><h1>502 Bad Gateway</h1></body></html>\n").decode()
             else:
-                value = base64.b64encode(self.kubeconfig(op["cluster"], op["rg"], op["admin"], op["tenant"])).decode()
+                value = base64.b64encode(self.kubeconfig(op["cluster"], op["rg"], op["admin"], op["tenant"],
+                                                         op["sub"])).decode()
             body["properties"] = {"kubeconfigs": [{"name": "credentialAdmin" if op["admin"] else "credentialUser",
                                                    "value": value}]}
         return body
@@ -288,7 +347,7 @@ class ARM:
 
     # -- kubeconfigs ------------------------------------------------------------------------------------------------
 
-    def kubeconfig(self, cluster: str, rg: str, admin: bool, tenant: str) -> bytes:
+    def kubeconfig(self, cluster: str, rg: str, admin: bool, tenant: str, sub: str | None = None) -> bytes:
         """What AKS Arc returns: an exec-plugin (kubelogin) user kubeconfig, or a client-certificate admin one."""
         ca = base64.b64encode(self.ca_pem).decode()
         if admin:
@@ -298,10 +357,17 @@ class ARM:
             context = f"{cluster}-admin"
         else:
             user_name = f"clusterUser_{rg}_{cluster}"
+            args = ["get-token", "--login", "devicecode", "--server-id", AKS_SERVER_ID, "--client-id",
+                    KUBELOGIN_CLIENT_ID, "--tenant-id", tenant, "--environment", "AzurePublicCloud"]
+            if self.entra is not None:  # what AKS Arc returns for a cluster with Entra (enforcePoP)
+                arm_id = (f"/subscriptions/{sub or self.subscription}/resourceGroups/{rg}/providers/"
+                          f"Microsoft.Kubernetes/connectedClusters/{cluster}")
+                args = ["get-token", "--login", "interactive", "--server-id", AKS_ARC_SERVER_ID, "--client-id",
+                        AKS_ARC_CLIENT_ID, "--tenant-id", tenant, "--environment", "AzurePublicCloud",
+                        "--pop-enabled", "--pop-claims", f"u={arm_id}"]
             user = {"exec": {
                 "apiVersion": "client.authentication.k8s.io/v1beta1",
-                "args": ["get-token", "--login", "devicecode", "--server-id", AKS_SERVER_ID, "--client-id",
-                         KUBELOGIN_CLIENT_ID, "--tenant-id", tenant, "--environment", "AzurePublicCloud"],
+                "args": args,
                 "command": "kubelogin", "env": None,
                 "installHint": "\nkubelogin is not installed which is required to connect to AAD enabled cluster.\n\n"
                                "To learn more, please go to https://aka.ms/aks/kubelogin\n",
@@ -314,6 +380,15 @@ class ARM:
                "current-context": context,
                "users": [{"name": user_name, "user": user}]}
         return yaml.safe_dump(cfg, sort_keys=True, default_flow_style=False).encode()
+
+
+def _utc_arm(ts) -> str:
+    """ARM's time format in its 401 messages (``M/D/YYYY h:mm:ss AM``)."""
+    if not isinstance(ts, (int, float)):
+        return "1/1/0001 12:00:00 AM"
+    t = time.gmtime(ts)
+    return f"{t.tm_mon}/{t.tm_mday}/{t.tm_year} {(t.tm_hour % 12) or 12}:{t.tm_min:02d}:{t.tm_sec:02d} " \
+           f"{'AM' if t.tm_hour < 12 else 'PM'}"
 
 
 def _utc(ts) -> str:

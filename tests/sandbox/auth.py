@@ -1,9 +1,14 @@
 """Who is asking and what they may do: the API server emulator's authentication and RBAC.
 
-Authentication by client certificate (CN = user, O = groups) or an Entra-like bearer JWT (``aud`` the AKS Entra
-server id, unexpired, a ``upn``); RBAC as the sandbox's roles grant it: admins and Entra users everything, the
-``restricted-user`` (and Entra users whose upn starts with ``restricted``) read-only on pods and secrets, without
-``create pods/exec`` in kube-system. Denials are the real 403 ``Status`` bodies.
+Authentication by client certificate (CN = user, O = groups), then by bearer token. Without the Entra emulator
+the token is an Entra-like unsigned JWT (``aud`` the AKS Entra server id, unexpired, a ``upn``). With it
+(``up --entra``, :class:`EntraAuthn` installed on the app by the server process) the cluster authenticates as an
+AKS Arc cluster with Entra does: the access token must verify against the emulator's JWKS (signature, issuer,
+audience ``6256c85f-...``, expiry), and with ``enforcePoP`` (the default) it must come inside a PoP token bound to
+this cluster's ARM id (:func:`tests.sandbox.jwtverify.verify_pop`); failures are 401 ``Status`` bodies that say
+why. RBAC as the sandbox's roles grant it: admins and Entra users everything, the ``restricted-user`` (and Entra
+users whose upn starts with ``restricted``) read-only on pods and secrets, without ``create pods/exec`` in
+kube-system. Denials are the real 403 ``Status`` bodies.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from aiohttp import web
 from . import kube
 
 AKS_SERVER_ID = "6dae42f8-4368-4678-94ff-3960e28e3630"
+AKS_ARC_SERVER_ID = "6256c85f-0aad-4d50-b960-e6e9b21efe35"
 ADMIN_GROUP = "system:masters"
 RESTRICTED_USER = "restricted-user"
 
@@ -74,6 +80,9 @@ def authenticate(request: web.Request) -> User | None:
     auth = request.headers.get("Authorization", "")
     if not auth.lower().startswith("bearer "):
         return None
+    entra = request.app.get(ENTRA_AUTHN)
+    if entra is not None:
+        return entra.authenticate(auth[7:].strip())
     claims = _decode_jwt(auth[7:].strip())
     if not claims or not _aud_ok(claims.get("aud")):
         return None
@@ -85,6 +94,56 @@ def authenticate(request: web.Request) -> User | None:
         return None
     groups = list(claims.get("groups") or []) + ["system:authenticated"]
     return User(upn, groups, restricted=upn.lower().startswith("restricted"))
+
+
+class EntraAuthn:
+    """Bearer tokens as an AKS Arc cluster with Entra checks them (see the module docstring)."""
+
+    def __init__(self, verifier, cluster_id: str, enforce_pop: bool = True):
+        self.verifier = verifier  # a tests.sandbox.jwtverify.JWKSVerifier on the Entra emulator's JWKS
+        self.cluster_id = cluster_id
+        self.enforce_pop = enforce_pop
+
+    def authenticate(self, token: str) -> User:
+        """The user of a valid token; raises 401 (a ``Status`` saying why) for any other."""
+        from .jwtverify import TokenError, b64url_decode, verify_pop
+        try:
+            header = json.loads(b64url_decode(token.split(".")[0]))
+        except (ValueError, binascii.Error):
+            header = None
+        if not isinstance(header, dict):
+            raise _unauthorized("Unauthorized: the bearer token is not a JWT")
+        try:
+            if str(header.get("typ", "")).lower() == "pop":
+                claims = verify_pop(token, self.cluster_id, self.verifier, [AKS_ARC_SERVER_ID])
+            elif self.enforce_pop:
+                raise _unauthorized("Unauthorized: this cluster requires a PoP token (enforcePoP): a plain Bearer "
+                                    "access token is not accepted; sign in with kubelogin --pop-enabled --pop-claims "
+                                    f"\"u={self.cluster_id}\"")
+            else:
+                claims = self.verifier.verify(token, [AKS_ARC_SERVER_ID])
+        except TokenError as e:
+            raise _unauthorized(f"Unauthorized: invalid {'PoP ' if e.kind == 'pop' else ''}token: {e.message}") \
+                from None
+        name = claims.get("upn") or claims.get("unique_name") or claims.get("oid")
+        if not name:
+            raise _unauthorized("Unauthorized: the access token names no user (no upn, unique_name or oid)")
+        groups = list(claims.get("groups") or []) + ["system:authenticated"]
+        return User(name, groups, restricted=str(name).lower().startswith("restricted"))
+
+
+ENTRA_AUTHN = web.AppKey("entra_authn", EntraAuthn)
+
+
+def install_entra(app: web.Application, authn: EntraAuthn) -> None:
+    """Make the API server's app authenticate bearer tokens with ``authn`` (the server process calls this)."""
+    app[ENTRA_AUTHN] = authn
+
+
+def _unauthorized(message: str) -> web.HTTPUnauthorized:
+    """A 401 with a Status body; raised from the authentication middleware, so aiohttp answers it as it is."""
+    return web.HTTPUnauthorized(text=kube.dumps(kube.status_obj(401, "Unauthorized", message)),
+                                content_type=kube.JSON)
 
 
 # --- authorization ----------------------------------------------------------------------------------------

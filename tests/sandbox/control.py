@@ -45,9 +45,10 @@ CLUSTER = "sandbox-cluster"
 KUBERNETES_VERSION = "v1.30.4"
 UNIX_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
 DEFAULTS = {"provider": "kms-v2", "etcdctl": "3.5", "nodes": 1, "broken_node": False, "readyz_style": "aggregate",
-            "history": False}
+            "history": False, "entra": False, "enforce_pop": True}
 _FLAGS = {"provider": "--provider", "etcdctl": "--etcdctl", "nodes": "--nodes", "broken_node": "--broken-node",
-          "readyz_style": "--readyz-style", "history": "--history"}
+          "readyz_style": "--readyz-style", "history": "--history", "entra": "--entra", "enforce_pop": "--enforce-pop"}
+_NO_FLAGS = {"enforce_pop": "--no-enforce-pop"}
 READ_KEYS = "read-keys.json"  # local keys the API server added for reading (write_secret "with"), kept for a resume
 
 
@@ -162,6 +163,14 @@ def _urls(ports: dict, api_url: str) -> dict:
             "control": {"url": f"http://127.0.0.1:{ports['control_port']}"}}
 
 
+def _entra_info(serve_cfg: dict, ports: dict, ca_bundle) -> dict | None:
+    """sandbox.json ``entra`` (None without the Entra emulator)."""
+    if not serve_cfg.get("entra"):
+        return None
+    from .entra import info
+    return info(serve_cfg["entra"], ports["entra_port"], ports["msi_port"], str(ca_bundle))
+
+
 def _token_id() -> str:
     return "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(6))
 
@@ -217,16 +226,19 @@ class Sandbox:
 
     def up(self, provider: str | None = None, etcdctl: str | None = None, nodes: int | None = None,
            broken_node: bool | None = None, readyz_style: str | None = None, history: bool | None = None,
-           timeout: float = 60.0) -> dict:
+           entra: bool | None = None, enforce_pop: bool | None = None, timeout: float = 60.0) -> dict:
         """Start everything, wait until ``/readyz`` passes, seed secrets; return sandbox.json's content.
 
         Options left as None take their defaults (kms-v2, etcdctl 3.5, 1 node, no broken node, aggregate readyz,
-        no history). A directory that holds a stopped sandbox is resumed: its processes restart on its data
+        no history, no Entra emulator). ``entra=True`` adds the Entra ID emulator (tests/sandbox/entra.py): ARM and
+        the API server then accept only tokens it signed, the API server only PoP tokens unless
+        ``enforce_pop=False``; sandbox.json ``entra`` says how to sign in. A directory that holds a stopped sandbox
+        is resumed: its processes restart on its data
         (certificates, etcd data and ports, KMS keys, local key), and only seeded secrets that are missing are
         written again; an option that differs from the stopped sandbox's is an error. A running sandbox in the
         directory is an error. On failure everything started is stopped again and SandboxError says why."""
         asked = {"provider": provider, "etcdctl": etcdctl, "nodes": nodes, "broken_node": broken_node,
-                 "readyz_style": readyz_style, "history": history}
+                 "readyz_style": readyz_style, "history": history, "entra": entra, "enforce_pop": enforce_pop}
         _check_options(asked)
         self.resumed = False
         if (self.dir / "sandbox.json").exists():
@@ -236,6 +248,9 @@ class Sandbox:
                                    f"--dir {self.dir}' first, or use another --dir")
             return self._resume(info, asked, timeout)
         options = {k: DEFAULTS[k] if v is None else v for k, v in asked.items()}
+        if enforce_pop is not None and not options["entra"]:
+            raise SandboxError("enforce_pop (--enforce-pop/--no-enforce-pop) needs the Entra emulator (entra=True, "
+                               "--entra)")
         self.dir.mkdir(parents=True, exist_ok=True)
         for stale in ("sandbox.json", "serve-ready.json", "serve.json", READ_KEYS):
             with contextlib.suppress(FileNotFoundError):
@@ -243,7 +258,8 @@ class Sandbox:
         self._partial: dict = {"pids": {}, "kms_dir": None}
         try:
             return self._up(options["provider"], options["etcdctl"], options["nodes"], options["broken_node"],
-                            options["readyz_style"], options["history"], timeout)
+                            options["readyz_style"], options["history"], timeout,
+                            entra=options["enforce_pop"] if options["entra"] else None)
         except BaseException as e:
             self._teardown(self._partial)
             if isinstance(e, SandboxError):
@@ -253,7 +269,8 @@ class Sandbox:
             raise SandboxError(f"sandbox did not come up: {type(e).__name__}: {e}\n(logs in {self.dir / 'logs'})") \
                 from e
 
-    def _up(self, provider, etcdctl, n_nodes, broken_node, readyz_style, history, timeout) -> dict:
+    def _up(self, provider, etcdctl, n_nodes, broken_node, readyz_style, history, timeout, entra=None) -> dict:
+        """``entra``: None for no Entra emulator, else its enforce_pop."""
         from .etcdproc import EtcdProcess, etcdctl_env, find_etcdctl
         from .pki import make_pki
 
@@ -262,6 +279,14 @@ class Sandbox:
         logs.mkdir(exist_ok=True)
         nodes = _node_names(n_nodes)
         pki = make_pki(self.dir, nodes)
+        entra_cfg = None
+        if entra is not None:  # the tenant's RSA keys are made while etcd starts
+            from concurrent.futures import ThreadPoolExecutor
+            from .entra import create
+            pool = ThreadPoolExecutor(1)
+            entra_cfg = pool.submit(create, self.dir, tenant=TENANT, subscription=SUBSCRIPTION,
+                                    resource_group=RESOURCE_GROUP, cluster=CLUSTER, enforce_pop=entra)
+            pool.shutdown(wait=False)
         etcd = EtcdProcess(self.dir, pki, node=nodes[0], log_path=logs / "etcd.log")
         self._partial["pids"]["etcd"] = None
         etcd.start()
@@ -284,9 +309,11 @@ class Sandbox:
             "local_key": base64.b64encode(os.urandom(32)).decode() if provider in ("aescbc", "aesgcm", "secretbox")
             else None,
             "pki": _json_safe(pki),
-            "arm": {"cluster": CLUSTER, "resource_group": RESOURCE_GROUP, "tenant": TENANT},
+            "arm": {"cluster": CLUSTER, "resource_group": RESOURCE_GROUP, "tenant": TENANT,
+                    "subscription": SUBSCRIPTION},
             "exec_faults": {p: "broken" for p in broken},
             "read_keys": str(self.dir / READ_KEYS),
+            "entra": entra_cfg.result() if entra_cfg is not None else None,
         }
         _write_json(self.dir / "serve.json", serve_cfg)
         ports = self._start_server(timeout)
@@ -313,6 +340,7 @@ class Sandbox:
             "pki": _json_safe(pki),
             "seeded": [],
             "history": None,
+            "entra": _entra_info(serve_cfg, ports, pki["ca_bundle"]),
         }
         _write_json(self.dir / "sandbox.json", info)
         self._wait_ready(timeout)
@@ -331,13 +359,14 @@ class Sandbox:
                                f"--dir {self.dir}' and remove it, or use another --dir")
         stored = {"provider": info["provider"], "etcdctl": info["etcdctl_version"], "nodes": len(info["nodes"]),
                   "broken_node": bool(info.get("broken_pods")), "readyz_style": info.get("readyz_style", "aggregate"),
-                  "history": info.get("history") is not None}
+                  "history": info.get("history") is not None, "entra": bool(info.get("entra")),
+                  "enforce_pop": (info.get("entra") or {}).get("enforce_pop", True)}
         differ = []
         for k, v in asked.items():
             if v is None or v == stored[k] or (k == "history" and v is False):  # no history asked: none seeded
                 continue
             if isinstance(v, bool):
-                differ.append(_FLAGS[k] if stored[k] else f"no {_FLAGS[k]}")
+                differ.append(_FLAGS[k] if stored[k] else _NO_FLAGS.get(k, f"no {_FLAGS[k]}"))
             else:
                 differ.append(f"{_FLAGS[k]} {stored[k]} (not {v})")
         if differ:
@@ -378,10 +407,13 @@ class Sandbox:
                         pids={"kms_plugin": self._partial["pids"]["kms_plugin"]})
         serve_cfg["ports"] = {"apiserver": info["apiserver"]["port"], "arm": info["arm"]["port"],
                               "control": int(info["control"]["url"].rsplit(":", 1)[1])}
+        if info.get("entra"):
+            serve_cfg["ports"].update(entra=info["entra"]["port"], msi=info["entra"]["msi_port"])
         _write_json(self.dir / "serve.json", serve_cfg)
         ports = self._start_server(timeout)
         api_url = self._write_kubeconfigs(ports, _pki_from_info(info))
-        update_info(self.dir, **_urls(ports, api_url), pids=dict(self._partial["pids"]))
+        update_info(self.dir, **_urls(ports, api_url), pids=dict(self._partial["pids"]),
+                    entra=_entra_info(serve_cfg, ports, info["ca_bundle"]))
         self._wait_ready(timeout)
         seeded = self._seed_missing(list(info.get("seeded") or []))
         return update_info(self.dir, seeded=seeded)

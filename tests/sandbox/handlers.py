@@ -16,13 +16,14 @@ from functools import partial
 
 from aiohttp import web
 
-from . import codec, health, kube, pods
+from . import codec, health, kube, metrics, pods
 from .auth import authenticate, deny
 from .etcdgrpc import prefix_end
 from .kube import TEXT_HEADERS, SelectorError, dumps, status_response
-from .objects import (DNS_LABEL, SECRET_FIELDS, check_type, content, managed_entry, merge_patch, normalize_secret,
-                      order_meta, storable, with_type)
-from .store import SECRETS_PREFIX, EtcdDown, Expired, TransformFailure
+from .objects import (DNS_LABEL, SECRET_FIELDS, check_type, fields_set, ignore_timestamp_only_changes, invalid_secret,
+                      managed_fields_for, merge_patch, normalize_secret, order_meta, validate_update, with_type)
+from .store import SECRETS_PREFIX, EtcdDown, Expired, NotFound, Rejected, TransformFailure
+from .transformers import TransformError
 
 PAGE = 500
 
@@ -40,6 +41,8 @@ def build_app(server) -> web.Application:
 
     get("/version", version)
     get("/version/", version)
+    get("/metrics", metrics.handle)
+    server.store.metrics.hostname = server.nodes[0] if server.nodes else "localhost"  # the apiserver identity
     for probe in ("readyz", "healthz", "livez"):
         get(f"/{probe}", health.handle)
         get(f"/{probe}/{{check:.+}}", health.handle_check)
@@ -285,13 +288,39 @@ async def get_secret(server, request):
         return kube.not_found("secrets", name)
     try:
         [(_, obj)] = await server.store.decoded([kv])
-    except TransformFailure as e:
-        return kube.internal_error(str(e))
+    except TransformFailure as e:  # store.Get: storage.NewInternalError(err.Error()), no key (only lists add it)
+        return kube.internal_error(e.bare)
     return kube.render_one(request, obj, "Secret", kube.secret_row, kube.SECRET_COLUMNS)
+
+
+# --- secret writes: create, update (PUT), patch, delete --------------------------------------------------------
+# As kube-apiserver's handler chain and registry: API Priority and Fairness (the ``writes.throttle`` fault) before
+# authorization, the field manager (managedFields), the registry's resourceVersion and UID preconditions (409),
+# BeforeUpdate's validation (422), then etcd3 GuaranteedUpdate (store.py): an unchanged encoding of a value that
+# is not stale is not written.
+
+APF_FLOWSCHEMA_UID = kube.stable_uid("flowschema:workload-low")
+APF_PRIORITY_LEVEL_UID = kube.stable_uid("prioritylevel:workload-low")
+
+
+def _throttled(server, request) -> web.Response | None:
+    """APF's rejection (filters/priority-and-fairness.go ``tooManyRequests``): http.Error's plain text with
+    ``Retry-After`` and the matched flow schema / priority level UIDs; not a Status body."""
+    retry_after = server.store.throttled_write(request["user"])
+    if retry_after is None:
+        return None
+    headers = {"Retry-After": str(retry_after), "X-Content-Type-Options": "nosniff",
+               "X-Kubernetes-Pf-Flowschema-Uid": APF_FLOWSCHEMA_UID,
+               "X-Kubernetes-Pf-Prioritylevel-Uid": APF_PRIORITY_LEVEL_UID}
+    return web.Response(status=429, text="Too many requests, please try again later.\n", content_type="text/plain",
+                        charset="utf-8", headers=headers)
 
 
 async def create_secret(server, request):
     ns = request.match_info["ns"]
+    throttled = _throttled(server, request)
+    if throttled:
+        return throttled
     denied = deny(request, "create", "secrets", ns)
     if denied:
         return denied
@@ -324,19 +353,19 @@ async def _create(server, request, ns: str, body: dict, operation: str) -> web.R
     name = obj["metadata"]["name"]
     now = kube.now_rfc3339()
     obj["metadata"].update({"namespace": ns, "uid": kube.new_uid(), "creationTimestamp": now})
-    obj["metadata"]["managedFields"] = [managed_entry(field_manager(request), operation, now, obj)]
-    obj["metadata"] = order_meta(obj["metadata"])
+    obj["metadata"]["managedFields"] = managed_fields_for(None, obj, field_manager(request), operation, now)
+    obj["metadata"] = order_meta({k: v for k, v in obj["metadata"].items() if v is not None})
     key = f"{SECRETS_PREFIX}{ns}/{name}"
+    if _dry_run(request):  # DryRunnableStorage.Create: no transformation, no write
+        if await server.store.call(server.store.etcd.get(key.encode())) is not None:
+            return kube.already_exists("secrets", name)
+        return kube.respond(with_type(obj), 201)
     try:
-        plain, value = await server.store.offload(server.store.encode, key, obj)
+        rev = await server.store.create(key, obj)
     except Exception as e:  # TransformError (KMS down)
         return kube.internal_error(str(e))
-    if _dry_run(request):
-        return kube.respond(with_type(obj), 201)
-    rev = await server.store.call(server.store.etcd.create(key.encode(), value))
     if rev is None:
         return kube.already_exists("secrets", name)
-    server.store.cache_put(key, rev, plain)
     obj["metadata"]["resourceVersion"] = str(rev)
     obj["metadata"] = order_meta(obj["metadata"])
     return kube.respond(with_type(obj), 201)
@@ -344,16 +373,29 @@ async def _create(server, request, ns: str, body: dict, operation: str) -> web.R
 
 async def update_secret(server, request):
     ns, name = request.match_info["ns"], request.match_info["name"]
+    throttled = _throttled(server, request)
+    if throttled:
+        return throttled
     denied = deny(request, "update", "secrets", ns, name)
     if denied:
         return denied
     body = await _json_body(request)
     if isinstance(body, web.Response):
         return body
-    return await _update(server, request, ns, name, body, "Update", allow_create=False)
+    return await _update(server, ns, name, body, field_manager(request), "Update", _dry_run(request))
 
 
-async def _update(server, request, ns, name, body, operation, allow_create) -> web.Response:
+def _uid_conflict(key: str, name: str, want: str, have: str) -> web.Response:
+    """storage.Preconditions.Check (UID) through InterpretUpdateError: a Conflict carrying the StorageError."""
+    return status_response(409, "Conflict", f'Operation cannot be fulfilled on secrets "{name}": StorageError: '
+                           f"invalid object, Code: 4, Key: {key}, ResourceVersion: 0, AdditionalErrorMsg: "
+                           f"Precondition failed: UID in precondition: {want}, UID in object meta: {have}",
+                           {"name": name, "kind": "secrets"})
+
+
+async def _update(server, ns: str, name: str, body: dict, manager: str, operation: str, dry_run: bool = False,
+                  applied: set | None = None, check_uid: bool = True) -> web.Response:
+    """The registry's Store.Update over store.guaranteed_update (see the section comment)."""
     problem = check_type(body)
     if problem:
         return problem
@@ -365,56 +407,53 @@ async def _update(server, request, ns, name, body, operation, allow_create) -> w
         return kube.bad_request("the namespace of the provided object does not match the namespace sent on the "
                                 "request")
     meta["name"] = name
-    try:
-        key, kv, old, old_plain = await server.store.current(ns, name)
-    except TransformFailure as e:
-        return kube.internal_error(str(e))
-    if kv is None:
-        if allow_create:
-            return await _create(server, request, ns, body, operation)
-        return kube.not_found("secrets", name)
-    want_rv = meta.get("resourceVersion")
-    if want_rv and want_rv != str(kv.mod_revision):
-        return kube.conflict("secrets", name)
-    obj, problem = normalize_secret(body)
+    obj, problem = normalize_secret(body, validate=False)
     if problem:
         return problem
-    if old.get("immutable") and (obj.get("data") != old.get("data") or obj.get("immutable") is not True):
-        return kube.invalid("Secret", name, [("FieldValueForbidden", "data",
-                                              "Forbidden: field is immutable when `immutable` is set")])
-    om = old["metadata"]
-    obj["metadata"].update({"namespace": ns, "uid": om.get("uid"),
-                            "creationTimestamp": om.get("creationTimestamp")})
-    if content(obj) == content(old):
-        obj["metadata"]["managedFields"] = om.get("managedFields", [])
-    else:
-        mgr = field_manager(request)
-        entries = [e for e in om.get("managedFields", [])
-                   if not (e.get("manager") == mgr and e.get("operation") == operation)]
-        entries.append(managed_entry(mgr, operation, kube.now_rfc3339(), obj))
-        obj["metadata"]["managedFields"] = entries
-    obj["metadata"] = order_meta({k: v for k, v in obj["metadata"].items() if v is not None})
+    want_rv = str(meta.get("resourceVersion") or "")
+    want_uid = str(meta.get("uid") or "") if check_uid else ""
+    key = f"{SECRETS_PREFIX}{ns}/{name}"
+    now = kube.now_rfc3339()
+
+    def try_update(existing: dict) -> dict:
+        em = existing["metadata"]
+        if want_uid and want_uid != em.get("uid"):  # the UpdatedObjectInfo's UID precondition
+            raise Rejected(_uid_conflict(key, name, want_uid, em.get("uid", "")))
+        new = copy.deepcopy(obj)
+        nm = new["metadata"]
+        nm["namespace"] = ns
+        nm["managedFields"] = managed_fields_for(existing, new, manager, operation, now, applied)
+        if want_rv and want_rv != em.get("resourceVersion"):  # no resourceVersion: an unconditional update
+            raise Rejected(kube.conflict("secrets", name))
+        if not nm.get("uid"):  # BeforeUpdate
+            nm["uid"] = em.get("uid")
+        if em.get("creationTimestamp"):
+            nm["creationTimestamp"] = em["creationTimestamp"]
+        causes = validate_update(new, existing)
+        if causes:
+            raise Rejected(invalid_secret(name, causes))
+        ignore_timestamp_only_changes(new, existing)
+        new["metadata"] = order_meta({k: v for k, v in nm.items() if v is not None})
+        return new
+
     try:
-        plain, _ = await server.store.offload(lambda: (codec.encode_secret(storable(obj)), None))
-        stale = await server.store.offload(server.store.is_stale, kv.value)
-        if plain == old_plain and not stale:
-            return kube.respond(with_type(old))
-        plain, value = await server.store.offload(server.store.encode, key, obj)
-    except Exception as e:
+        result, _ = await server.store.guaranteed_update(key, try_update, dry_run)
+    except NotFound:
+        return kube.not_found("secrets", name)
+    except Rejected as e:
+        return e.response
+    except TransformFailure as e:  # getState: storage.NewInternalError(err.Error())
+        return kube.internal_error(e.bare)
+    except TransformError as e:  # TransformToStorage (KMS down)
         return kube.internal_error(str(e))
-    if _dry_run(request):
-        return kube.respond(with_type(obj))
-    rev = await server.store.call(server.store.etcd.update(key.encode(), value, kv.mod_revision))
-    if rev is None:
-        return kube.conflict("secrets", name)
-    server.store.cache_put(key, rev, plain)
-    obj["metadata"]["resourceVersion"] = str(rev)
-    obj["metadata"] = order_meta(obj["metadata"])
-    return kube.respond(with_type(obj))
+    return kube.respond(with_type(result))
 
 
 async def patch_secret(server, request):
     ns, name = request.match_info["ns"], request.match_info["name"]
+    throttled = _throttled(server, request)
+    if throttled:
+        return throttled
     denied = deny(request, "patch", "secrets", ns, name)
     if denied:
         return denied
@@ -445,34 +484,45 @@ async def patch_secret(server, request):
     try:
         _, kv, old, _ = await server.store.current(ns, name)
     except TransformFailure as e:
-        return kube.internal_error(str(e))
+        return kube.internal_error(e.bare)
     if kv is None:
         if operation == "Apply":
             return await _create(server, request, ns, patch, "Apply")
         return kube.not_found("secrets", name)
     merged = merge_patch(copy.deepcopy(old), patch)
     merged["metadata"]["resourceVersion"] = patch.get("metadata", {}).get("resourceVersion") or ""
-    return await _update(server, request, ns, name, merged, operation, allow_create=False)
+    applied = None
+    if operation == "Apply":  # the applier owns what it applied (an approximation of server-side apply)
+        applied_obj, _ = normalize_secret({**patch, "metadata": {**(patch.get("metadata") or {}), "name": name}},
+                                          validate=False)
+        applied = fields_set(applied_obj)
+    return await _update(server, ns, name, merged, field_manager(request), operation, _dry_run(request),
+                         applied=applied, check_uid=False)
 
 
 async def delete_secret(server, request):
     ns, name = request.match_info["ns"], request.match_info["name"]
+    throttled = _throttled(server, request)
+    if throttled:
+        return throttled
     denied = deny(request, "delete", "secrets", ns, name)
     if denied:
         return denied
     try:
         key, kv, old, _ = await server.store.current(ns, name)
     except TransformFailure as e:
-        return kube.internal_error(str(e))
+        return kube.internal_error(e.bare)
     if kv is None:
         return kube.not_found("secrets", name)
     details = {"name": name, "kind": "secrets", "uid": old["metadata"].get("uid", "")}
     if _dry_run(request):
         return kube.respond(kube.status_obj(200, "", "", details))
     deleted = await server.store.call(server.store.etcd.delete(key.encode()))
-    server.store.cache.pop(key, None)
+    hit = server.store.cache.pop(key, None)
     if deleted is None:
         return kube.not_found("secrets", name)
+    if hit:
+        server.store.record_watch_decode(hit[2])  # the watch cache decodes the deleted value (prevKV)
     return kube.respond(kube.status_obj(200, "", "", details))
 
 
@@ -480,12 +530,20 @@ async def delete_secret(server, request):
 
 
 def field_manager(request: web.Request) -> str:
-    """``?fieldManager=`` or, as kube-apiserver defaults it, the User-Agent up to the first ``/``."""
+    """managerOrUserAgent (endpoints/handlers/create.go): ``?fieldManager=``, else prefixFromUserAgent: the
+    User-Agent before the first ``/``, non-printable characters dropped, at most 128 bytes (kubectl's own
+    commands send ``fieldManager``: ``kubectl-replace``, ``kubectl-create``, ...)."""
     fm = request.query.get("fieldManager")
     if fm:
         return fm
-    ua = request.headers.get("User-Agent", "")
-    return ua.split("/", 1)[0].strip() or "unknown"
+    out = ""
+    for ch in request.headers.get("User-Agent", "").split("/", 1)[0]:
+        if not ch.isprintable():
+            continue
+        if len((out + ch).encode()) > 128:
+            break
+        out += ch
+    return out
 
 
 def _dry_run(request) -> bool:

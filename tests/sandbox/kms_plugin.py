@@ -179,7 +179,7 @@ class KeyStore:
         key_id = kid.decode()
         state = self.refresh()
         if key_id not in state["keys"]:
-            raise KeyError(f"unknown key id {key_id!r}")
+            raise LookupError(f"unknown key id {key_id!r}")
         kek = base64.b64decode(state["keys"][key_id])
         return AESGCM(kek).decrypt(nonce, cipher[start + n + 12:], kid), key_id
 

@@ -15,7 +15,8 @@ Layout under ``root`` (what :func:`make_pki` returns, as ``Path`` values in a fl
 - ``pki/ca.{crt,key}``: the Kubernetes CA; ``pki/apiserver.{crt,key}`` its serving cert;
   ``pki/admin.{crt,key}`` (CN=kubernetes-admin, O=system:masters) and ``pki/restricted.{crt,key}``
   (CN=restricted-user) client certs.
-- ``pki/arm-ca.{crt,key}`` and ``pki/arm.{crt,key}``: the ARM emulator's own CA and serving cert.
+- ``pki/arm-ca.{crt,key}`` and ``pki/arm.{crt,key}``: the ARM emulator's own CA and serving cert;
+  ``pki/entra.{crt,key}``: the Entra ID emulator's serving cert, from the same CA (the Azure side of the sandbox).
 - ``pki/ca-bundle.pem``: Kubernetes CA + ARM CA, for clients that trust both servers.
 """
 
@@ -141,7 +142,8 @@ def make_pki(root: Path, nodes: list[str]) -> dict:
 
     Keys: ``etcd_ca_cert``, ``etcd_ca_key``, ``etcd_client_cert``, ``etcd_client_key``, ``ca_cert``, ``ca_key``,
     ``apiserver_cert``, ``apiserver_key``, ``admin_cert``, ``admin_key``, ``restricted_cert``, ``restricted_key``,
-    ``arm_ca_cert``, ``arm_ca_key``, ``arm_cert``, ``arm_key``, ``ca_bundle``, and ``nodes``:
+    ``arm_ca_cert``, ``arm_ca_key``, ``arm_cert``, ``arm_key``, ``entra_cert``, ``entra_key``, ``ca_bundle``, and
+    ``nodes``:
     ``{node: {"dir": Path, "ca.crt": Path, "server.crt": Path, ...}}``.
     """
     root = Path(root)
@@ -183,6 +185,8 @@ def make_pki(root: Path, nodes: list[str]) -> dict:
     paths["arm_ca_key"] = _write_key(pki / "arm-ca.key", arm_ca.key)
     _write_pair(paths, "arm", pki / "arm.crt", pki / "arm.key", arm_ca.issue("management.sandbox", _SERVER,
                                                                           sans=LOCAL_SANS))
+    _write_pair(paths, "entra", pki / "entra.crt", pki / "entra.key", arm_ca.issue("login.sandbox", _SERVER,
+                                                                                sans=LOCAL_SANS))
 
     paths["ca_bundle"] = pki / "ca-bundle.pem"
     paths["ca_bundle"].write_bytes(_cert_pem(k8s_ca.cert) + _cert_pem(arm_ca.cert))

@@ -1,4 +1,5 @@
-"""The sandbox's server process: API server (HTTPS), ARM emulator (HTTPS) and control site (HTTP) in one loop.
+"""The sandbox's server process: API server (HTTPS), ARM emulator (HTTPS) and control site (HTTP) in one loop;
+with ``entra`` in serve.json also the Entra ID emulator (HTTPS) and its managed-identity endpoint (HTTP).
 
     python -m tests.sandbox.serve --dir DIR
 
@@ -9,7 +10,7 @@ SIGTERM/SIGINT stop it cleanly (exec'd processes killed).
 
 The control site (``POST /ctl`` with JSON) injects faults at run time: ``exec_fault``, ``readyz``, ``etcd``
 (stop/start the etcd process), ``write_secret`` (store a Secret as identity or the current provider would),
-``seed`` (write many Secrets fast, for benchmarks).
+``seed`` (write many Secrets fast, for benchmarks), ``managed_identity`` (up/down/error, with entra).
 """
 
 from __future__ import annotations
@@ -60,10 +61,10 @@ def apiserver_ssl(pki: dict) -> ssl.SSLContext:
     return ctx
 
 
-def arm_ssl(pki: dict) -> ssl.SSLContext:
+def arm_ssl(pki: dict, site: str = "arm") -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(pki["arm_cert"], pki["arm_key"])
+    ctx.load_cert_chain(pki[f"{site}_cert"], pki[f"{site}_key"])
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
 
@@ -71,9 +72,10 @@ def arm_ssl(pki: dict) -> ssl.SSLContext:
 class Control:
     """``POST /ctl``: fault injection and sandbox-only operations; ``GET /state``: current faults."""
 
-    def __init__(self, api: APIServer, directory: Path):
+    def __init__(self, api: APIServer, directory: Path, entra=None):
         self.api = api
         self.dir = directory
+        self.entra = entra
         self.hidden_pods: list = []
 
     def app(self) -> web.Application:
@@ -103,11 +105,21 @@ class Control:
         return web.json_response({"ok": True, "result": result, "state": self.state()})
 
     async def apply(self, body: dict) -> dict:
-        unknown = set(body) - {"exec_fault", "readyz", "etcd", "write_secret", "seed", "etcd_pods", "exec_key_prefix"}
+        # secret-write faults ("writes": throttle, concurrent writer, undecryptable secrets): seed.write_faults
+        has_writes, writes = "writes" in body, body.pop("writes", None)
+        unknown = set(body) - {"exec_fault", "readyz", "etcd", "write_secret", "seed", "etcd_pods", "exec_key_prefix",
+                               "managed_identity"}
         if unknown:
             raise ValueError(f"unknown ctl keys: {', '.join(sorted(unknown))} (expected exec_fault, readyz, etcd, "
-                             "write_secret, seed, etcd_pods, exec_key_prefix)")
+                             "write_secret, seed, etcd_pods, exec_key_prefix, managed_identity)")
         result: dict = {}
+        if has_writes:
+            from .seed import write_faults
+            result["writes"] = await write_faults(self.api, writes)
+        if "managed_identity" in body:
+            if self.entra is None:
+                raise ValueError("managed_identity needs the Entra emulator (up --entra)")
+            result["managed_identity"] = await self.entra.set_msi_mode(body["managed_identity"])
         if "exec_fault" in body:
             spec = body["exec_fault"]
             mode = spec.get("mode")
@@ -170,26 +182,45 @@ async def serve(directory: Path) -> None:
     api_sock, arm_sock, ctl_sock = (_listen(ports.get(site, 0)) for site in ("apiserver", "arm", "control"))
     api.port = api_sock.getsockname()[1]
     api_url = f"https://127.0.0.1:{api.port}"
+    entra = None
+    if cfg.get("entra"):
+        from .entra import Entra
+        entra = Entra(cfg["entra"])
+        entra_sock, msi_sock = _listen(ports.get("entra", 0)), _listen(ports.get("msi", 0))
+        entra.url = f"https://127.0.0.1:{entra_sock.getsockname()[1]}"
+        entra.msi_port = msi_sock.getsockname()[1]
+        entra.write_workload_token()
     arm = ARM(cfg["arm"], api_url, Path(pki["ca_cert"]).read_bytes(), Path(pki["admin_cert"]).read_bytes(),
-              Path(pki["admin_key"]).read_bytes())
+              Path(pki["admin_key"]).read_bytes(), entra=entra)
     arm.url = f"https://127.0.0.1:{arm_sock.getsockname()[1]}"
-    control = Control(api, directory)
+    control = Control(api, directory, entra)
+    api_app = api.app()
+    sites = [(api_app, api_sock, apiserver_ssl(pki)), (arm.app(), arm_sock, arm_ssl(pki)),
+             (control.app(), ctl_sock, None)]
+    if entra is not None:
+        from .auth import EntraAuthn, install_entra
+        install_entra(api_app, EntraAuthn(entra.verifier(), entra.cluster_id, entra.enforce_pop))
+        sites += [(entra.app(), entra_sock, arm_ssl(pki, "entra")), (entra.msi_app(), msi_sock, None)]
 
     async def no_server_header(request, response):
         response.headers.pop("Server", None)  # kube-apiserver and ARM send none; nothing should key on it
 
     runners = []
-    for app, sock, ctx in ((api.app(), api_sock, apiserver_ssl(pki)), (arm.app(), arm_sock, arm_ssl(pki)),
-                           (control.app(), ctl_sock, None)):
+    for app, sock, ctx in sites:
         app.on_response_prepare.append(no_server_header)
         runner = web.AppRunner(app, access_log=logging.getLogger("sandbox.access"), handle_signals=False,
                                shutdown_timeout=1.0)
         await runner.setup()
-        await web.SockSite(runner, sock, ssl_context=ctx, shutdown_timeout=1.0).start()
+        site = web.SockSite(runner, sock, ssl_context=ctx, shutdown_timeout=1.0)
+        await site.start()
         runners.append(runner)
+        if entra is not None and sock is msi_sock:
+            entra.msi_runner, entra.msi_site = runner, site
 
     ready = {"pid": os.getpid(), "apiserver_port": api.port, "arm_port": arm_sock.getsockname()[1],
              "control_port": ctl_sock.getsockname()[1]}
+    if entra is not None:
+        ready.update(entra_port=entra_sock.getsockname()[1], msi_port=entra.msi_port)
     tmp = directory / "serve-ready.json.tmp"
     tmp.write_text(json.dumps(ready))
     os.replace(tmp, directory / "serve-ready.json")

@@ -22,7 +22,14 @@ apiserver stores (layouts in /work/shared/reference/storage-formats.md, checked 
 :class:`EncryptionConfig` models ``EncryptionConfiguration.resources[secrets].providers``: the first provider
 writes, every provider whose prefix matches is tried on read, and identity (empty prefix) reads any value not
 starting with ``k8s:enc:``. Errors carry the apiserver's wording (``no matching prefix found``, ``identity
-transformer tried to read encrypted data``, ``failed to decrypt DEK, error: ...``).
+transformer tried to read encrypted data``, KMS v2 ``failed to decrypt DEK, error: ...``, KMS v1 the bare gRPC error).
+
+Reads also say whether the value is *stale* (``staging/src/k8s.io/apiserver/pkg/storage/value/transformer.go``
+and the envelope transformers): read by any provider but the first (``stale || i != 0``: plaintext or a local
+key when KMS is first); KMS v1 read through the AES-CBC fallback of its GCM/CBC union (``config.go``
+``unionTransformers``); KMS v2 written under a key id other than the current one or another DEK source type
+(``kmsv2/envelope.go``). A KMS v1 value is NOT stale after a KEK rotation: the plugin's KEK is invisible to the
+apiserver. An update whose encoding is unchanged writes only a stale value (etcd3 ``GuaranteedUpdate``).
 """
 
 from __future__ import annotations
@@ -47,7 +54,39 @@ INFO_SIZE = 32
 
 
 class TransformError(Exception):
-    """A stored value that no configured provider can read (or a provider that failed to write)."""
+    """A stored value that no configured provider can read (or a provider that failed to write). ``code`` is the
+    gRPC code name when a KMS call failed (the ``status`` label of ``apiserver_storage_transformation_operations_
+    total``), ``label`` the ``transformer_prefix`` label of the provider that tried (``unknown``: none matched)."""
+
+    def __init__(self, message: str, code: str | None = None, label: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.label = label
+
+
+class ReadInfo:
+    """How a stored value was read: ``stale`` (a provider other than the first, or a fallback inside one),
+    ``key_id`` (KMS v2: the value's key id, compared with the current one when an update decides whether to
+    write), ``provider`` (the KMS provider name), ``labels`` (the ``transformer_prefix`` labels of the read)."""
+
+    __slots__ = ("stale", "key_id", "provider", "labels", "first")
+
+    def __init__(self, stale: bool, key_id: str | None = None, provider: str = "", labels: tuple = (),
+                 first: bool = True):
+        self.stale = stale
+        self.key_id = key_id
+        self.provider = provider
+        self.labels = labels
+        self.first = first
+
+
+def aggregate(messages: list[str]) -> str:
+    """utilerrors.NewAggregate(...).Error(): one message bare, several deduplicated in brackets."""
+    seen: list[str] = []
+    for m in messages:
+        if m not in seen:
+            seen.append(m)
+    return seen[0] if len(seen) == 1 else "[" + ", ".join(seen) + "]"
 
 
 class Transformer:
@@ -62,7 +101,17 @@ class Transformer:
         raise NotImplementedError
 
     def from_storage(self, etcd_key: str, payload: bytes) -> bytes:
+        return self.from_storage_info(etcd_key, payload)[0]
+
+    def from_storage_info(self, etcd_key: str, payload: bytes) -> tuple[bytes, bool, str | None]:
+        """(plaintext, stale, KMS v2 key id or None)."""
         raise NotImplementedError
+
+    @property
+    def labels(self) -> tuple:
+        """``transformer_prefix`` labels of a read by this provider: the provider's prefix, then (local keys) the
+        key's prefix within it, as the nested prefix transformers record them."""
+        return (self.prefix.decode() or "identity",)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.prefix.decode() or '(identity)'}>"
@@ -74,10 +123,10 @@ class IdentityTransformer(Transformer):
     def to_storage(self, etcd_key: str, plain: bytes) -> bytes:
         return plain
 
-    def from_storage(self, etcd_key: str, payload: bytes) -> bytes:
+    def from_storage_info(self, etcd_key: str, payload: bytes) -> tuple[bytes, bool, str | None]:
         if payload.startswith(ENCRYPTED_PREFIX):
             raise TransformError("identity transformer tried to read encrypted data")
-        return payload
+        return payload, False, None
 
 
 class _LocalKey(Transformer):
@@ -91,6 +140,10 @@ class _LocalKey(Transformer):
         self.key = key
         self.prefix = f"k8s:enc:{self.kind}:v1:{key_name}:".encode()
 
+    @property
+    def labels(self) -> tuple:
+        return (f"k8s:enc:{self.kind}:v1:", f"{self.name}:")
+
 
 class AESCBCTransformer(_LocalKey):
     kind = "aescbc"
@@ -98,8 +151,8 @@ class AESCBCTransformer(_LocalKey):
     def to_storage(self, etcd_key: str, plain: bytes) -> bytes:
         return self.prefix + _cbc_encrypt(self.key, plain)
 
-    def from_storage(self, etcd_key: str, payload: bytes) -> bytes:
-        return _cbc_decrypt(self.key, payload)
+    def from_storage_info(self, etcd_key: str, payload: bytes) -> tuple[bytes, bool, str | None]:
+        return _cbc_decrypt(self.key, payload), False, None
 
 
 class AESGCMTransformer(_LocalKey):
@@ -108,8 +161,8 @@ class AESGCMTransformer(_LocalKey):
     def to_storage(self, etcd_key: str, plain: bytes) -> bytes:
         return self.prefix + _gcm_encrypt(self.key, plain, etcd_key.encode())
 
-    def from_storage(self, etcd_key: str, payload: bytes) -> bytes:
-        return _gcm_decrypt(self.key, payload, etcd_key.encode())
+    def from_storage_info(self, etcd_key: str, payload: bytes) -> tuple[bytes, bool, str | None]:
+        return _gcm_decrypt(self.key, payload, etcd_key.encode()), False, None
 
 
 class SecretboxTransformer(_LocalKey):
@@ -119,11 +172,11 @@ class SecretboxTransformer(_LocalKey):
     def to_storage(self, etcd_key: str, plain: bytes) -> bytes:
         return self.prefix + bytes(SecretBox(self.key).encrypt(plain, os.urandom(SecretBox.NONCE_SIZE)))
 
-    def from_storage(self, etcd_key: str, payload: bytes) -> bytes:
+    def from_storage_info(self, etcd_key: str, payload: bytes) -> tuple[bytes, bool, str | None]:
         if len(payload) < SecretBox.NONCE_SIZE + SecretBox.MACBYTES:
             raise TransformError("the stored data was shorter than the required size")
         try:
-            return SecretBox(self.key).decrypt(payload)
+            return SecretBox(self.key).decrypt(payload), False, None
         except Exception:  # nacl CryptoError; upstream's (odd) wording for a failed Open
             raise TransformError("output array was not large enough for encryption") from None
 
@@ -140,27 +193,62 @@ class KMSv1Transformer(Transformer):
         dek = os.urandom(DEK_SIZE)
         try:
             enc_dek, _, _ = self.client.encrypt(dek)
-        except Exception as e:  # KMSError and friends
-            raise TransformError(f"failed to encrypt DEK, error: {e}") from None
+        except Exception as e:  # KMSError: upstream returns the gRPC error unwrapped ("Do NOT wrap this err")
+            raise TransformError(str(e), getattr(e, "code", None)) from None
         if len(enc_dek) > 0xFFFF:
             raise TransformError(f"encrypted DEK is {len(enc_dek)} bytes, more than a uint16 length allows")
         return self.prefix + struct.pack(">H", len(enc_dek)) + enc_dek + _gcm_encrypt(dek, plain, etcd_key.encode())
 
-    def from_storage(self, etcd_key: str, payload: bytes) -> bytes:
-        if len(payload) < 2:
-            raise TransformError("invalid data encountered by envelope transformer: missing cipher text length")
-        (n,) = struct.unpack(">H", payload[:2])
-        if len(payload) < 2 + n:
-            raise TransformError("invalid data encountered by envelope transformer: length longer than available bytes")
-        enc_dek, data = payload[2:2 + n], payload[2 + n:]
+    def from_storage_info(self, etcd_key: str, payload: bytes) -> tuple[bytes, bool, str | None]:
+        """envelope.go: a uint16-length-prefixed encrypted DEK, then the data under the DEK, read by
+        ``unionTransformers{GCM, CBC}``: the CBC fallback (values written before 1.25) is a stale read. The
+        plugin's KEK never shows: a value is not stale after a KEK rotation."""
+        enc_dek, data = split_v1(payload)
         try:
             dek = self.client.decrypt(enc_dek)
-        except Exception as e:
-            raise TransformError(f"failed to decrypt DEK, error: {e}") from None
-        try:
-            return _gcm_decrypt(dek, data, etcd_key.encode())
-        except TransformError:
-            return _cbc_decrypt(dek, data)  # values written before Kubernetes 1.25
+        except Exception as e:  # the gRPC error, unwrapped, as upstream returns it
+            raise TransformError(str(e), getattr(e, "code", None)) from None
+        errors = []
+        for stale, read in ((False, lambda: _gcm_decrypt(dek, data, etcd_key.encode())),
+                            (True, lambda: _cbc_decrypt(dek, data))):
+            try:
+                return read(), stale, None
+            except TransformError as e:
+                errors.append(str(e))
+        raise TransformError(aggregate(errors))
+
+
+def split_v1(payload: bytes) -> tuple[bytes, bytes]:
+    """(encrypted DEK, data) of a KMS v1 value after its prefix (cryptobyte ReadUint16LengthPrefixed)."""
+    if len(payload) < 2 or len(payload) < 2 + struct.unpack(">H", payload[:2])[0]:
+        raise TransformError("invalid data encountered by envelope transformer: failed to read uint16 length "
+                             "prefixed data")
+    (n,) = struct.unpack(">H", payload[:2])
+    return payload[2:2 + n], payload[2 + n:]
+
+
+def decode_v2(payload: bytes) -> dict:
+    """The EncryptedObject of a KMS v2 value after its prefix, validated as kmsv2 ``doDecode`` does (same
+    checks, same order, same words)."""
+    try:
+        obj = codec.decode_encrypted_object(payload)
+    except (ValueError, IndexError):
+        raise TransformError("proto: cannot parse invalid wire-format data") from None
+    if obj["encryptedDEKSourceType"] not in (codec.AES_GCM_KEY, codec.HKDF_SHA256_XNONCE_AES_GCM_SEED):
+        raise TransformError(f"unknown encryptedDEKSourceType: {obj['encryptedDEKSourceType']}")
+    if not obj["encryptedData"]:
+        raise TransformError("encrypted data is empty")
+    if not obj["encryptedDEKSource"]:
+        raise TransformError("failed to validate encrypted DEK source: encrypted DEK source is empty")
+    if len(obj["encryptedDEKSource"]) > 1024:
+        raise TransformError(f"failed to validate encrypted DEK source: encrypted DEK source is "
+                             f"{len(obj['encryptedDEKSource'])} bytes, which exceeds the max size of 1024")
+    if not obj["keyID"]:
+        raise TransformError("failed to validate key id: keyID is empty")
+    if len(obj["keyID"]) > 1024:
+        raise TransformError(f"failed to validate key id: keyID is {len(obj['keyID'])} bytes, which exceeds the "
+                             "max size of 1024")
+    return obj
 
 
 class KMSv2Transformer(Transformer):
@@ -178,7 +266,7 @@ class KMSv2Transformer(Transformer):
         try:
             enc_seed, key_id, annotations = self.client.encrypt(seed, str(uuid.uuid4()))
         except Exception as e:
-            raise TransformError(f"failed to encrypt DEK, error: {e}") from None
+            raise TransformError(f"failed to encrypt DEK, error: {e}", getattr(e, "code", None)) from None
         if not key_id:
             raise TransformError("failed to encrypt DEK, error: keyID is empty")
         info = os.urandom(INFO_SIZE)
@@ -187,27 +275,25 @@ class KMSv2Transformer(Transformer):
                                             codec.HKDF_SHA256_XNONCE_AES_GCM_SEED)
         return self.prefix + obj
 
-    def from_storage(self, etcd_key: str, payload: bytes) -> bytes:
-        try:
-            obj = codec.decode_encrypted_object(payload)
-        except ValueError as e:
-            raise TransformError(f"failed to unmarshal encrypted object: {e}") from None
-        if not obj["keyID"]:
-            raise TransformError("failed to validate encrypted object: keyID is empty")
+    def from_storage_info(self, etcd_key: str, payload: bytes) -> tuple[bytes, bool, str | None]:
+        """kmsv2/envelope.go: decode and validate the EncryptedObject, decrypt the DEK source (``failed to decrypt
+        DEK, error: ...``), then the data. The key id comes back so the caller can tell stale (a key id other
+        than the current one) at the time it matters; another DEK source type than the one written is stale."""
+        obj = decode_v2(payload)
         try:
             dek_source = self.client.decrypt(obj["encryptedDEKSource"], obj["keyID"], obj["annotations"],
                                              str(uuid.uuid4()))
         except Exception as e:
-            raise TransformError(f"failed to decrypt DEK, error: {e}") from None
+            raise TransformError(f"failed to decrypt DEK, error: {e}", getattr(e, "code", None)) from None
         data = obj["encryptedData"]
         if obj["encryptedDEKSourceType"] == codec.HKDF_SHA256_XNONCE_AES_GCM_SEED:
             if len(data) < INFO_SIZE:
                 raise TransformError("the stored data was shorter than the required size")
             info = data[:INFO_SIZE]
-            return _gcm_decrypt(_hkdf_expand(dek_source, info), data[INFO_SIZE:], etcd_key.encode())
-        if obj["encryptedDEKSourceType"] == codec.AES_GCM_KEY:
-            return _gcm_decrypt(dek_source, data, etcd_key.encode())
-        raise TransformError(f"unknown encryptedDEKSourceType: {obj['encryptedDEKSourceType']}")
+            plain = _gcm_decrypt(_hkdf_expand(dek_source, info), data[INFO_SIZE:], etcd_key.encode())
+            return plain, False, obj["keyID"]
+        # AES_GCM_KEY: not the DEK source type 1.30 writes, so stale
+        return _gcm_decrypt(dek_source, data, etcd_key.encode()), True, obj["keyID"]
 
 
 LOCAL_TRANSFORMERS = {"aescbc": AESCBCTransformer, "aesgcm": AESGCMTransformer, "secretbox": SecretboxTransformer}
@@ -284,24 +370,36 @@ class EncryptionConfig:
 
     def read(self, etcd_key: str, stored: bytes) -> bytes:
         """The plaintext of a stored value: every provider whose prefix matches is tried, in order."""
-        errors = []
-        for p in self.providers:
+        return self.read_info(etcd_key, stored)[0]
+
+    def read_info(self, etcd_key: str, stored: bytes) -> tuple[bytes, ReadInfo]:
+        """(plaintext, :class:`ReadInfo`) as ``prefixTransformers.TransformFromStorage``: the first provider whose
+        prefix matches and reads it wins, and the read is stale when that provider is not the first one
+        (``stale || i != 0``); identity refusing encrypted data does not hide the real error; no match is
+        ``no matching prefix found``. A TransformError carries the ``transformer_prefix`` label that failed."""
+        errors, codes, labels = [], [], []
+        for i, p in enumerate(self.providers):
             if not stored.startswith(p.prefix):
                 continue
             try:
-                return p.from_storage(etcd_key, stored[len(p.prefix):])
+                plain, stale, key_id = p.from_storage_info(etcd_key, stored[len(p.prefix):])
             except TransformError as e:
-                if not p.prefix:  # identity refusing encrypted data must not hide the real error
+                if not p.prefix:
                     continue
                 errors.append(str(e))
+                codes.append(e.code)
+                labels.append(p.labels[0])
+                continue
+            return plain, ReadInfo(stale or i != 0, key_id, p.name if p.kind == "kms" else "", p.labels,
+                                   first=i == 0)
         if errors:
-            raise TransformError(errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]")
-        detail = ""
+            raise TransformError(aggregate(errors), codes[0], labels[0])
+        detail = ""  # a sandbox addition (commit 74b958c): upstream's error is the bare "no matching prefix found"
         if stored.startswith(ENCRYPTED_PREFIX):
             head = b":".join(stored.split(b":", 5)[:5]) + b":"  # k8s:enc:<kind>:<version>:<name>:
             configured = ", ".join(repr(p.prefix.decode()) for p in self.providers if p.prefix) or "identity only"
             detail = f" (value prefix {head.decode(errors='replace')!r}; configured: {configured})"
-        raise TransformError("no matching prefix found" + detail)
+        raise TransformError("no matching prefix found" + detail, None, "unknown")
 
     @classmethod
     def for_provider(cls, name: str, kms_client=None, key_name: str = "key1",
