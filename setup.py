@@ -27,6 +27,8 @@ CLASSIFIERS = [
 # 37 also pydantic, and its own package alone is 126 MB. 24.2.0 is the oldest client the extension supports.
 DEPENDENCIES = [
     'kubernetes>=24.2.0,<36',
+    # kubelogin's spn, msi, workloadidentity and azurepipelines sign-ins (msal, which it wraps, ships with az).
+    'azure-identity>=1.16.0',
 ]
 
 with open('README.md', 'r', encoding='utf-8') as f:

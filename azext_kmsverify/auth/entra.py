@@ -8,17 +8,13 @@ Tokens never reach a message, a log line or an exception chain: failures keep th
 
 from __future__ import annotations
 
-import os
-
 from knack.log import get_logger
 
-from azext_kmsverify import defaults
 from azext_kmsverify.auth.kubeconfig import Kubeconfig
 from azext_kmsverify.errors import make
 from azext_kmsverify.text import printable, truncate
 
 logger = get_logger(__name__)
-_KUBELOGIN = ('kubelogin', 'kubelogin.exe')
 
 
 def get_arm_token(cli_ctx, subscription):
@@ -52,18 +48,22 @@ def _token(get, audience):
     return token
 
 
-def replace_kubelogin(cli_ctx, kubeconfig: Kubeconfig) -> Kubeconfig:
-    """The kubeconfig with its kubelogin exec plugin replaced by a token from the az login.
+def sign_in(cli_ctx, kubeconfig: Kubeconfig) -> tuple[Kubeconfig, dict]:
+    """The kubeconfig with its kubelogin exec plugin replaced by a token source (kubelogin is not needed), and
+    ``{'login', 'pop'}`` saying how it signs in (``login`` None when the kubeconfig's own credentials are used).
 
-    From Azure (``-g/-n``): whatever kubelogin login mode it names, as AKS Arc user kubeconfigs ask for an
-    interactive one; any other exec plugin is refused, since the user never chose to run it. From
-    ``--kubeconfig``: only ``--login azurecli``, which is exactly this; other plugins run as with kubectl.
+    From Azure (``-g/-n``): the az login, whatever kubelogin login mode the entry names (AKS Arc user
+    kubeconfigs ask for an interactive one), with PoP when it says ``--pop-enabled``; any other exec plugin is
+    refused, since the user never chose to run it. From ``--kubeconfig``: the az login for azurecli and the
+    interactive modes, azure-identity for spn, msi, workloadidentity and azurepipelines; other plugins (and
+    kubelogin's ropc and azd) run as with kubectl.
     """
+    from azext_kmsverify.auth import kubelogin
+    from azext_kmsverify.auth.tokens import AzLoginSource, IdentitySource
     plugin = kubeconfig.user.get('exec')
     if not plugin:
-        return kubeconfig
-    command = os.path.basename(plugin['command']).lower()
-    if command not in _KUBELOGIN:
+        return kubeconfig, {'login': None, 'pop': False}
+    if not kubelogin.is_kubelogin(plugin):
         if kubeconfig.from_azure:
             from azure.cli.core.azclierror import UnclassifiedUserFault
             raise make(UnclassifiedUserFault,
@@ -71,21 +71,26 @@ def replace_kubelogin(cli_ctx, kubeconfig: Kubeconfig) -> Kubeconfig:
                        'sign in; kmsverify runs no program named by a downloaded kubeconfig.',
                        "Check the cluster's credentials with 'az aksarc get-credentials' and run the command with "
                        '--kubeconfig on a kubeconfig you have checked.')
-        return kubeconfig
-    args = plugin.get('args') or []
-    login = os.environ.get('AAD_LOGIN_METHOD') or _flag_value(args, ('--login', '-l')) or 'devicecode'
-    if not kubeconfig.from_azure and login != 'azurecli':
-        return kubeconfig
-    server_id = _flag_value(args, ('--server-id',)) or defaults.AKS_ENTRA_SERVER_ID
-    logger.debug('Using a token from the az login for Entra server id %s instead of kubelogin', printable(server_id))
-    return kubeconfig.with_user({'token': get_entra_token(cli_ctx, server_id)})
+        return kubeconfig, {'login': None, 'pop': False}
+    args = kubelogin.parse(plugin.get('args') or [])
+    if args.pop_enabled and not args.pop_u():
+        from azure.cli.core.azclierror import InvalidArgumentValueError
+        raise make(InvalidArgumentValueError, f'{kubeconfig.source}: kubelogin --pop-enabled needs --pop-claims with '
+                                              'the u claim (u=<ARM id of the cluster>).',
+                   "Fetch fresh credentials with 'az aksarc get-credentials', or add --pop-claims to the entry.")
+    pop_u = args.pop_u() if args.pop_enabled else None
+    if kubeconfig.from_azure or args.login in kubelogin.AZ_LOGIN_MODES:
+        source = AzLoginSource(cli_ctx, 'azurecli' if kubeconfig.from_azure else args.login, args.server_id, pop_u)
+    elif args.login in kubelogin.IDENTITY_MODES:
+        source = IdentitySource(args)
+    else:
+        return kubeconfig, {'login': None, 'pop': False}
+    logger.debug('Signing in to Entra server id %s with %s%s instead of kubelogin', printable(args.server_id),
+                 source.login, ' (PoP)' if source.pop else '')
+    source.authorization()  # sign in now: a failure is the sign-in's, not the first request's
+    return kubeconfig.with_token_source(source), source.describe()
 
 
-def _flag_value(args: list[str], names: tuple[str, ...]) -> str | None:
-    for index, arg in enumerate(args):
-        for name in names:
-            if arg == name and index + 1 < len(args):
-                return args[index + 1]
-            if arg.startswith(name + '='):
-                return arg.split('=', 1)[1]
-    return None
+def replace_kubelogin(cli_ctx, kubeconfig: Kubeconfig) -> Kubeconfig:
+    """:func:`sign_in` without the description (kept for callers that need only the kubeconfig)."""
+    return sign_in(cli_ctx, kubeconfig)[0]

@@ -13,7 +13,7 @@ import base64
 import binascii
 import copy
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from azext_kmsverify.errors import argument_error, make
@@ -42,6 +42,8 @@ class Kubeconfig:
     cluster: dict
     user: dict
     namespace: str | None = None
+    # Replaces the user's credentials (kubelogin): ``authorization()`` gives each request's header.
+    token_source: object = field(default=None, compare=False, repr=False)
 
     @property
     def server(self) -> str:
@@ -49,6 +51,9 @@ class Kubeconfig:
 
     def with_user(self, user: dict) -> Kubeconfig:
         return replace(self, user=user)
+
+    def with_token_source(self, source) -> Kubeconfig:
+        return replace(self, user={}, token_source=source)
 
     def loader_dict(self, add_file) -> dict:
         """A kubeconfig of this one context for the kubernetes client's KubeConfigLoader, ``*-data`` fields

@@ -72,6 +72,9 @@ class KubeClient:
 
     def auth_headers(self) -> dict:
         """The Authorization header (refreshing an expiring exec-plugin token as the kubernetes client does)."""
+        source = self.kubeconfig.token_source
+        if source is not None:
+            return {'Authorization': source.authorization()}
         configuration = self._configuration
         # kubernetes < 35 keeps the token under 'authorization', later releases under 'BearerToken'; both call
         # the loader's refresh hook (an expiring exec-plugin token) through get_api_key_with_prefix.

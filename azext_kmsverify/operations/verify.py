@@ -68,7 +68,7 @@ def verify(cli_ctx, options: VerifyOptions, step: list | None = None) -> dict:
         step[0] = 'signing in'
         kubeconfig, cluster_info = sign_in(cli_ctx, options.cluster, deadline)
         step[0] = 'loading the kubeconfig'
-        with KubeClient(kubeconfig, deadline, cluster_info['credential']) as client:
+        with KubeClient(kubeconfig, deadline, cluster_info['credential']['type']) as client:
             cluster_info['server'] = client.server
             step[0] = 'checking KMS health'
             check_list = [kms_health(client)]
@@ -111,7 +111,7 @@ def verify(cli_ctx, options: VerifyOptions, step: list | None = None) -> dict:
 def sign_in(cli_ctx, cluster: ClusterOptions, deadline):
     """(resolved kubeconfig, cluster info for the result): from Azure with ``-n``, else ``--kubeconfig``."""
     from azext_kmsverify.auth import kubeconfig as kc
-    from azext_kmsverify.auth.entra import replace_kubelogin
+    from azext_kmsverify.auth.entra import sign_in as entra_sign_in
     if cluster.from_azure:
         from azext_kmsverify.auth.arm import fetch_kubeconfig
         config = fetch_kubeconfig(cli_ctx, cluster.resource_group, cluster.name, cluster.admin, deadline)
@@ -124,8 +124,8 @@ def sign_in(cli_ctx, cluster: ClusterOptions, deadline):
                               base_dir=os.path.dirname(cluster.kubeconfig))
         credential = 'kubeconfig'
         info = {'source': 'kubeconfig', 'name': None, 'resourceGroup': None}
-    resolved = replace_kubelogin(cli_ctx, resolved)
-    info.update(context=resolved.context_name, credential=credential)
+    resolved, how = entra_sign_in(cli_ctx, resolved)
+    info.update(context=resolved.context_name, credential={'type': credential, **how})
     return resolved, info
 
 

@@ -156,7 +156,10 @@ def _properties(suite, result):
     """Context for the run: the cluster, never its credentials (the result holds none)."""
     cluster = result.get('cluster') or {}
     scan = result.get('scan') or {}
-    props = [('cluster.' + k, cluster.get(k)) for k in ('source', 'name', 'resourceGroup', 'context', 'credential')]
+    props = [('cluster.' + k, cluster.get(k)) for k in ('source', 'name', 'resourceGroup', 'context')]
+    credential = cluster.get('credential')
+    if isinstance(credential, dict):
+        props += [('cluster.credential.' + k, credential.get(k)) for k in ('type', 'login', 'pop')]
     props += [('etcdPod', result.get('etcdPod')), ('passed', result.get('passed'))]
     props += [('scan.' + k, scan.get(k)) for k in ('total', 'revision', 'currentKeyId', 'currentKeyIdSource')]
     props = [(k, v) for k, v in props if v is not None]

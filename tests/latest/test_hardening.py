@@ -88,7 +88,9 @@ def test_canaries_in_every_credential_field_never_show(az, box, tmp_path):
                   'args': ['-c', f'echo {canary} >&2; echo {canary}; exit 3'],
                   'env': [{'name': 'X', 'value': canary}]}},
         {'exec': {'apiVersion': 'client.authentication.k8s.io/v1beta1', 'command': 'kubelogin',
-                  'args': ['get-token', '--login', 'spn', '--server-id', canary]}},
+                  'args': ['get-token', '--login', 'spn', '--client-id', 'app', '--tenant-id', 'tenant',
+                           '--client-secret', canary, '--environment', 'AzurePublicCloud',
+                           '--authority-host', 'https://127.0.0.1:9']}},
     ]
     for index, user in enumerate(users):
         path = _kubeconfig_with_user(box, tmp_path, user, name=f'k{index}.yaml')

@@ -135,7 +135,8 @@ def test_resource_group_and_name_through_the_arm_emulator(installed, sandbox_fac
     result = az(*(args + ['--admin'] if admin else args), '--debug')
     assert result.code == 0, result
     body = result.json()
-    assert body['cluster']['credential'] == ('admin' if admin else 'user')
+    assert body['cluster']['credential'] == ({'type': 'admin', 'login': None, 'pop': False} if admin else
+                                             {'type': 'user', 'login': 'azurecli', 'pop': False})
     assert body['cluster']['source'] == 'azure' and body['cluster']['name'] == arm['cluster']
     assert body['passed'] is True
     assert_no_leak(result)

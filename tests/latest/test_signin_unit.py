@@ -1,0 +1,81 @@
+"""kubelogin arguments read as kubelogin reads them, and PoP tokens made as kubelogin makes them (pure)."""
+
+import base64
+import hashlib
+import json
+
+import pytest
+
+from azext_kmsverify.auth import kubelogin
+from azext_kmsverify.auth.pop import PopKey
+
+AKS_ARC_ARGS = ['get-token', '--login', 'interactive', '--server-id', '6256c85f-0aad-4d50-b960-e6e9b21efe35',
+                '--client-id', '3f4439ff-e698-4d6d-84fe-09c9d574f06b', '--tenant-id', 'tenant-1', '--environment',
+                'AzurePublicCloud', '--pop-enabled', '--pop-claims',
+                'u=/subscriptions/s/resourceGroups/rg/providers/Microsoft.Kubernetes/connectedClusters/c']
+
+
+def _b64d(text):
+    return base64.urlsafe_b64decode(text + '=' * (-len(text) % 4))
+
+
+def test_the_aks_arc_user_entry():
+    args = kubelogin.parse(AKS_ARC_ARGS, environ={})
+    assert (args.login, args.server_id, args.client_id, args.tenant_id) == (
+        'interactive', '6256c85f-0aad-4d50-b960-e6e9b21efe35', '3f4439ff-e698-4d6d-84fe-09c9d574f06b', 'tenant-1')
+    assert args.pop_enabled and args.pop_u().endswith('/connectedClusters/c')
+    assert args.authority() == 'https://login.microsoftonline.com'
+
+
+def test_kubelogin_defaults_and_forms():
+    args = kubelogin.parse(['get-token'], environ={})
+    assert (args.login, args.environment, args.pop_enabled) == ('devicecode', 'AzurePublicCloud', False)
+    args = kubelogin.parse(['get-token', '-l', 'spn', '--server-id=x', '-t', 't', '-e', 'AzureChinaCloud'], environ={})
+    assert (args.login, args.server_id, args.tenant_id) == ('spn', 'x', 't')
+    assert args.authority() == 'https://login.chinacloudapi.cn'
+
+
+def test_the_environment_overrides_flags_as_in_kubelogin():
+    env = {'AAD_LOGIN_METHOD': 'spn', 'AAD_SERVICE_PRINCIPAL_CLIENT_ID': 'a', 'AZURE_CLIENT_ID': 'b',
+           'AZURE_CLIENT_SECRET': 's', 'AZURE_TENANT_ID': 't2', 'AZURE_AUTHORITY_HOST': 'https://127.0.0.1:9/'}
+    args = kubelogin.parse(['get-token', '--login', 'devicecode', '--client-id', 'flag', '--tenant-id', 't1'], env)
+    assert (args.login, args.client_id, args.client_secret, args.tenant_id) == ('spn', 'b', 's', 't2')
+    assert args.authority() == 'https://127.0.0.1:9'
+    wi = kubelogin.parse(['get-token', '--login', 'workloadidentity'],
+                         {'AZURE_CLIENT_ID': 'c', 'AZURE_FEDERATED_TOKEN_FILE': '/var/run/token'})
+    assert (wi.client_id, wi.federated_token_file) == ('c', '/var/run/token')
+
+
+@pytest.mark.parametrize('claims, u', [('u=/a/b', '/a/b'), ('k=v,u=/x', '/x'), ('u=', None), ('', None), (None, None)])
+def test_pop_claims(claims, u):
+    args = kubelogin.parse(['get-token', '--pop-enabled'] + (['--pop-claims', claims] if claims is not None else []),
+                           environ={})
+    assert args.pop_u() == u
+
+
+def test_secrets_stay_out_of_the_repr():
+    args = kubelogin.parse(['get-token', '--client-secret', 'CANARY-SECRET'], environ={})
+    assert 'CANARY' not in repr(args)
+
+
+def test_pop_key_thumbprint_request_and_signed_token():
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    key = PopKey()
+    jwk = key.jwk()
+    canonical = json.dumps({'e': jwk['e'], 'kty': 'RSA', 'n': jwk['n']}, separators=(',', ':')).encode()
+    assert key.kid == base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b'=').decode()
+    data = key.token_request_data()
+    assert data['token_type'] == 'pop' and data['key_id'] == key.kid
+    assert json.loads(_b64d(data['req_cnf'])) == {'kid': key.kid, 'xms_ksl': 'sw'}
+    token = key.sign('the-access-token', '/subscriptions/s/x', now=1700000000)
+    header, payload, signature = token.split('.')
+    assert json.loads(_b64d(header)) == {'typ': 'pop', 'alg': 'RS256', 'kid': key.kid}
+    claims = json.loads(_b64d(payload))
+    assert (claims['at'], claims['ts'], claims['u']) == ('the-access-token', 1700000000, '/subscriptions/s/x')
+    assert claims['cnf'] == {'jwk': jwk} and len(claims['nonce']) == 32
+    public = rsa.RSAPublicNumbers(int.from_bytes(_b64d(jwk['e']), 'big'),
+                                  int.from_bytes(_b64d(jwk['n']), 'big')).public_key()
+    public.verify(_b64d(signature), f'{header}.{payload}'.encode(), padding.PKCS1v15(), hashes.SHA256())
+    assert key.sign('t', 'u').split('.')[1] != key.sign('t', 'u').split('.')[1]  # a fresh nonce each time
+    assert 'PRIVATE' not in repr(key) and key.kid in repr(key)
