@@ -55,7 +55,7 @@ def test_unreadable_kubeconfig_is_a_bad_argument(az, tmp_path):
         path = tmp_path / 'kubeconfig-dir'
         path.mkdir()
         result = az('aksarc', 'kms', 'verify', '--kubeconfig', path)
-        _assert_clean_error(result, 2, 'does not exist', 'Check the path')
+        _assert_clean_error(result, 2, 'is a folder, not a kubeconfig file', 'Give the path of a kubeconfig file')
         return
     path = tmp_path / 'kubeconfig'
     path.write_text('apiVersion: v1\n')
