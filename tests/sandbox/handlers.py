@@ -345,8 +345,8 @@ async def _create(server, request, ns: str, body: dict, operation: str) -> web.R
             meta["name"] = meta["generateName"] + "".join(random.choice("bcdfghjklmnpqrstvwxz2456789")
                                                           for _ in range(5))
         else:
-            return kube.invalid("Secret", "", [("FieldValueRequired", "metadata.name",
-                                                "Required value: name or generateName is required")])
+            return invalid_secret("", [("FieldValueRequired", "metadata.name",
+                                        "Required value: name or generateName is required")])
     obj, problem = normalize_secret(body)
     if problem:
         return problem
@@ -423,7 +423,9 @@ async def _update(server, ns: str, name: str, body: dict, manager: str, operatio
         nm = new["metadata"]
         nm["namespace"] = ns
         nm["managedFields"] = managed_fields_for(existing, new, manager, operation, now, applied)
-        if want_rv and want_rv != em.get("resourceVersion"):  # no resourceVersion: an unconditional update
+        if not want_rv:  # an unconditional update: the latest resourceVersion
+            nm["resourceVersion"] = em.get("resourceVersion")
+        elif want_rv != em.get("resourceVersion"):
             raise Rejected(kube.conflict("secrets", name))
         if not nm.get("uid"):  # BeforeUpdate
             nm["uid"] = em.get("uid")

@@ -15,9 +15,11 @@ apiserver's non-resource 403 (``forbidden: User "..." cannot get path "/metrics"
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import decimal
+import functools
 import hashlib
 import struct
 import threading
@@ -56,6 +58,7 @@ STATUS_POLL = 60.0  # kmsv2PluginHealthzPositiveInterval: the apiserver's Status
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # expfmt.FmtText (client_golang 1.16, Kubernetes 1.30)
 
 
+@functools.lru_cache(maxsize=1024)
 def sha256_label(data: str) -> str:
     """getHash: ``sha256:<hex>``, empty for empty data."""
     return f"sha256:{hashlib.sha256(data.encode()).hexdigest()}" if data else ""
@@ -115,7 +118,9 @@ class Metrics:
 
     @property
     def apiserver_id_hash(self) -> str:
-        return sha256_label(apiserver_id(self.hostname))
+        if getattr(self, "_id_for", None) != self.hostname:
+            self._id_for, self._id_hash = self.hostname, sha256_label(apiserver_id(self.hostname))
+        return self._id_hash
 
     # -- recording ----------------------------------------------------------------------------------------------
 
@@ -155,9 +160,10 @@ class Metrics:
 
     def dek_cached(self, enc_dek: bytes) -> None:
         """A KMS v1 DEK entered the apiserver's LRU DEK cache (each write makes one, each uncached read adds one)."""
+        digest = hashlib.sha256(enc_dek).digest()
         with self.lock:
-            self.dek_cache[hashlib.sha256(enc_dek).digest()] = True
-            self.dek_cache.move_to_end(hashlib.sha256(enc_dek).digest())
+            self.dek_cache[digest] = True
+            self.dek_cache.move_to_end(digest)
             while len(self.dek_cache) > DEK_CACHE_SIZE:
                 self.dek_cache.popitem(last=False)
 
@@ -205,7 +211,6 @@ def forbidden_path(user: str, verb: str, path: str) -> web.Response:
 async def poll_status(server) -> None:
     """The apiserver polls each KMS v2 plugin's Status about once a minute and records the key id it returns;
     the sandbox does that lazily, when /metrics is scraped and the last poll is older than a minute."""
-    import asyncio
     m = server.store.metrics
     if time.monotonic() - m.last_status_poll < STATUS_POLL:
         return

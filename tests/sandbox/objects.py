@@ -97,7 +97,7 @@ def normalize_secret(body: dict, validate: bool = True) -> tuple[dict, web.Respo
         data[k] = base64.b64encode(str(v).encode()).decode()
     causes = secret_causes(name, data) if validate else []
     if causes:
-        return {}, kube.invalid("Secret", name, causes)
+        return {}, invalid_secret(name, causes)
     for drop in ("selfLink", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"):
         meta.pop(drop, None)
     obj: dict = {"metadata": meta}
@@ -144,8 +144,8 @@ def validate_update(new: dict, old: dict) -> list[tuple[str, str, str]]:
 
 
 def invalid_secret(name: str, causes: list[tuple[str, str, str]]) -> web.Response:
-    """apierrors.NewInvalid(GroupKind{Kind: "Secret"}, name, errs), as BeforeUpdate returns it: details.kind is
-    the kind (``Secret``); the message aggregates the causes (one bare, several in brackets)."""
+    """apierrors.NewInvalid(GroupKind{Kind: "Secret"}, name, errs), as BeforeCreate and BeforeUpdate return it:
+    details.kind is the kind (``Secret``; kube.invalid gives the resource); the message aggregates the causes."""
     resp = kube.invalid("Secret", name, causes)
     body = json.loads(resp.text)
     body["details"]["kind"] = "Secret"

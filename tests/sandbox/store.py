@@ -29,7 +29,7 @@ import grpc
 from . import codec
 from .etcdgrpc import EtcdClient, prefix_end
 from .metrics import Metrics
-from .objects import finish_secret, storable
+from .objects import finish_secret, order_meta, storable
 from .transformers import LOCAL_TRANSFORMERS, ReadInfo, TransformError, split_v1
 
 SECRETS_PREFIX = "/registry/secrets/"
@@ -327,6 +327,7 @@ class SecretStore:
             self.cache_put(key, rev, new_plain, written)
             self.record_watch_decode(written)
             new["metadata"]["resourceVersion"] = str(rev)
+            new["metadata"] = order_meta(new["metadata"])
             return new, True
 
     def throttled_write(self, user) -> int | None:
