@@ -7,9 +7,11 @@
 import nothing heavy (no ``kubernetes``, ``azure.identity`` or crypto); ``custom`` and below do that lazily.
 """
 
+from __future__ import annotations
+
 from azure.cli.core import AzCommandsLoader
 
-from azext_kmsverify._help import helps  # pylint: disable=unused-import  # noqa: F401
+from azext_kmsverify._help import helps  # pylint: disable=unused-import  # noqa: F401  # registers the help
 
 
 class KmsVerifyCommandsLoader(AzCommandsLoader):
@@ -28,6 +30,7 @@ class KmsVerifyCommandsLoader(AzCommandsLoader):
         from azext_kmsverify._params import load_arguments
         if getattr(self.cli_ctx, 'invocation', None) is None:
             # Loaded outside an az invocation (tools, tests): there is no command string to filter by.
+            # pylint: disable-next=attribute-defined-outside-init  # AzCommandsLoader.__init__ sets it (not inferred)
             self.skip_applicability = True
         load_arguments(self, command)
 

@@ -1,11 +1,13 @@
 # --------------------------------------------------------------------------------------------
 # Copyright (c) kmsverify contributors. Licensed under the MIT License.
 # --------------------------------------------------------------------------------------------
-# pylint: disable=line-too-long
+# pylint: disable=line-too-long  # help text is YAML prose: its lines are not wrapped
 # ruff: noqa: E501
 """Help text for ``az aksarc kms``."""
 
-from knack.help_files import helps  # pylint: disable=unused-import
+from __future__ import annotations
+
+from knack.help_files import helps
 
 helps['aksarc kms'] = """
 type: group
@@ -43,4 +45,35 @@ examples:
     text: az aksarc kms verify --kubeconfig ~/.kube/config --context my-cluster-admin --secret default/db-user-pass
   - name: Only print whether verification passed.
     text: az aksarc kms verify -g myResourceGroup -n myCluster --query passed
+"""
+
+helps['aksarc kms reencrypt'] = """
+type: command
+short-summary: Rewrite the secrets that are not stored with KMS under the current key, and prove it from etcd.
+long-summary: >
+    Plans from etcd exactly as `verify --all-secrets` scans: the targets are secrets in plaintext, under a local
+    key, under an older KMS v2 key id, or (KMS v1) last written before the last key rotation. The current KMS v2
+    key is read from the API server's /metrics (key id hashes), else taken from the latest write.
+    Each target is read through the API and written back unchanged with its resourceVersion as precondition, so
+    nothing is lost: a concurrent change gives 409 and the secret is read again. KMS v1 values are not stale after a
+    key rotation, so kube-apiserver would skip an unchanged write: for them the annotation
+    kmsverify.aksarc/reencrypted-at (the time of the rewrite) is added, and nothing else changes. Finally every
+    rewritten key is read again from etcd and must be stored with KMS under the current key.
+
+    --dry-run shows the plan and writes nothing. Otherwise a person at a terminal confirms first; without a
+    terminal, pass --yes. 429 answers (API Priority and Fairness) are honoured. Ctrl-C or SIGTERM stops after
+    the writes in flight. A re-run picks only what is still not current.
+
+    Exit codes: 0 every target is verified current (or there was none); 4 some remain, or --dry-run found
+    targets (listed); 1 could not run; 2 bad arguments.
+
+    Permissions: get, list and update secrets in all namespaces; get on the non-resource URL /metrics (optional);
+    get and create on pods/exec in kube-system and list pods there (to read etcd).
+examples:
+  - name: Show what would be rewritten.
+    text: az aksarc kms reencrypt -g myResourceGroup -n myCluster --dry-run -o table
+  - name: Rewrite everything verify --all-secrets flags, without a prompt (pipelines), then verify.
+    text: az aksarc kms reencrypt -g myResourceGroup -n myCluster --yes --junit-xml reencrypt.xml && az aksarc kms verify -g myResourceGroup -n myCluster --all-secrets --fail-on-stale
+  - name: Only plaintext leftovers in two namespaces, at most 50 writes a second.
+    text: az aksarc kms reencrypt --kubeconfig ~/.kube/config --only plaintext --namespace legacy --namespace apps --max-per-second 50 --yes
 """

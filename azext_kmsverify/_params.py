@@ -3,18 +3,20 @@
 # --------------------------------------------------------------------------------------------
 """Arguments of ``az aksarc kms verify``. Kept free of heavy imports."""
 
+from __future__ import annotations
+
 from knack.arguments import CLIArgumentType
 
 from azext_kmsverify import defaults
-from azext_kmsverify._validators import AppendSecrets
+from azext_kmsverify._validators import AppendSecrets, AppendValues
 
 
 def load_arguments(self, _):
-    from azure.cli.core.commands.parameters import get_three_state_flag
+    from azure.cli.core.commands.parameters import get_enum_type, get_three_state_flag
 
-    # Defaults live in defaults.py so help, validation and code agree.
-
-    with self.argument_context('aksarc kms verify') as c:
+    # Defaults live in defaults.py so help, validation and code agree. What both commands share (the cluster,
+    # the sign-in, etcd inside the pod, the scan) is declared once, on the group.
+    with self.argument_context('aksarc kms') as c:
         # az applies a configured default group (defaults.group) whatever this says; _validators decides ARM
         # mode from --name, so the default never turns a --kubeconfig run into an ARM call.
         c.argument('resource_group_name', CLIArgumentType(options_list=['--resource-group', '-g']),
@@ -28,23 +30,14 @@ def load_arguments(self, _):
         c.argument('context', options_list=['--context'], arg_group='Cluster',
                    help='Context of --kubeconfig to use. Default: its current context.')
 
-        c.argument('secrets', options_list=['--secret'], nargs='+', action=AppendSecrets, arg_group='Secrets',
-                   help='Secret to verify, as NAMESPACE/NAME. Repeat or give several. Without --secret and '
-                        '--all-secrets, a probe secret is created, verified and deleted.')
-        c.argument('all_secrets', options_list=['--all-secrets'], arg_type=get_three_state_flag(),
-                   arg_group='Scan', help='Scan every secret stored in etcd (read-only).')
-        c.argument('probe', options_list=['--probe'], arg_type=get_three_state_flag(), arg_group='Secrets',
-                   help='Create, verify and delete a probe secret. Default: only when neither --secret nor '
-                        '--all-secrets is given.')
-        c.argument('probe_namespace',
-                   default=defaults.PROBE_NAMESPACE, options_list=['--probe-namespace'], arg_group='Secrets',
-                   help='Namespace of the probe secret.')
-        c.argument('fail_on_stale', options_list=['--fail-on-stale'], arg_type=get_three_state_flag(),
-                   arg_group='Scan', help='Fail (instead of warn) when secrets were written under an older key.')
         c.argument('rotation_days',
                    default=defaults.ROTATION_DAYS, options_list=['--rotation-days'], type=int, arg_group='Scan',
                    help='KMS v1 key rotation period in days: secrets last written longer ago are reported '
                         'as written before the last rotation.')
+        c.argument('page_size',
+                   default=defaults.PAGE_SIZE, options_list=['--page-size'], type=int, arg_group='Scan',
+                   help='At most this many keys per etcdctl call when scanning (pages are also kept near '
+                        '4 MiB of values).')
 
         c.argument('etcd_pod', options_list=['--etcd-pod'], arg_group='etcd',
                    help='Name of the etcd pod in kube-system to exec into. Default: found by label component=etcd.')
@@ -63,14 +56,44 @@ def load_arguments(self, _):
         c.argument('etcd_key',
                    default=defaults.ETCD_KEY, options_list=['--etcd-key'], arg_group='etcd',
                    help='Path of the etcd client key inside the etcd pod.')
-        c.argument('page_size',
-                   default=defaults.PAGE_SIZE, options_list=['--page-size'], type=int, arg_group='Scan',
-                   help='At most this many keys per etcdctl call when scanning (pages are also kept near '
-                        '4 MiB of values).')
-
-        c.argument('timeout',
-                   default=defaults.TIMEOUT_SECONDS, options_list=['--timeout'], type=int,
-                   help='Seconds the whole verification may take.')
         c.argument('junit_xml', options_list=['--junit-xml'],
                    help='Also write the result as a JUnit XML report to this file (for PublishTestResults).')
 
+    with self.argument_context('aksarc kms verify') as c:
+        c.argument('secrets', options_list=['--secret'], nargs='+', action=AppendSecrets, arg_group='Secrets',
+                   help='Secret to verify, as NAMESPACE/NAME. Repeat or give several. Without --secret and '
+                        '--all-secrets, a probe secret is created, verified and deleted.')
+        c.argument('all_secrets', options_list=['--all-secrets'], arg_type=get_three_state_flag(),
+                   arg_group='Scan', help='Scan every secret stored in etcd (read-only).')
+        c.argument('probe', options_list=['--probe'], arg_type=get_three_state_flag(), arg_group='Secrets',
+                   help='Create, verify and delete a probe secret. Default: only when neither --secret nor '
+                        '--all-secrets is given.')
+        c.argument('probe_namespace',
+                   default=defaults.PROBE_NAMESPACE, options_list=['--probe-namespace'], arg_group='Secrets',
+                   help='Namespace of the probe secret.')
+        c.argument('fail_on_stale', options_list=['--fail-on-stale'], arg_type=get_three_state_flag(),
+                   arg_group='Scan', help='Fail (instead of warn) when secrets were written under an older key.')
+        c.argument('timeout',
+                   default=defaults.TIMEOUT_SECONDS, options_list=['--timeout'], type=int,
+                   help='Seconds the whole verification may take.')
+
+    with self.argument_context('aksarc kms reencrypt') as c:
+        c.argument('secrets', options_list=['--secret'], nargs='+', action=AppendSecrets, arg_group='Targets',
+                   help='Only this secret, as NAMESPACE/NAME (if it needs a rewrite). Repeat or give several.')
+        c.argument('namespaces', options_list=['--namespace'], nargs='+', action=AppendValues, arg_group='Targets',
+                   help='Only secrets in this namespace. Repeat or give several.')
+        c.argument('only', options_list=['--only'], arg_type=get_enum_type(defaults.REENCRYPT_ONLY), default='all',
+                   arg_group='Targets',
+                   help='Which findings to fix: plaintext, local-key, stale (under an older key), or all (everything '
+                        'verify --all-secrets flags).')
+        c.argument('dry_run', options_list=['--dry-run'], arg_type=get_three_state_flag(),
+                   help='Show the plan; write nothing.')
+        c.argument('yes', options_list=['--yes', '-y'], arg_type=get_three_state_flag(),
+                   help='Do not ask for confirmation (needed without a terminal).')
+        c.argument('parallel', options_list=['--parallel'], type=int, default=defaults.REENCRYPT_PARALLEL,
+                   arg_group='Pace', help='Rewrites in flight at once.')
+        c.argument('max_per_second', options_list=['--max-per-second'], type=float, default=0, arg_group='Pace',
+                   help='At most this many rewrites per second (0: no limit; 429 answers are honoured anyway).')
+        c.argument('timeout',
+                   default=defaults.REENCRYPT_TIMEOUT_SECONDS, options_list=['--timeout'], type=int,
+                   help='Seconds the whole run may take; what is not rewritten by then is reported.')

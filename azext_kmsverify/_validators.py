@@ -3,6 +3,8 @@
 # --------------------------------------------------------------------------------------------
 """Argument validation. Pure and light: imported when the command table loads."""
 
+from __future__ import annotations
+
 import argparse
 import os
 import re
@@ -16,8 +18,17 @@ _CONTROL = re.compile('[\x00-\x1f\x7f]')
 _SUBDOMAIN = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')
 
 
-class AppendSecrets(argparse.Action):  # pylint: disable=too-few-public-methods
+class AppendSecrets(argparse.Action):
     """``--secret a/b c/d --secret e/f``: every value of every occurrence, in order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, self.dest, None) or [])
+        items.extend(values if isinstance(values, list) else [values])
+        setattr(namespace, self.dest, items)
+
+
+class AppendValues(argparse.Action):  # pylint: disable=too-few-public-methods
+    """``--namespace a b --namespace c``: every value of every occurrence, in order."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         items = list(getattr(namespace, self.dest, None) or [])
@@ -52,13 +63,44 @@ def _shorten(text, limit=80):
 
 def validate_verify(namespace):
     """Command-level validation of ``az aksarc kms verify``; argument errors exit with code 2."""
+    _exit_2_on(_validate, namespace)
+
+
+def validate_reencrypt(namespace):
+    """Command-level validation of ``az aksarc kms reencrypt``; argument errors exit with code 2."""
+    _exit_2_on(_validate, namespace)
+    _exit_2_on(_validate_reencrypt, namespace)
+
+
+def _exit_2_on(check, namespace):
     from azure.cli.core.azclierror import AzCLIError
     try:
-        _validate(namespace)
+        check(namespace)
     except AzCLIError as error:
         if getattr(error, 'kmsverify_exit_code', None) is None:
             raise
         exit_with(error)
+
+
+def _validate_reencrypt(ns):
+    from azure.cli.core.azclierror import InvalidArgumentValueError, MutuallyExclusiveArgumentError
+    names = []
+    for value in ns.namespaces or []:
+        if len(value) > 63 or not _LABEL.fullmatch(value):
+            raise argument_error(InvalidArgumentValueError(
+                f"--namespace '{_shorten(value)}' is not a valid namespace name.",
+                'Namespace names are lower-case letters, digits and "-", at most 63 characters.'))
+        if value not in names:
+            names.append(value)
+    ns.namespaces = names
+    for option, value, low, high in (('--parallel', ns.parallel, 1, 64),
+                                     ('--max-per-second', ns.max_per_second, 0, 100000)):
+        if value is not None and not low <= value <= high:
+            raise argument_error(InvalidArgumentValueError(f'{option} must be between {low} and {high}, not '
+                                                           f'{value}.', f'Give {option} a value in that range.'))
+    if ns.dry_run and ns.yes:
+        raise argument_error(MutuallyExclusiveArgumentError('--dry-run writes nothing, so --yes has nothing to '
+                                                            'confirm.', 'Drop one of --dry-run and --yes.'))
 
 
 def _validate(namespace):
@@ -86,8 +128,9 @@ def _validate(namespace):
             '--kubeconfig.'))
     if arm and not (ns.resource_group_name and ns.cluster_name):
         missing = '--name' if ns.resource_group_name else '--resource-group'
+        given = '--resource-group' if missing == '--name' else '--name'
         raise argument_error(RequiredArgumentMissingError(
-            '{} is required with {}.'.format(missing, '--resource-group' if missing == '--name' else '--name'),
+            f'{missing} is required with {given}.',
             'Give both --resource-group and --name of the AKS Arc cluster (or set a default group with '
             "'az config set defaults.group=RG')."))
     if ns.admin and not arm:
@@ -105,9 +148,9 @@ def _validate(namespace):
                 f"--kubeconfig file '{_shorten(ns.kubeconfig, 200)}' does not exist.",
                 'Check the path, or fetch credentials from Azure with --resource-group and --name.'))
         if not os.path.isfile(path):
+            kind = 'a folder' if os.path.isdir(path) else 'not a regular file'
             raise argument_error(FileOperationError(
-                "--kubeconfig '{}' is {}, not a kubeconfig file.".format(
-                    _shorten(ns.kubeconfig, 200), 'a folder' if os.path.isdir(path) else 'not a regular file'),
+                f"--kubeconfig '{_shorten(ns.kubeconfig, 200)}' is {kind}, not a kubeconfig file.",
                 'Give the path of a kubeconfig file.'))
         if not os.access(path, os.R_OK):
             raise argument_error(FileOperationError(
@@ -121,9 +164,9 @@ def _validate(namespace):
         if ref not in refs:
             refs.append(ref)
     ns.secrets = refs
-    if ns.probe_namespace is not None and not _LABEL.fullmatch(ns.probe_namespace or ''):
+    if getattr(ns, 'probe_namespace', None) is not None and not _LABEL.fullmatch(ns.probe_namespace or ''):
         raise argument_error(InvalidArgumentValueError(
-            "--probe-namespace '{}' is not a valid namespace name.".format(_shorten(ns.probe_namespace or '')),
+            f"--probe-namespace '{_shorten(ns.probe_namespace or '')}' is not a valid namespace name.",
             'Give an existing namespace, for example --probe-namespace default.'))
 
     for option, value, low, high in (('--timeout', ns.timeout, 1, 86400),
@@ -138,14 +181,14 @@ def _validate(namespace):
         if not value or _CONTROL.search(value) or (
                 option == 'etcd_endpoint' and not re.fullmatch(r'(https?|unix|unixs)://[^\s]+', value)):
             raise argument_error(InvalidArgumentValueError(
-                "--{} '{}' is not valid.".format(option.replace('_', '-'), _shorten(value or '')),
+                f"--{option.replace('_', '-')} '{_shorten(value or '')}' is not valid.",
                 'Give a container name (kubeadm: etcd).' if option == 'etcd_container' else
                 'Give the etcd client URL as seen inside the etcd pod, for example https://127.0.0.1:2379.'))
     for option in ('etcd_cacert', 'etcd_cert', 'etcd_key'):
         value = getattr(ns, option)
         if not value or not value.startswith('/') or _CONTROL.search(value):
             raise argument_error(InvalidArgumentValueError(
-                '--{} must be an absolute path inside the etcd pod.'.format(option.replace('_', '-')),
+                f"--{option.replace('_', '-')} must be an absolute path inside the etcd pod.",
                 'For kubeadm-style clusters the files are under /etc/kubernetes/pki/etcd/.'))
     if ns.junit_xml:
         ns.junit_xml = _check_report_path(ns.junit_xml)

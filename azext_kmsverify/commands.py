@@ -3,8 +3,8 @@
 # --------------------------------------------------------------------------------------------
 """Command table. Kept free of heavy imports: ``az`` loads it on every relevant call."""
 
-from azext_kmsverify._validators import validate_verify
-from azext_kmsverify.report.table import verify_table_format
+from azext_kmsverify._validators import validate_reencrypt, validate_verify
+from azext_kmsverify.report.table import reencrypt_table_format, verify_table_format
 
 
 def load_command_table(self, _):
@@ -14,3 +14,5 @@ def load_command_table(self, _):
     # failOnStandardError treat as failure. The extension itself is marked preview (azext_metadata.json).
     with self.command_group('aksarc kms') as g:
         g.custom_command('verify', 'verify_kms', validator=validate_verify, table_transformer=verify_table_format)
+        g.custom_command('reencrypt', 'reencrypt_kms', validator=validate_reencrypt,
+                         table_transformer=reencrypt_table_format)

@@ -7,18 +7,34 @@ The parameters are listed because az reads a command's arguments from its functi
 defaults and help live in ``_params.py`` and ``defaults.py``.
 """
 
+from __future__ import annotations
+
 from azext_kmsverify import defaults
 
 
-def verify_kms(cmd, resource_group_name=None, cluster_name=None, admin=False, kubeconfig=None, context=None,
+def verify_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False, kubeconfig=None, context=None,
                secrets=None, all_secrets=False, probe=None, probe_namespace=defaults.PROBE_NAMESPACE,
                fail_on_stale=False, rotation_days=defaults.ROTATION_DAYS, etcd_pod=None,
                etcd_container=defaults.ETCD_CONTAINER, etcd_endpoint=defaults.ETCD_ENDPOINT,
                etcd_cacert=defaults.ETCD_CACERT, etcd_cert=defaults.ETCD_CERT, etcd_key=defaults.ETCD_KEY,
                page_size=defaults.PAGE_SIZE, timeout=defaults.TIMEOUT_SECONDS, junit_xml=None):
-    # pylint: disable=too-many-arguments,too-many-locals,unused-argument
+    # pylint: disable=unused-argument  # every one is read through locals()
     from azext_kmsverify.operations.verify import main
     from azext_kmsverify.options import VerifyOptions
     args = dict(locals())
     args.pop('cmd')
     return main(cmd.cli_ctx, VerifyOptions.from_args(args))
+
+
+def reencrypt_kms(cmd, resource_group_name=None, cluster_name=None, admin=False, kubeconfig=None, context=None,
+                  secrets=None, namespaces=None, only='all', dry_run=False, yes=False,
+                  parallel=defaults.REENCRYPT_PARALLEL, max_per_second=0, rotation_days=defaults.ROTATION_DAYS,
+                  etcd_pod=None, etcd_container=defaults.ETCD_CONTAINER, etcd_endpoint=defaults.ETCD_ENDPOINT,
+                  etcd_cacert=defaults.ETCD_CACERT, etcd_cert=defaults.ETCD_CERT, etcd_key=defaults.ETCD_KEY,
+                  page_size=defaults.PAGE_SIZE, timeout=defaults.REENCRYPT_TIMEOUT_SECONDS, junit_xml=None):
+    # pylint: disable=too-many-arguments,too-many-locals,unused-argument
+    from azext_kmsverify.operations.reencrypt import main
+    from azext_kmsverify.options import ReencryptOptions
+    args = dict(locals())
+    args.pop('cmd')
+    return main(cmd.cli_ctx, ReencryptOptions.from_args(args))

@@ -37,3 +37,13 @@ BODY_MAX_BYTES = 64 * 1024 * 1024  # any API answer (pod lists, metadata pages, 
 READYZ_MAX_BYTES = 1024 * 1024
 EXEC_OUTPUT_MAX_BYTES = 256 * 1024 * 1024  # one etcdctl page (pages are kept near PAGE_BYTES)
 ARM_POLL_SECONDS = 2  # between polls of an ARM long-running operation when it sends no Retry-After
+METRICS_MAX_BYTES = 32 * 1024 * 1024
+
+# Re-encryption (az aksarc kms reencrypt).
+REENCRYPT_TIMEOUT_SECONDS = 3600
+REENCRYPT_ONLY = ('all', 'plaintext', 'local-key', 'stale')
+REENCRYPT_PARALLEL = 8  # rewrites in flight at once
+REWRITE_ATTEMPTS = 5  # GET+PUT rounds per secret through 429s and conflicts
+RETRY_AFTER_SECONDS = 1.0  # when a 429 names no Retry-After
+RETRY_AFTER_MAX_SECONDS = 30.0
+METADATA_ONLY_ACCEPT = 'application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json'

@@ -69,7 +69,30 @@ class VerifyOptions:
                       _extra={'cluster': cluster, 'etcd': etcd, 'secrets': secrets})
 
 
-_TYPES = {'str': str, 'int': int, 'bool': bool}
+@dataclass(frozen=True)
+class ReencryptOptions:
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    etcd: EtcdOptions = field(default_factory=EtcdOptions)
+    secrets: tuple[tuple[str, str], ...] = ()
+    namespaces: tuple[str, ...] = ()
+    only: str = 'all'
+    dry_run: bool = False
+    yes: bool = False
+    parallel: int = defaults.REENCRYPT_PARALLEL
+    max_per_second: float = 0.0
+    rotation_days: int = defaults.ROTATION_DAYS
+    timeout: int = defaults.REENCRYPT_TIMEOUT_SECONDS
+    junit_xml: str | None = None
+
+    @classmethod
+    def from_args(cls, args: dict) -> ReencryptOptions:
+        common = VerifyOptions.from_args(dict(args, probe=False))
+        return _build(cls, args, cluster=None, etcd=None, secrets=None, namespaces=None,
+                      _extra={'cluster': common.cluster, 'etcd': common.etcd, 'secrets': common.secrets,
+                              'namespaces': tuple(args.get('namespaces') or ())})
+
+
+_TYPES = {'str': str, 'int': int, 'bool': bool, 'float': float}
 
 
 def _build(cls, args: dict, _extra: dict | None = None, **names):

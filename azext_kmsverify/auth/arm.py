@@ -9,6 +9,8 @@ kubeconfig (with a client key for ``--admin``). The request goes through an azur
 policies and azure-mgmt-core's ``ARMPolling``, with ``logging_enable=False`` on every request of the operation.
 """
 
+from __future__ import annotations
+
 import base64
 import time
 
@@ -43,7 +45,8 @@ def fetch_kubeconfig(cli_ctx, resource_group, cluster_name, admin, deadline):
     path = (f'{cluster_resource_id(subscription, resource_group, cluster_name)}'
             f'/providers/Microsoft.HybridContainerService/provisionedClusterInstances/default/{action}')
     url = f"{cli_ctx.cloud.endpoints.resource_manager.rstrip('/')}{path}?api-version={defaults.HYBRIDAKS_API_VERSION}"
-    context = _ArmContext(cli_ctx, subscription, resource_group, cluster_name, admin, action, deadline)
+    context = _ArmContext(cli_ctx, subscription=subscription, resource_group=resource_group,
+                          cluster_name=cluster_name, admin=admin, action=action, deadline=deadline)
     client = _pipeline_client(cli_ctx, get_arm_token(cli_ctx, subscription), deadline)
     # logging_enable=False on every request of the operation: the answer is a kubeconfig (with a client key for
     # --admin), which az's network trace would print with --debug.
@@ -88,13 +91,13 @@ def _pipeline_client(cli_ctx, token, deadline):
     from azure.core.pipeline.transport import RequestsTransport
     from azure.mgmt.core import ARMPipelineClient
 
-    class _Token:  # pylint: disable=too-few-public-methods
+    class _Token:  # pylint: disable=too-few-public-methods  # an azure-core credential needs get_token only
         """The token already taken from the az login (Profile.get_raw_token), as an azure-core credential."""
 
         def get_token(self, *_scopes, **_kwargs):
             return AccessToken(token, int(time.time()) + 300)
 
-    kwargs = _prepare_client_kwargs_track2(cli_ctx)  # pylint: disable=protected-access
+    kwargs = _prepare_client_kwargs_track2(cli_ctx)
     scope = cli_ctx.cloud.endpoints.active_directory_resource_id.rstrip('/') + '/.default'
     pipeline = [
         policies.HeadersPolicy(kwargs['headers']),
@@ -128,7 +131,7 @@ def _subscription_id(cli_ctx):
 class _ArmContext:
     """What an ARM call is about, to turn failures into one-line errors with a recommendation."""
 
-    def __init__(self, cli_ctx, subscription, resource_group, cluster_name, admin, action, deadline):
+    def __init__(self, cli_ctx, *, subscription, resource_group, cluster_name, admin, action, deadline):
         self.cli_ctx = cli_ctx
         self.subscription = subscription
         self.resource_group = resource_group
@@ -190,16 +193,17 @@ class _ArmContext:
                         "('az account show', or --subscription).")
         if status == 403:
             role = ADMIN_ROLE if self.admin else USER_ROLE
-            return make(ForbiddenError, "Not allowed to run {} on AKS Arc cluster '{}': {}".format(
-                self.action, self.cluster_name, code or 'Forbidden'),
-                f"Ask for the '{role}' role on the cluster (action Microsoft.HybridContainerService/"
-                f"provisionedClusterInstances/{self.action}/action).")
+            return make(ForbiddenError, f"Not allowed to run {self.action} on AKS Arc cluster '{self.cluster_name}': "
+                                        f"{code or 'Forbidden'}",
+                        f"Ask for the '{role}' role on the cluster (action Microsoft.HybridContainerService/"
+                        f"provisionedClusterInstances/{self.action}/action).")
         if status == 401:
-            return make(UnauthorizedError, 'Azure Resource Manager rejected the az sign-in ({}).'.format(
-                code or 'Unauthorized'), "Sign in again with 'az login'.")
-        return make(AzureResponseError, '{} failed with HTTP {}: {}{}'.format(
-            self.action, status, code or response.reason, ': ' + message if message else ''),
-            'Retry; if it persists, check the cluster in the Azure portal.')
+            reason = code or 'Unauthorized'
+            return make(UnauthorizedError, f'Azure Resource Manager rejected the az sign-in ({reason}).',
+                        "Sign in again with 'az login'.")
+        detail = ': ' + message if message else ''
+        return make(AzureResponseError, f'{self.action} failed with HTTP {status}: {code or response.reason}{detail}',
+                    'Retry; if it persists, check the cluster in the Azure portal.')
 
     def timeout_error(self):
         from azure.cli.core.azclierror import AzureResponseError

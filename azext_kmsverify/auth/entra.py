@@ -41,7 +41,7 @@ def _token(get, audience):
         raise make(AuthenticationError, f'Could not get an Entra ID token for {audience}: {message}',
                    "Sign in with 'az login' (in pipelines, use an AzureCLI task with a service connection), "
                    "then retry.") from None
-    except Exception as ex:  # pylint: disable=broad-except
+    except Exception as ex:
         # MSAL and the network raise many types; none of them may carry a token, but keep only the type.
         raise make(AuthenticationError, f'Could not get an Entra ID token for {audience}: {type(ex).__name__}',
                    "Check 'az account show' and sign in again with 'az login'.") from None

@@ -30,7 +30,7 @@ _PATH_FIELDS = {'cluster': ('certificate-authority',), 'user': ('client-certific
 
 
 @dataclass(frozen=True)
-class Kubeconfig:
+class Kubeconfig:  # pylint: disable=too-many-instance-attributes  # a record: one field per resolved part
     """The selected context of a kubeconfig. ``cluster`` and ``user`` are the entries' bodies (copies)."""
 
     source: str             # for messages: "--kubeconfig 'path'" or AZURE_SOURCE
@@ -197,7 +197,7 @@ def _check_server(source: str, where: str, cluster: dict) -> None:
         raise _invalid(source, f'{where} has no server')
     try:
         parts = urlsplit(server)
-        parts.port  # noqa: B018  # raises ValueError for a port that is not a number
+        _ = parts.port  # raises ValueError for a port that is not a number
     except ValueError:
         raise _invalid(source, f'{where}: server is not a valid URL') from None
     if parts.scheme not in ('https', 'http') or not parts.hostname:
@@ -206,7 +206,7 @@ def _check_server(source: str, where: str, cluster: dict) -> None:
     if proxy:
         try:
             proxy_parts = urlsplit(proxy)
-            proxy_parts.port  # noqa: B018
+            _ = proxy_parts.port
         except ValueError:
             raise _invalid(source, f'{where}: proxy-url is not a valid URL') from None
         if proxy_parts.scheme not in ('http', 'https') or not proxy_parts.hostname:

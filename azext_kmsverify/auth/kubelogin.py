@@ -25,7 +25,7 @@ AUTHORITY_HOSTS = {
 
 
 @dataclass(frozen=True)
-class KubeloginArgs:
+class KubeloginArgs:  # pylint: disable=too-many-instance-attributes  # one field per kubelogin option
     login: str = 'devicecode'
     server_id: str = defaults.AKS_ENTRA_SERVER_ID
     client_id: str | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from typing import NoReturn
 
 from knack.log import get_logger
 
@@ -55,7 +56,7 @@ class TokenSource:
     def _fetch(self, scope: str) -> tuple[str, float]:
         raise NotImplementedError
 
-    def _failed(self, ex: BaseException, hint: str):
+    def _failed(self, ex: BaseException, hint: str) -> NoReturn:
         from azure.cli.core.azclierror import AuthenticationError
         first = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
         raise make(AuthenticationError, f'Could not get an Entra ID token for the cluster (Entra server id '

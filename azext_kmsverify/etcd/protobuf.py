@@ -50,28 +50,7 @@ def _parse_range_response(buf: bytes) -> RangeResult:
         if number == 2:
             if wire_type != LEN:
                 raise pw.ProtoWireError(f'RangeResponse.kvs has wire type {wire_type}')
-            key = value = b''
-            create_rev = mod_rev = version = lease = 0
-            for kn, kt, ka, kb in iter_fields(buf, a, b):
-                if kn == 5 or kn == 1:
-                    if kt != LEN:
-                        raise pw.ProtoWireError(f'KeyValue field {kn} has wire type {kt}')
-                    if kn == 5:
-                        value = buf[ka:kb]
-                    else:
-                        key = buf[ka:kb]
-                elif 2 <= kn <= 6:
-                    if kt != VARINT:
-                        raise pw.ProtoWireError(f'KeyValue field {kn} has wire type {kt}')
-                    if kn == 2:
-                        create_rev = to_int64(ka)
-                    elif kn == 3:
-                        mod_rev = to_int64(ka)
-                    elif kn == 4:
-                        version = to_int64(ka)
-                    else:
-                        lease = to_int64(ka)
-            kvs.append(KeyValue(key, value, create_rev, mod_rev, version, lease))
+            kvs.append(_parse_key_value(buf, a, b))
         elif number == 1:
             if wire_type != LEN:
                 raise pw.ProtoWireError(f'RangeResponse.header has wire type {wire_type}')
@@ -81,7 +60,7 @@ def _parse_range_response(buf: bytes) -> RangeResult:
                     if ht != VARINT:
                         raise pw.ProtoWireError(f'ResponseHeader.revision has wire type {ht}')
                     revision = to_int64(ha)
-        elif number == 3 or number == 4:
+        elif number in (3, 4):
             if wire_type != VARINT:
                 raise pw.ProtoWireError(f'RangeResponse field {number} has wire type {wire_type}')
             if number == 3:
@@ -91,3 +70,31 @@ def _parse_range_response(buf: bytes) -> RangeResult:
     if revision is None:
         raise pw.ProtoWireError('RangeResponse has no header')
     return RangeResult(revision, kvs, more, count)
+
+
+def _parse_key_value(buf: bytes, start: int, stop: int) -> KeyValue:
+    """The ``mvccpb.KeyValue`` at ``buf[start:stop]``."""
+    to_int64 = pw.to_int64
+    LEN, VARINT = pw.LEN, pw.VARINT
+    key = value = b''
+    create_rev = mod_rev = version = lease = 0
+    for kn, kt, ka, kb in pw.iter_fields(buf, start, stop):
+        if kn in (1, 5):
+            if kt != LEN:
+                raise pw.ProtoWireError(f'KeyValue field {kn} has wire type {kt}')
+            if kn == 5:
+                value = buf[ka:kb]
+            else:
+                key = buf[ka:kb]
+        elif 2 <= kn <= 6:
+            if kt != VARINT:
+                raise pw.ProtoWireError(f'KeyValue field {kn} has wire type {kt}')
+            if kn == 2:
+                create_rev = to_int64(ka)
+            elif kn == 3:
+                mod_rev = to_int64(ka)
+            elif kn == 4:
+                version = to_int64(ka)
+            else:
+                lease = to_int64(ka)
+    return KeyValue(key, value, create_rev, mod_rev, version, lease)

@@ -1,3 +1,6 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
 """Minimal bounds-checked protobuf wire-format reader (standard library only).
 
 Shared by ``storage`` (KMS v2 ``EncryptedObject``) and ``etcd`` (``RangeResponse``). Input is
@@ -97,7 +100,7 @@ def iter_fields(buf: bytes, pos: int = 0, end: int | None = None) -> Iterator[tu
             else:
                 value, pos = read_varint(buf, pos, end)
             yield number, VARINT, value, 0
-        elif wire_type == I64 or wire_type == I32:
+        elif wire_type in (I64, I32):
             width = 8 if wire_type == I64 else 4
             if pos + width > end:
                 raise ProtoWireError(f'truncated fixed{width * 8} field {number} at offset {start}')

@@ -123,6 +123,7 @@ class EtcdReader:
             if not kvs and more:
                 raise EtcdOutputError('etcdctl reported more keys but the page made no progress')
 
+
 #: Keys in the first page when pages are sized by bytes: nothing is known of the values yet.
 FIRST_PAGE_KEYS = 100
 

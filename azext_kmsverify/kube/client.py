@@ -99,8 +99,9 @@ class KubeClient:
 
     def request(self, method: str, path: str, query=None, accept: str = 'application/json', body=None,
                 timeout: float = 30, max_bytes: int = defaults.BODY_MAX_BYTES, doing: str | None = None,
-                bounded: bool = True) -> tuple[int, bytes]:
-        """(status, body bytes). Raises azclierrors for transport failures and oversized answers only."""
+                bounded: bool = True, headers_out: dict | None = None) -> tuple[int, bytes]:
+        """(status, body bytes). Raises azclierrors for transport failures and oversized answers only.
+        ``headers_out``, if given, receives the answer's headers (e.g. Retry-After)."""
         import json
 
         import urllib3
@@ -124,6 +125,8 @@ class KubeClient:
                 content = self._read(response, max_bytes, doing, bounded)
             finally:
                 response.release_conn()
+            if headers_out is not None:
+                headers_out.update({k.lower(): v for k, v in response.headers.items()})
         except (urllib3.exceptions.HTTPError, OSError) as ex:
             raise self.errors.transport(ex, doing) from None
         return response.status, content

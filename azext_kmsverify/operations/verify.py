@@ -163,11 +163,15 @@ def scan_all(cli_ctx, client, reader, current_key_id, options: VerifyOptions):
     """Classify every secret in etcd as the pages stream in; then the KMS v1 age check from API metadata."""
     from azure.cli.core.azclierror import AzCLIError
 
+    from azext_kmsverify.kube.metrics import current_key_hash
     from azext_kmsverify.kube.secrets import list_secret_metadata
     from azext_kmsverify.verdict.classify import classify
     from azext_kmsverify.verdict.scan import ScanSummary, written_before
-    # Knowing the current key (the probe's) up front keeps only the names of secrets under older keys.
-    summary = ScanSummary(current_key_id=current_key_id)
+    # Knowing the current key up front (from /metrics, else the probe's) keeps only the names of secrets under
+    # older keys.
+    key_hash, how = current_key_hash(client)
+    logger.info('Current KMS v2 key from /metrics: %s', how)
+    summary = ScanSummary(current_key_id=current_key_id, current_key_hash=key_hash)
     progress = _progress(cli_ctx, 'Reading secrets from etcd')
     prefix_length = len(defaults.ETCD_SECRETS_PREFIX)
     count = 0
@@ -196,8 +200,13 @@ def scan_all(cli_ctx, client, reader, current_key_id, options: VerifyOptions):
             if client.deadline.expired():
                 raise
             skip_reason = f'the API could not list secret metadata: {error.error_msg}'
-    return summary.finish(write_times=write_times, age_skip_reason=skip_reason, rotation_days=options.rotation_days,
-                          fail_on_stale=options.fail_on_stale, revision=reader.revision)
+    scan, checks = summary.finish(write_times=write_times, age_skip_reason=skip_reason,
+                                  rotation_days=options.rotation_days, fail_on_stale=options.fail_on_stale,
+                                  revision=reader.revision)
+    if scan.get('currentKeyIdSource') != 'metrics' and scan['byKmsVersion'].get('v2'):
+        scan['currentKeyIdNote'] = f'/metrics not used: {how}' if key_hash is None else \
+            '/metrics names a key id no secret in etcd is stored under yet'
+    return scan, checks
 
 
 def _progress(cli_ctx, message):

@@ -45,3 +45,17 @@ def scan_summary(scan):
     if scan.get('stale'):
         parts.append(f"{len(scan['stale'])} under an older key")
     return '; '.join(parts)
+
+
+def reencrypt_table_format(result):
+    """The run, then each target that did not end current (the first ones), then what happened to all."""
+    rows = [_row(c.get('name'), c.get('target'), c.get('status'), c.get('detail'))
+            for c in (result.get('checks') or [])[:defaults.FAILING_SHOWN + 1]]
+    rest = len(result.get('checks') or []) - defaults.FAILING_SHOWN - 1
+    if rest > 0:
+        rows.append(_row('SecretReencrypted', '', 'Info', f'and {rest} more (all of them: -o json, targets)'))
+    plan = result.get('plan') or {}
+    rows.append(_row('Plan', defaults.ETCD_SECRETS_PREFIX, 'Info',
+                     f"{plan.get('targets', 0)} of {plan.get('scanned', 0)} secrets to rewrite; current key "
+                     f"{result.get('currentKeyId') or '-'} ({result.get('currentKeyIdSource') or 'unknown'})"))
+    return rows

@@ -11,14 +11,17 @@ therefore keeps counters, and names only of secrets that may end up in the repor
 from datetime import datetime, timedelta, timezone
 
 from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, WARNING, check, encryption_verdict
+from azext_kmsverify.verdict.keys import key_id_hash
 
 ALL_SECRETS_ENCRYPTED = 'AllSecretsEncrypted'
 KMS_V2_CURRENT_KEY = 'KmsV2CurrentKey'
 KMS_V1_ROTATION = 'KmsV1WrittenBeforeRotation'
 
+SOURCE_METRICS = 'metrics'
 SOURCE_PROBE = 'probe'
 SOURCE_LATEST_WRITE = 'latestWrite'
-_SOURCE_TEXT = {SOURCE_PROBE: 'from the probe secret', SOURCE_LATEST_WRITE: 'from the most recently written secret'}
+_SOURCE_TEXT = {SOURCE_METRICS: "from the API server's /metrics", SOURCE_PROBE: 'from the probe secret',
+                SOURCE_LATEST_WRITE: 'from the most recently written secret'}
 
 REWRITE_ONE = 'kubectl get secret -n <namespace> <name> -o json | kubectl replace -f -'
 REWRITE_ALL = 'kubectl get secrets --all-namespaces -o json | kubectl replace -f -'
@@ -67,7 +70,14 @@ class ScanSummary:
       namespaces shared), at roughly 80 bytes per secret: pass the key id up front to avoid that.
     """
 
-    def __init__(self, current_key_id=None, current_key_source=SOURCE_PROBE):
+    def __init__(self, current_key_id=None, current_key_source=SOURCE_PROBE, current_key_hash=None):
+        # The current key is known up front from /metrics (its hash: the first key id with that hash), else from
+        # the probe (``current_key_id``), else learnt at the end (the latest write).
+        self._key_hash = current_key_hash
+        self._fallback = (current_key_id, current_key_source) if current_key_hash else None
+        self._hashes = {}
+        if current_key_hash:
+            current_key_id = None
         self._known_key = current_key_id
         self._known_source = current_key_source if current_key_id is not None else None
         self.total = 0
@@ -80,6 +90,11 @@ class ScanSummary:
         self._v2 = {}           # key id (or None when the value has none) -> namespace -> [name, ...]
         self._latest = None     # (mod_revision, key id) of the newest KMS v2 value with a key id
         self._strings = {}      # one shared object per distinct provider name
+
+    @property
+    def current_key_id(self):
+        """The current KMS v2 key id when known up front (from /metrics or the probe), else None."""
+        return self._known_key
 
     def add(self, namespace, name, classification, mod_revision):
         """Count one etcd key; keep its name only if it may be reported (see the class docstring)."""
@@ -103,6 +118,10 @@ class ScanSummary:
         elif version == 'v2':
             key_id = classification.get('keyId')
             if key_id is not None:
+                if self._known_key is None and self._key_hash and key_id not in self._hashes:
+                    self._hashes[key_id] = key_id_hash(key_id)
+                    if self._hashes[key_id] == self._key_hash:
+                        self._known_key, self._known_source = key_id, SOURCE_METRICS
                 self._by_key_id[key_id] = self._by_key_id.get(key_id, 0) + 1
                 if self._latest is None or mod_revision > self._latest[0]:
                     self._latest = (mod_revision, key_id)
@@ -133,6 +152,8 @@ class ScanSummary:
             raise ValueError('finish() got a different current key id than the one the scan started with')
         if current_key_id is None and self._known_key is not None:
             current_key_id, current_key_source = self._known_key, current_key_source or self._known_source
+        if current_key_id is None and self._fallback and self._fallback[0]:
+            current_key_id, current_key_source = self._fallback
         if current_key_id is not None:
             current_key_source = current_key_source or SOURCE_PROBE
         elif self._latest is not None:

@@ -1,0 +1,28 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""The API server's ``/metrics`` page (parsed by ``verdict.keys``). Needs ``get`` on the non-resource URL
+``/metrics``; without it the caller skips the source with the reason."""
+
+from __future__ import annotations
+
+from azext_kmsverify import defaults
+
+
+def current_key_hash(client) -> tuple[str | None, str]:
+    """``(hash, how)`` of the KMS v2 key the API server encrypts with now, or ``(None, why not)``."""
+    from azure.cli.core.azclierror import AzCLIError
+
+    from azext_kmsverify.verdict.keys import current_key_hash as parse
+    try:
+        status, body = client.request('GET', '/metrics', accept='text/plain', timeout=20,
+                                      max_bytes=defaults.METRICS_MAX_BYTES, doing='reading /metrics')
+    except AzCLIError as error:
+        if client.deadline.expired():
+            raise
+        return None, f'/metrics could not be read: {error.error_msg}'
+    if status == 403:
+        return None, "/metrics is not allowed (it needs 'get' on the non-resource URL /metrics)"
+    if status != 200:
+        return None, f'/metrics answered HTTP {status}'
+    return parse(body.decode('utf-8', 'replace'))

@@ -1,0 +1,108 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""Rewrite one secret through the API so the API server stores it again with its current first provider.
+
+GET the object, then PUT it back unchanged with its ``resourceVersion`` as precondition: nothing can be lost,
+since a concurrent change makes the PUT fail with 409 instead of overwriting it. kube-apiserver skips a write
+whose encoding is unchanged unless the read was stale (``GuaranteedUpdate``): plaintext, local-key and old KMS v2
+values are stale, but a KMS v1 value under a rotated key is not, so for KMS v1 one annotation
+(:data:`ANNOTATION`, the time of the rewrite) makes the write real. ``data``, ``type``, labels, owner
+references, finalizers and ``immutable`` are never touched, and nothing is ever deleted. 429 answers (API
+Priority and Fairness) are honoured with their ``Retry-After``. The object (with its data) lives in memory for
+the length of one rewrite and never reaches a log line or a message.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from azext_kmsverify import defaults
+from azext_kmsverify.kube.errors import status_message
+
+ANNOTATION = 'kmsverify.aksarc/reencrypted-at'
+WRITTEN, CONFLICT, SKIPPED, FAILED = 'written', 'conflict', 'skipped', 'failed'
+
+
+@dataclass
+class Outcome:
+    status: str              # written | conflict (changed meanwhile: check etcd) | skipped | failed
+    reason: str = ''
+    resource_version: str | None = None
+    throttled: int = 0       # 429 answers honoured
+
+
+def rewrite(client, namespace: str, name: str, force: bool, stop=None) -> Outcome:
+    """One GET + PUT. ``force``: add :data:`ANNOTATION` so an unchanged KMS v1 object is written."""
+    path = f"/api/v1/namespaces/{quote(namespace, safe='')}/secrets/{quote(name, safe='')}"
+    throttled = 0
+    for _ in range(defaults.REWRITE_ATTEMPTS):
+        headers = {}
+        status, body = client.request('GET', path, timeout=30, doing=f'reading secret {namespace}/{name}',
+                                      headers_out=headers)
+        if status == 429:
+            throttled += 1
+            _wait(client, headers, stop)
+            continue
+        if status == 404:
+            return Outcome(SKIPPED, 'deleted since the plan was made', throttled=throttled)
+        if status >= 500:
+            # kube-apiserver answers 500 when the stored value cannot be decrypted: the API cannot rewrite it.
+            return Outcome(SKIPPED, f"the API cannot read it: {status_message(body) or f'HTTP {status}'}",
+                           throttled=throttled)
+        if status != 200:
+            raise client.errors.api(status, body, f'reading secret {namespace}/{name}',
+                                    permission='get secrets in all namespaces')
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            return Outcome(FAILED, 'the API answered with something that is not a Secret', throttled=throttled)
+        finally:
+            del body
+        if force:
+            metadata = obj.setdefault('metadata', {})
+            annotations = metadata.get('annotations') or {}
+            annotations[ANNOTATION] = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+            metadata['annotations'] = annotations
+        headers = {}
+        status, answer = client.request('PUT', path, body=obj, accept=defaults.METADATA_ONLY_ACCEPT, timeout=30,
+                                        doing=f'rewriting secret {namespace}/{name}', headers_out=headers)
+        del obj
+        if status in (200, 201):
+            try:
+                version = (json.loads(answer).get('metadata') or {}).get('resourceVersion')
+            except (ValueError, AttributeError):
+                version = None
+            return Outcome(WRITTEN, resource_version=version, throttled=throttled)
+        if status == 409:
+            return Outcome(CONFLICT, 'changed by someone else meanwhile (409 Conflict)', throttled=throttled)
+        if status == 429:
+            throttled += 1
+            _wait(client, headers, stop)
+            continue
+        if status == 404:
+            return Outcome(SKIPPED, 'deleted since the plan was made', throttled=throttled)
+        if status in (401, 403):
+            raise client.errors.api(status, answer, f'rewriting secret {namespace}/{name}',
+                                    permission='update secrets in all namespaces')
+        return Outcome(FAILED, f"the API refused the rewrite: {status_message(answer) or f'HTTP {status}'}",
+                       throttled=throttled)
+    return Outcome(FAILED, f'still throttled or changing after {defaults.REWRITE_ATTEMPTS} attempts',
+                   throttled=throttled)
+
+
+def _wait(client, headers: dict, stop) -> None:
+    """Sleep as API Priority and Fairness asks (``Retry-After`` seconds), bounded by the deadline and woken by
+    ``stop`` (an interrupt)."""
+    try:
+        asked = float(headers.get('retry-after') or defaults.RETRY_AFTER_SECONDS)
+    except ValueError:
+        asked = defaults.RETRY_AFTER_SECONDS
+    delay = max(0.0, min(asked, defaults.RETRY_AFTER_MAX_SECONDS, client.deadline.remaining()))
+    if stop is not None:
+        stop.wait(delay)
+    else:
+        time.sleep(delay)

@@ -1,0 +1,374 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""``az aksarc kms reencrypt``: plan from etcd, know the current key without writing, rewrite each target
+through the API losing nothing, then prove from etcd that each is stored with KMS under the current key.
+
+sign in -> scan etcd (verdict.scan) -> targets (verdict.plan) -> confirm -> rewrite in parallel (kube.rewrite)
+-> read etcd again -> result (report.table, report.junit).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+
+from knack.log import get_logger
+
+from azext_kmsverify import defaults
+from azext_kmsverify.errors import EXIT_BAD_ARGUMENTS, argument_error, make
+from azext_kmsverify.options import ReencryptOptions
+from azext_kmsverify.text import printable
+
+logger = get_logger(__name__)
+
+
+def main(cli_ctx, options: ReencryptOptions) -> dict:
+    from azure.cli.core.azclierror import AzCLIError, CLIInternalError
+
+    from azext_kmsverify.operations.verify import fail, write_junit
+    from azext_kmsverify.report.exitcode import exit_nonzero_after_output
+    step = ['starting']
+    try:
+        result = reencrypt(cli_ctx, options, step)
+    except AzCLIError as error:
+        fail(error, options.junit_xml)
+    except Exception as ex:  # pylint: disable=broad-except  # never str(ex): it may carry what it was handed
+        fail(make(CLIInternalError, f'kmsverify failed unexpectedly while {step[0]} ({type(ex).__name__}).',
+                  'Retry with --debug for the step; please report it at '
+                  'https://github.com/Azure/azure-cli-extensions/issues.'), options.junit_xml)
+    report_failed = False
+    if options.junit_xml:
+        try:
+            write_junit(options.junit_xml, result)
+        except AzCLIError as error:
+            logger.error('%s %s', error.error_msg, 'Give --junit-xml a path in a writable folder.')
+            report_failed = True
+    exit_nonzero_after_output(cli_ctx, result, could_not_report=report_failed)
+    return result
+
+
+def reencrypt(cli_ctx, options: ReencryptOptions, step: list) -> dict:
+    from azext_kmsverify.deadline import Deadline
+    from azext_kmsverify.etcd.reader import EtcdReader
+    from azext_kmsverify.etcd.records import EtcdctlError, EtcdOutputError
+    from azext_kmsverify.kube.client import KubeClient
+    from azext_kmsverify.kube.pods import EtcdExec, etcd_pods
+    from azext_kmsverify.operations.verify import etcdctl_error, sign_in
+    started = time.monotonic()
+    deadline = Deadline(options.timeout)
+    runner = None
+    try:
+        step[0] = 'signing in'
+        kubeconfig, cluster_info = sign_in(cli_ctx, options.cluster, deadline)
+        with KubeClient(kubeconfig, deadline, cluster_info['credential']['type']) as client:
+            cluster_info['server'] = client.server
+            step[0] = 'finding the etcd pods'
+            etcd = options.etcd
+            runner = EtcdExec(client, etcd_pods(client, etcd.pod), etcd.container)
+            reader = EtcdReader(runner, endpoint=etcd.endpoint, cacert=etcd.cacert, cert=etcd.cert,
+                                key_file=etcd.key, page_size=etcd.page_size, page_bytes=defaults.PAGE_BYTES)
+            step[0] = 'planning from etcd'
+            plan = _plan(cli_ctx, client, reader, options)
+            targets = plan['targets']
+            result = {'passed': False, 'dryRun': options.dry_run, 'interrupted': False, 'cluster': cluster_info,
+                      'etcdPod': runner.pod, 'currentKeyId': plan['currentKeyId'],
+                      'currentKeyIdSource': plan['currentKeyIdSource'],
+                      'plan': {'scanned': plan['scanned'], 'revision': plan['revision'], 'targets': len(targets),
+                               'byKind': _count(targets, 'kind')}}
+            if options.dry_run or not targets:
+                for target in targets:
+                    target['outcome'] = 'planned'
+                result.update(passed=not targets, targets=[_public(t) for t in targets],
+                              summary=_count(targets, 'outcome'), durationSeconds=round(time.monotonic() - started, 3))
+                result['checks'] = _checks(result, targets)
+                return result
+            _confirm(options, targets)
+            step[0] = 'rewriting secrets'
+            written, interrupted = _rewrite_all(cli_ctx, client, reader, targets, plan, options, deadline)
+            step[0] = 'verifying from etcd'
+            _verify_from_etcd(reader, targets, plan['currentKeyId'])
+            elapsed = time.monotonic() - started
+            result.update(passed=all(t['outcome'] in ('reencrypted', 'alreadyCurrent') for t in targets),
+                          interrupted=interrupted, targets=[_public(t) for t in targets],
+                          summary=_count(targets, 'outcome'), durationSeconds=round(elapsed, 3),
+                          writesPerSecond=round(written / elapsed, 1) if elapsed else None)
+            if interrupted:
+                result['passed'] = False
+            result['checks'] = _checks(result, targets)
+            return result
+    except EtcdctlError as error:
+        raise etcdctl_error(error, runner) from None
+    except EtcdOutputError as error:
+        from azure.cli.core.azclierror import AzureResponseError
+        raise make(AzureResponseError, f'etcdctl output could not be read: {error}',
+                   'Check the etcdctl version in the etcd pod (3.4 and 3.5 are supported).') from None
+
+
+def _plan(cli_ctx, client, reader, options: ReencryptOptions) -> dict:
+    """The scan of ``verify --all-secrets`` (etcd is the source of truth), with the targets' ModRevisions."""
+    from azure.cli.core.azclierror import AzCLIError
+
+    from azext_kmsverify.kube.metrics import current_key_hash
+    from azext_kmsverify.kube.secrets import list_secret_metadata
+    from azext_kmsverify.verdict.classify import classify
+    from azext_kmsverify.verdict.plan import targets as select
+    from azext_kmsverify.verdict.scan import ScanSummary, written_before
+    key_hash, how = current_key_hash(client)
+    summary = ScanSummary(current_key_hash=key_hash)
+    revisions = {}
+    prefix = len(defaults.ETCD_SECRETS_PREFIX)
+    progress = _progress(cli_ctx, 'Planning from etcd')
+    count = 0
+    try:
+        for kv in reader.iter_prefix(defaults.ETCD_SECRETS_PREFIX):
+            namespace, _, name = kv.key[prefix:].decode('utf-8', 'replace').partition('/')
+            classification = classify(kv.value)
+            summary.add(namespace, name, classification, kv.mod_revision)
+            # Keep ModRevisions only of what can become a target (not KMS, KMS v1, KMS v2 not known current).
+            if classification.get('storage') != 'kms' or classification.get('kmsVersion') != 'v2' or \
+                    classification.get('keyId') != summary.current_key_id:
+                revisions[(namespace, name)] = kv.mod_revision
+            count += 1
+            if progress is not None and count % 500 == 0:
+                progress.add(message=f'Planning: read {count} of {reader.total} secrets', value=count,
+                             total_val=max(reader.total or count, count))
+    finally:
+        if progress is not None:
+            progress.end()
+    write_times, skip = None, None
+    if summary.needs_write_times():
+        try:
+            write_times = written_before(list_secret_metadata(client), options.rotation_days)
+        except AzCLIError as error:
+            if client.deadline.expired():
+                raise
+            skip = f'the API could not list secret metadata: {error.error_msg}'
+    scan, _ = summary.finish(write_times=write_times, age_skip_reason=skip, rotation_days=options.rotation_days,
+                             revision=reader.revision)
+    if skip:
+        logger.warning('KMS v1 secrets written before the last rotation cannot be found: %s', skip)
+    chosen = select(scan, options.only, options.namespaces, options.secrets)
+    for target in chosen:
+        target['modRevisionBefore'] = revisions.get((target['namespace'], target['name']))
+    if options.secrets:
+        _named_but_current(options, chosen, scan)
+    logger.info('Plan: %s of %s secrets to rewrite (current KMS v2 key: %s, %s)', len(chosen), scan['total'],
+                scan.get('currentKeyId'), how)
+    return {'targets': chosen, 'scanned': scan['total'], 'revision': reader.revision,
+            'currentKeyId': scan.get('currentKeyId'), 'currentKeyIdSource': scan.get('currentKeyIdSource')}
+
+
+def _named_but_current(options, chosen, scan):
+    """``--secret`` names that are not targets are reported: current already, or not in etcd."""
+    planned = {(t['namespace'], t['name']) for t in chosen}
+    for namespace, name in options.secrets:
+        if (namespace, name) not in planned:
+            logger.warning('Secret %s/%s needs no rewrite (already stored with KMS under the current key, or not in '
+                           'etcd).', printable(namespace), printable(name))
+
+
+def _confirm(options: ReencryptOptions, targets: list) -> None:
+    from azure.cli.core.azclierror import ValidationError
+    if options.yes:
+        return
+    counts = ', '.join(f'{n} {kind}' for kind, n in sorted(_count(targets, 'kind').items()))
+    if not sys.stdin.isatty():
+        error = argument_error(make(ValidationError, f'reencrypt would rewrite {len(targets)} secrets ({counts}) and '
+                                                     'there is no terminal to confirm it.',
+                                    'Pass --yes to rewrite them (or --dry-run to see the plan).'))
+        error.kmsverify_exit_code = EXIT_BAD_ARGUMENTS
+        raise error
+    from knack.prompting import prompt_y_n
+    if not prompt_y_n(f'Rewrite {len(targets)} secrets through the API ({counts}) so they are stored with KMS '
+                      'under the current key?', default='n'):
+        from azure.cli.core.azclierror import ManualInterrupt
+        raise make(ManualInterrupt, 'Nothing was rewritten.', 'Run with --dry-run to review the plan.')
+
+
+class _Pacer:
+    """At most ``rate`` writes a second across all workers (``--max-per-second``; 0: no limit)."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate if rate else 0.0
+        self.next = time.monotonic()
+        self.lock = threading.Lock()
+
+    def wait(self, stop) -> None:
+        if not self.interval:
+            return
+        with self.lock:
+            now = time.monotonic()
+            at = max(self.next, now)
+            self.next = at + self.interval
+        if at > now:
+            stop.wait(at - now)
+
+
+def _rewrite_all(cli_ctx, client, reader, targets, plan, options, deadline):
+    """Rewrite every target with ``--parallel`` workers. Ctrl-C or SIGTERM stops taking new targets; the
+    writes in flight finish (each is one PUT, so nothing is half-written)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from azext_kmsverify.kube.rewrite import CONFLICT, SKIPPED, WRITTEN, rewrite
+    from azext_kmsverify.verdict.classify import classify
+    from azext_kmsverify.verdict.plan import addressable, force_write, verdict_after
+    stop = threading.Event()
+    pacer = _Pacer(options.max_per_second)
+    counter = {'written': 0, 'done': 0}
+    lock = threading.Lock()
+    fatal = []
+
+    def work(target):
+        if stop.is_set() or deadline.expired():
+            target.update(outcome='failed', reason='not rewritten: ' + (
+                'interrupted' if stop.is_set() else f'the --timeout of {deadline.seconds} s was reached'))
+            return
+        if not addressable(target['namespace'], target['name']):
+            target.update(outcome='skipped', reason='its etcd key is not a name the API can address')
+            return
+        pacer.wait(stop)
+        outcome = rewrite(client, target['namespace'], target['name'], force_write(target), stop)
+        target['throttled'] = outcome.throttled
+        if outcome.status == WRITTEN:
+            target['outcome'] = 'written'
+            with lock:
+                counter['written'] += 1
+        elif outcome.status == CONFLICT:
+            # Someone else wrote it meanwhile: current already if etcd says so, else one more round.
+            kv = reader.get(f"{defaults.ETCD_SECRETS_PREFIX}{target['namespace']}/{target['name']}")
+            ok, _ = verdict_after(target, classify(kv.value) if kv else None, kv.mod_revision if kv else None,
+                                  plan['currentKeyId'], target.get('modRevisionBefore'))
+            if ok:
+                target.update(outcome='alreadyCurrent', reason='rewritten by someone else meanwhile')
+            else:
+                again = rewrite(client, target['namespace'], target['name'], force_write(target), stop)
+                target['outcome'] = 'written' if again.status == WRITTEN else 'failed'
+                target['reason'] = '' if again.status == WRITTEN else again.reason or outcome.reason
+        else:
+            target.update(outcome='skipped' if outcome.status == SKIPPED else 'failed', reason=outcome.reason)
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def _terminate(_signum, _frame):
+            raise KeyboardInterrupt
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    progress = _progress(cli_ctx, 'Rewriting secrets')
+    interrupted = False
+    pool = ThreadPoolExecutor(max_workers=options.parallel, thread_name_prefix='kmsverify-rewrite')
+    try:
+        pending = set()
+        queue = iter(targets)
+        for target in queue:
+            pending.add(pool.submit(work, target))
+            if len(pending) >= options.parallel * 4:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                _collect(done, fatal, progress, counter, len(targets))
+                if fatal:
+                    stop.set()
+                    break
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            _collect(done, fatal, progress, counter, len(targets))
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
+        logger.warning('Interrupted: finishing the rewrites in flight, then verifying what was written.')
+        pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        if progress is not None:
+            progress.end()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    for target in targets:
+        if 'outcome' not in target:
+            target.update(outcome='failed', reason='not rewritten: ' + ('interrupted' if interrupted else
+                                                                         'stopped by an earlier error'))
+    if fatal:
+        raise fatal[0]
+    return counter['written'], interrupted
+
+
+def _collect(done, fatal, progress, counter, total):
+    from azure.cli.core.azclierror import AzCLIError
+    for future in done:
+        error = future.exception()
+        if isinstance(error, AzCLIError):
+            fatal.append(error)
+        elif error is not None:
+            raise error
+        counter['done'] += 1
+    if progress is not None:
+        progress.add(message=f"Rewrote {counter['done']} of {total} secrets", value=counter['done'], total_val=total)
+
+
+def _verify_from_etcd(reader, targets, current_key_id):
+    """Read every target again from etcd (one paged scan) and require KMS under the current key."""
+    from azext_kmsverify.verdict.classify import classify
+    from azext_kmsverify.verdict.plan import verdict_after
+    by_key = {(t['namespace'], t['name']): t for t in targets if t.get('outcome') in ('written', 'alreadyCurrent')}
+    prefix = len(defaults.ETCD_SECRETS_PREFIX)
+    seen = set()
+    for kv in reader.iter_prefix(defaults.ETCD_SECRETS_PREFIX):
+        namespace, _, name = kv.key[prefix:].decode('utf-8', 'replace').partition('/')
+        target = by_key.get((namespace, name))
+        if target is None:
+            continue
+        seen.add((namespace, name))
+        classification = classify(kv.value)
+        target['modRevisionAfter'] = kv.mod_revision
+        target['storageAfter'] = classification.get('storage')
+        target['keyIdAfter'] = classification.get('keyId')
+        ok, why = verdict_after(target, classification, kv.mod_revision, current_key_id,
+                                target.get('modRevisionBefore'))
+        if target['outcome'] == 'written':
+            target.update(outcome='reencrypted' if ok else 'failed', reason='' if ok else why)
+        elif not ok:
+            target.update(outcome='failed', reason=why)
+    for key, target in by_key.items():
+        if key not in seen:
+            target.update(outcome='failed', reason='the key is gone from etcd')
+
+
+def _checks(result, targets) -> list:
+    """Checks for the JUnit report and the table: the run, then each target that did not end current."""
+    from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, check
+    summary = ', '.join(f'{n} {k}' for k, n in result['summary'].items()) or 'nothing to rewrite'
+    status = PASSED if result['passed'] else FAILED
+    checks = [check('Reencrypt', status, ('dry run: ' if result['dryRun'] else '') + summary)]
+    for target in targets:
+        if target.get('outcome') in ('reencrypted', 'alreadyCurrent'):
+            continue
+        detail = target.get('reason') or target.get('planReason') or target.get('outcome')
+        checks.append(check('SecretReencrypted', SKIPPED if target.get('outcome') in ('skipped', 'planned') else FAILED,
+                            detail, target=f"{printable(target['namespace'])}/{printable(target['name'])}"))
+    return checks
+
+
+_PUBLIC = ('namespace', 'name', 'kind', 'storage', 'kmsVersion', 'keyId', 'outcome', 'reason', 'modRevisionBefore',
+           'modRevisionAfter', 'storageAfter', 'keyIdAfter', 'throttled')
+
+
+def _public(target: dict) -> dict:
+    entry = {k: target.get(k) for k in _PUBLIC}
+    entry['namespace'], entry['name'] = printable(entry['namespace']), printable(entry['name'])
+    return entry
+
+
+def _count(items, key) -> dict:
+    counts = {}
+    for item in items:
+        counts[item.get(key)] = counts.get(item.get(key), 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _progress(cli_ctx, message):
+    if not sys.stderr.isatty() or cli_ctx.only_show_errors:
+        return None
+    progress = cli_ctx.get_progress_controller(det=True)
+    progress.begin(message=message)
+    return progress

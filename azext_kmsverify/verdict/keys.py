@@ -1,0 +1,54 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""The KMS v2 key the API server encrypts with now, known without writing: from ``/metrics``. Pure.
+
+kube-apiserver publishes the hash of every KMS v2 key id it uses (``staging/src/k8s.io/apiserver/pkg/storage/
+value/encrypt/envelope/metrics/metrics.go``): ``apiserver_envelope_encryption_key_id_hash_total`` and
+``..._key_id_hash_last_timestamp_seconds`` with ``transformation_type="to_storage"`` for encryptions, and
+``..._key_id_hash_status_last_timestamp_seconds`` for the key id its plugin's Status call returns. The hash is
+``sha256:`` + the hex SHA-256 of the key id. The newest Status key is the one the next write uses; without it,
+the newest ``to_storage`` one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+STATUS = 'apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds'
+LAST_USED = 'apiserver_envelope_encryption_key_id_hash_last_timestamp_seconds'
+# name{labels} value: label values are quoted with \\ \" \n escapes (the Prometheus text format).
+_SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?[ \t]+(\S+)')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def key_id_hash(key_id: str) -> str:
+    return 'sha256:' + hashlib.sha256(key_id.encode('utf-8')).hexdigest()
+
+
+def current_key_hash(metrics_text: str) -> tuple[str | None, str]:
+    """``(key id hash, how it was found)`` of the key the API server encrypts with now; ``(None, why)`` when
+    the page has no KMS v2 key id metric. Linear in the page."""
+    best = {STATUS: (None, -1.0), LAST_USED: (None, -1.0)}
+    for line in metrics_text.splitlines():
+        if not line.startswith(('apiserver_envelope_encryption_key_id_hash_status_last',
+                                'apiserver_envelope_encryption_key_id_hash_last')):
+            continue
+        match = _SAMPLE.fullmatch(line.strip())
+        if not match or match.group(1) not in best:
+            continue
+        labels = dict(_LABEL.findall(match.group(2) or ''))
+        if match.group(1) == LAST_USED and labels.get('transformation_type') != 'to_storage':
+            continue
+        try:
+            stamp = float(match.group(3))
+        except ValueError:
+            continue
+        if labels.get('key_id_hash') and stamp > best[match.group(1)][1]:
+            best[match.group(1)] = (labels['key_id_hash'], stamp)
+    if best[STATUS][0]:
+        return best[STATUS][0], 'the key id its KMS v2 plugin reports (Status)'
+    if best[LAST_USED][0]:
+        return best[LAST_USED][0], 'the key id of its latest encryption'
+    return None, 'the API server publishes no KMS v2 key id hash (KMS v1, or nothing encrypted yet)'

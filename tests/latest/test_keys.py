@@ -1,0 +1,59 @@
+"""verdict.keys: the current KMS v2 key id hash from real /metrics pages (tests/fixtures/metrics, captured from
+the sandbox, which formats them as kube-apiserver 1.30's metrics.go and client_golang do)."""
+
+import time
+
+from azext_kmsverify.verdict.keys import current_key_hash, key_id_hash
+from azext_kmsverify.verdict.scan import ScanSummary
+
+from tests.support.paths import FIXTURES
+
+METRICS = FIXTURES / 'metrics'
+STATUS_HASH = 'sha256:bebf6d3d0e56014e05e9abf1857385f0ea3fc74ad3649b8485ac7d688bf72224'
+
+
+def test_the_status_key_is_current():
+    found, how = current_key_hash((METRICS / 'kms-v2.txt').read_text())
+    assert found == STATUS_HASH and 'Status' in how
+
+
+def test_without_a_status_sample_the_latest_encryption_wins():
+    text = '\n'.join(line for line in (METRICS / 'kms-v2.txt').read_text().splitlines()
+                     if 'status_last_timestamp' not in line)
+    found, how = current_key_hash(text)
+    assert found == STATUS_HASH and 'encryption' in how  # its to_storage stamp is the newest one
+
+
+def test_decryptions_do_not_name_the_current_key():
+    text = ('apiserver_envelope_encryption_key_id_hash_last_timestamp_seconds{key_id_hash="sha256:old",'
+            'provider_name="p",transformation_type="from_storage"} 2e9\n'
+            'apiserver_envelope_encryption_key_id_hash_last_timestamp_seconds{key_id_hash="sha256:new",'
+            'provider_name="p",transformation_type="to_storage"} 1e9\n')
+    assert current_key_hash(text)[0] == 'sha256:new'
+
+
+def test_kms_v1_has_no_key_id():
+    found, how = current_key_hash((METRICS / 'kms-v1.txt').read_text())
+    assert found is None and 'KMS v1' in how
+
+
+def test_odd_lines_are_ignored_and_parsing_is_linear():
+    junk = 'apiserver_envelope_encryption_key_id_hash_last_timestamp_seconds{' + 'a="\\"' * 200000 + '\n'
+    text = junk + 'apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds{key_id_hash="sha256:x",' \
+                  'label="with \\"quotes\\""} 5\nnot a metric line\n'
+    start = time.monotonic()
+    assert current_key_hash(text)[0] == 'sha256:x'
+    assert time.monotonic() - start < 1
+
+
+def test_the_scan_names_the_current_key_from_its_hash():
+    summary = ScanSummary(current_key_id='probe-key', current_key_hash=key_id_hash('key-2'))
+    for i, key in enumerate(['key-1', 'key-2', 'key-2', 'key-1']):
+        summary.add('ns', f's{i}', {'storage': 'kms', 'kmsVersion': 'v2', 'provider': 'p', 'keyId': key}, i + 1)
+    scan, _ = summary.finish()
+    assert (scan['currentKeyId'], scan['currentKeyIdSource']) == ('key-2', 'metrics')
+    assert sorted(s['name'] for s in scan['stale']) == ['s0', 's3']
+    unmatched = ScanSummary(current_key_id='key-1', current_key_hash=key_id_hash('key-9'))
+    unmatched.add('ns', 'a', {'storage': 'kms', 'kmsVersion': 'v2', 'provider': 'p', 'keyId': 'key-1'}, 1)
+    scan, _ = unmatched.finish()
+    assert (scan['currentKeyId'], scan['currentKeyIdSource']) == ('key-1', 'probe')
