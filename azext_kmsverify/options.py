@@ -43,7 +43,7 @@ class EtcdOptions:
 
 
 @dataclass(frozen=True)
-class VerifyOptions:
+class VerifyOptions:  # pylint: disable=too-many-instance-attributes  # one field per option of the command
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
     etcd: EtcdOptions = field(default_factory=EtcdOptions)
     secrets: tuple[tuple[str, str], ...] = ()
@@ -70,7 +70,7 @@ class VerifyOptions:
 
 
 @dataclass(frozen=True)
-class ReencryptOptions:
+class ReencryptOptions:  # pylint: disable=too-many-instance-attributes  # one field per option of the command
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
     etcd: EtcdOptions = field(default_factory=EtcdOptions)
     secrets: tuple[tuple[str, str], ...] = ()

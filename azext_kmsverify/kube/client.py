@@ -29,7 +29,7 @@ logger = get_logger(__name__)
 _TOKEN_OK = frozenset(range(0x21, 0x7f))  # what an HTTP header can carry of a token, after kubectl's trim
 
 
-class KubeClient:
+class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per part of the kubeconfig's transport
     """One API server reached through one kubeconfig context. Use as a context manager."""
 
     def __init__(self, kubeconfig: Kubeconfig, deadline, credential: str = 'kubeconfig'):
@@ -97,7 +97,7 @@ class KubeClient:
     def url(self, path: str, query=None) -> str:
         return self.server + path + (('?' + urlencode(list(query))) if query else '')
 
-    def request(self, method: str, path: str, query=None, accept: str = 'application/json', body=None,
+    def request(self, method: str, path: str, *, query=None, accept: str = 'application/json', body=None,
                 timeout: float = 30, max_bytes: int = defaults.BODY_MAX_BYTES, doing: str | None = None,
                 bounded: bool = True, headers_out: dict | None = None) -> tuple[int, bytes]:
         """(status, body bytes). Raises azclierrors for transport failures and oversized answers only.

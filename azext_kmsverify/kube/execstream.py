@@ -53,7 +53,7 @@ class ExecError(Exception):
         self.fatal = fatal
 
 
-def exec_in_pod(client, namespace: str, pod: str, container: str, argv: list[str],
+def exec_in_pod(client, namespace: str, pod: str, container: str, argv: list[str], *,
                 max_bytes: int = defaults.EXEC_OUTPUT_MAX_BYTES) -> ExecResult:
     """Run ``argv`` in ``container`` of ``pod``. Raises ExecError when the exec itself fails."""
     import websocket
@@ -81,7 +81,7 @@ def exec_in_pod(client, namespace: str, pod: str, container: str, argv: list[str
             raise ExecError(client.errors.transport(ex, doing), True) from None
         raise ExecError(client.errors.transport(ex, f'opening an exec stream to pod {pod}')) from None
     try:
-        return _read(client, sock, pod, container, argv, max_bytes)
+        return _read(client, sock, pod, container, argv, max_bytes=max_bytes)
     finally:
         try:
             sock.close(timeout=0.2)
@@ -89,7 +89,7 @@ def exec_in_pod(client, namespace: str, pod: str, container: str, argv: list[str
             pass
 
 
-def _read(client, sock, pod: str, container: str, argv: list[str], max_bytes: int) -> ExecResult:
+def _read(client, sock, pod: str, container: str, argv: list[str], *, max_bytes: int) -> ExecResult:
     import websocket
     deadline = client.deadline
     sinks: dict[int, list[bytes]] = {STDOUT: [], STDERR: [], ERROR: []}

@@ -27,7 +27,7 @@ def secret_exists(client, ns: str, name: str) -> bool:
     raise client.errors.api(status, body, doing, permission='get secrets in namespace ' + ns)
 
 
-def create_secret(client, ns: str, body: dict, doing: str, permission: str, not_found: tuple[str, str]) -> None:
+def create_secret(client, ns: str, body: dict, doing: str, *, permission: str, not_found: tuple[str, str]) -> None:
     """POST a secret; the answer is asked as metadata only, so the value does not come back."""
     status, answer = client.request('POST', f'/api/v1/namespaces/{ns}/secrets', body=body, accept=METADATA_ONLY,
                                     timeout=30, doing=doing)
@@ -41,7 +41,7 @@ def delete_secret(client, ns: str, name: str, timeout: float) -> bool:
     try:
         status, _ = client.request('DELETE', f'/api/v1/namespaces/{ns}/secrets/{name}', timeout=timeout,
                                    bounded=False, doing=f'deleting secret {ns}/{name}')
-    except Exception:  # pylint: disable=broad-except
+    except Exception:  # pylint: disable=broad-except  # never raises: see above
         return False
     return status in (200, 202, 404)
 

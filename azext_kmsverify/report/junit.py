@@ -59,9 +59,9 @@ def suite_name(result):
     cluster = result.get('cluster') or {}
     parts = [SUITE_NAME]
     if cluster.get('resourceGroup') and cluster.get('name'):
-        parts.append('-g {} -n {}'.format(cluster['resourceGroup'], cluster['name']))
+        parts.append(f"-g {cluster['resourceGroup']} -n {cluster['name']}")
     elif cluster.get('context'):
-        parts.append('--context {}'.format(cluster['context']))
+        parts.append(f"--context {cluster['context']}")
     if result.get('scan') is not None:
         parts.append('--all-secrets')
     return ' '.join(parts)
@@ -94,13 +94,14 @@ def _testcases(result):
 def _secret_case(check_name, entry):
     namespace, name = entry.get('namespace') or '', entry.get('name') or ''
     reason = entry.get('reason') or ''
-    text = (f'{namespace}/{name}: {reason}\nRewrite it to re-encrypt: kubectl get secret -n {shlex.quote(namespace)} '
-            f'{shlex.quote(name)} -o json | kubectl replace -f -')
+    text = (f'{namespace}/{name}: {reason}\nRewrite it to re-encrypt: az aksarc kms reencrypt ... --secret '
+            f'{shlex.quote(namespace + "/" + name)} --yes')
     return (_CLASS_PREFIX + check_name, f'{namespace}/{name}', FAILED, reason, text, None)
 
 
 def to_junit_xml(result, *, timestamp=None, hostname=None, duration=None):
-    """UTF-8 JUnit XML (with declaration) of the command's result dict.
+    """UTF-8 JUnit XML (with declaration) of the command's result dict: one ``<testsuite>``, or one per cluster
+    for a fleet result (``clusters``).
 
     ``timestamp`` is when the run started (default: now), ``hostname`` where it ran (default: this host),
     ``duration`` how long it took in seconds (default 0).
@@ -109,6 +110,34 @@ def to_junit_xml(result, *, timestamp=None, hostname=None, duration=None):
     if moment.tzinfo is not None:
         moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     host = hostname or socket.gethostname() or 'localhost'
+    results = result['clusters'] if isinstance(result.get('clusters'), list) else [result]
+    root = ET.Element('testsuites')
+    totals = {'tests': 0, FAILED: 0, 'error': 0}
+    for index, item in enumerate(results):
+        seconds = item.get('durationSeconds') if len(results) > 1 or 'clusters' in result else duration
+        tests, counts = _suite(root, _as_result(item), index, moment, host, seconds)
+        totals['tests'] += tests
+        totals[FAILED] += counts[FAILED]
+        totals['error'] += counts['error']
+    name = SUITE_NAME + (f' ({len(results)} clusters)' if 'clusters' in result else '')
+    if 'clusters' not in result:
+        name = suite_name(result)
+    root.attrib.clear()
+    _sub_attrs(root, name=name, tests=totals['tests'], failures=totals[FAILED], errors=totals['error'],
+               time=_seconds(duration))
+    ET.indent(root)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding='unicode').encode('utf-8') + b'\n'
+
+
+def _as_result(item):
+    """A fleet entry without a single-cluster result (not verifiable, could not verify) as one failed check."""
+    if item.get('checks') is not None:
+        return item
+    from azext_kmsverify.verdict.checks import check
+    return dict(item, checks=[check('Verification', FAILED, f"could not verify: {item.get('error') or 'unknown'}")])
+
+
+def _suite(root, result, index, moment, host, duration):
     cases = _testcases(result)
     counts = {FAILED: 0, SKIPPED: 0, 'error': 0}
     for case in cases:
@@ -118,13 +147,10 @@ def to_junit_xml(result, *, timestamp=None, hostname=None, duration=None):
             counts[key] += 1
     total_time = _seconds(duration)
     name = suite_name(result)
-
-    root = ET.Element('testsuites')
-    _sub_attrs(root, name=name, tests=len(cases), failures=counts[FAILED], errors=counts['error'], time=total_time)
     suite = _sub(root, 'testsuite')
     _sub_attrs(suite, name=name, tests=len(cases), failures=counts[FAILED], errors=counts['error'],
                skipped=counts[SKIPPED], time=total_time, timestamp=moment.strftime('%Y-%m-%dT%H:%M:%S'),
-               hostname=host, id=0, package='kmsverify')
+               hostname=host, id=index, package='kmsverify')
     _properties(suite, result)
     warnings = []
     for classname, case_name, status, message, text, stdout in cases:
@@ -143,8 +169,7 @@ def to_junit_xml(result, *, timestamp=None, hostname=None, duration=None):
             _sub(case, 'system-out', stdout)
     if warnings:
         _sub(suite, 'system-out', '\n'.join(warnings))
-    ET.indent(root)
-    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding='unicode').encode('utf-8') + b'\n'
+    return len(cases), counts
 
 
 def _sub_attrs(element, **attrs):

@@ -7,6 +7,8 @@ A check is ``{"name", "target", "status": Passed|Failed|Warning|Skipped, "detail
 when no check failed; warnings do not fail it.
 """
 
+from __future__ import annotations
+
 from azext_kmsverify.verdict.readyz import kms_checks, parse_readyz
 
 PASSED, FAILED, WARNING, SKIPPED = 'Passed', 'Failed', 'Warning', 'Skipped'
@@ -39,17 +41,16 @@ def kms_health(readyz_status, readyz_body, check_reasons, unreachable=None):
                                          'kms-provider-N check')
     failing = [c for c in lines if c['status'] == 'failed']
     if failing:
-        reasons = ['{}: {}'.format(c['name'], check_reasons.get(c['name']) or 'failed (reason withheld)')
-                   for c in failing]
+        reasons = [f"{c['name']}: {check_reasons.get(c['name']) or 'failed (reason withheld)'}" for c in failing]
         return check(KMS_HEALTH, FAILED, '; '.join(reasons))
-    return check(KMS_HEALTH, PASSED, ', '.join('{} {}'.format(c['name'], c['status']) for c in lines))
+    return check(KMS_HEALTH, PASSED, ', '.join(f"{c['name']} {c['status']}" for c in lines))
 
 
 def failing_kms_check_names(readyz_body):
     return [c['name'] for c in kms_checks(parse_readyz(readyz_body)) if c['status'] == 'failed']
 
 
-def secret_entry(namespace, name, etcd_key, classification, probe=False, mod_revision=None):
+def secret_entry(namespace, name, etcd_key, classification, *, probe=False, mod_revision=None):
     """One row of ``secrets``: the classification of its etcd value, never the value."""
     entry = {'namespace': namespace, 'name': name, 'etcdKey': etcd_key}
     for field in SECRET_FIELDS[3:]:
@@ -66,15 +67,14 @@ def encryption_verdict(entry):
     if storage == 'kms' and entry.get('malformed'):
         # The prefix says KMS but the payload does not have the shape the API server writes: it cannot be
         # decrypted, so it does not count as encrypted.
-        return FAILED, 'KMS {} prefix but a malformed payload ({})'.format(entry.get('kmsVersion'),
-                                                                         entry['malformed'])
+        return FAILED, f"KMS {entry.get('kmsVersion')} prefix but a malformed payload ({entry['malformed']})"
     if storage == 'kms':
-        detail = 'stored with KMS {} provider {}'.format(entry.get('kmsVersion'), entry.get('provider'))
+        detail = f"stored with KMS {entry.get('kmsVersion')} provider {entry.get('provider')}"
         if entry.get('keyId'):
-            detail += ', key id {}'.format(entry['keyId'])
+            detail += f", key id {entry['keyId']}"
         return PASSED, detail
     if storage in ('aescbc', 'aesgcm', 'secretbox'):
-        return FAILED, 'encrypted with a local key, not KMS ({} key {})'.format(storage, entry.get('provider'))
+        return FAILED, f"encrypted with a local key, not KMS ({storage} key {entry.get('provider')})"
     if storage == 'identity':
         return FAILED, 'stored in plaintext (identity)'
     return FAILED, 'stored in an unrecognised format, not KMS'
@@ -84,7 +84,7 @@ def secret_check(entry):
     status, detail = encryption_verdict(entry)
     if entry.get('probe'):
         detail = 'probe secret ' + detail
-    return check(SECRET_ENCRYPTED, status, detail, target='{}/{}'.format(entry['namespace'], entry['name']))
+    return check(SECRET_ENCRYPTED, status, detail, target=f"{entry['namespace']}/{entry['name']}")
 
 
 def kms_v1_warning(entries, scanned_by_version=None):
@@ -93,10 +93,9 @@ def kms_v1_warning(entries, scanned_by_version=None):
     scanned = (scanned_by_version or {}).get('v1', 0)
     if not v1 and not scanned:
         return None
-    where = 'provider {}'.format(', '.join(sorted({e.get('provider') or '?' for e in v1}))) if v1 else \
-        f'{scanned} secrets'
+    where = f"provider {', '.join(sorted({e.get('provider') or '?' for e in v1}))}" if v1 else f'{scanned} secrets'
     return check(KMS_V1_DEPRECATED, WARNING, f'KMS v1 in use ({where}): deprecated since Kubernetes 1.28 and off by '
-                 'default since 1.29; KMS v2 is recommended')
+                                             'default since 1.29; KMS v2 is recommended')
 
 
 def build_result(cluster, checks, entries, etcd_pod=None, scan=None):

@@ -266,9 +266,10 @@ def remediation(failing, stale):
     if not failing and not stale:
         return None
     text = ('Rewrite the listed secrets so that the API server stores them again with its current first provider '
-            f'(and, for KMS, the current key): one at a time with `{REWRITE_ONE}`, or all at once with '
-            f'`{REWRITE_ALL}` (the method the '
-            'AKS on Azure Local documentation gives).')
+            '(and, for KMS, the current key): `az aksarc kms reencrypt` with the same cluster options (--dry-run '
+            f'first) rewrites exactly these and proves the result from etcd. `{REWRITE_ALL}` (the method the AKS on '
+            'Azure Local documentation gives) leaves KMS v1 secrets under the old key: kube-apiserver skips an '
+            'unchanged write unless the stored value is stale, and a KMS v1 value is not stale after a key rotation.')
     if failing:
         text += (' Plaintext (identity) and local-key (aescbc, aesgcm, secretbox) secrets become KMS-encrypted '
                  'only once KMS is the first provider in the EncryptionConfiguration: rewriting them before that '

@@ -179,7 +179,8 @@ def test_token_request_failing_for_a_kubelogin_kubeconfig_exit_1(kube_az, box, t
             'args': ['get-token', '--login', 'azurecli', '--server-id', SERVER_ID]}}
     path = write_kubeconfig(box, tmp_path / 'kubeconfig', kubelogin_azurecli)
     result = verify(kube_az, path, env={'FAKEAZ_FAIL': '1'})
-    assert_error(result, 1, ['Could not get an Entra ID token for the cluster (Entra server id {}'.format(SERVER_ID), 'azurecli sign-in', 'AADSTS700082'],
+    assert_error(result, 1, ['Could not get an Entra ID token for the cluster (Entra server id {}'.format(SERVER_ID),
+                             'azurecli sign-in', 'AADSTS700082'],
                  "'az login'")
 
 

@@ -115,7 +115,7 @@ def test_failing_scan_with_warning_and_skipped(schema):
 
     plain = cases[("kmsverify.AllSecretsEncrypted", "default/plain")].find("failure")
     assert plain.get("message") == "stored in plaintext (identity)"
-    assert "kubectl get secret -n default plain -o json | kubectl replace -f -" in plain.text
+    assert "az aksarc kms reencrypt ... --secret default/plain --yes" in plain.text
 
     warning = cases[("kmsverify.KmsV2CurrentKey", "KmsV2CurrentKey")]
     assert warning.find("failure") is None and warning.find("skipped") is None
@@ -157,7 +157,7 @@ def test_special_characters_escaped(schema):
     assert cases[1].find("system-out").text == "Warning: " + expected
     assert suite.get("name") == "az aksarc kms verify --context " + expected + " --all-secrets"
     assert cases[3].get("name") == 'x<y/a&b"c'
-    assert "kubectl get secret -n 'x<y' 'a&b\"c'" in cases[3].find("failure").text
+    assert "--secret 'x<y/a&b\"c'" in cases[3].find("failure").text
 
 
 def test_unknown_status_is_an_error(schema):

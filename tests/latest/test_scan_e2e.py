@@ -193,7 +193,7 @@ def test_v2_history_lists_exactly_the_planted_failing_and_old_key_secrets(az, v2
     encrypted = next(c for c in body['checks'] if c['name'] == 'AllSecretsEncrypted')
     assert encrypted['detail'] == ('4 of {} secrets are not encrypted with KMS: 2 identity, 1 aescbc, 1 secretbox'
                                    .format(scan['total']))
-    assert 'kubectl replace' in scan['remediation']
+    assert 'az aksarc kms reencrypt' in scan['remediation'] and 'kubectl replace' in scan['remediation']
     assert body['secrets'] == []  # read-only: no probe unless asked
     assert_counts_match_etcd(scan, v2box)
     assert_no_leak(result, CANARIES + ['Summer2023!'])
