@@ -75,7 +75,23 @@ def load_arguments(self, _):
                    arg_group='Scan', help='Fail (instead of warn) when secrets were written under an older key.')
         c.argument('timeout',
                    default=defaults.TIMEOUT_SECONDS, options_list=['--timeout'], type=int,
-                   help='Seconds the whole verification may take.')
+                   help="Seconds the whole verification may take (with several clusters: each cluster's).")
+        c.argument('ids', options_list=['--ids'], nargs='+', action=AppendValues, arg_group='Fleet',
+                   help='Full ARM ids of AKS Arc clusters (connected clusters), verified in parallel with one verdict.')
+        c.argument('all_clusters', options_list=['--all-clusters'], arg_type=get_three_state_flag(),
+                   arg_group='Fleet', help='Every AKS Arc cluster the sign-in can see, found with Azure Resource '
+                                           'Graph (narrow it with --subscriptions, -g and --tag).')
+        c.argument('subscriptions', options_list=['--subscriptions'], nargs='+', action=AppendValues,
+                   arg_group='Fleet', help='With --all-clusters: these subscriptions only. Default: every '
+                                           'subscription of the az login (in its tenant).')
+        c.argument('tags', options_list=['--tag'], nargs='+', action=AppendValues, arg_group='Fleet',
+                   help='With --all-clusters: only clusters with this tag, as KEY or KEY=VALUE. Repeat to require '
+                        'several.')
+        c.argument('max_parallel', options_list=['--max-parallel'], type=int, default=defaults.MAX_PARALLEL,
+                   arg_group='Fleet', help='Clusters verified at once.')
+        c.argument('shard', options_list=['--shard'], arg_group='Fleet',
+                   help='I/N: verify only the I-th of N deterministic slices of the clusters (by ARM id), for N '
+                        'parallel pipeline jobs.')
 
     with self.argument_context('aksarc kms reencrypt') as c:
         c.argument('secrets', options_list=['--secret'], nargs='+', action=AppendSecrets, arg_group='Targets',

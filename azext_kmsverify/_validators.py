@@ -111,6 +111,7 @@ def _validate(namespace):
         RequiredArgumentMissingError,
     )
     ns = namespace
+    _validate_fleet(ns)
     # ARM mode is decided by --name: a configured default group (az config set defaults.group=RG, or
     # AZURE_DEFAULTS_GROUP) reaches every command as a DefaultStr and must not turn --kubeconfig into an ARM call.
     group_given = bool(ns.resource_group_name) and not _is_default(ns.resource_group_name)
@@ -121,7 +122,19 @@ def _validate(namespace):
         raise argument_error(MutuallyExclusiveArgumentError(
             '--kubeconfig cannot be used with --resource-group/--name.',
             'Either fetch credentials from Azure with -g/-n, or use an existing kubeconfig with --kubeconfig.'))
-    if not ns.kubeconfig and not arm:
+    if _is_fleet(ns):
+        if ns.kubeconfig or ns.cluster_name or ns.context:
+            raise argument_error(MutuallyExclusiveArgumentError(
+                '--ids and --all-clusters cannot be used with --kubeconfig, --context or --name.',
+                'Verify one cluster with -g/-n or --kubeconfig, or several with --ids or --all-clusters.'))
+        if getattr(ns, 'ids', None) and group_given:
+            raise argument_error(MutuallyExclusiveArgumentError(
+                '--resource-group narrows --all-clusters; --ids already names each cluster.',
+                'Drop --resource-group, or use --all-clusters -g RG.'))
+        if not group_given:
+            ns.resource_group_name = None
+        arm = False
+    elif not ns.kubeconfig and not arm:
         raise argument_error(RequiredArgumentMissingError(
             'No cluster given.',
             'Give the AKS Arc cluster with --resource-group and --name, or an existing kubeconfig with '
@@ -133,7 +146,7 @@ def _validate(namespace):
             f'{missing} is required with {given}.',
             'Give both --resource-group and --name of the AKS Arc cluster (or set a default group with '
             "'az config set defaults.group=RG')."))
-    if ns.admin and not arm:
+    if ns.admin and not arm and not _is_fleet(ns):
         raise argument_error(MutuallyExclusiveArgumentError(
             '--admin applies only to credentials fetched with --resource-group/--name.',
             'Drop --admin; the user of --kubeconfig is chosen by --context.'))
@@ -192,6 +205,59 @@ def _validate(namespace):
                 'For kubeadm-style clusters the files are under /etc/kubernetes/pki/etcd/.'))
     if ns.junit_xml:
         ns.junit_xml = _check_report_path(ns.junit_xml)
+
+
+def _is_fleet(ns):
+    return bool(getattr(ns, 'ids', None) or getattr(ns, 'all_clusters', None))
+
+
+def _validate_fleet(ns):
+    """--ids, --all-clusters and what narrows or paces them."""
+    from azure.cli.core.azclierror import InvalidArgumentValueError, MutuallyExclusiveArgumentError
+    if not hasattr(ns, 'ids'):
+        return
+    if ns.ids and ns.all_clusters:
+        raise argument_error(MutuallyExclusiveArgumentError('--ids and --all-clusters cannot be used together.',
+                                                            'Name the clusters with --ids, or find them all with '
+                                                            '--all-clusters.'))
+    if (ns.subscriptions or ns.tags) and not ns.all_clusters:
+        raise argument_error(MutuallyExclusiveArgumentError('--subscriptions and --tag apply only to --all-clusters.',
+                                                            'Add --all-clusters, or drop them.'))
+    if ns.ids:
+        from azext_kmsverify.discovery.select import parse_cluster_id
+        from azext_kmsverify.operations.fleet import bad_id
+        values = [part for value in ns.ids for part in str(value).split()]
+        for value in values:
+            if parse_cluster_id(value) is None:
+                raise argument_error(bad_id(value))
+        ns.ids = values
+    tags = []
+    for value in ns.tags or []:
+        key, _, tag_value = value.partition('=')
+        if not key or _CONTROL.search(value) or len(key) > 512:
+            raise argument_error(InvalidArgumentValueError(f"--tag '{_shorten(value)}' is not KEY or KEY=VALUE.",
+                                                           'Give a tag like --tag env=prod, or --tag site.'))
+        tags.append((key, tag_value if '=' in value else None))
+    ns.tags = tags
+    for value in ns.subscriptions or []:
+        if not re.fullmatch(r'[0-9a-fA-F-]{36}', value):
+            raise argument_error(InvalidArgumentValueError(f"--subscriptions '{_shorten(value)}' is not a "
+                                                           'subscription id.', 'Give subscription ids (GUIDs).'))
+    if ns.shard:
+        match = re.fullmatch(r'(\d{1,4})/(\d{1,4})', str(ns.shard))
+        if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+            raise argument_error(InvalidArgumentValueError(f"--shard '{_shorten(str(ns.shard))}' is not I/N with "
+                                                           '1 <= I <= N.', 'Give the slice as I/N, e.g. --shard '
+                                                                           '$(System.JobPositionInPhase)/'
+                                                                           '$(System.TotalJobsInPhase).'))
+        if not (ns.ids or ns.all_clusters):
+            raise argument_error(MutuallyExclusiveArgumentError('--shard applies only to --ids or --all-clusters.',
+                                                                'Add --all-clusters, or drop --shard.'))
+        ns.shard = (int(match.group(1)), int(match.group(2)))
+    if ns.max_parallel is not None and not 1 <= ns.max_parallel <= 64:
+        raise argument_error(InvalidArgumentValueError(f'--max-parallel must be between 1 and 64, not '
+                                                       f'{ns.max_parallel}.', 'Give --max-parallel a value in that '
+                                                                              'range.'))
 
 
 def _check_report_path(value):

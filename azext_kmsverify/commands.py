@@ -3,6 +3,8 @@
 # --------------------------------------------------------------------------------------------
 """Command table. Kept free of heavy imports: ``az`` loads it on every relevant call."""
 
+from __future__ import annotations
+
 from azext_kmsverify._validators import validate_reencrypt, validate_verify
 from azext_kmsverify.report.table import reencrypt_table_format, verify_table_format
 

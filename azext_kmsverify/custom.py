@@ -26,13 +26,13 @@ def verify_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False,
     return main(cmd.cli_ctx, VerifyOptions.from_args(args))
 
 
-def reencrypt_kms(cmd, resource_group_name=None, cluster_name=None, admin=False, kubeconfig=None, context=None,
+def reencrypt_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False, kubeconfig=None, context=None,
                   secrets=None, namespaces=None, only='all', dry_run=False, yes=False,
                   parallel=defaults.REENCRYPT_PARALLEL, max_per_second=0, rotation_days=defaults.ROTATION_DAYS,
                   etcd_pod=None, etcd_container=defaults.ETCD_CONTAINER, etcd_endpoint=defaults.ETCD_ENDPOINT,
                   etcd_cacert=defaults.ETCD_CACERT, etcd_cert=defaults.ETCD_CERT, etcd_key=defaults.ETCD_KEY,
                   page_size=defaults.PAGE_SIZE, timeout=defaults.REENCRYPT_TIMEOUT_SECONDS, junit_xml=None):
-    # pylint: disable=too-many-arguments,too-many-locals,unused-argument
+    # pylint: disable=unused-argument  # every one is read through locals()
     from azext_kmsverify.operations.reencrypt import main
     from azext_kmsverify.options import ReencryptOptions
     args = dict(locals())

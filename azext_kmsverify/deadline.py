@@ -3,6 +3,8 @@
 # --------------------------------------------------------------------------------------------
 """The time budget of one run (``--timeout``), shared by every step so the whole run is bounded."""
 
+from __future__ import annotations
+
 import time
 
 
@@ -18,6 +20,10 @@ class Deadline:
 
     def expired(self):
         return self.remaining() <= 0
+
+    def cancel(self):
+        """End the budget now: every wait bounded by it ends (a fleet's Ctrl-C)."""
+        self.end = time.monotonic()
 
     def bound(self, wanted):
         """``wanted`` seconds, or less when the deadline is nearer (never below a small floor)."""

@@ -3,6 +3,8 @@
 # --------------------------------------------------------------------------------------------
 """Every default and limit, in one place so help, validation and code agree (no imports: loaded at start-up)."""
 
+from __future__ import annotations
+
 # AKS Entra server application: the audience of kubelogin tokens when a kubeconfig names none.
 AKS_ENTRA_SERVER_ID = '6dae42f8-4368-4678-94ff-3960e28e3630'
 HYBRIDAKS_API_VERSION = '2024-01-01'
@@ -47,3 +49,8 @@ REWRITE_ATTEMPTS = 5  # GET+PUT rounds per secret through 429s and conflicts
 RETRY_AFTER_SECONDS = 1.0  # when a 429 names no Retry-After
 RETRY_AFTER_MAX_SECONDS = 30.0
 METADATA_ONLY_ACCEPT = 'application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json'
+
+# Fleets (verify --ids / --all-clusters).
+RESOURCE_GRAPH_API_VERSION = '2022-10-01'
+RESOURCE_GRAPH_PAGE = 1000
+MAX_PARALLEL = 8  # clusters verified at once

@@ -7,6 +7,8 @@ The exit codes users rely on (README.md): 0 passed, 4 verified and found a probl
 2 bad arguments, 3 not found (az maps ``ResourceNotFoundError`` to 3 itself).
 """
 
+from __future__ import annotations
+
 EXIT_PASSED = 0
 EXIT_COULD_NOT_VERIFY = 1
 EXIT_BAD_ARGUMENTS = 2

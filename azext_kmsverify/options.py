@@ -20,6 +20,7 @@ class ClusterOptions:
 
     resource_group: str | None = None
     name: str | None = None
+    subscription: str | None = None  # default: the az login's current subscription
     admin: bool = False
     kubeconfig: str | None = None
     context: str | None = None
@@ -54,6 +55,18 @@ class VerifyOptions:  # pylint: disable=too-many-instance-attributes  # one fiel
     rotation_days: int = defaults.ROTATION_DAYS
     timeout: int = defaults.TIMEOUT_SECONDS
     junit_xml: str | None = None
+    progress: bool = True  # off for the clusters of a fleet (the fleet draws its own)
+    # A fleet: ARM ids, or every cluster Resource Graph finds (narrowed by subscriptions, group and tags).
+    ids: tuple[str, ...] = ()
+    all_clusters: bool = False
+    subscriptions: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str | None], ...] = ()
+    max_parallel: int = defaults.MAX_PARALLEL
+    shard: tuple[int, int] | None = None
+
+    @property
+    def fleet(self) -> bool:
+        return bool(self.ids or self.all_clusters)
 
     @classmethod
     def from_args(cls, args: dict) -> VerifyOptions:
@@ -65,8 +78,13 @@ class VerifyOptions:  # pylint: disable=too-many-instance-attributes  # one fiel
         probe = args.get('probe')
         if probe is None:  # read-only unless asked: the probe is the default only when nothing else is verified
             probe = not (secrets or args.get('all_secrets'))
-        return _build(cls, dict(args, probe=probe), cluster=None, etcd=None, secrets=None,
-                      _extra={'cluster': cluster, 'etcd': etcd, 'secrets': secrets})
+        return _build(cls, dict(args, probe=probe), cluster=None, etcd=None, secrets=None, ids=None,
+                      subscriptions=None, tags=None, shard=None,
+                      _extra={'cluster': cluster, 'etcd': etcd, 'secrets': secrets,
+                              'ids': tuple(args.get('ids') or ()),
+                              'subscriptions': tuple(args.get('subscriptions') or ()),
+                              'tags': tuple(tuple(t) for t in args.get('tags') or ()),
+                              'shard': tuple(args['shard']) if args.get('shard') else None})
 
 
 @dataclass(frozen=True)

@@ -33,14 +33,14 @@ def cluster_resource_id(subscription, resource_group, cluster_name):
             f'/providers/Microsoft.Kubernetes/connectedClusters/{cluster_name}')
 
 
-def fetch_kubeconfig(cli_ctx, resource_group, cluster_name, admin, deadline):
+def fetch_kubeconfig(cli_ctx, resource_group, cluster_name, admin, deadline, subscription=None):
     """Return the kubeconfig (a dict) of an AKS Arc cluster from ARM, polling the long-running operation."""
     from azure.cli.core.azclierror import AzureResponseError
     from azure.core.exceptions import AzureError, HttpResponseError
     from azure.core.polling import LROPoller
     from azure.core.rest import HttpRequest
     from azure.mgmt.core.polling.arm_polling import ARMPolling
-    subscription = _subscription_id(cli_ctx)
+    subscription = subscription or _subscription_id(cli_ctx)
     action = 'listAdminKubeconfig' if admin else 'listUserKubeconfig'
     path = (f'{cluster_resource_id(subscription, resource_group, cluster_name)}'
             f'/providers/Microsoft.HybridContainerService/provisionedClusterInstances/default/{action}')

@@ -28,6 +28,9 @@ def main(cli_ctx, options: VerifyOptions) -> dict:
 
     from azext_kmsverify.report.exitcode import exit_nonzero_after_output
     step = ['starting']
+    if options.fleet:
+        from azext_kmsverify.operations.fleet import main as fleet_main
+        return fleet_main(cli_ctx, options)
     try:
         result = verify(cli_ctx, options, step)
     except AzCLIError as error:
@@ -50,9 +53,10 @@ def main(cli_ctx, options: VerifyOptions) -> dict:
     return result
 
 
-def verify(cli_ctx, options: VerifyOptions, step: list | None = None) -> dict:
+def verify(cli_ctx, options: VerifyOptions, step: list | None = None, deadline=None) -> dict:
     """Run the verification; returns the result, or raises an azclierror when it could not verify.
-    ``step[0]`` names what is being done, for the message of an unexpected failure."""
+    ``step[0]`` names what is being done, for the message of an unexpected failure; ``deadline`` (default: a new
+    one of ``--timeout``) lets a fleet end every cluster's waits at once."""
     step = step if step is not None else ['starting']
     from azext_kmsverify.deadline import Deadline
     from azext_kmsverify.etcd.reader import EtcdReader
@@ -62,7 +66,7 @@ def verify(cli_ctx, options: VerifyOptions, step: list | None = None) -> dict:
     from azext_kmsverify.kube.probe import ProbeSecret
     from azext_kmsverify.verdict import checks as rules
 
-    deadline = Deadline(options.timeout)
+    deadline = deadline or Deadline(options.timeout)
     runner = None
     try:
         step[0] = 'signing in'
@@ -114,10 +118,13 @@ def sign_in(cli_ctx, cluster: ClusterOptions, deadline):
     from azext_kmsverify.auth.entra import sign_in as entra_sign_in
     if cluster.from_azure:
         from azext_kmsverify.auth.arm import fetch_kubeconfig
-        config = fetch_kubeconfig(cli_ctx, cluster.resource_group, cluster.name, cluster.admin, deadline)
+        config = fetch_kubeconfig(cli_ctx, cluster.resource_group, cluster.name, cluster.admin, deadline,
+                                  subscription=cluster.subscription)
         resolved = kc.resolve(config, None, source=kc.AZURE_SOURCE, from_azure=True)
         credential = 'admin' if cluster.admin else 'user'
         info = {'source': 'azure', 'name': cluster.name, 'resourceGroup': cluster.resource_group}
+        if cluster.subscription:
+            info['subscriptionId'] = cluster.subscription
     else:
         config = kc.load_kubeconfig_file(cluster.kubeconfig)
         resolved = kc.resolve(config, cluster.context, source=f"--kubeconfig '{printable(cluster.kubeconfig)}'",
@@ -172,7 +179,7 @@ def scan_all(cli_ctx, client, reader, current_key_id, options: VerifyOptions):
     key_hash, how = current_key_hash(client)
     logger.info('Current KMS v2 key from /metrics: %s', how)
     summary = ScanSummary(current_key_id=current_key_id, current_key_hash=key_hash)
-    progress = _progress(cli_ctx, 'Reading secrets from etcd')
+    progress = _progress(cli_ctx, 'Reading secrets from etcd') if options.progress else None
     prefix_length = len(defaults.ETCD_SECRETS_PREFIX)
     count = 0
     try:

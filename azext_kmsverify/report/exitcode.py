@@ -4,6 +4,8 @@
 """The exit code of a run that printed its result: 4 when it found a problem, 1 when its report could not be
 written (README "Exit codes"), after az printed the result."""
 
+from __future__ import annotations
+
 from azext_kmsverify.errors import EXIT_COULD_NOT_VERIFY, EXIT_VERIFICATION_FAILED
 
 

@@ -17,6 +17,8 @@ Built with ElementTree so every name and detail is escaped; characters XML 1.0 c
 written as ``\\xNN``/``\\uNNNN``. Nothing here sees a secret value: the result never holds one.
 """
 
+from __future__ import annotations
+
 import os
 import re
 import shlex
@@ -115,7 +117,7 @@ def to_junit_xml(result, *, timestamp=None, hostname=None, duration=None):
     totals = {'tests': 0, FAILED: 0, 'error': 0}
     for index, item in enumerate(results):
         seconds = item.get('durationSeconds') if len(results) > 1 or 'clusters' in result else duration
-        tests, counts = _suite(root, _as_result(item), index, moment, host, seconds)
+        tests, counts = _suite(root, _as_result(item), index, moment=moment, host=host, duration=seconds)
         totals['tests'] += tests
         totals[FAILED] += counts[FAILED]
         totals['error'] += counts['error']
@@ -137,7 +139,7 @@ def _as_result(item):
     return dict(item, checks=[check('Verification', FAILED, f"could not verify: {item.get('error') or 'unknown'}")])
 
 
-def _suite(root, result, index, moment, host, duration):
+def _suite(root, result, index, *, moment, host, duration):
     cases = _testcases(result)
     counts = {FAILED: 0, SKIPPED: 0, 'error': 0}
     for case in cases:

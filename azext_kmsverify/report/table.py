@@ -7,6 +7,8 @@ Every cell goes through ``printable``: names come from etcd keys, which anyone w
 anything, and a table goes to a terminal.
 """
 
+from __future__ import annotations
+
 from collections import OrderedDict
 
 from azext_kmsverify import defaults
@@ -19,7 +21,10 @@ def _row(check, target, status, detail):
 
 
 def verify_table_format(result):
-    """One row per check; with a scan, a summary row, the first failing secrets and how to fix them."""
+    """One row per check; with a scan, a summary row, the first failing secrets and how to fix them. For a
+    fleet, one row per cluster."""
+    if isinstance(result.get('clusters'), list):
+        return fleet_table_format(result)
     rows = [_row(c.get('name'), c.get('target'), c.get('status'), c.get('detail')) for c in result.get('checks') or []]
     scan = result.get('scan')
     if scan:
@@ -58,4 +63,21 @@ def reencrypt_table_format(result):
     rows.append(_row('Plan', defaults.ETCD_SECRETS_PREFIX, 'Info',
                      f"{plan.get('targets', 0)} of {plan.get('scanned', 0)} secrets to rewrite; current key "
                      f"{result.get('currentKeyId') or '-'} ({result.get('currentKeyIdSource') or 'unknown'})"))
+    return rows
+
+
+def fleet_table_format(result):
+    rows = []
+    for entry in result.get('clusters') or []:
+        cluster = entry.get('cluster') or {}
+        failing = [c.get('name') for c in entry.get('checks') or [] if c.get('status') == 'Failed']
+        scan = entry.get('scan') or {}
+        secrets = len(scan.get('failing') or []) + len(scan.get('stale') or []) + sum(
+            1 for s in entry.get('secrets') or [] if not s.get('encrypted') or s.get('storage') != 'kms')
+        rows.append(OrderedDict([
+            ('Name', printable(cluster.get('name') or '')),
+            ('ResourceGroup', printable(cluster.get('resourceGroup') or '')),
+            ('Outcome', entry.get('outcome')),
+            ('FailingChecks', printable(', '.join(sorted(set(failing)))) or printable(entry.get('error') or '')),
+            ('SecretsFailing', secrets), ('Duration', f"{entry.get('durationSeconds') or 0:.1f}s")]))
     return rows

@@ -1,3 +1,6 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
 """Classify a raw etcd value by the storage transformer that wrote it.
 
 Pure and standard-library only (imported by the az command). The result describes the

@@ -22,7 +22,7 @@ _LABEL = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?')
 _SUBDOMAIN = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')
 
 
-def kind_of(storage: str | None, kms_version: str | None, stale: bool) -> str:
+def kind_of(storage: str | None, stale: bool) -> str:
     if stale:
         return 'stale'
     if storage == 'identity':
@@ -37,8 +37,8 @@ def targets(scan: dict, only: str = 'all', namespaces=(), secrets=()) -> list[di
     wanted_ns, wanted = set(namespaces), set(map(tuple, secrets))
     found = []
     for entry, stale in [(f, False) for f in scan.get('failing') or []] + [(s, True) for s in scan.get('stale') or []]:
-        kind = kind_of(entry.get('storage', 'kms' if stale else None), entry.get('kmsVersion'), stale)
-        if only != 'all' and kind != only:
+        kind = kind_of(entry.get('storage', 'kms' if stale else None), stale)
+        if only not in ('all', kind):
             continue
         namespace, name = entry['namespace'], entry['name']
         if (wanted_ns and namespace not in wanted_ns) or (wanted and (namespace, name) not in wanted):
@@ -61,7 +61,7 @@ def force_write(target: dict) -> bool:
     return target.get('kmsVersion') == 'v1'
 
 
-def verdict_after(target: dict, classification: dict | None, mod_revision: int | None, current_key_id: str | None,
+def verdict_after(_target: dict, classification: dict | None, mod_revision: int | None, current_key_id: str | None,
                   before: int | None) -> tuple[bool, str]:
     """Whether the value now in etcd is stored with KMS under the current key, with the reason when not."""
     if classification is None:

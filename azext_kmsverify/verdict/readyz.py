@@ -1,3 +1,6 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
 """Parse kube-apiserver ``/readyz`` (and ``/healthz``) bodies, focusing on the KMS checks.
 
 Pure and standard-library only. Body shapes: the fixtures in tests/fixtures/readyz, as kube-apiserver's

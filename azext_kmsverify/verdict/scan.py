@@ -8,6 +8,8 @@ therefore keeps counters, and names only of secrets that may end up in the repor
 :class:`ScanSummary` for the exact memory bound. No value byte is ever kept.
 """
 
+from __future__ import annotations
+
 from datetime import datetime, timedelta, timezone
 
 from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, WARNING, check, encryption_verdict
@@ -28,7 +30,7 @@ REWRITE_ALL = 'kubectl get secrets --all-namespaces -o json | kubectl replace -f
 
 
 def _plural(n, word):
-    return '{} {}{}'.format(n, word, '' if n == 1 else 's')
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _all(n, noun):
@@ -53,7 +55,7 @@ def _sorted_counts(counts):
     return {k: counts[k] for k in sorted(counts)}
 
 
-class ScanSummary:
+class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counter per reported figure
     """Accumulates ``add()`` calls for every key under ``/registry/secrets/``; ``finish()`` reports.
 
     Memory is proportional to the secrets that can become findings, never to the total:
@@ -203,15 +205,16 @@ class ScanSummary:
         if not self.total:
             return check(ALL_SECRETS_ENCRYPTED, WARNING, 'no secrets found under /registry/secrets/: nothing to verify')
         if not self._failing:
-            return check(ALL_SECRETS_ENCRYPTED, PASSED, '{} encrypted with KMS'.format(_all(self.total, 'secret')))
+            return check(ALL_SECRETS_ENCRYPTED, PASSED, f"{_all(self.total, 'secret')} encrypted with KMS")
         kinds = {}
         for _, _, storage, _, malformed, _ in self._failing:
             storage = storage + ' (malformed)' if malformed else storage
             kinds[storage] = kinds.get(storage, 0) + 1
         parts = ', '.join(f'{n} {s}' for s, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
         bad = len(self._failing)
-        return check(ALL_SECRETS_ENCRYPTED, FAILED, '{} of {} {} not encrypted with KMS: {}'.format(
-            bad, _plural(self.total, 'secret'), 'is' if bad == 1 else 'are', parts))
+        verb = 'is' if bad == 1 else 'are'
+        return check(ALL_SECRETS_ENCRYPTED, FAILED,
+                     f"{bad} of {_plural(self.total, 'secret')} {verb} not encrypted with KMS: {parts}")
 
     def _v2_check(self, current, source, v2_total, write_times, stale_status):
         if current is None:
@@ -230,13 +233,13 @@ class ScanSummary:
                                   'lastWrite': _iso(write_times.get((namespace, name))), 'reason': reason})
         where = f'current key id {current} ({_SOURCE_TEXT.get(source, source)})'
         if not stale:
-            return stale, check(KMS_V2_CURRENT_KEY, PASSED, '{} under the {}'.format(
-                _all(v2_total, 'KMS v2 secret'), where))
-        keys = ', '.join('{} ({})'.format(k if k is not None else 'no key id', n)
+            return stale, check(KMS_V2_CURRENT_KEY, PASSED, f"{_all(v2_total, 'KMS v2 secret')} under the {where}")
+        keys = ', '.join(f"{k if k is not None else 'no key id'} ({n})"
                          for k, n in sorted(per_key.items(), key=lambda kv: (-kv[1], kv[0] or '')))
-        return stale, check(KMS_V2_CURRENT_KEY, stale_status, '{} of {} {} written under an older key than the {}: {}'
-                            .format(len(stale), _plural(v2_total, 'KMS v2 secret'),
-                                    'was' if len(stale) == 1 else 'were', where, keys))
+        verb = 'was' if len(stale) == 1 else 'were'
+        return stale, check(KMS_V2_CURRENT_KEY, stale_status,
+                            f"{len(stale)} of {_plural(v2_total, 'KMS v2 secret')} {verb} written under an older key "
+                            f'than the {where}: {keys}')
 
     def _v1_check(self, write_times, skip_reason, rotation_days, now, stale_status):
         v1_total = self._by_version['v1']
@@ -254,11 +257,13 @@ class ScanSummary:
                               'reason': f'KMS v1, last written more than {rotation_days} days ago: before the last key '
                                         'rotation'})
         if not stale:
-            return stale, check(KMS_V1_ROTATION, PASSED, 'none of {} was last written more than {} days ago (the '
-                                'key rotation period)'.format(_plural(v1_total, 'KMS v1 secret'), rotation_days))
-        return stale, check(KMS_V1_ROTATION, stale_status, '{} of {} {} last written more than {} days ago, before '
-                            'the last key rotation'.format(len(stale), _plural(v1_total, 'KMS v1 secret'),
-                                                           'was' if len(stale) == 1 else 'were', rotation_days))
+            return stale, check(KMS_V1_ROTATION, PASSED,
+                                f"none of {_plural(v1_total, 'KMS v1 secret')} was last written more than "
+                                f'{rotation_days} days ago (the key rotation period)')
+        verb = 'was' if len(stale) == 1 else 'were'
+        return stale, check(KMS_V1_ROTATION, stale_status,
+                            f"{len(stale)} of {_plural(v1_total, 'KMS v1 secret')} {verb} last written more than "
+                            f'{rotation_days} days ago, before the last key rotation')
 
 
 def remediation(failing, stale):

@@ -17,6 +17,7 @@ LAYERS = [
     {'verdict'},
     {'report'},
     {'auth'},
+    {'discovery'},
     {'kube'},
     {'operations'},
     {'custom'},

@@ -1,0 +1,198 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""``az aksarc kms verify --ids ... | --all-clusters``: many clusters, one verdict.
+
+clusters (--ids, or Resource Graph) -> shard -> each connected cluster verified exactly as one ``-g/-n`` run,
+``--max-parallel`` at a time, from one az sign-in (each with its own kubeconfig and PoP key) -> one result.
+One cluster's failure is its own outcome and never hides another's.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+
+from knack.log import get_logger
+
+from azext_kmsverify.errors import EXIT_COULD_NOT_VERIFY, EXIT_VERIFICATION_FAILED, make
+from azext_kmsverify.options import ClusterOptions, VerifyOptions
+from azext_kmsverify.text import printable
+
+logger = get_logger(__name__)
+
+PASSED, FAILED, COULD_NOT_VERIFY, NOT_VERIFIABLE = 'passed', 'failed', 'couldNotVerify', 'notVerifiable'
+
+
+def main(cli_ctx, options: VerifyOptions) -> dict:
+    from azure.cli.core.azclierror import AzCLIError
+
+    from azext_kmsverify.operations.verify import fail, write_junit
+    try:
+        clusters = _clusters(cli_ctx, options)
+    except AzCLIError as error:
+        fail(error, options.junit_xml)
+    result = run(cli_ctx, options, clusters)
+    could_not_report = False
+    if options.junit_xml:
+        try:
+            write_junit(options.junit_xml, result)
+        except AzCLIError as error:
+            logger.error('%s %s', error.error_msg, 'Give --junit-xml a path in a writable folder.')
+            could_not_report = True
+    _exit_after_output(cli_ctx, fleet_exit_code(result, could_not_report))
+    return result
+
+
+def fleet_exit_code(result: dict, could_not_report: bool = False) -> int:
+    """The worst outcome wins: 1 if any cluster could not be verified, else 4 if any found a problem, else 0."""
+    outcomes = {c.get('outcome') for c in result['clusters']}
+    if outcomes & {COULD_NOT_VERIFY, NOT_VERIFIABLE} or could_not_report:
+        return EXIT_COULD_NOT_VERIFY
+    if FAILED in outcomes:
+        return EXIT_VERIFICATION_FAILED
+    return 0
+
+
+def _clusters(cli_ctx, options: VerifyOptions) -> list[dict]:
+    from azext_kmsverify.deadline import Deadline
+    from azext_kmsverify.discovery.select import in_shard, parse_cluster_id
+    if options.ids:
+        clusters = [parse_cluster_id(value) for value in options.ids]
+        for cluster in clusters:
+            cluster['connectivityStatus'] = None  # not asked: the cluster itself will tell
+    else:
+        from azext_kmsverify.discovery.graph import find_clusters, login_subscriptions
+        subscriptions = list(options.subscriptions) or login_subscriptions(cli_ctx)
+        clusters = find_clusters(cli_ctx, subscriptions, options.cluster.resource_group, options.tags,
+                                 Deadline(options.timeout))
+    unique = {}
+    for cluster in clusters:
+        unique.setdefault(cluster['id'].lower(), cluster)
+    chosen = [c for c in sorted(unique.values(), key=lambda c: c['id'].lower()) if in_shard(c['id'], options.shard)]
+    if options.shard:
+        logger.info('Shard %s/%s: %s of %s clusters', options.shard[0], options.shard[1], len(chosen), len(unique))
+    return chosen
+
+
+def run(cli_ctx, options: VerifyOptions, clusters: list[dict]) -> dict:
+    """Verify ``clusters`` in parallel; Ctrl-C or SIGTERM ends every cluster's waits and still deletes every
+    probe secret already created (each cluster's own way out), then stops."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from azext_kmsverify.deadline import Deadline
+    started = time.monotonic()
+    deadlines = []
+    lock = threading.Lock()
+
+    def one(cluster):
+        deadline = Deadline(options.timeout)
+        with lock:
+            deadlines.append(deadline)
+        return _verify_one(cli_ctx, options, cluster, deadline)
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def _terminate(_signum, _frame):
+            raise KeyboardInterrupt
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    progress = None
+    if sys.stderr.isatty() and not cli_ctx.only_show_errors:
+        progress = cli_ctx.get_progress_controller(det=True)
+        progress.begin(message=f'Verifying {len(clusters)} clusters')
+    results = {}
+    pool = ThreadPoolExecutor(max_workers=max(1, min(options.max_parallel, len(clusters) or 1)),
+                              thread_name_prefix='kmsverify-cluster')
+    try:
+        futures = {pool.submit(one, cluster): cluster['id'] for cluster in clusters
+                   if _connected(cluster)}
+        for cluster in clusters:
+            if not _connected(cluster):
+                results[cluster['id']] = _entry(cluster, NOT_VERIFIABLE, error=(
+                    f"its connectivity status is {cluster.get('connectivityStatus')}, not Connected: it was not "
+                    'contacted'))
+        done = len(results)
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            done += 1
+            if progress is not None:
+                progress.add(message=f'Verified {done} of {len(clusters)} clusters', value=done,
+                             total_val=len(clusters))
+    except KeyboardInterrupt:
+        logger.warning("Interrupted: ending every cluster's run (probe secrets already created are deleted).")
+        with lock:
+            for deadline in deadlines:
+                deadline.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if progress is not None:
+            progress.end()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    ordered = [results[c['id']] for c in clusters]
+    summary = {}
+    for entry in ordered:
+        summary[entry['outcome']] = summary.get(entry['outcome'], 0) + 1
+    return {'passed': bool(ordered) and all(e['outcome'] == PASSED for e in ordered), 'clusters': ordered,
+            'summary': dict(sorted(summary.items())), 'durationSeconds': round(time.monotonic() - started, 3),
+            **({'shard': f'{options.shard[0]}/{options.shard[1]}'} if options.shard else {})}
+
+
+def _connected(cluster: dict) -> bool:
+    status = cluster.get('connectivityStatus')
+    return status is None or str(status).lower() == 'connected'
+
+
+def _verify_one(cli_ctx, options: VerifyOptions, cluster: dict, deadline) -> dict:
+    from azure.cli.core.azclierror import AzCLIError
+
+    from azext_kmsverify.operations.verify import verify
+    started = time.monotonic()
+    target = ClusterOptions(resource_group=cluster['resourceGroup'], name=cluster['name'],
+                            subscription=cluster['subscriptionId'], admin=options.cluster.admin)
+    single = replace(options, cluster=target, ids=(), all_clusters=False, progress=False, junit_xml=None)
+    step = ['starting']
+    try:
+        result = verify(cli_ctx, single, step, deadline=deadline)
+    except AzCLIError as error:
+        return _entry(cluster, COULD_NOT_VERIFY, error=error.error_msg, started=started)
+    except Exception as ex:  # pylint: disable=broad-except  # one cluster's crash is its own outcome, never str(ex)
+        return _entry(cluster, COULD_NOT_VERIFY, error=f'failed unexpectedly while {step[0]} ({type(ex).__name__})',
+                      started=started)
+    return dict(result, **_entry(cluster, PASSED if result['passed'] else FAILED, started=started))
+
+
+def _entry(cluster: dict, outcome: str, error: str | None = None, started: float | None = None) -> dict:
+    entry = {'id': cluster['id'], 'outcome': outcome,
+             'durationSeconds': round(time.monotonic() - started, 3) if started is not None else 0.0}
+    if error is not None:
+        entry.update(passed=False, error=printable(error),
+                     cluster={'source': 'azure', 'name': cluster['name'], 'resourceGroup': cluster['resourceGroup'],
+                              'subscriptionId': cluster['subscriptionId'],
+                              'connectivityStatus': cluster.get('connectivityStatus')})
+    return entry
+
+
+def _exit_after_output(cli_ctx, code: int) -> None:
+    if not code:
+        return
+    from knack.events import EVENT_CLI_SUCCESSFUL_EXECUTE
+
+    def _exit(_cli_ctx, **_kwargs):
+        cli_ctx.unregister_event(EVENT_CLI_SUCCESSFUL_EXECUTE, _exit)
+        raise SystemExit(code)
+
+    cli_ctx.register_event(EVENT_CLI_SUCCESSFUL_EXECUTE, _exit)
+
+
+def bad_id(value: str):
+    from azure.cli.core.azclierror import InvalidArgumentValueError
+    return make(InvalidArgumentValueError, f"--ids '{printable(value)}' is not the ARM id of a connected cluster.",
+                'Give ids like /subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Kubernetes/'
+                "connectedClusters/NAME (e.g. from 'az resource list --resource-type "
+                "Microsoft.Kubernetes/connectedClusters --query [].id -o tsv').")
