@@ -7,7 +7,7 @@
 from setuptools import find_packages, setup
 
 # Keep equal to the top entry of HISTORY.rst.
-VERSION = '0.1.0'
+VERSION = '0.2.0'
 
 CLASSIFIERS = [
     'Development Status :: 4 - Beta',

@@ -1,7 +1,7 @@
 """Install benchmark: what ``az extension add`` of the wheel costs a user (size, time, native files).
 
     .venv/bin/python bench/bench_install.py                                  # the wheel setup.py declares now
-    .venv/bin/python bench/bench_install.py --wheel dist/kmsverify-0.1.0-py3-none-any.whl
+    .venv/bin/python bench/bench_install.py --wheel dist/kmsverify-0.2.0-py3-none-any.whl
     .venv/bin/python bench/bench_install.py --requirement 'kubernetes>=30.1.0'   # a variant wheel: the old range
 
 Each run installs the wheel with ``.venv-az/bin/az extension add --source WHEEL --yes`` (azure-cli alone, as users
