@@ -1,0 +1,73 @@
+"""Fleet selection and verdicts (pure): ARM ids, the Resource Graph query, shards, the exit code precedence, the
+table and the JUnit suites."""
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from azext_kmsverify.discovery.select import cluster_from_row, graph_query, in_shard, parse_cluster_id
+from azext_kmsverify.operations.fleet import fleet_exit_code
+from azext_kmsverify.report.junit import to_junit_xml
+from azext_kmsverify.report.table import verify_table_format
+
+ID = '/subscriptions/00000000-0000-0000-0000-00000000c0de/resourceGroups/rg/providers/Microsoft.Kubernetes/' \
+     'connectedClusters/c1'
+
+
+def test_arm_ids():
+    assert parse_cluster_id(ID) == {'id': ID, 'subscriptionId': '00000000-0000-0000-0000-00000000c0de',
+                                    'resourceGroup': 'rg', 'name': 'c1'}
+    assert parse_cluster_id(ID.lower().replace('microsoft.kubernetes', 'Microsoft.Kubernetes'))['name'] == 'c1'
+    for bad in ('', 'c1', ID + '/extra', ID.replace('connectedClusters', 'managedClusters'), '/subscriptions/x'):
+        assert parse_cluster_id(bad) is None
+
+
+def test_the_resource_graph_query():
+    assert graph_query() == (
+        "resources | where type =~ 'microsoft.kubernetes/connectedclusters' and kind =~ 'ProvisionedCluster' | "
+        'project id, name, resourceGroup, subscriptionId, tags, properties.connectivityStatus | order by id asc')
+    narrowed = graph_query('edge-rg', [('env', 'prod'), ('site', None), ("it's", "a'b")])
+    assert "resourceGroup =~ 'edge-rg'" in narrowed and "tags['env'] =~ 'prod'" in narrowed
+    assert "isnotnull(tags['site'])" in narrowed and "tags['it\\'s'] =~ 'a\\'b'" in narrowed
+    row = {'id': ID, 'name': 'c1', 'properties_connectivityStatus': 'Offline', 'tags': {'env': 'prod'}}
+    assert cluster_from_row(row)['connectivityStatus'] == 'Offline'
+    assert cluster_from_row({'id': 'nope'}) is None
+
+
+@pytest.mark.parametrize('count', [1, 2, 3, 7])
+def test_shards_cover_every_cluster_exactly_once(count):
+    ids = [ID.replace('c1', f'cluster-{i}') for i in range(200)]
+    owners = [[s for s in range(1, count + 1) if in_shard(i, (s, count))] for i in ids]
+    assert all(len(o) == 1 for o in owners)
+    assert in_shard(ids[0], None)
+    assert in_shard(ids[5].upper(), (owners[5][0], count))  # case does not move a cluster
+
+
+def _entry(outcome, **extra):
+    return dict({'id': ID, 'outcome': outcome, 'passed': outcome == 'passed', 'durationSeconds': 1.5,
+                 'cluster': {'name': 'c1', 'resourceGroup': 'rg'}}, **extra)
+
+
+@pytest.mark.parametrize('outcomes, code', [
+    (['passed', 'passed'], 0), (['passed', 'failed'], 4), (['failed', 'couldNotVerify'], 1),
+    (['passed', 'notVerifiable'], 1), ([], 0)])
+def test_the_worst_outcome_is_the_exit_code(outcomes, code):
+    assert fleet_exit_code({'clusters': [_entry(o) for o in outcomes]}) == code
+
+
+def test_one_table_row_and_one_junit_suite_per_cluster():
+    result = {'passed': False, 'clusters': [
+        _entry('passed', checks=[{'name': 'KmsProviderHealth', 'status': 'Passed', 'detail': 'ok', 'target': None}],
+               secrets=[]),
+        _entry('failed', checks=[{'name': 'AllSecretsEncrypted', 'status': 'Failed', 'detail': 'x', 'target': None}],
+               scan={'failing': [{'namespace': 'n', 'name': 's', 'reason': 'plaintext'}], 'stale': []}),
+        _entry('couldNotVerify', error='Could not reach the API server \x1b[2J'),
+    ], 'summary': {}}
+    rows = verify_table_format(result)
+    assert [r['Outcome'] for r in rows] == ['passed', 'failed', 'couldNotVerify']
+    assert rows[1]['FailingChecks'] == 'AllSecretsEncrypted' and rows[1]['SecretsFailing'] == 1
+    assert '\x1b' not in rows[2]['FailingChecks']
+    root = ET.fromstring(to_junit_xml(result))
+    suites = root.findall('testsuite')
+    assert len(suites) == 3
+    assert int(root.get('failures')) == sum(int(s.get('failures')) for s in suites) >= 2
