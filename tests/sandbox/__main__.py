@@ -1,15 +1,19 @@
 """Command line for the sandbox (see README.md): up, down, kms, ctl, az-login.
 
     python -m tests.sandbox up   --dir DIR [--provider kms-v2] [--etcdctl 3.5] [--nodes 1] [--broken-node]
-                                 [--readyz-style aggregate|per-provider] [--history] [--entra [--no-enforce-pop]]
+                                 [--readyz-style aggregate|per-provider] [--history] [--no-entra | --no-enforce-pop]
+    python -m tests.sandbox up   --dir DIR --clusters N [--providers kms-v2,kms-v1,identity,...]
+                                 [--disconnected NAME[:STATUS][,NAME...]] [--entra] [--etcdctl ...] [--nodes ...]
     python -m tests.sandbox down --dir DIR
-    python -m tests.sandbox kms  --dir DIR stop|kill|start|rotate|unhealthy|healthy
-    python -m tests.sandbox ctl  --dir DIR '<json>'
+    python -m tests.sandbox kms  --dir DIR [--cluster NAME] stop|kill|start|rotate|unhealthy|healthy
+    python -m tests.sandbox ctl  --dir DIR [--cluster NAME] '<json>'
     python -m tests.sandbox az-login --dir DIR [--az PATH] [--identity sp|cert|federated]
 
 ``up`` prints sandbox.json on stdout and returns once the API server's /readyz passes; it cleans up after itself
 when it fails. On a directory that holds a stopped sandbox it resumes that sandbox (saying so in one line on
-stderr); on a running one it fails. ``az-login`` signs the az of ``--az`` (in the current ``AZURE_CONFIG_DIR``)
+stderr); on a running one it fails. ``--clusters N`` starts a fleet (tests/sandbox/fleet.py): ``sandbox-1`` ...
+``sandbox-N`` and ``other-1`` behind one ARM, Resource Graph and Entra emulator; ``kms`` and ``ctl`` then take
+``--cluster NAME``. ``az-login`` signs the az of ``--az`` (in the current ``AZURE_CONFIG_DIR``)
 in to the sandbox's Entra emulator for real (tests/sandbox/azlogin.py) and prints who is signed in. Errors go to
 stderr with exit code 1 (2 for bad arguments).
 """
@@ -37,18 +41,29 @@ def main(argv=None) -> int:
     up.add_argument("--readyz-style", choices=READYZ_STYLES, help=f"default {DEFAULTS['readyz_style']}")
     up.add_argument("--history", action="store_true", default=None,
                     help="also seed a secret stored before encryption and (KMS) one under a rotated-out key")
-    up.add_argument("--entra", action="store_true", default=None,
-                    help="add the Entra ID emulator: ARM and the API server accept only tokens it signed")
+    up.add_argument("--entra", action=argparse.BooleanOptionalAction, default=None,
+                    help="the Entra ID emulator (default): ARM and the API server accept only tokens it signed; "
+                         "--no-entra: without it (unsigned Entra-like tokens are accepted)")
     up.add_argument("--enforce-pop", action=argparse.BooleanOptionalAction, default=None,
-                    help="with --entra: the API server accepts only PoP tokens (default); --no-enforce-pop also "
-                         "accepts bearer tokens (still checked against the emulator's keys)")
+                    help="with the Entra emulator: the API server accepts only PoP tokens (default); "
+                         "--no-enforce-pop also accepts bearer tokens (still checked against the emulator's keys)")
+    up.add_argument("--clusters", type=int, metavar="N",
+                    help="a fleet of N clusters (sandbox-1 ... sandbox-N, and other-1 in a second subscription)")
+    up.add_argument("--providers", metavar="LIST",
+                    help=f"with --clusters: providers given to the clusters in turn, comma-separated (default "
+                         f"{DEFAULTS['provider']}; one of {', '.join(PROVIDERS)} each)")
+    up.add_argument("--disconnected", metavar="NAME[:STATUS],...",
+                    help="with --clusters: clusters that are not connected (status Offline unless given: Offline, "
+                         "Connecting, Expired, AgentNotInstalled); their API servers refuse connections")
     down = sub.add_parser("down", help="stop every process of a sandbox (idempotent)")
     down.add_argument("--dir", required=True)
     kms = sub.add_parser("kms", help="control the KMS plugin")
     kms.add_argument("--dir", required=True)
+    kms.add_argument("--cluster", metavar="NAME", help="in a fleet: that cluster's KMS plugin")
     kms.add_argument("action", choices=("stop", "kill", "start", "rotate", "unhealthy", "healthy"))
     ctl = sub.add_parser("ctl", help="fault injection: POST JSON to the control port")
     ctl.add_argument("--dir", required=True)
+    ctl.add_argument("--cluster", metavar="NAME", help="in a fleet: that cluster's control port")
     ctl.add_argument("json")
     login = sub.add_parser("az-login", help="sign az in to the sandbox's Entra emulator (a real az login)")
     login.add_argument("--dir", required=True)
@@ -70,14 +85,15 @@ def main(argv=None) -> int:
     try:
         if a.command == "up":
             info = box.up(provider=a.provider, etcdctl=a.etcdctl, nodes=a.nodes, broken_node=a.broken_node,
-                          readyz_style=a.readyz_style, history=a.history, entra=a.entra, enforce_pop=a.enforce_pop)
+                          readyz_style=a.readyz_style, history=a.history, entra=a.entra, enforce_pop=a.enforce_pop,
+                          clusters=a.clusters, providers=a.providers, disconnected=a.disconnected)
             print(json.dumps({k: v for k, v in info.items() if k != "pki"}, indent=2))
             if box.resumed:
                 print(f"resumed the stopped sandbox in {box.dir} (its data, certificates and keys)", file=sys.stderr)
         elif a.command == "down":
             box.down()
         elif a.command == "kms":
-            result = box.kms(a.action)
+            result = (box.cluster(a.cluster) if a.cluster else box).kms(a.action)
             if result is not None:
                 print(result)
         elif a.command == "ctl":
@@ -86,7 +102,7 @@ def main(argv=None) -> int:
             except ValueError as e:
                 print(f"error: the ctl argument is not JSON: {e}", file=sys.stderr)
                 return 2
-            print(json.dumps(box.ctl(body), indent=2))
+            print(json.dumps((box.cluster(a.cluster) if a.cluster else box).ctl(body), indent=2))
     except SandboxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -13,6 +13,13 @@ audience ``https://management.core.windows.net/`` or ``https://management.azure.
 skew) and answers with ARM's own 401 codes; ``/subscriptions``, ``/subscriptions/<id>`` and ``/tenants`` answer
 what ``az login`` and ``az account`` read; and the user kubeconfig is AKS Arc's (kubelogin ``--login interactive``
 with ``--pop-enabled --pop-claims u=<cluster ARM id>``, server id ``6256c85f-...``).
+
+A fleet (``up --clusters N``) gives the emulator every cluster's record (``clusters``): each answers in its own
+subscription and resource group, with its own API server, CA and admin certificate in its kubeconfigs, its
+connectivity status and tags. ``subscriptions`` says which identities see which subscription: a subscription with
+``restricted: false`` is invisible to a restricted identity (a upn starting with ``restricted``): its clusters are
+403 ``AuthorizationFailed``, ``GET /subscriptions`` leaves it out and Resource Graph (:mod:`.resourcegraph`,
+``POST /providers/Microsoft.ResourceGraph/resources``) answers nothing from it.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ _CLUSTER = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/
 _OPERATION = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.HybridContainerService/locations/"
                         r"[^/]+/(?P<kind>operationStatuses|operationResults)/(?P<op>[^/]+)$", re.I)
 _SUBSCRIPTION = re.compile(r"^/subscriptions/(?P<sub>[^/]+)$", re.I)
+_RESOURCE_GRAPH = "/providers/microsoft.resourcegraph/resources"
 
 
 def arm_error(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
@@ -69,23 +77,43 @@ def _claims(request: web.Request) -> dict | None:
     return claims if isinstance(claims, dict) else None
 
 
-class ARM:
-    """One ARM emulator serving one sandbox cluster; ``apiserver_url`` and PEMs go into the kubeconfigs."""
+def _restricted(claims: dict) -> bool:
+    """The restricted identity (as the API server's RBAC names it): a upn starting with ``restricted``."""
+    name = claims.get("upn") or claims.get("unique_name") or ""
+    return isinstance(name, str) and name.lower().startswith("restricted")
 
-    def __init__(self, cfg: dict, apiserver_url: str, ca_pem: bytes, admin_cert_pem: bytes, admin_key_pem: bytes,
-                 entra=None):
-        self.cluster = cfg["cluster"]
+
+class ARM:
+    """The ARM emulator: one sandbox cluster (``cfg`` and the PEMs), or a fleet's (``clusters``: records with
+    ``name``, ``resource_group``, ``subscription``, ``apiserver_url``, ``ca_pem``, ``admin_cert_pem``,
+    ``admin_key_pem``, ``connectivity``, ``tags``); ``subscriptions``: ``[{"id", "display_name", "restricted"}]``
+    (``restricted``: whether restricted identities see it)."""
+
+    def __init__(self, cfg: dict, apiserver_url: str = "", ca_pem: bytes = b"", admin_cert_pem: bytes = b"",
+                 admin_key_pem: bytes = b"", entra=None, clusters: list[dict] | None = None):
         self.subscription = cfg.get("subscription", SUBSCRIPTION)
         self.entra = entra  # a tests.sandbox.entra.Entra: tokens are checked against its JWKS
         self.verifier = entra.verifier(leeway=300) if entra is not None else None
-        self.resource_group = cfg["resource_group"]
         self.tenant = cfg.get("tenant", "72f988bf-86f1-41af-91ab-2d7cd011db47")
-        self.apiserver_url = apiserver_url
-        self.ca_pem = ca_pem
-        self.admin_cert_pem = admin_cert_pem
-        self.admin_key_pem = admin_key_pem
+        self.fleet = clusters is not None
+        if clusters is None:  # one cluster, known in any subscription
+            clusters = [{"name": cfg["cluster"], "resource_group": cfg["resource_group"], "subscription": None,
+                         "apiserver_url": apiserver_url, "ca_pem": ca_pem, "admin_cert_pem": admin_cert_pem,
+                         "admin_key_pem": admin_key_pem, "connectivity": "Connected", "tags": {}}]
+        self.clusters = clusters
+        self.subscriptions = cfg.get("subscriptions") or [{"id": self.subscription,
+                                                           "display_name": "Sandbox Subscription", "restricted": True}]
         self.operations: dict[str, dict] = {}
         self.url = ""  # set by the server once its port is known
+
+    def visible_subscriptions(self, claims: dict) -> list[str]:
+        """The subscriptions the caller (the token's identity) can see."""
+        return [s["id"] for s in self.subscriptions if s.get("restricted", True) or not _restricted(claims)]
+
+    def _no_access(self, claims: dict, sub: str) -> bool:
+        """A configured subscription this caller cannot see."""
+        known = any(s["id"].lower() == sub.lower() for s in self.subscriptions)
+        return known and sub.lower() not in {s.lower() for s in self.visible_subscriptions(claims)}
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
@@ -192,6 +220,11 @@ class ARM:
 
     async def h_any(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
+        if path.lower() == _RESOURCE_GRAPH:
+            if request.method != "POST":
+                return arm_error(405, "HttpMethodNotAllowed", f"The HTTP method '{request.method}' is not supported "
+                                 "for the resource type 'Microsoft.ResourceGraph/resources'.")
+            return await self.h_resource_graph(request)
         m = _ACTION.match(path)
         if m:
             if request.method != "POST":
@@ -205,12 +238,15 @@ class ARM:
             return await self.h_cluster(request, m["sub"], m["rg"], m["name"], bool(m["instance"]))
         m = _SUBSCRIPTION.match(path)
         if m and request.method == "GET":
-            if self.entra is not None and m["sub"].lower() != self.subscription.lower():
+            visible = {s.lower() for s in self.visible_subscriptions(request["claims"])}
+            if ((self.entra is not None or self.fleet) and m["sub"].lower() not in visible) or \
+                    self._no_access(request["claims"], m["sub"]):
                 return arm_error(404, "SubscriptionNotFound", f"The subscription '{m['sub']}' could not be found.")
             return web.json_response(self._subscription(m["sub"]))
         if path.lower() == "/subscriptions" and request.method == "GET":
-            return web.json_response({"value": [self._subscription(self.subscription)], "count": {"type": "Total",
-                                                                                                  "value": 1}})
+            subs = self.visible_subscriptions(request["claims"])
+            return web.json_response({"value": [self._subscription(s) for s in subs],
+                                      "count": {"type": "Total", "value": len(subs)}})
         if path.lower() == "/tenants" and request.method == "GET":
             return web.json_response({"value": [{
                 "id": f"/tenants/{self.tenant}", "tenantId": self.tenant, "countryCode": "US",
@@ -225,23 +261,34 @@ class ARM:
                          f"No HTTP resource was found that matches the request URI '{request.url}'.")
 
     def _subscription(self, sub: str) -> dict:
+        name = next((s.get("display_name") for s in self.subscriptions if s["id"].lower() == sub.lower()), None)
         return {"id": f"/subscriptions/{sub}", "authorizationSource": "RoleBased", "managedByTenants": [],
-                "subscriptionId": sub, "tenantId": self.tenant, "displayName": "Sandbox Subscription",
+                "subscriptionId": sub, "tenantId": self.tenant, "displayName": name or "Sandbox Subscription",
                 "state": "Enabled", "subscriptionPolicies": {"locationPlacementId": "Public_2014-09-01",
                                                              "quotaId": "PayAsYouGo_2014-09-01",
                                                              "spendingLimit": "Off"}}
 
     # -- the cluster ---------------------------------------------------------------------------------------------------
 
-    def _mode(self, rg: str, name: str) -> str | None:
-        """The behaviour for this cluster name, or None when the resource does not exist."""
+    def _find(self, sub: str, rg: str, name: str) -> tuple[str | None, dict | None]:
+        """(the behaviour for this cluster name, its record), or (None, None) when the resource does not exist.
+        The failure modes by name use the first cluster's record for their kubeconfigs."""
         lower = name.lower()
         for prefix in ("missing", "forbidden", "useronly", "failing", "stuck", "malformed", "sync"):
             if lower.startswith(prefix + "-"):
-                return None if prefix == "missing" else prefix
-        if lower == self.cluster.lower() and rg.lower() == self.resource_group.lower():
-            return "ok"
-        return None
+                return (None, None) if prefix == "missing" else (prefix, self.clusters[0])
+        for record in self.clusters:
+            if lower == record["name"].lower() and rg.lower() == record["resource_group"].lower() and (
+                    record["subscription"] is None or sub.lower() == record["subscription"].lower()):
+                return "ok", record
+        return None, None
+
+    def _forbidden(self, request, action: str, scope: str) -> web.Response:
+        claims = request["claims"]
+        who = claims.get("upn") or claims.get("appid") or "unknown"
+        return arm_error(403, "AuthorizationFailed", f"The client '{who}' with object id '{claims.get('oid', '')}' "
+                         f"does not have authorization to perform action '{action}' over scope '{scope}' or the "
+                         "scope is invalid. If access was recently granted, please refresh your credentials.")
 
     @staticmethod
     def _not_found(rg: str, name: str) -> web.Response:
@@ -250,9 +297,12 @@ class ARM:
                          "https://aka.ms/ARMResourceNotFoundFix")
 
     async def h_cluster(self, request, sub, rg, name, instance: bool):
-        if self._mode(rg, name) is None:
-            return self._not_found(rg, name)
         cid = f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Kubernetes/connectedClusters/{name}"
+        if self._no_access(request["claims"], sub):
+            return self._forbidden(request, "Microsoft.Kubernetes/connectedClusters/read", cid)
+        mode, record = self._find(sub, rg, name)
+        if mode is None:
+            return self._not_found(rg, name)
         if instance:
             return web.json_response({
                 "id": cid + "/providers/Microsoft.HybridContainerService/provisionedClusterInstances/default",
@@ -264,12 +314,49 @@ class ARM:
                                "status": {"currentState": "Succeeded"}}})
         return web.json_response({
             "id": cid, "name": name, "type": "microsoft.kubernetes/connectedclusters", "location": LOCATION,
-            "kind": "ProvisionedCluster", "identity": {"type": "SystemAssigned"},
-            "properties": {"provisioningState": "Succeeded", "connectivityStatus": "Connected",
-                           "distribution": "AKS", "infrastructure": "azure_stack_hci", "kubernetesVersion": "1.30.4",
-                           "agentVersion": "1.21.10", "totalNodeCount": 2,
-                           "aadProfile": {"enableAzureRBAC": False, "adminGroupObjectIDs": [],
-                                          "tenantID": self.tenant}}})
+            "kind": "ProvisionedCluster", "identity": {"type": "SystemAssigned"}, "tags": dict(record["tags"]),
+            "properties": self._properties(record)})
+
+    def _properties(self, record: dict) -> dict:
+        return {"provisioningState": "Succeeded", "connectivityStatus": record["connectivity"],
+                "distribution": "AKS", "infrastructure": "azure_stack_hci", "kubernetesVersion": "1.30.4",
+                "agentVersion": "1.21.10", "totalNodeCount": 2,
+                "aadProfile": {"enableAzureRBAC": False, "adminGroupObjectIDs": [], "tenantID": self.tenant}}
+
+    # -- Resource Graph --------------------------------------------------------------------------------------------
+
+    def resources(self) -> list[dict]:
+        """Every cluster as an ARG ``resources`` row (``resourceGroup`` and ``type`` in lower case, as ARG has them)."""
+        rows = []
+        for r in self.clusters:
+            sub = r["subscription"] or self.subscription
+            rows.append({
+                "id": f"/subscriptions/{sub}/resourceGroups/{r['resource_group']}/providers/Microsoft.Kubernetes/"
+                      f"connectedClusters/{r['name']}",
+                "name": r["name"], "type": "microsoft.kubernetes/connectedclusters", "tenantId": self.tenant,
+                "kind": "ProvisionedCluster", "location": LOCATION, "resourceGroup": r["resource_group"].lower(),
+                "subscriptionId": sub, "managedBy": "", "sku": None, "plan": None,
+                "properties": self._properties(r), "tags": dict(r["tags"]),
+                "identity": {"type": "SystemAssigned", "principalId": str(uuid.uuid5(uuid.NAMESPACE_URL, r["name"])),
+                             "tenantId": self.tenant},
+                "zones": None, "extendedLocation": None})
+        return rows
+
+    async def h_resource_graph(self, request):
+        from .resourcegraph import API_VERSIONS as ARG_VERSIONS, QueryError, error_body, run
+        version = request.query.get("api-version")
+        if version not in ARG_VERSIONS:
+            return arm_error(400, "InvalidApiVersionParameter", f"The api-version '{version}' is invalid. The "
+                             f"supported versions are '{','.join(ARG_VERSIONS)}'.")
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        try:
+            answer = run(body, self.resources(), self.visible_subscriptions(request["claims"]), self.tenant)
+        except QueryError as e:
+            return web.json_response(error_body(e), status=400)
+        return web.json_response(answer)
 
     async def h_action(self, request, sub, rg, name, action):
         if request.query.get("api-version") not in API_VERSIONS:
@@ -277,23 +364,22 @@ class ARM:
                              f"'{LOCATION}' and API version '{request.query.get('api-version')}' for type "
                              "'provisionedClusterInstances'. The supported api-versions are "
                              f"'{', '.join(API_VERSIONS)}'.")
-        mode = self._mode(rg, name)
-        if mode is None:
-            return self._not_found(rg, name)
         admin = action.lower() == "listadminkubeconfig"
         scope = (f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Kubernetes/connectedClusters/{name}"
                  "/providers/Microsoft.HybridContainerService/provisionedClusterInstances/default")
+        act = f"Microsoft.HybridContainerService/provisionedClusterInstances/{action}/action"
+        if self._no_access(request["claims"], sub):
+            return self._forbidden(request, act, scope)
+        mode, record = self._find(sub, rg, name)
+        if mode is None:
+            return self._not_found(rg, name)
         if mode == "forbidden" or (mode == "useronly" and admin):
-            claims = request["claims"]
-            who = claims.get("upn") or claims.get("appid") or "unknown"
-            act = f"Microsoft.HybridContainerService/provisionedClusterInstances/{action}/action"
-            return arm_error(403, "AuthorizationFailed", f"The client '{who}' with object id '{claims.get('oid', '')}' "
-                             f"does not have authorization to perform action '{act}' over scope '{scope}' or the "
-                             "scope is invalid. If access was recently granted, please refresh your credentials.")
+            return self._forbidden(request, act, scope)
         op = str(uuid.uuid4())
         tenant = request["claims"].get("tid") or self.tenant
         self.operations[op] = {"polls": 0, "mode": mode, "admin": admin, "resource": scope, "rg": rg,
-                               "cluster": name, "tenant": tenant, "start": _utc(time.time()), "sub": sub}
+                               "cluster": name, "tenant": tenant, "start": _utc(time.time()), "sub": sub,
+                               "record": record}
         api_version = request.query["api-version"]
         if mode == "sync":
             return web.json_response(self._result(op, "Succeeded"))
@@ -325,7 +411,7 @@ class ARM:
                 value = base64.b64encode(b"<html><body><h1>502 Bad Gateway</h1></body></html>\n").decode()
             else:
                 value = base64.b64encode(self.kubeconfig(op["cluster"], op["rg"], op["admin"], op["tenant"],
-                                                         op["sub"])).decode()
+                                                         op["sub"], op["record"])).decode()
             body["properties"] = {"kubeconfigs": [{"name": "credentialAdmin" if op["admin"] else "credentialUser",
                                                    "value": value}]}
         return body
@@ -347,13 +433,16 @@ class ARM:
 
     # -- kubeconfigs ------------------------------------------------------------------------------------------------
 
-    def kubeconfig(self, cluster: str, rg: str, admin: bool, tenant: str, sub: str | None = None) -> bytes:
-        """What AKS Arc returns: an exec-plugin (kubelogin) user kubeconfig, or a client-certificate admin one."""
-        ca = base64.b64encode(self.ca_pem).decode()
+    def kubeconfig(self, cluster: str, rg: str, admin: bool, tenant: str, sub: str | None = None,
+                   record: dict | None = None) -> bytes:
+        """What AKS Arc returns: an exec-plugin (kubelogin) user kubeconfig, or a client-certificate admin one,
+        for the cluster's own API server (``record``: its entry in ``clusters``; default the first)."""
+        record = record or self.clusters[0]
+        ca = base64.b64encode(record["ca_pem"]).decode()
         if admin:
             user_name = f"clusterAdmin_{rg}_{cluster}"
-            user = {"client-certificate-data": base64.b64encode(self.admin_cert_pem).decode(),
-                    "client-key-data": base64.b64encode(self.admin_key_pem).decode()}
+            user = {"client-certificate-data": base64.b64encode(record["admin_cert_pem"]).decode(),
+                    "client-key-data": base64.b64encode(record["admin_key_pem"]).decode()}
             context = f"{cluster}-admin"
         else:
             user_name = f"clusterUser_{rg}_{cluster}"
@@ -375,7 +464,7 @@ class ARM:
             context = f"{cluster}-user"
         cfg = {"apiVersion": "v1", "kind": "Config", "preferences": {},
                "clusters": [{"name": cluster, "cluster": {"certificate-authority-data": ca,
-                                                          "server": self.apiserver_url}}],
+                                                          "server": record["apiserver_url"]}}],
                "contexts": [{"name": context, "context": {"cluster": cluster, "user": user_name}}],
                "current-context": context,
                "users": [{"name": user_name, "user": user}]}

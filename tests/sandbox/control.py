@@ -7,6 +7,8 @@
     box.ctl({"exec_fault": {"pod": box.info["etcd_pods"][0], "mode": "drop"}})
     box.down()                         # idempotent; stops every process recorded in sandbox.json
     box.up()                           # on a stopped sandbox: resumes it (same data, certificates and keys)
+    box.up(clusters=5, providers=["kms-v2", "identity"])   # a fleet (tests/sandbox/fleet.py)
+    box.cluster("sandbox-2").api(...)  # one cluster of a fleet, as a Sandbox
 
 Every process runs in its own session and is recorded by pid in ``sandbox.json``, so ``down`` works from
 another process (``python -m tests.sandbox down --dir DIR``) and leaves nothing behind. Every port is a free
@@ -45,10 +47,10 @@ CLUSTER = "sandbox-cluster"
 KUBERNETES_VERSION = "v1.30.4"
 UNIX_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
 DEFAULTS = {"provider": "kms-v2", "etcdctl": "3.5", "nodes": 1, "broken_node": False, "readyz_style": "aggregate",
-            "history": False, "entra": False, "enforce_pop": True}
+            "history": False, "entra": True, "enforce_pop": True}
 _FLAGS = {"provider": "--provider", "etcdctl": "--etcdctl", "nodes": "--nodes", "broken_node": "--broken-node",
           "readyz_style": "--readyz-style", "history": "--history", "entra": "--entra", "enforce_pop": "--enforce-pop"}
-_NO_FLAGS = {"enforce_pop": "--no-enforce-pop"}
+_NO_FLAGS = {"entra": "--no-entra", "enforce_pop": "--no-enforce-pop"}
 READ_KEYS = "read-keys.json"  # local keys the API server added for reading (write_secret "with"), kept for a resume
 
 
@@ -226,27 +228,51 @@ class Sandbox:
 
     def up(self, provider: str | None = None, etcdctl: str | None = None, nodes: int | None = None,
            broken_node: bool | None = None, readyz_style: str | None = None, history: bool | None = None,
-           entra: bool | None = None, enforce_pop: bool | None = None, timeout: float = 60.0) -> dict:
+           entra: bool | None = None, enforce_pop: bool | None = None, timeout: float = 60.0,
+           clusters: int | None = None, providers=None, disconnected=None) -> dict:
         """Start everything, wait until ``/readyz`` passes, seed secrets; return sandbox.json's content.
 
         Options left as None take their defaults (kms-v2, etcdctl 3.5, 1 node, no broken node, aggregate readyz,
-        no history, no Entra emulator). ``entra=True`` adds the Entra ID emulator (tests/sandbox/entra.py): ARM and
-        the API server then accept only tokens it signed, the API server only PoP tokens unless
-        ``enforce_pop=False``; sandbox.json ``entra`` says how to sign in. A directory that holds a stopped sandbox
-        is resumed: its processes restart on its data
+        no history, the Entra ID emulator with PoP enforced). The Entra ID emulator (tests/sandbox/entra.py; off
+        with ``entra=False``): ARM and the API server accept only tokens it signed, the API server only PoP tokens
+        unless ``enforce_pop=False``; sandbox.json ``entra`` says how to sign in. A directory that holds a stopped
+        sandbox is resumed: its processes restart on its data
         (certificates, etcd data and ports, KMS keys, local key), and only seeded secrets that are missing are
         written again; an option that differs from the stopped sandbox's is an error. A running sandbox in the
-        directory is an error. On failure everything started is stopped again and SandboxError says why."""
+        directory is an error. On failure everything started is stopped again and SandboxError says why.
+
+        ``clusters=N`` starts a fleet instead (tests/sandbox/fleet.py): ``sandbox-1`` ... ``sandbox-N`` (and
+        ``other-1`` in a second subscription) behind one ARM, Resource Graph and Entra emulator, ``providers``
+        (a list or ``"kms-v2,identity"``) given to them in turn, ``disconnected`` (names, ``"NAME[:STATUS],..."`` or
+        a dict name -> status) not connected; the other options apply to every cluster."""
+        from . import fleet
         asked = {"provider": provider, "etcdctl": etcdctl, "nodes": nodes, "broken_node": broken_node,
                  "readyz_style": readyz_style, "history": history, "entra": entra, "enforce_pop": enforce_pop}
         _check_options(asked)
+        fleet_asked = {"clusters": clusters, "providers": fleet.parse_providers(providers),
+                       "disconnected": fleet.parse_disconnected(disconnected)}
         self.resumed = False
         if (self.dir / "sandbox.json").exists():
             info = read_info(self.dir)
+            if info.get("member_of"):
+                raise SandboxError(f"{self.dir} is a cluster of the fleet in {info['member_of']}: run up and down on "
+                                   "the fleet's directory")
+            if info.get("fleet"):
+                if fleet.running(self.dir, info):
+                    raise SandboxError(f"a sandbox is already running in {self.dir}: run 'python -m tests.sandbox "
+                                       f"down --dir {self.dir}' first, or use another --dir")
+                return fleet.resume(self, info, {**asked, **fleet_asked}, timeout)
             if any(is_alive(p) and is_ours(p, str(self.dir)) for p in (info.get("pids") or {}).values()):
                 raise SandboxError(f"a sandbox is already running in {self.dir}: run 'python -m tests.sandbox down "
                                    f"--dir {self.dir}' first, or use another --dir")
+            if any(v is not None for v in fleet_asked.values()):
+                raise SandboxError(f"{self.dir} holds a stopped single-cluster sandbox: resume it without --clusters, "
+                                   f"--providers or --disconnected, or run 'python -m tests.sandbox down --dir "
+                                   f"{self.dir}' and remove it, or use another --dir")
             return self._resume(info, asked, timeout)
+        fleet.check_options({**asked, **fleet_asked})
+        if clusters is not None:
+            return self._up_fleet(asked, fleet_asked, timeout)
         options = {k: DEFAULTS[k] if v is None else v for k, v in asked.items()}
         if enforce_pop is not None and not options["entra"]:
             raise SandboxError("enforce_pop (--enforce-pop/--no-enforce-pop) needs the Entra emulator (entra=True, "
@@ -268,6 +294,38 @@ class Sandbox:
                 raise
             raise SandboxError(f"sandbox did not come up: {type(e).__name__}: {e}\n(logs in {self.dir / 'logs'})") \
                 from e
+
+    def _up_fleet(self, asked: dict, fleet_asked: dict, timeout: float) -> dict:
+        from . import fleet
+        options = {k: DEFAULTS[k] if v is None else v for k, v in asked.items()}
+        if asked["enforce_pop"] is not None and not options["entra"]:
+            raise SandboxError("enforce_pop (--enforce-pop/--no-enforce-pop) needs the Entra emulator (entra=True, "
+                               "--entra)")
+        options.update(clusters=fleet_asked["clusters"], providers=fleet_asked["providers"] or [DEFAULTS["provider"]],
+                       disconnected=fleet_asked["disconnected"] or {})
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("sandbox.json", "serve-ready.json", "serve.json"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / stale).unlink()
+        self._partial = {"pids": {}, "kms_dir": None}
+        try:
+            return fleet.up(self, options, timeout)  # stops what it started when it fails
+        except BaseException as e:
+            if isinstance(e, (SandboxError, KeyboardInterrupt)):
+                raise
+            raise SandboxError(f"the fleet did not come up: {type(e).__name__}: {e}\n(logs in {self.dir / 'logs'} "
+                               f"and {self.dir / 'clusters'}/*/logs)") from e
+
+    def cluster(self, name: str) -> Sandbox:
+        """One cluster of a fleet, as a Sandbox (``api``, ``ctl``, ``kms``, ``etcdctl``, ``info``, kubeconfigs)."""
+        info = self.info
+        for c in info.get("clusters") or []:
+            if c["name"] == name:
+                return Sandbox(c["dir"])
+        if not info.get("fleet"):
+            raise SandboxError(f"{self.dir} holds one cluster, not a fleet (up --clusters N)")
+        raise SandboxError(f"no cluster {name!r} in the fleet in {self.dir} (clusters: "
+                           f"{', '.join(c['name'] for c in info['clusters'])})")
 
     def _up(self, provider, etcdctl, n_nodes, broken_node, readyz_style, history, timeout, entra=None) -> dict:
         """``entra``: None for no Entra emulator, else its enforce_pop."""
@@ -567,6 +625,13 @@ class Sandbox:
                 self._teardown(self._partial)
             return
         info = read_info(self.dir)
+        if info.get("member_of"):
+            raise SandboxError(f"{self.dir} is a cluster of the fleet in {info['member_of']}: run 'python -m "
+                               f"tests.sandbox down --dir {info['member_of']}'")
+        if info.get("fleet"):
+            from . import fleet
+            fleet.down(self, info)
+            return
         self._teardown(info)
         update_info(self.dir, pids={k: None for k in (info.get("pids") or {})})
 
@@ -587,8 +652,17 @@ class Sandbox:
 
     # -- KMS, faults, etcd --------------------------------------------------------------------------------------------
 
+    def _not_a_fleet(self, info: dict, what: str) -> None:
+        if info.get("fleet"):
+            raise SandboxError(f"{self.dir} holds a fleet: {what} one of its clusters (--cluster NAME, "
+                               f"Sandbox.cluster(name)): {', '.join(c['name'] for c in info['clusters'])}")
+        if info.get("member_of") and not info.get("control"):
+            raise SandboxError(f"cluster {info['cluster']['name']} is not connected "
+                               f"({info['cluster']['connectivity']}): it has no processes to control")
+
     def _kms_process(self, info: dict):
         from .kms_plugin import KMSPluginProcess
+        self._not_a_fleet(info, "control the KMS plugin of")
         if not info.get("kms_socket"):
             raise SandboxError(f"this sandbox has no KMS plugin (provider {info['provider']})")
         return KMSPluginProcess(info["kms_socket"], info["provider"].split("-")[1], info["kms_state"],
@@ -630,7 +704,9 @@ class Sandbox:
 
     def ctl(self, body: dict, timeout: float = 60.0) -> dict:
         """POST fault-injection JSON to the control port (see the README); returns the server's answer."""
-        url = self.info["control"]["url"] + "/ctl"
+        info = self.info
+        self._not_a_fleet(info, "send ctl to")
+        url = info["control"]["url"] + "/ctl"
         req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
         try:

@@ -1,5 +1,7 @@
 """The sandbox's server process: API server (HTTPS), ARM emulator (HTTPS) and control site (HTTP) in one loop;
-with ``entra`` in serve.json also the Entra ID emulator (HTTPS) and its managed-identity endpoint (HTTP).
+with ``entra`` in serve.json also the Entra ID emulator (HTTPS) and its managed-identity endpoint (HTTP). For a
+fleet (``fleet`` in serve.json) an API server and a control site per connected cluster, one ARM (with Resource
+Graph) and Entra emulator for all.
 
     python -m tests.sandbox.serve --dir DIR
 
@@ -10,7 +12,8 @@ SIGTERM/SIGINT stop it cleanly (exec'd processes killed).
 
 The control site (``POST /ctl`` with JSON) injects faults at run time: ``exec_fault``, ``readyz``, ``etcd``
 (stop/start the etcd process), ``write_secret`` (store a Secret as identity or the current provider would),
-``seed`` (write many Secrets fast, for benchmarks), ``managed_identity`` (up/down/error, with entra).
+``seed`` (write many Secrets fast, for benchmarks), ``managed_identity`` (up/down/error, with entra), ``sign_ins``
+(expired/valid, with entra).
 """
 
 from __future__ import annotations
@@ -108,10 +111,10 @@ class Control:
         # secret-write faults ("writes": throttle, concurrent writer, undecryptable secrets): seed.write_faults
         has_writes, writes = "writes" in body, body.pop("writes", None)
         unknown = set(body) - {"exec_fault", "readyz", "etcd", "write_secret", "seed", "etcd_pods", "exec_key_prefix",
-                               "managed_identity"}
+                               "managed_identity", "sign_ins"}
         if unknown:
             raise ValueError(f"unknown ctl keys: {', '.join(sorted(unknown))} (expected exec_fault, readyz, etcd, "
-                             "write_secret, seed, etcd_pods, exec_key_prefix, managed_identity)")
+                             "write_secret, seed, etcd_pods, exec_key_prefix, managed_identity, sign_ins)")
         result: dict = {}
         if has_writes:
             from .seed import write_faults
@@ -120,6 +123,10 @@ class Control:
             if self.entra is None:
                 raise ValueError("managed_identity needs the Entra emulator (up --entra)")
             result["managed_identity"] = await self.entra.set_msi_mode(body["managed_identity"])
+        if "sign_ins" in body:
+            if self.entra is None:
+                raise ValueError("sign_ins needs the Entra emulator (up --entra)")
+            result["sign_ins"] = self.entra.set_sign_ins(body["sign_ins"])
         if "exec_fault" in body:
             spec = body["exec_fault"]
             mode = spec.get("mode")
@@ -175,6 +182,8 @@ class Control:
 
 async def serve(directory: Path) -> None:
     cfg = json.loads((directory / "serve.json").read_text())
+    if cfg.get("fleet"):
+        return await serve_fleet(directory, cfg)
     pki = cfg["pki"]
     api = APIServer(cfg)
     await api.start()
@@ -182,14 +191,7 @@ async def serve(directory: Path) -> None:
     api_sock, arm_sock, ctl_sock = (_listen(ports.get(site, 0)) for site in ("apiserver", "arm", "control"))
     api.port = api_sock.getsockname()[1]
     api_url = f"https://127.0.0.1:{api.port}"
-    entra = None
-    if cfg.get("entra"):
-        from .entra import Entra
-        entra = Entra(cfg["entra"])
-        entra_sock, msi_sock = _listen(ports.get("entra", 0)), _listen(ports.get("msi", 0))
-        entra.url = f"https://127.0.0.1:{entra_sock.getsockname()[1]}"
-        entra.msi_port = msi_sock.getsockname()[1]
-        entra.write_workload_token()
+    entra, entra_socks = _entra(cfg, ports)
     arm = ARM(cfg["arm"], api_url, Path(pki["ca_cert"]).read_bytes(), Path(pki["admin_cert"]).read_bytes(),
               Path(pki["admin_key"]).read_bytes(), entra=entra)
     arm.url = f"https://127.0.0.1:{arm_sock.getsockname()[1]}"
@@ -200,7 +202,32 @@ async def serve(directory: Path) -> None:
     if entra is not None:
         from .auth import EntraAuthn, install_entra
         install_entra(api_app, EntraAuthn(entra.verifier(), entra.cluster_id, entra.enforce_pop))
-        sites += [(entra.app(), entra_sock, arm_ssl(pki, "entra")), (entra.msi_app(), msi_sock, None)]
+    ready = {"pid": os.getpid(), "apiserver_port": api.port, "arm_port": arm_sock.getsockname()[1],
+             "control_port": ctl_sock.getsockname()[1]}
+    logging.info("serving: apiserver %s, arm %s, control http://127.0.0.1:%s", api_url, arm.url,
+                 ready["control_port"])
+    await _run(directory, sites, ready, entra, entra_socks, pki, [api])
+
+
+def _entra(cfg: dict, ports: dict):
+    """The Entra emulator and its (Entra, managed identity) sockets, or (None, None) without ``entra``."""
+    if not cfg.get("entra"):
+        return None, None
+    from .entra import Entra
+    entra = Entra(cfg["entra"])
+    entra_sock, msi_sock = _listen(ports.get("entra", 0)), _listen(ports.get("msi", 0))
+    entra.url = f"https://127.0.0.1:{entra_sock.getsockname()[1]}"
+    entra.msi_port = msi_sock.getsockname()[1]
+    entra.write_workload_token()
+    return entra, (entra_sock, msi_sock)
+
+
+async def _run(directory: Path, sites: list, ready: dict, entra, entra_socks, pki: dict, apis: list) -> None:
+    """Serve ``sites`` (app, socket, TLS context) and the Entra sites, write serve-ready.json, run until SIGTERM."""
+    if entra is not None:
+        entra_sock, msi_sock = entra_socks
+        sites = sites + [(entra.app(), entra_sock, arm_ssl(pki, "entra")), (entra.msi_app(), msi_sock, None)]
+        ready.update(entra_port=entra_sock.getsockname()[1], msi_port=entra.msi_port)
 
     async def no_server_header(request, response):
         response.headers.pop("Server", None)  # kube-apiserver and ARM send none; nothing should key on it
@@ -214,18 +241,12 @@ async def serve(directory: Path) -> None:
         site = web.SockSite(runner, sock, ssl_context=ctx, shutdown_timeout=1.0)
         await site.start()
         runners.append(runner)
-        if entra is not None and sock is msi_sock:
+        if entra is not None and sock is entra_socks[1]:
             entra.msi_runner, entra.msi_site = runner, site
 
-    ready = {"pid": os.getpid(), "apiserver_port": api.port, "arm_port": arm_sock.getsockname()[1],
-             "control_port": ctl_sock.getsockname()[1]}
-    if entra is not None:
-        ready.update(entra_port=entra_sock.getsockname()[1], msi_port=entra.msi_port)
     tmp = directory / "serve-ready.json.tmp"
     tmp.write_text(json.dumps(ready))
     os.replace(tmp, directory / "serve-ready.json")
-    logging.info("serving: apiserver %s, arm %s, control http://127.0.0.1:%s", api_url, arm.url,
-                 ready["control_port"])
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -235,7 +256,67 @@ async def serve(directory: Path) -> None:
     logging.info("stopping")
     for runner in reversed(runners):
         await runner.cleanup()
-    await api.close()
+    for api in apis:
+        await api.close()
+
+
+def _refusing(port: int = 0) -> socket.socket:
+    """A socket bound to 127.0.0.1:``port`` that never listens: it keeps the port, and connections to it are
+    refused (a disconnected cluster's API server)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        if not port:
+            s.close()
+            raise
+        s.bind(("127.0.0.1", 0))
+    return s
+
+
+async def serve_fleet(directory: Path, cfg: dict) -> None:
+    """A fleet (tests/sandbox/fleet.py): one API server and control site per connected cluster, each on its own
+    ports with its own certificates, etcd and KMS plugin; one ARM (with Resource Graph) and Entra emulator."""
+    from .auth import EntraAuthn, install_entra
+    ports = cfg.get("ports") or {}
+    entra, entra_socks = _entra(cfg, ports)
+    arm_sock = _listen(ports.get("arm", 0))
+    connected = [c for c in cfg["clusters"] if c["connectivity"] == "Connected"]
+    apis = {c["name"]: APIServer(c) for c in connected}
+    await asyncio.gather(*(api.start() for api in apis.values()))
+    sites, records, held, ready_clusters = [], [], [], {}
+    for c in cfg["clusters"]:
+        cports, cpki = c.get("ports") or {}, c["pki"]
+        api = apis.get(c["name"])
+        if api is not None:
+            api_sock, ctl_sock = _listen(cports.get("apiserver", 0)), _listen(cports.get("control", 0))
+            api.port = api_sock.getsockname()[1]
+            app = api.app()
+            if entra is not None:
+                install_entra(app, EntraAuthn(entra.verifier(), c["arm_id"], entra.enforce_pop))
+            sites += [(app, api_sock, apiserver_ssl(cpki)), (Control(api, Path(c["dir"]), entra).app(), ctl_sock, None)]
+        else:
+            api_sock, ctl_sock = _refusing(cports.get("apiserver", 0)), None
+            held.append(api_sock)
+        port = api_sock.getsockname()[1]
+        ready_clusters[c["name"]] = {"apiserver_port": port,
+                                     "control_port": ctl_sock.getsockname()[1] if ctl_sock else None}
+        records.append({"name": c["name"], "resource_group": c["resource_group"], "subscription": c["subscription"],
+                        "apiserver_url": f"https://127.0.0.1:{port}", "connectivity": c["connectivity"],
+                        "tags": c["tags"], "ca_pem": Path(cpki["ca_cert"]).read_bytes(),
+                        "admin_cert_pem": Path(cpki["admin_cert"]).read_bytes(),
+                        "admin_key_pem": Path(cpki["admin_key"]).read_bytes()})
+    arm = ARM(cfg["arm"], entra=entra, clusters=records)
+    arm.url = f"https://127.0.0.1:{arm_sock.getsockname()[1]}"
+    pki = cfg["pki"]
+    sites.insert(0, (arm.app(), arm_sock, arm_ssl(pki)))
+    ready = {"pid": os.getpid(), "arm_port": arm_sock.getsockname()[1], "clusters": ready_clusters}
+    logging.info("serving a fleet of %d clusters (%d connected), arm %s", len(cfg["clusters"]), len(apis), arm.url)
+    try:
+        await _run(directory, sites, ready, entra, entra_socks, pki, list(apis.values()))
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def main(argv=None) -> int:
