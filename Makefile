@@ -76,8 +76,55 @@ test: install system-deps
 	$(BIN)/ruff check azext_kmsverify tests bench
 	$(BIN)/python -m pytest tests -q
 
+# ruff (pyproject.toml) on everything; then pylint and flake8 on the package with azure-cli-extensions' settings
+# (.pylintrc, .flake8: what `azdev style` applies there). Any finding fails.
 lint: $(BIN)/.installed
 	$(BIN)/ruff check azext_kmsverify tests bench
+	$(BIN)/python -m pylint --rcfile=.pylintrc --score=n azext_kmsverify
+	$(BIN)/python -m flake8 --config=.flake8 azext_kmsverify
+
+# The seeded mutation fuzz (tests/*/test_fuzz.py) for a minute per target instead of test's fraction of a second;
+# KMSVERIFY_FUZZ_SEED=N draws other inputs. In-process, so it needs azure-cli (.venv-az) but no sandbox.
+.PHONY: fuzz
+fuzz: $(BIN)/.installed $(AZ_BIN)/.installed
+	KMSVERIFY_FUZZ_SECONDS=60 $(BIN)/python -m pytest -q $(or $(wildcard tests/*/test_fuzz.py),$(error no tests/*/test_fuzz.py))
+
+# Optional (not part of `make test`): azdev's own checks as azure-cli-extensions' CI runs them, `azdev linter`
+# (command table and help; linter_exclusions.yml applies) and `azdev style` (pylint and flake8 with that
+# repository's settings, which .pylintrc and .flake8 repeat), in a virtualenv of their own with azure-cli from
+# requirements-az.txt, on a copy of the extension laid out as there (src/kmsverify/) under AZDEV_HOME.
+# Offline but for PyPI: `azdev setup` wants an azure-cli clone and GitHub, so the settings it would write are
+# written here; azdev reads azure-cli's scripts/ci/cmdcov.yml as it loads, so it gets a stand-in that matches
+# nothing; the command test coverage rules (git history, settings downloaded at run time) are not run.
+AZDEV_HOME ?= /tmp/kmsverify-azdev
+AZDEV_VENV := $(AZDEV_HOME)/venv
+AZDEV_REPO := $(AZDEV_HOME)/azure-cli-extensions
+AZDEV_EXT := $(AZDEV_REPO)/src/kmsverify
+AZDEV := env VIRTUAL_ENV=$(AZDEV_VENV) PATH=$(AZDEV_VENV)/bin:$$PATH AZDEV_CONFIG_DIR=$(AZDEV_HOME)/azdev \
+	AZURE_CONFIG_DIR=$(AZDEV_HOME)/az AZURE_EXTENSION_DIR=$(AZDEV_HOME)/extensions $(AZDEV_VENV)/bin/azdev
+
+$(AZDEV_VENV)/.installed: requirements-az.txt
+	test -x $(AZDEV_VENV)/bin/python || $(PY) -m venv $(AZDEV_VENV)
+	$(AZDEV_VENV)/bin/python -m pip install -q --upgrade pip
+	$(AZDEV_VENV)/bin/python -m pip install -q -r requirements-az.txt azdev==0.2.13
+	touch $@
+
+.PHONY: azdev-lint
+azdev-lint: $(AZDEV_VENV)/.installed
+	rm -rf $(AZDEV_EXT) && mkdir -p $(AZDEV_EXT) $(AZDEV_HOME)/azdev $(AZDEV_HOME)/az $(AZDEV_HOME)/extensions \
+		$(AZDEV_HOME)/azure-cli/scripts/ci
+	cp -r azext_kmsverify setup.py README.md HISTORY.rst linter_exclusions.yml $(AZDEV_EXT)/
+	find $(AZDEV_EXT) -name __pycache__ -prune -exec rm -rf {} +
+	cp .pylintrc $(AZDEV_REPO)/pylintrc && cp .flake8 $(AZDEV_REPO)/.flake8
+	printf '[cli]\nrepo_path = %s\n\n[ext]\nrepo_paths = %s\n' $(AZDEV_HOME)/azure-cli $(AZDEV_REPO) \
+		>$(AZDEV_HOME)/azdev/config
+	printf '[extension]\ndev_sources = %s\n' $(AZDEV_REPO) >$(AZDEV_HOME)/az/config
+	{ echo "CMD_PATTERN: ['(?!x)x', '(?!x)x', '(?!x)x', '(?!x)x']"; \
+	  for k in QUO END DOCS_END NOT_END NUMBER_SIGN; do echo "$${k}_PATTERN: '(?!x)x'"; done; } \
+		>$(AZDEV_HOME)/azure-cli/scripts/ci/cmdcov.yml
+	$(AZDEV) extension add kmsverify
+	$(AZDEV) linter kmsverify --rule-types command_groups commands params help_entries --min-severity low
+	$(AZDEV) style kmsverify
 
 bench: install system-deps
 	$(BIN)/python bench/bench_scan.py $(BENCH_ARGS)

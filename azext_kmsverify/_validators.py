@@ -106,7 +106,6 @@ def _validate_reencrypt(ns):
 def _validate(namespace):
     from azure.cli.core.azclierror import (
         FileOperationError,
-        InvalidArgumentValueError,
         MutuallyExclusiveArgumentError,
         RequiredArgumentMissingError,
     )
@@ -170,7 +169,12 @@ def _validate(namespace):
                 f"--kubeconfig file '{_shorten(ns.kubeconfig, 200)}' is not readable.",
                 'Check the permissions of the file.'))
         ns.kubeconfig = path
+    _validate_values(ns)
 
+
+def _validate_values(ns):
+    """What names the secrets, the probe's namespace, the ranges, the etcd options and --junit-xml."""
+    from azure.cli.core.azclierror import InvalidArgumentValueError
     refs = []
     for value in ns.secrets or []:
         ref = parse_secret_ref(value)

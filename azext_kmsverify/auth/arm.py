@@ -33,7 +33,7 @@ def cluster_resource_id(subscription, resource_group, cluster_name):
             f'/providers/Microsoft.Kubernetes/connectedClusters/{cluster_name}')
 
 
-def fetch_kubeconfig(cli_ctx, resource_group, cluster_name, admin, deadline, subscription=None):
+def fetch_kubeconfig(cli_ctx, resource_group, cluster_name, admin, deadline, *, subscription=None):
     """Return the kubeconfig (a dict) of an AKS Arc cluster from ARM, polling the long-running operation."""
     from azure.cli.core.azclierror import AzureResponseError
     from azure.core.exceptions import AzureError, HttpResponseError

@@ -80,7 +80,8 @@ def sign_in(cli_ctx, kubeconfig: Kubeconfig) -> tuple[Kubeconfig, dict]:
                    "Fetch fresh credentials with 'az aksarc get-credentials', or add --pop-claims to the entry.")
     pop_u = args.pop_u() if args.pop_enabled else None
     if kubeconfig.from_azure or args.login in kubelogin.AZ_LOGIN_MODES:
-        source = AzLoginSource(cli_ctx, 'azurecli' if kubeconfig.from_azure else args.login, args.server_id, pop_u)
+        source = AzLoginSource(cli_ctx, 'azurecli' if kubeconfig.from_azure else args.login, args.server_id, pop_u,
+                               tenant=args.tenant_id)
     elif args.login in kubelogin.IDENTITY_MODES:
         source = IdentitySource(args)
     else:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import sys
 import time
 from typing import NoReturn
 
@@ -65,23 +67,60 @@ class TokenSource:
 
 
 class AzLoginSource(TokenSource):
-    """The az login (what kubelogin -l azurecli does, and what the interactive modes need on a terminal)."""
+    """The az login (what kubelogin -l azurecli does, and what the interactive modes need on a terminal).
 
-    def __init__(self, cli_ctx, login: str, server_id: str, pop_u: str | None):
+    ``tenant`` (the entry's ``--tenant-id``): kubelogin asks az for a token of that tenant (``az account
+    get-access-token --tenant``), and AKS Arc user kubeconfigs name the cluster's tenant; so the token comes from an
+    az account in that tenant: the cluster's subscription (the PoP ``u`` claim) when it is one, else the default
+    subscription when it is in the tenant, else the first account in it. An az login with no account in a tenant
+    named by id is a one-line error."""
+
+    def __init__(self, cli_ctx, login: str, server_id: str, pop_u: str | None, tenant: str | None = None):
         super().__init__(login, server_id, pop_u)
         self.cli_ctx = cli_ctx
+        self.tenant = tenant
+
+    def _subscription(self, profile) -> str | None:
+        """The az account (subscription id) to ask for the token; None for az's default subscription."""
+        tenant = (self.tenant or '').strip().lower()
+        if not tenant:
+            return None
+        try:
+            accounts = profile.load_cached_subscriptions()
+        except Exception:  # pylint: disable=broad-except  # az's profile: let the token request report it
+            return None
+        in_tenant = [a for a in accounts if tenant in (str(a.get('tenantId') or '').lower(),
+                                                       str(a.get('tenantDefaultDomain') or '').lower())]
+        if not in_tenant:
+            if not accounts or not _GUID.match(tenant):  # not signed in (az says so), or a domain az may not know
+                return None
+            from azure.cli.core.azclierror import AuthenticationError
+            shown = printable(truncate(self.tenant, 80))
+            signed_in = ', '.join(sorted({str(a.get('tenantId')) for a in accounts}))
+            raise make(AuthenticationError, f'Could not get an Entra ID token for the cluster (Entra server id '
+                                            f'{printable(self.server_id)}, {self.login} sign-in): the az login has no '
+                                            f'account in tenant {shown}, which the kubeconfig names (--tenant-id); it '
+                                            f'is signed in to {truncate(signed_in, 160)}.',
+                       f"Sign in to that tenant with 'az login --tenant {shown}' (add --allow-no-subscriptions when "
+                       'you have no subscription there), then retry.')
+        cluster_sub = _subscription_of(self.pop_u)
+        chosen = (next((a for a in in_tenant if cluster_sub and str(a.get('id')).lower() == cluster_sub), None)
+                  or next((a for a in in_tenant if a.get('isDefault')), None) or in_tenant[0])
+        return None if chosen.get('isDefault') else str(chosen.get('id'))
 
     def _fetch(self, scope: str) -> tuple[str, float]:
         from azure.cli.core._profile import Profile
         hint = ("Sign in with 'az login' (in pipelines, use an AzureCLI task with a service connection), "
                 'then retry.')
+        profile = Profile(cli_ctx=self.cli_ctx)
+        subscription = self._subscription(profile)
         try:
-            profile = Profile(cli_ctx=self.cli_ctx)
             if self.pop_key is None:
-                (_, token, entry), _, _ = profile.get_raw_token(resource=self.server_id)
+                (_, token, entry), _, _ = profile.get_raw_token(resource=self.server_id, subscription=subscription)
                 return token, float((entry or {}).get('expires_on') or time.time() + 300)
             # az's credential passes ``data`` to MSAL: this is how `az connectedk8s proxy` gets PoP tokens.
-            credential, _, _ = profile.get_login_credentials()
+            credential, _, _ = profile.get_login_credentials(subscription_id=subscription)
+            _no_browser(credential)
             access = credential.get_token(scope, data=self.pop_key.token_request_data())
             return access.token, float(access.expires_on)
         except Exception as ex:  # pylint: disable=broad-except  # MSAL and the network raise many types
@@ -203,6 +242,33 @@ class IdentitySource(TokenSource):
                                     "app's federated credential.",
                 'azurepipelines': "Check the service connection's workload identity federation."}.get(
                     self.args.login, 'Check the sign-in, then retry.')
+
+
+def _no_browser(adaptor) -> None:
+    """A failed token request is the run's failure, never a browser sign-in. az's user credential answers a failed
+    request that carries ``data`` (as PoP requests do) with an interactive auth code flow, meant for `az ssh`
+    (azure-cli ``auth/msal_credentials.py`` ``UserCredential.acquire_token``): it waits for a browser that a
+    pipeline or a terminal over SSH never has, so an expired sign-in would hang the run. kubelogin's azurecli login
+    never prompts either. On this credential only (each fetch makes its own), the fallback re-raises the request's
+    own failure (an AuthenticationError with Entra's AADSTS message); a credential without it is left alone."""
+    inner = getattr(adaptor, '_credential', None)
+    if inner is None or not callable(getattr(inner, '_acquire_token_interactive', None)):
+        return
+
+    def refuse(*_args, **_kwargs):
+        failure = sys.exc_info()[1]  # acquire_token calls the fallback while it handles the request's failure
+        raise failure if failure is not None else RuntimeError('an interactive sign-in is needed')
+
+    inner._acquire_token_interactive = refuse  # pylint: disable=protected-access
+
+
+_GUID = re.compile(r'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$')
+
+
+def _subscription_of(arm_id: str | None) -> str | None:
+    """The subscription id of an ARM id (``/subscriptions/<id>/...``), lower case; None for anything else."""
+    parts = (arm_id or '').strip('/').split('/')
+    return parts[1].lower() if len(parts) > 1 and parts[0].lower() == 'subscriptions' and parts[1] else None
 
 
 @contextlib.contextmanager

@@ -26,9 +26,7 @@ def login_subscriptions(cli_ctx) -> list[str]:
 
 def find_clusters(cli_ctx, subscriptions, resource_group, tags, deadline) -> list[dict]:
     """Every AKS Arc cluster the login can see in ``subscriptions``, paged with ``$skipToken``."""
-    from azure.cli.core.azclierror import AzureResponseError, ForbiddenError
-    from azure.core.exceptions import AzureError
-    from azure.core.rest import HttpRequest
+    from azure.cli.core.azclierror import AzureResponseError
 
     from azext_kmsverify.auth.arm import _pipeline_client, _subscription_id
     from azext_kmsverify.auth.entra import get_arm_token
@@ -44,24 +42,7 @@ def find_clusters(cli_ctx, subscriptions, resource_group, tags, deadline) -> lis
         if skip:
             options['$skipToken'] = skip
         body = {'subscriptions': list(subscriptions), 'query': query, 'options': options}
-        try:
-            response = client.send_request(HttpRequest('POST', url, json=body), logging_enable=False,
-                                           connection_timeout=deadline.bound(30), read_timeout=deadline.bound(60))
-        except AzureError as ex:
-            raise make(AzureResponseError, f'Could not query Azure Resource Graph: {type(ex).__name__}.',
-                       'Check the network connection and proxy settings, then retry.') from None
-        if response.status_code == 403:
-            raise make(ForbiddenError, 'Azure Resource Graph refused the query (403).',
-                       'Ask for Reader on the subscriptions, or name the clusters with --ids.')
-        try:
-            page = response.json()
-        except ValueError:
-            page = None
-        if response.status_code != 200 or not isinstance(page, dict):
-            error = (page or {}).get('error') if isinstance(page, dict) else None
-            message = truncate((error or {}).get('message') or f'HTTP {response.status_code}', 240)
-            raise make(AzureResponseError, f'Azure Resource Graph refused the query: {message}',
-                       'Retry; if it persists, name the clusters with --ids.')
+        page = _query_page(client, url, body, deadline)
         for row in page.get('data') or []:
             cluster = cluster_from_row(row) if isinstance(row, dict) else None
             if cluster:
@@ -74,3 +55,29 @@ def find_clusters(cli_ctx, subscriptions, resource_group, tags, deadline) -> lis
                        'Narrow the query (--subscriptions, -g, --tag) or retry with a larger --timeout.')
     logger.info('Resource Graph found %s AKS Arc clusters', len(clusters))
     return clusters
+
+
+def _query_page(client, url, body, deadline) -> dict:
+    """One page of a Resource Graph query; a failure is a one-line error."""
+    from azure.cli.core.azclierror import AzureResponseError, ForbiddenError
+    from azure.core.exceptions import AzureError
+    from azure.core.rest import HttpRequest
+    try:
+        response = client.send_request(HttpRequest('POST', url, json=body), logging_enable=False,
+                                       connection_timeout=deadline.bound(30), read_timeout=deadline.bound(60))
+    except AzureError as ex:
+        raise make(AzureResponseError, f'Could not query Azure Resource Graph: {type(ex).__name__}.',
+                   'Check the network connection and proxy settings, then retry.') from None
+    if response.status_code == 403:
+        raise make(ForbiddenError, 'Azure Resource Graph refused the query (403).',
+                   'Ask for Reader on the subscriptions, or name the clusters with --ids.')
+    try:
+        page = response.json()
+    except ValueError:
+        page = None
+    if response.status_code != 200 or not isinstance(page, dict):
+        error = (page or {}).get('error') if isinstance(page, dict) else None
+        message = truncate((error or {}).get('message') or f'HTTP {response.status_code}', 240)
+        raise make(AzureResponseError, f'Azure Resource Graph refused the query: {message}',
+                   'Retry; if it persists, name the clusters with --ids.')
+    return page

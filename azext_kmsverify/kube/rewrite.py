@@ -16,6 +16,7 @@ the length of one rewrite and never reaches a log line or a message.
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -24,15 +25,20 @@ from azext_kmsverify import defaults
 from azext_kmsverify.kube.errors import status_message
 
 ANNOTATION = 'kmsverify.aksarc/reencrypted-at'
-WRITTEN, CONFLICT, SKIPPED, FAILED = 'written', 'conflict', 'skipped', 'failed'
+WRITTEN, CONFLICT, SKIPPED, FAILED, DELETED = 'written', 'conflict', 'skipped', 'failed', 'deleted'
+# 429 answers honoured per secret before it is given up (client-go's rest client retries 10 times). Each waits
+# its Retry-After; --timeout and Ctrl-C end the waits sooner. A throttled flow rejects a share of requests
+# whatever the client does, so a low bound fails secrets that the next round would have written.
+THROTTLED_ROUNDS = 30
 
 
 @dataclass
 class Outcome:
-    status: str              # written | conflict (changed meanwhile: check etcd) | skipped | failed
+    status: str              # written | conflict (changed meanwhile: check etcd) | deleted | skipped | failed
     reason: str = ''
     resource_version: str | None = None
     throttled: int = 0       # 429 answers honoured
+    stopped: bool = False    # not written: ``stop`` was set while waiting out a 429
 
 
 # pylint: disable-next=too-many-return-statements  # one return per outcome of the GET and the PUT
@@ -40,7 +46,9 @@ def rewrite(client, namespace: str, name: str, force: bool, stop=None) -> Outcom
     """One GET + PUT. ``force``: add :data:`ANNOTATION` so an unchanged KMS v1 object is written."""
     path = f"/api/v1/namespaces/{quote(namespace, safe='')}/secrets/{quote(name, safe='')}"
     throttled = 0
-    for _ in range(defaults.REWRITE_ATTEMPTS):
+    while throttled < THROTTLED_ROUNDS:
+        if throttled and stop is not None and stop.is_set():
+            return Outcome(FAILED, 'not rewritten: stopped while throttled (429)', throttled=throttled, stopped=True)
         headers = {}
         status, body = client.request('GET', path, timeout=30, doing=f'reading secret {namespace}/{name}',
                                       headers_out=headers)
@@ -49,7 +57,7 @@ def rewrite(client, namespace: str, name: str, force: bool, stop=None) -> Outcom
             _wait(client, headers, stop)
             continue
         if status == 404:
-            return Outcome(SKIPPED, 'deleted since the plan was made', throttled=throttled)
+            return Outcome(DELETED, 'deleted since the plan was made', throttled=throttled)
         if status >= 500:
             # kube-apiserver answers 500 when the stored value cannot be decrypted: the API cannot rewrite it.
             return Outcome(SKIPPED, f"the API cannot read it: {status_message(body) or f'HTTP {status}'}",
@@ -85,24 +93,27 @@ def rewrite(client, namespace: str, name: str, force: bool, stop=None) -> Outcom
             _wait(client, headers, stop)
             continue
         if status == 404:
-            return Outcome(SKIPPED, 'deleted since the plan was made', throttled=throttled)
+            return Outcome(DELETED, 'deleted since the plan was made', throttled=throttled)
         if status in (401, 403):
             raise client.errors.api(status, answer, f'rewriting secret {namespace}/{name}',
                                     permission='update secrets in all namespaces')
         return Outcome(FAILED, f"the API refused the rewrite: {status_message(answer) or f'HTTP {status}'}",
                        throttled=throttled)
-    return Outcome(FAILED, f'still throttled or changing after {defaults.REWRITE_ATTEMPTS} attempts',
-                   throttled=throttled)
+    return Outcome(FAILED, f'still throttled after {throttled} answers 429 Too Many Requests', throttled=throttled)
 
 
 def _wait(client, headers: dict, stop) -> None:
-    """Sleep as API Priority and Fairness asks (``Retry-After`` seconds), bounded by the deadline and woken by
-    ``stop`` (an interrupt)."""
+    """Sleep as API Priority and Fairness asks (``Retry-After`` seconds, plus up to a fifth more so the workers
+    throttled together do not all come back at the same moment), bounded by the deadline and woken by ``stop``
+    (an interrupt, or the end of the time for rewrites)."""
     try:
         asked = float(headers.get('retry-after') or defaults.RETRY_AFTER_SECONDS)
     except ValueError:
         asked = defaults.RETRY_AFTER_SECONDS
-    delay = max(0.0, min(asked, defaults.RETRY_AFTER_MAX_SECONDS, client.deadline.remaining()))
+    if not asked >= 0.0:  # negative or NaN
+        asked = defaults.RETRY_AFTER_SECONDS
+    asked = min(asked, defaults.RETRY_AFTER_MAX_SECONDS)
+    delay = min(asked * random.uniform(1.0, 1.2) + random.uniform(0.0, 0.05), client.deadline.remaining())
     if stop is not None:
         stop.wait(delay)
     else:

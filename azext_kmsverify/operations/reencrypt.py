@@ -90,8 +90,9 @@ def reencrypt(cli_ctx, options: ReencryptOptions, step: list) -> dict:
             written, interrupted = _rewrite_all(cli_ctx, client, reader, targets, plan, options, deadline)
             step[0] = 'verifying from etcd'
             _verify_from_etcd(reader, targets, plan['currentKeyId'])
+            result['currentKeyId'] = _named_key(plan['currentKeyId'], targets)
             elapsed = time.monotonic() - started
-            result.update(passed=all(t['outcome'] in ('reencrypted', 'alreadyCurrent') for t in targets),
+            result.update(passed=all(t['outcome'] in _DONE for t in targets),
                           interrupted=interrupted, targets=[_public(t) for t in targets],
                           summary=_count(targets, 'outcome'), durationSeconds=round(elapsed, 3),
                           writesPerSecond=round(written / elapsed, 1) if elapsed else None)
@@ -115,7 +116,7 @@ def _plan(cli_ctx, client, reader, options: ReencryptOptions) -> dict:
     from azext_kmsverify.kube.secrets import list_secret_metadata
     from azext_kmsverify.verdict.classify import classify
     from azext_kmsverify.verdict.plan import targets as select
-    from azext_kmsverify.verdict.scan import ScanSummary, written_before
+    from azext_kmsverify.verdict.scan import SOURCE_METRICS, ScanSummary, written_before
     key_hash, how = current_key_hash(client)
     summary = ScanSummary(current_key_hash=key_hash)
     revisions = {}
@@ -146,7 +147,16 @@ def _plan(cli_ctx, client, reader, options: ReencryptOptions) -> dict:
             if client.deadline.expired():
                 raise
             skip = f'the API could not list secret metadata: {error.error_msg}'
-    scan, _ = summary.finish(write_times=write_times, age_skip_reason=skip, rotation_days=options.rotation_days,
+    current_id = None
+    if key_hash and summary.current_key_id is None:
+        # /metrics names the current key, but no stored value carries a key id with that hash: nothing has been
+        # written since the rotation, so every KMS v2 value is under an older key. Falling back to the latest
+        # write would take the old key for the current one and plan nothing. The hash stands for the key id.
+        current_id = key_hash
+        logger.info('No secret is stored under the current KMS v2 key yet (%s): every KMS v2 secret is a target',
+                    how)
+    scan, _ = summary.finish(current_key_id=current_id, current_key_source=SOURCE_METRICS if current_id else None,
+                             write_times=write_times, age_skip_reason=skip, rotation_days=options.rotation_days,
                              revision=reader.revision)
     if skip:
         logger.warning('KMS v1 secrets written before the last rotation cannot be found: %s', skip)
@@ -188,6 +198,11 @@ def _confirm(options: ReencryptOptions, targets: list) -> None:
         raise make(ManualInterrupt, 'Nothing was rewritten.', 'Run with --dry-run to review the plan.')
 
 
+# Share of --timeout kept for reading etcd again after the rewrites (at least 2 s, at most a minute).
+_VERIFY_RESERVE_SHARE, _VERIFY_RESERVE_MIN, _VERIFY_RESERVE_MAX = 0.1, 2.0, 60.0
+_DONE = ('reencrypted', 'alreadyCurrent', 'deleted')  # outcomes that leave nothing under an old key
+
+
 class _Pacer:
     """At most ``rate`` writes a second across all workers (``--max-per-second``; 0: no limit)."""
 
@@ -212,44 +227,74 @@ def _rewrite_all(cli_ctx, client, reader, targets, plan, options, deadline):
     writes in flight finish (each is one PUT, so nothing is half-written)."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    from azext_kmsverify.kube.rewrite import CONFLICT, SKIPPED, WRITTEN, rewrite
+    from azure.cli.core.azclierror import AzCLIError
+
+    from azext_kmsverify.kube.rewrite import CONFLICT, DELETED, SKIPPED, WRITTEN, rewrite
     from azext_kmsverify.verdict.classify import classify
     from azext_kmsverify.verdict.plan import addressable, force_write, verdict_after
     stop = threading.Event()
+    timed_out = threading.Event()
     pacer = _Pacer(options.max_per_second)
     counter = {'written': 0, 'done': 0}
     lock = threading.Lock()
     fatal = []
 
+    def not_rewritten():
+        return 'not rewritten: ' + (f'the --timeout of {deadline.seconds} s was reached'
+                                    if timed_out.is_set() or deadline.expired() else 'interrupted')
+
+    def current_in_etcd(target):
+        kv = reader.get(f"{defaults.ETCD_SECRETS_PREFIX}{target['namespace']}/{target['name']}")
+        return verdict_after(target, classify(kv.value) if kv else None, kv.mod_revision if kv else None,
+                             plan['currentKeyId'], target.get('modRevisionBefore'))[0]
+
     def work(target):
         if stop.is_set() or deadline.expired():
-            target.update(outcome='failed', reason='not rewritten: ' + (
-                'interrupted' if stop.is_set() else f'the --timeout of {deadline.seconds} s was reached'))
+            target.update(outcome='failed', reason=not_rewritten())
             return
         if not addressable(target['namespace'], target['name']):
             target.update(outcome='skipped', reason='its etcd key is not a name the API can address')
             return
         pacer.wait(stop)
-        outcome = rewrite(client, target['namespace'], target['name'], force_write(target), stop)
-        target['throttled'] = outcome.throttled
+        force = force_write(target, plan['currentKeyId'])
+        try:
+            outcome = rewrite(client, target['namespace'], target['name'], force, stop)
+            target['throttled'] = outcome.throttled
+            rounds = 1
+            # Someone else wrote it meanwhile: current already if etcd says so, else read and write it again.
+            while outcome.status == CONFLICT:
+                if current_in_etcd(target):
+                    target.update(outcome='alreadyCurrent', reason='rewritten by someone else meanwhile')
+                    return
+                if rounds >= defaults.REWRITE_ATTEMPTS or stop.is_set():
+                    break
+                outcome = rewrite(client, target['namespace'], target['name'], force, stop)
+                target['throttled'] += outcome.throttled
+                rounds += 1
+        except AzCLIError:
+            if not deadline.expired():
+                raise
+            target.update(outcome='failed', reason=not_rewritten())
+            return
         if outcome.status == WRITTEN:
             target['outcome'] = 'written'
             with lock:
                 counter['written'] += 1
+        elif outcome.status == DELETED:
+            target.update(outcome='deleted', reason=outcome.reason)  # nothing left under the old key
+        elif outcome.stopped:
+            target.update(outcome='failed', reason=not_rewritten())
         elif outcome.status == CONFLICT:
-            # Someone else wrote it meanwhile: current already if etcd says so, else one more round.
-            kv = reader.get(f"{defaults.ETCD_SECRETS_PREFIX}{target['namespace']}/{target['name']}")
-            ok, _ = verdict_after(target, classify(kv.value) if kv else None, kv.mod_revision if kv else None,
-                                  plan['currentKeyId'], target.get('modRevisionBefore'))
-            if ok:
-                target.update(outcome='alreadyCurrent', reason='rewritten by someone else meanwhile')
-            else:
-                again = rewrite(client, target['namespace'], target['name'], force_write(target), stop)
-                target['outcome'] = 'written' if again.status == WRITTEN else 'failed'
-                target['reason'] = '' if again.status == WRITTEN else again.reason or outcome.reason
+            target.update(outcome='failed', reason=f'{outcome.reason}, {rounds} times')
         else:
             target.update(outcome='skipped' if outcome.status == SKIPPED else 'failed', reason=outcome.reason)
 
+    # Rewrites stop taking targets (and throttled ones stop waiting) early enough to leave time for the proof
+    # from etcd: the result then reports what was not rewritten instead of ending in a timeout error.
+    reserve = min(_VERIFY_RESERVE_MAX, max(_VERIFY_RESERVE_MIN, deadline.seconds * _VERIFY_RESERVE_SHARE))
+    timer = threading.Timer(max(0.0, deadline.remaining() - reserve), lambda: (timed_out.set(), stop.set()))
+    timer.daemon = True
+    timer.start()
     previous = None
     if threading.current_thread() is threading.main_thread():
         def _terminate(_signum, _frame):
@@ -278,6 +323,7 @@ def _rewrite_all(cli_ctx, client, reader, targets, plan, options, deadline):
         logger.warning('Interrupted: finishing the rewrites in flight, then verifying what was written.')
         pool.shutdown(wait=True, cancel_futures=True)
     finally:
+        timer.cancel()
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
         if progress is not None:
@@ -286,8 +332,8 @@ def _rewrite_all(cli_ctx, client, reader, targets, plan, options, deadline):
             signal.signal(signal.SIGTERM, previous)
     for target in targets:
         if 'outcome' not in target:
-            target.update(outcome='failed', reason='not rewritten: ' + ('interrupted' if interrupted else
-                                                                         'stopped by an earlier error'))
+            target.update(outcome='failed', reason=not_rewritten() if interrupted or timed_out.is_set() else
+                          'not rewritten: stopped by an earlier error')
     if fatal:
         raise fatal[0]
     return counter['written'], interrupted
@@ -334,6 +380,15 @@ def _verify_from_etcd(reader, targets, current_key_id):
             target.update(outcome='failed', reason='the key is gone from etcd')
 
 
+def _named_key(current_key_id, targets):
+    """The current key's id once a rewrite stored a value under it, when the plan knew only its hash."""
+    from azext_kmsverify.verdict.plan import HASH_PREFIX, is_current_key
+    if not current_key_id or not current_key_id.startswith(HASH_PREFIX):
+        return current_key_id
+    return next((t['keyIdAfter'] for t in targets if t.get('keyIdAfter') and
+                 is_current_key(t['keyIdAfter'], current_key_id)), current_key_id)
+
+
 def _checks(result, targets) -> list:
     """Checks for the JUnit report and the table: the run, then each target that did not end current."""
     from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, check
@@ -341,7 +396,7 @@ def _checks(result, targets) -> list:
     status = PASSED if result['passed'] else FAILED
     checks = [check('Reencrypt', status, ('dry run: ' if result['dryRun'] else '') + summary)]
     for target in targets:
-        if target.get('outcome') in ('reencrypted', 'alreadyCurrent'):
+        if target.get('outcome') in _DONE:
             continue
         detail = target.get('reason') or target.get('planReason') or target.get('outcome')
         checks.append(check('SecretReencrypted', SKIPPED if target.get('outcome') in ('skipped', 'planned') else FAILED,

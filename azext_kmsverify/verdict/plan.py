@@ -14,10 +14,12 @@ from __future__ import annotations
 import re
 
 from azext_kmsverify import defaults
+from azext_kmsverify.verdict.keys import key_id_hash
 
 ONLY = defaults.REENCRYPT_ONLY
 LOCAL_KEYS = ('aescbc', 'aesgcm', 'secretbox')
 REENCRYPTED, ALREADY_CURRENT, SKIPPED, FAILED, PLANNED = 'reencrypted', 'alreadyCurrent', 'skipped', 'failed', 'planned'
+HASH_PREFIX = 'sha256:'  # a current key known only by its /metrics hash (verdict.keys.key_id_hash)
 _LABEL = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?')
 _SUBDOMAIN = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')
 
@@ -56,9 +58,27 @@ def addressable(namespace: str, name: str) -> bool:
             and bool(_SUBDOMAIN.fullmatch(name)))
 
 
-def force_write(target: dict) -> bool:
-    """KMS v1 values are not stale after a key rotation, so an unchanged PUT would not be written: annotate."""
-    return target.get('kmsVersion') == 'v1'
+def force_write(target: dict, current_key_id: str | None = None) -> bool:
+    """Whether the rewrite must change something (add the annotation).
+
+    KMS v1 values are not stale after a key rotation, so an unchanged PUT would not be written. A value not
+    stored with KMS is stale and written anyway, but where no KMS v2 key is current (a KMS v1 cluster) it is
+    stored as KMS v1, whose age check reads the last write from managedFields: an unchanged PUT adds no entry,
+    so a secret from 2023 would still look written before the rotation. Annotate both."""
+    if target.get('kmsVersion') == 'v1':
+        return True
+    return target.get('storage') != 'kms' and not current_key_id
+
+
+def is_current_key(key_id: str | None, current_key_id: str | None) -> bool:
+    """``key_id`` is the current KMS v2 key. ``current_key_id`` is a key id, or (when /metrics named the current
+    key but no stored value carried it yet) its ``sha256:`` hash as /metrics publishes it."""
+    if not current_key_id:
+        return True
+    if key_id == current_key_id:
+        return True
+    return (current_key_id.startswith(HASH_PREFIX) and key_id is not None
+            and key_id_hash(key_id) == current_key_id)
 
 
 def verdict_after(_target: dict, classification: dict | None, mod_revision: int | None, current_key_id: str | None,
@@ -70,7 +90,7 @@ def verdict_after(_target: dict, classification: dict | None, mod_revision: int 
         return False, (f"still stored as {classification.get('storage')} after the rewrite: the API server's "
                        'first provider is not KMS')
     if classification.get('kmsVersion') == 'v2':
-        if current_key_id and classification.get('keyId') != current_key_id:
+        if not is_current_key(classification.get('keyId'), current_key_id):
             return False, f"stored under KMS v2 key id {classification.get('keyId')}, not the current {current_key_id}"
         return True, ''
     if before is not None and mod_revision is not None and mod_revision <= before:
