@@ -14,11 +14,18 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import replace
 
+from azure.cli.core.azclierror import AzCLIError, InvalidArgumentValueError
+from knack.events import EVENT_CLI_SUCCESSFUL_EXECUTE
 from knack.log import get_logger
 
+from azext_kmsverify.deadline import Deadline
+from azext_kmsverify.discovery.graph import find_clusters, login_subscriptions
+from azext_kmsverify.discovery.select import in_shard, parse_cluster_id
 from azext_kmsverify.errors import EXIT_COULD_NOT_VERIFY, EXIT_VERIFICATION_FAILED, make
+from azext_kmsverify.operations.verify import fail, sign_in, verify, write_junit
 from azext_kmsverify.options import ClusterOptions, VerifyOptions
 from azext_kmsverify.text import printable
 
@@ -28,9 +35,7 @@ PASSED, FAILED, COULD_NOT_VERIFY, NOT_VERIFIABLE = 'passed', 'failed', 'couldNot
 
 
 def main(cli_ctx, options: VerifyOptions) -> dict:
-    from azure.cli.core.azclierror import AzCLIError
 
-    from azext_kmsverify.operations.verify import fail, write_junit
     try:
         clusters = _clusters(cli_ctx, options)
     except AzCLIError as error:
@@ -58,14 +63,11 @@ def fleet_exit_code(result: dict, could_not_report: bool = False) -> int:
 
 
 def _clusters(cli_ctx, options: VerifyOptions) -> list[dict]:
-    from azext_kmsverify.deadline import Deadline
-    from azext_kmsverify.discovery.select import in_shard, parse_cluster_id
     if options.ids:
         clusters = [parse_cluster_id(value) for value in options.ids]
         for cluster in clusters:
             cluster['connectivityStatus'] = None  # not asked: the cluster itself will tell
     else:
-        from azext_kmsverify.discovery.graph import find_clusters, login_subscriptions
         subscriptions = list(options.subscriptions) or login_subscriptions(cli_ctx)
         clusters = find_clusters(cli_ctx, subscriptions, options.cluster.resource_group, options.tags,
                                  Deadline(options.timeout))
@@ -79,20 +81,20 @@ def _clusters(cli_ctx, options: VerifyOptions) -> list[dict]:
 
 
 def run(cli_ctx, options: VerifyOptions, clusters: list[dict]) -> dict:
-    """Verify ``clusters`` in parallel; Ctrl-C or SIGTERM ends every cluster's waits and still deletes every
-    probe secret already created (each cluster's own way out), then stops."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+    """Verify ``clusters`` in parallel, in two overlapping phases of at most ``--max-parallel`` clusters each:
+    signing in (the ARM credential operation, mostly waiting on ARM) and verifying (health, etcd reads). Ctrl-C
+    or SIGTERM ends every cluster's waits and still deletes every probe secret already created (each cluster's
+    own way out), then stops."""
 
-    from azext_kmsverify.deadline import Deadline
     started = time.monotonic()
     deadlines = []
     lock = threading.Lock()
 
-    def one(cluster):
+    def sign(cluster):
         deadline = Deadline(options.timeout)
         with lock:
             deadlines.append(deadline)
-        return _verify_one(cli_ctx, options, cluster, deadline)
+        return _sign_in_one(cli_ctx, options, cluster, deadline)
 
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -104,32 +106,39 @@ def run(cli_ctx, options: VerifyOptions, clusters: list[dict]) -> dict:
         progress = cli_ctx.get_progress_controller(det=True)
         progress.begin(message=f'Verifying {len(clusters)} clusters')
     results = {}
-    pool = ThreadPoolExecutor(max_workers=max(1, min(options.max_parallel, len(clusters) or 1)),
-                              thread_name_prefix='kmsverify-cluster')
+    workers = max(1, min(options.max_parallel, len(clusters) or 1))
+    signing = ThreadPoolExecutor(max_workers=workers, thread_name_prefix='kmsverify-sign-in')
+    verifying = ThreadPoolExecutor(max_workers=workers, thread_name_prefix='kmsverify-cluster')
     try:
-        futures = {pool.submit(one, cluster): cluster['id'] for cluster in clusters
-                   if _connected(cluster)}
         for cluster in clusters:
             if not _connected(cluster):
                 results[cluster['id']] = _entry(cluster, NOT_VERIFIABLE, error=(
                     f"its connectivity status is {cluster.get('connectivityStatus')}, not Connected: it was not "
                     'contacted'))
-        done = len(results)
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
-            done += 1
-            if progress is not None:
-                progress.add(message=f'Verified {done} of {len(clusters)} clusters', value=done,
-                             total_val=len(clusters))
+        pending = {signing.submit(sign, cluster): ('sign', cluster) for cluster in clusters if _connected(cluster)}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                phase, cluster = pending.pop(future)
+                outcome = future.result()
+                if phase == 'sign' and 'signedIn' in outcome:
+                    pending[verifying.submit(_verify_one, cli_ctx, options, cluster, outcome)] = ('verify', cluster)
+                    continue
+                results[cluster['id']] = outcome
+                if progress is not None:
+                    progress.add(message=f'Verified {len(results)} of {len(clusters)} clusters', value=len(results),
+                                 total_val=len(clusters))
     except KeyboardInterrupt:
         logger.warning("Interrupted: ending every cluster's run (probe secrets already created are deleted).")
         with lock:
             for deadline in deadlines:
                 deadline.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        signing.shutdown(wait=True, cancel_futures=True)
+        verifying.shutdown(wait=True, cancel_futures=True)
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        signing.shutdown(wait=True, cancel_futures=True)
+        verifying.shutdown(wait=True, cancel_futures=True)
         if progress is not None:
             progress.end()
         if previous is not None:
@@ -148,17 +157,34 @@ def _connected(cluster: dict) -> bool:
     return status is None or str(status).lower() == 'connected'
 
 
-def _verify_one(cli_ctx, options: VerifyOptions, cluster: dict, deadline) -> dict:
-    from azure.cli.core.azclierror import AzCLIError
-
-    from azext_kmsverify.operations.verify import verify
-    started = time.monotonic()
+def _single(options: VerifyOptions, cluster: dict) -> VerifyOptions:
     target = ClusterOptions(resource_group=cluster['resourceGroup'], name=cluster['name'],
                             subscription=cluster['subscriptionId'], admin=options.cluster.admin)
-    single = replace(options, cluster=target, ids=(), all_clusters=False, progress=False, junit_xml=None)
+    return replace(options, cluster=target, ids=(), all_clusters=False, progress=False, junit_xml=None)
+
+
+def _sign_in_one(cli_ctx, options: VerifyOptions, cluster: dict, deadline) -> dict:
+    """Phase one: the cluster's kubeconfig and token source, or its outcome when signing in fails."""
+
+    started = time.monotonic()
+    try:
+        signed_in = sign_in(cli_ctx, _single(options, cluster).cluster, deadline)
+    except AzCLIError as error:
+        return _entry(cluster, COULD_NOT_VERIFY, error=error.error_msg, started=started)
+    except Exception as ex:  # pylint: disable=broad-except  # one cluster's crash is its own outcome, never str(ex)
+        return _entry(cluster, COULD_NOT_VERIFY, error=f'failed unexpectedly while signing in ({type(ex).__name__})',
+                      started=started)
+    return {'signedIn': signed_in, 'deadline': deadline, 'started': started}
+
+
+def _verify_one(cli_ctx, options: VerifyOptions, cluster: dict, signed: dict) -> dict:
+    """Phase two: the cluster verified exactly as a single -g/-n run, with what phase one signed in."""
+
+    started = signed['started']
     step = ['starting']
     try:
-        result = verify(cli_ctx, single, step, deadline=deadline)
+        result = verify(cli_ctx, _single(options, cluster), step, deadline=signed['deadline'],
+                        signed_in=signed['signedIn'])
     except AzCLIError as error:
         return _entry(cluster, COULD_NOT_VERIFY, error=error.error_msg, started=started)
     except Exception as ex:  # pylint: disable=broad-except  # one cluster's crash is its own outcome, never str(ex)
@@ -181,7 +207,6 @@ def _entry(cluster: dict, outcome: str, error: str | None = None, started: float
 def _exit_after_output(cli_ctx, code: int) -> None:
     if not code:
         return
-    from knack.events import EVENT_CLI_SUCCESSFUL_EXECUTE
 
     def _exit(_cli_ctx, **_kwargs):
         cli_ctx.unregister_event(EVENT_CLI_SUCCESSFUL_EXECUTE, _exit)
@@ -191,7 +216,6 @@ def _exit_after_output(cli_ctx, code: int) -> None:
 
 
 def bad_id(value: str):
-    from azure.cli.core.azclierror import InvalidArgumentValueError
     return make(InvalidArgumentValueError, f"--ids '{printable(value)}' is not the ARM id of a connected cluster.",
                 'Give ids like /subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Kubernetes/'
                 "connectedClusters/NAME (e.g. from 'az resource list --resource-type "

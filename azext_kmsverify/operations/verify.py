@@ -12,21 +12,45 @@ from __future__ import annotations
 import os
 import sys
 
+from azure.cli.core.azclierror import (
+    AzCLIError,
+    AzureResponseError,
+    CLIInternalError,
+    FileOperationError,
+    ResourceNotFoundError,
+    UnauthorizedError,
+)
 from knack.log import get_logger
 
 from azext_kmsverify import defaults
+from azext_kmsverify.auth import kubeconfig as kc
+from azext_kmsverify.auth.arm import fetch_kubeconfig
+from azext_kmsverify.auth.entra import sign_in as entra_sign_in
+from azext_kmsverify.deadline import Deadline
 from azext_kmsverify.errors import exit_with, make
+from azext_kmsverify.etcd.reader import EtcdReader
+from azext_kmsverify.etcd.records import EtcdctlError, EtcdOutputError
+from azext_kmsverify.kube.client import KubeClient
+from azext_kmsverify.kube.health import readyz, readyz_check
+from azext_kmsverify.kube.metrics import current_key_hash
+from azext_kmsverify.kube.pods import EtcdExec, etcd_pods
+from azext_kmsverify.kube.probe import ProbeSecret
+from azext_kmsverify.kube.secrets import list_secret_metadata, secret_exists
 from azext_kmsverify.options import ClusterOptions, VerifyOptions
+from azext_kmsverify.report.exitcode import exit_nonzero_after_output
+from azext_kmsverify.report.junit import write_junit_xml
 from azext_kmsverify.text import printable
+from azext_kmsverify.verdict import checks as rules
+from azext_kmsverify.verdict.classify import classify
+from azext_kmsverify.verdict.readyz import parse_check_error
+from azext_kmsverify.verdict.scan import ScanSummary, written_before
 
 logger = get_logger(__name__)
 
 
 def main(cli_ctx, options: VerifyOptions) -> dict:
     """The command: the result for az to print, the JUnit report, and the exit code (README "Exit codes")."""
-    from azure.cli.core.azclierror import AzCLIError
 
-    from azext_kmsverify.report.exitcode import exit_nonzero_after_output
     step = ['starting']
     if options.fleet:
         from azext_kmsverify.operations.fleet import main as fleet_main
@@ -38,7 +62,6 @@ def main(cli_ctx, options: VerifyOptions) -> dict:
     except Exception as ex:  # pylint: disable=broad-except
         # An unknown exception's text may carry what it was handed (a token, a file's content): only its type
         # and the step reach the user, never str(ex) or a traceback.
-        from azure.cli.core.azclierror import CLIInternalError
         fail(make(CLIInternalError, f'kmsverify failed unexpectedly while {step[0]} ({type(ex).__name__}).',
                   'Retry with --debug for the step; please report it at '
                   'https://github.com/Azure/azure-cli-extensions/issues.'), options.junit_xml)
@@ -53,24 +76,18 @@ def main(cli_ctx, options: VerifyOptions) -> dict:
     return result
 
 
-def verify(cli_ctx, options: VerifyOptions, step: list | None = None, deadline=None) -> dict:
+def verify(cli_ctx, options: VerifyOptions, step: list | None = None, deadline=None, signed_in=None) -> dict:
     """Run the verification; returns the result, or raises an azclierror when it could not verify.
     ``step[0]`` names what is being done, for the message of an unexpected failure; ``deadline`` (default: a new
-    one of ``--timeout``) lets a fleet end every cluster's waits at once."""
+    one of ``--timeout``) lets a fleet end every cluster's waits at once; ``signed_in`` (what :func:`sign_in`
+    returned) lets it sign in to the next clusters while earlier ones read etcd."""
     step = step if step is not None else ['starting']
-    from azext_kmsverify.deadline import Deadline
-    from azext_kmsverify.etcd.reader import EtcdReader
-    from azext_kmsverify.etcd.records import EtcdctlError, EtcdOutputError
-    from azext_kmsverify.kube.client import KubeClient
-    from azext_kmsverify.kube.pods import EtcdExec, etcd_pods
-    from azext_kmsverify.kube.probe import ProbeSecret
-    from azext_kmsverify.verdict import checks as rules
 
     deadline = deadline or Deadline(options.timeout)
     runner = None
     try:
         step[0] = 'signing in'
-        kubeconfig, cluster_info = sign_in(cli_ctx, options.cluster, deadline)
+        kubeconfig, cluster_info = signed_in or sign_in(cli_ctx, options.cluster, deadline)
         step[0] = 'loading the kubeconfig'
         with KubeClient(kubeconfig, deadline, cluster_info['credential']['type']) as client:
             cluster_info['server'] = client.server
@@ -107,17 +124,13 @@ def verify(cli_ctx, options: VerifyOptions, step: list | None = None, deadline=N
     except EtcdctlError as error:
         raise etcdctl_error(error, runner) from None
     except EtcdOutputError as error:
-        from azure.cli.core.azclierror import AzureResponseError
         raise make(AzureResponseError, f'etcdctl output could not be read: {error}',
                    'Check the etcdctl version in the etcd pod (3.4 and 3.5 are supported).') from None
 
 
 def sign_in(cli_ctx, cluster: ClusterOptions, deadline):
     """(resolved kubeconfig, cluster info for the result): from Azure with ``-n``, else ``--kubeconfig``."""
-    from azext_kmsverify.auth import kubeconfig as kc
-    from azext_kmsverify.auth.entra import sign_in as entra_sign_in
     if cluster.from_azure:
-        from azext_kmsverify.auth.arm import fetch_kubeconfig
         config = fetch_kubeconfig(cli_ctx, cluster.resource_group, cluster.name, cluster.admin, deadline,
                                   subscription=cluster.subscription)
         resolved = kc.resolve(config, None, source=kc.AZURE_SOURCE, from_azure=True)
@@ -138,11 +151,7 @@ def sign_in(cli_ctx, cluster: ClusterOptions, deadline):
 
 def kms_health(client):
     """The KMS health check; readyz trouble is reported as a failed check and the etcd checks still run."""
-    from azure.cli.core.azclierror import AzCLIError, UnauthorizedError
 
-    from azext_kmsverify.kube.health import readyz, readyz_check
-    from azext_kmsverify.verdict import checks as rules
-    from azext_kmsverify.verdict.readyz import parse_check_error
     try:
         status, body = readyz(client)
     except AzCLIError as error:
@@ -168,12 +177,7 @@ def kms_health(client):
 
 def scan_all(cli_ctx, client, reader, current_key_id, options: VerifyOptions):
     """Classify every secret in etcd as the pages stream in; then the KMS v1 age check from API metadata."""
-    from azure.cli.core.azclierror import AzCLIError
 
-    from azext_kmsverify.kube.metrics import current_key_hash
-    from azext_kmsverify.kube.secrets import list_secret_metadata
-    from azext_kmsverify.verdict.classify import classify
-    from azext_kmsverify.verdict.scan import ScanSummary, written_before
     # Knowing the current key up front (from /metrics, else the probe's) keeps only the names of secrets under
     # older keys.
     key_hash, how = current_key_hash(client)
@@ -228,11 +232,7 @@ def _progress(cli_ctx, message):
 
 def read_secret(client, reader, namespace, name, probe=False):
     """Classify the etcd value of one secret. etcd is the source of truth; the API only explains a miss."""
-    from azure.cli.core.azclierror import AzureResponseError, ResourceNotFoundError
 
-    from azext_kmsverify.kube.secrets import secret_exists
-    from azext_kmsverify.verdict import checks as rules
-    from azext_kmsverify.verdict.classify import classify
     key = f'{defaults.ETCD_SECRETS_PREFIX}{namespace}/{name}'
     kv = reader.get(key)
     if kv is None:
@@ -247,7 +247,6 @@ def read_secret(client, reader, namespace, name, probe=False):
 
 
 def etcdctl_error(error, runner):
-    from azure.cli.core.azclierror import AzureResponseError
     pod = (runner.last_pod if runner else None) or 'the etcd pod'
     return make(AzureResponseError, f'etcdctl failed in {printable(pod)}: {printable(error.stderr_summary or error)}',
                 error.hint or 'Check --etcd-cacert, --etcd-cert, --etcd-key and --etcd-endpoint.')
@@ -256,7 +255,6 @@ def etcdctl_error(error, runner):
 def fail(error, junit_xml):
     """Raise ``error`` as az reports it; a pipeline asking for JUnit still gets a report saying why."""
     if junit_xml:
-        from azext_kmsverify.verdict import checks as rules
         try:
             write_junit(junit_xml, rules.build_result(None, [rules.check(
                 'Verification', rules.FAILED, 'could not verify: ' + error.error_msg)], []))
@@ -268,9 +266,7 @@ def fail(error, junit_xml):
 
 
 def write_junit(path, result):
-    from azure.cli.core.azclierror import FileOperationError
 
-    from azext_kmsverify.report.junit import write_junit_xml
     try:
         write_junit_xml(path, result)
     except OSError as ex:
