@@ -2,10 +2,12 @@
 # `make demo`: run `az aksarc kms verify` as a user would.
 #  - With arguments (make demo ARGS="-g myRG -n myCluster"), against that real cluster with your own az login.
 #  - Without, against two local sandbox clusters: one KMS v2 (passes, exit 0) and one that stores
-#    secrets in plaintext (fails, exit 4). The sandboxes are stopped on every way out.
+#    secrets in plaintext (fails, exit 4), each with --kubeconfig; and the KMS v2 one with -g/-n as AKS Arc
+#    demands it: a real `az login` to the sandbox's Entra ID emulator, the user kubeconfig from its ARM emulator,
+#    PoP tokens (the sandbox's API server accepts no other). The sandboxes are stopped on every way out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-AZ=.venv-az/bin/az   # azure-cli alone; the extension's dependencies are in its folder
+AZ=${KMSVERIFY_DEMO_AZ:-.venv-az/bin/az}   # azure-cli alone; the extension's dependencies are in its folder
 PY=.venv/bin/python  # the sandbox's python
 # az runs `python -m azure.cli`, which puts the working directory first on sys.path: from here it would import
 # ./azext_kmsverify (the working tree) instead of the installed wheel. Not for $PY: it runs the sandbox from here.
@@ -23,8 +25,14 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 rm -rf "$root" && mkdir -p "$root"
-# The demo needs no Azure sign-in: the sandbox kubeconfig authenticates with a client certificate.
+# No sign-in of yours is used: the sandbox kubeconfigs authenticate with a client certificate, and -g/-n signs a
+# private az config dir in to the sandbox's own Entra ID emulator.
 export AZURE_CONFIG_DIR="$PWD/$root/azure-config"
+# info DIR KEY...: a value from the sandbox's sandbox.json
+info() {
+  $PY -c 'import functools, json, sys; print(functools.reduce(lambda v, k: v[k], sys.argv[2:], json.load(open(sys.argv[1]))))' \
+    "$1/sandbox.json" "${@:2}"
+}
 
 status=0
 for provider in kms-v2 identity; do
@@ -40,10 +48,19 @@ for provider in kms-v2 identity; do
   az aksarc kms verify --kubeconfig "$dir/kubeconfig" -o table
   code2=$?
   echo "exit code: $code2"
-  if [ "$provider" = kms-v2 ] && { [ $code -ne 0 ] || [ $code2 -ne 0 ]; }; then status=1; fi
+  if [ "$provider" = kms-v2 ]; then
+    rg=$(info "$dir" arm resource_group) cluster=$(info "$dir" arm cluster)
+    echo "\$ python -m tests.sandbox az-login --dir $dir   # a real az login to the sandbox's Entra ID emulator"
+    $PY -m tests.sandbox az-login --dir "$dir" --az "$AZ" || { echo "az login to the sandbox failed"; exit 1; }
+    echo "\$ az aksarc kms verify -g $rg -n $cluster -o table   # user kubeconfig from ARM, PoP tokens from the az login"
+    REQUESTS_CA_BUNDLE=$(info "$dir" ca_bundle) az aksarc kms verify -g "$rg" -n "$cluster" -o table
+    code3=$?
+    echo "exit code: $code3"
+    if [ $code -ne 0 ] || [ $code2 -ne 0 ] || [ $code3 -ne 0 ]; then status=1; fi
+  fi
   if [ "$provider" = identity ] && { [ $code -ne 4 ] || [ $code2 -ne 4 ]; }; then status=1; fi
 done
 echo
-[ $status -eq 0 ] && echo "demo: the KMS v2 cluster passed (0) and the plaintext cluster failed (4), as expected." \
+[ $status -eq 0 ] && echo "demo: the KMS v2 cluster passed (0, also from Azure with PoP) and the plaintext cluster failed (4), as expected." \
   || echo "demo: unexpected exit codes"
 exit $status

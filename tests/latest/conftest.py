@@ -2,14 +2,22 @@
 
 The command under test is always the built wheel installed with ``az extension add`` (``make test`` does that
 into ``.az/extensions``), run as a user runs it: ``.venv-az/bin/az aksarc kms verify ...`` in a subprocess with a
-private ``AZURE_CONFIG_DIR``. The only substitution is the Entra token source (``tests/fakeaz``).
+private ``AZURE_CONFIG_DIR``. Nothing in az is substituted: sandboxes run the Entra ID emulator (PoP enforced), and a
+test that needs an az sign-in gets a real ``az login`` to it (``python -m tests.sandbox az-login``, or a device-code
+sign-in as one of its users), once per session per sandbox and identity (the ``sign_in`` fixture); az then runs with
+``REQUESTS_CA_BUNDLE`` on the sandbox's CA bundle. Raw tokens come from the emulator as a client gets them.
 """
 
+import base64
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -20,12 +28,9 @@ FIXTURES = SHARED / 'fixtures'
 # azure-cli alone (the Makefile's .venv-az): the extension's dependencies come only from its own folder.
 AZ = Path(os.environ.get('KMSVERIFY_TEST_AZ') or PROJECT / '.venv-az' / 'bin' / 'az')  # override: a session's own az
 EXTENSION_DIR = Path(os.environ.get('AZURE_EXTENSION_DIR') or PROJECT / '.az' / 'extensions')
-FAKEAZ = PROJECT / 'tests' / 'fakeaz'
 SUBSCRIPTION = '00000000-0000-0000-0000-00000000c0de'
+ENTRA_SERVER_ID = '6256c85f-0aad-4d50-b960-e6e9b21efe35'  # the AKS Arc Entra server application
 JWT_MARK = 'eyJ'  # every JWT starts with this; no token may appear in any output
-
-if str(FAKEAZ) not in sys.path:
-    sys.path.insert(0, str(FAKEAZ))
 
 
 def fixtures_dir():
@@ -70,8 +75,6 @@ class Az:
             'AZURE_CORE_NO_COLOR': 'true',
             'AZURE_CORE_SURVEY_MESSAGE': 'false',
             'AZURE_CORE_ONLY_SHOW_ERRORS': 'false',
-            'PYTHONPATH': str(FAKEAZ),
-            'FAKEAZ_TOKENS': '1',
             'KUBECONFIG': str(self.config_dir / 'no-kubeconfig'),
             # az runs `python -m azure.cli`, which puts the working directory first on sys.path: run from the
             # project, it would import ./azext_kmsverify (the working tree) instead of the installed wheel.
@@ -100,31 +103,117 @@ def az(installed, tmp_path):
     return Az(tmp_path / 'azure-config')
 
 
-def signed_in_config(path, arm_url=None, ca_bundle=None):
-    """A config dir signed in to a sandbox cloud: a real clouds.config and azureProfile.json."""
-    from tokens import write_profile
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    if arm_url:
-        arm_url = arm_url.rstrip('/') + '/'
-        (path / 'clouds.config').write_text(
-            '[SandboxCloud]\n'
-            'endpoint_resource_manager = {}\n'
-            'endpoint_active_directory = https://login.microsoftonline.com\n'
-            'endpoint_active_directory_resource_id = https://management.core.windows.net/\n'
-            'endpoint_active_directory_graph_resource_id = https://graph.windows.net/\n'
-            'endpoint_management = https://management.core.windows.net/\n'
-            'profile = latest\n'
-            'endpoint_microsoft_graph_resource_id = https://graph.microsoft.com/\n'.format(arm_url))
-        (path / 'config').write_text('[cloud]\nname = SandboxCloud\n\n[core]\ncollect_telemetry = false\n')
-    write_profile(str(path), SUBSCRIPTION)
-    if arm_url:
-        profile = json.loads((path / 'azureProfile.json').read_text(encoding='utf-8-sig'))
-        for sub in profile['subscriptions']:
-            sub['environmentName'] = 'SandboxCloud'
-        (path / 'azureProfile.json').write_text(json.dumps(profile), encoding='utf-8-sig')
-    env = {'REQUESTS_CA_BUNDLE': str(ca_bundle)} if ca_bundle else {}
-    return path, env
+def az_login(box, config_dir, identity='sp'):
+    """A real ``az login`` of ``config_dir`` to ``box``'s Entra emulator: ``sp``, ``cert`` or ``federated`` with
+    ``python -m tests.sandbox az-login``; ``user`` or ``restricted`` (the sandbox's operator or restricted user) by
+    device code after it (az prints the code, the test opens the device-login page as that user)."""
+    config_dir = Path(config_dir)
+    config_dir.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith('AZURE_')}
+    env.update(AZURE_CONFIG_DIR=str(config_dir), AZURE_CORE_COLLECT_TELEMETRY='false')
+    login = subprocess.run([sys.executable, '-m', 'tests.sandbox', 'az-login', '--dir', str(box.dir), '--az', str(AZ),
+                            '--identity', identity if identity in ('sp', 'cert', 'federated') else 'sp'],
+                           capture_output=True, text=True, env=env, cwd=str(PROJECT), timeout=300)
+    if login.returncode != 0:
+        pytest.fail('az-login to the sandbox in {} failed: {}'.format(box.dir, login.stderr.strip()))
+    if identity in ('user', 'restricted'):
+        _device_code_login(box, config_dir, box.info['entra']['user' if identity == 'user' else 'restricted_user'])
+    return config_dir
+
+
+def _device_code_login(box, config_dir, user):
+    import requests
+    entra = box.info['entra']
+    env = dict(os.environ, AZURE_CONFIG_DIR=str(config_dir), REQUESTS_CA_BUNDLE=box.info['ca_bundle'],
+               AZURE_CORE_COLLECT_TELEMETRY='false', PYTHONSAFEPATH='1')
+    proc = subprocess.Popen([str(AZ), 'login', '--use-device-code', '--tenant', entra['tenant'], '-o', 'none',
+                             '--only-show-errors'], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, cwd=str(config_dir))
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            code = re.search(r'enter the code (\S+)', line)
+            if code:
+                page = requests.get(entra['url'] + '/devicelogin', params={'user_code': code.group(1),
+                                                                          'username': user['upn']},
+                                    verify=box.info['ca_bundle'], timeout=30)
+                assert page.status_code == 200, page.text
+                break
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if proc.returncode != 0:
+        pytest.fail('az login --use-device-code as {} failed: {}'.format(user['upn'], ''.join(lines) + err))
+
+
+def signed_in_config(box, path, identity='sp'):
+    """``path`` as a config dir signed in to ``box`` for real (see :func:`az_login`): (path, the env az needs)."""
+    return az_login(box, path, identity), {'REQUESTS_CA_BUNDLE': box.info['ca_bundle']}
+
+
+@pytest.fixture(scope='session')
+def sign_in(installed, tmp_path_factory):
+    """``sign_in(box, identity='sp')``: an :class:`Az` signed in to ``box``; the az login is done once per session
+    per sandbox and identity (tests that change the sign-in work on a :func:`copy_of` it)."""
+    done = {}
+
+    def get(box, identity='sp'):
+        key = (str(box.dir), identity)
+        if key not in done:
+            done[key] = signed_in_config(box, tmp_path_factory.mktemp('azure-' + identity), identity)
+        return Az(*done[key])
+
+    return get
+
+
+def copy_of(az, path):
+    """An :class:`Az` on a copy of ``az``'s config dir (its sign-in and token cache), for a test that changes it."""
+    shutil.copytree(az.config_dir, path, ignore=shutil.ignore_patterns('commands', '*.lock'))
+    return Az(path, az.env)
+
+
+def expire_cached_tokens(config_dir):
+    """az's token cache as it is once its access tokens are past expiry (what time does to a sign-in)."""
+    path = Path(config_dir) / 'msal_token_cache.json'
+    cache = json.loads(path.read_text())
+    past = str(int(time.time()) - 60)
+    for entry in (cache.get('AccessToken') or {}).values():
+        entry['expires_on'] = entry['extended_expires_on'] = past
+    path.write_text(json.dumps(cache))
+
+
+def _b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b'=').decode()
+
+
+def entra_token(box, resource=ENTRA_SERVER_ID, principal='service_principal', data=None):
+    """An access token from ``box``'s Entra emulator as a client gets one: client credentials of ``principal``."""
+    import requests
+    entra = box.info['entra']
+    form = {'grant_type': 'client_credentials', 'client_id': entra[principal]['client_id'],
+            'client_secret': entra[principal]['secret'], 'scope': resource.rstrip('/') + '/.default', **(data or {})}
+    answer = requests.post(entra['token_endpoint'], data=form, verify=box.info['ca_bundle'], timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()['access_token']
+
+
+def pop_token(box):
+    """A signed PoP token for ``box``'s API server, as kubelogin makes one: an access token bound to a fresh RSA
+    key (``req_cnf``), in a JWS signed with that key (``at``, ``ts``, ``u``, ``cnf.jwk``, ``nonce``; 15 minutes)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    key = rsa.generate_private_key(65537, 2048)
+    numbers = key.public_key().public_numbers()
+    jwk = {'e': _b64(numbers.e.to_bytes(3, 'big')), 'kty': 'RSA', 'n': _b64(numbers.n.to_bytes(256, 'big'))}
+    kid = _b64(hashlib.sha256(json.dumps(jwk, separators=(',', ':'), sort_keys=True).encode()).digest())
+    access = entra_token(box, data={'token_type': 'pop', 'req_cnf': _b64(json.dumps({'kid': kid}).encode())})
+    header = {'typ': 'pop', 'alg': 'RS256', 'kid': kid}
+    payload = {'at': access, 'ts': int(time.time()), 'u': box.info['entra']['cluster_id'],
+               'cnf': {'jwk': dict(jwk, alg='RS256', kid=kid)}, 'nonce': uuid.uuid4().hex}
+    signing_input = _b64(json.dumps(header).encode()) + '.' + _b64(json.dumps(payload).encode())
+    return signing_input + '.' + _b64(key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256()))
 
 
 def assert_no_leak(result, canaries=()):

@@ -5,8 +5,10 @@ Each failure must give the right exit code (0 passed, 4 verified and found a pro
 line, no traceback, nothing leaked, and no probe secret left behind. The azclierror class is visible to a user
 only through the exit code and the message, so both are asserted. README.md "Failure modes" lists them all.
 
-Sandboxes: ``box`` (KMS v2, one node) is shared and every fault injected into it is undone in ``finally``;
-tests that stop etcd use a sandbox of their own.
+Sandboxes: ``box`` (KMS v2, one node, the Entra emulator with PoP enforced) is shared and every fault injected into
+it is undone in ``finally``; tests that stop etcd use a sandbox of their own. az is signed in to it for real
+(conftest ``sign_in``); a sign-in that has expired is a real one too: the emulator's ``sign_ins`` control, and az's
+token cache past expiry on a copy of the sign-in.
 """
 
 import base64
@@ -20,10 +22,17 @@ import uuid
 import pytest
 import yaml
 
-from .conftest import Az, assert_no_leak, fresh_sandbox, make_secret, probe_secrets_left, signed_in_config
+from .conftest import (
+    ENTRA_SERVER_ID,
+    assert_no_leak,
+    copy_of,
+    expire_cached_tokens,
+    fresh_sandbox,
+    make_secret,
+    probe_secrets_left,
+)
 
 CANARY = 'failure-canary-4d1e8b'
-SERVER_ID = '6dae42f8-4368-4678-94ff-3960e28e3630'
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
@@ -94,18 +103,15 @@ def box(sandbox_factory):
 
 
 @pytest.fixture(scope='module')
-def arm_az(installed, box, tmp_path_factory):
-    """az signed in to the sandbox cloud whose Resource Manager is the box's ARM emulator."""
-    config_dir, env = signed_in_config(tmp_path_factory.mktemp('azure-arm'), box.info['arm']['url'],
-                                       box.info['ca_bundle'])
-    return Az(config_dir, env)
+def arm_az(sign_in, box):
+    """az signed in (a service principal, az login for real) to the sandbox cloud: the box's ARM and Entra."""
+    return sign_in(box)
 
 
 @pytest.fixture(scope='module')
-def kube_az(installed, tmp_path_factory):
-    """az with a profile (signed in) and no ARM: for --kubeconfig runs that need an az token."""
-    config_dir, env = signed_in_config(tmp_path_factory.mktemp('azure-kube'))
-    return Az(config_dir, env)
+def user_az(sign_in, box):
+    """az signed in as the sandbox's operator (device code): a user sign-in, with refresh tokens."""
+    return sign_in(box, 'user')
 
 
 def arm_verify(arm_az, box, name, *args, **kwargs):
@@ -152,7 +158,9 @@ def test_arm_malformed_kubeconfig_is_not_echoed_exit_1(arm_az, box):
 
 
 def test_arm_synchronous_answer_works(arm_az, box):
-    result = arm_verify(arm_az, box, 'sync-cluster', '-o', 'json')
+    # --admin: the user kubeconfig of sync-cluster asks for PoP tokens for sync-cluster, which the box's API server
+    # (sandbox-cluster's) refuses
+    result = arm_verify(arm_az, box, 'sync-cluster', '--admin', '-o', 'json')
     assert result.code == 0, result
     body = result.json()
     assert body['passed'] is True and body['cluster']['name'] == 'sync-cluster'
@@ -165,23 +173,28 @@ def test_not_signed_in_recommends_az_login_exit_1(az):
     assert_error(result, 1, ['Could not find an Azure subscription in the az login', "az login"], "'az login'")
 
 
-def test_token_request_failing_recommends_az_login_exit_1(arm_az, box):
-    result = arm_verify(arm_az, box, box.info['arm']['cluster'], env={'FAKEAZ_FAIL': '1'})
+def test_token_request_failing_recommends_az_login_exit_1(user_az, box, tmp_path):
+    """An expired sign-in: the access tokens in az's cache are past expiry, and the refresh token has expired."""
+    expired = copy_of(user_az, tmp_path / 'azure')
+    expire_cached_tokens(expired.config_dir)
+    with fault(box, {'sign_ins': 'expired'}, {'sign_ins': 'valid'}):
+        result = arm_verify(expired, box, box.info['arm']['cluster'])
     assert_error(result, 1, ['Could not get an Entra ID token for Azure Resource Manager', 'AADSTS700082'],
                  "'az login'")
     assert probe_secrets_left(box) == []
 
 
-def test_token_request_failing_for_a_kubelogin_kubeconfig_exit_1(kube_az, box, tmp_path):
+def test_token_request_failing_for_a_kubelogin_kubeconfig_exit_1(user_az, box, tmp_path):
     def kubelogin_azurecli(config):
         config['users'][0]['user'] = {'exec': {
             'apiVersion': 'client.authentication.k8s.io/v1beta1', 'command': 'kubelogin',
-            'args': ['get-token', '--login', 'azurecli', '--server-id', SERVER_ID]}}
+            'args': ['get-token', '--login', 'azurecli', '--server-id', ENTRA_SERVER_ID, '--pop-enabled',
+                     '--pop-claims', 'u=' + box.info['entra']['cluster_id']]}}
     path = write_kubeconfig(box, tmp_path / 'kubeconfig', kubelogin_azurecli)
-    result = verify(kube_az, path, env={'FAKEAZ_FAIL': '1'})
-    assert_error(result, 1, ['Could not get an Entra ID token for the cluster (Entra server id {}'.format(SERVER_ID),
-                             'azurecli sign-in', 'AADSTS700082'],
-                 "'az login'")
+    with fault(box, {'sign_ins': 'expired'}, {'sign_ins': 'valid'}):
+        result = verify(copy_of(user_az, tmp_path / 'azure'), path)
+    assert_error(result, 1, ['Could not get an Entra ID token for the cluster (Entra server id {}'.format(
+        ENTRA_SERVER_ID), 'azurecli sign-in', 'AADSTS700082'], "'az login'")
 
 
 # --- the API server ----------------------------------------------------------------------------------------------
@@ -283,9 +296,9 @@ def test_exec_forbidden_names_pods_exec_in_kube_system_exit_1(az, box):
                  'permission to get and create pods/exec in namespace kube-system')
 
 
-def test_exec_forbidden_for_an_entra_user_through_arm_exit_1(arm_az, box):
-    result = arm_verify(arm_az, box, 'sync-cluster', '--secret', 'default/db-user-pass',
-                        env={'FAKEAZ_UPN': 'restricted-operator@contoso.com'})
+def test_exec_forbidden_for_an_entra_user_through_arm_exit_1(sign_in, box):
+    restricted = sign_in(box, 'restricted')  # az login (device code) as restricted-operator@contoso.com
+    result = arm_verify(restricted, box, box.info['arm']['cluster'], '--secret', 'default/db-user-pass')
     assert_error(result, 1, ['Forbidden while exec into pod', 'User "restricted-operator@contoso.com"',
                              '"pods/exec"'], 'pods/exec in namespace kube-system')
 

@@ -14,17 +14,11 @@ import time
 import pytest
 import yaml
 
-from .conftest import AZ, EXTENSION_DIR, FAKEAZ, assert_no_leak, core_api, fresh_sandbox, probe_secrets_left
+from .conftest import AZ, EXTENSION_DIR, assert_no_leak, core_api, fresh_sandbox, pop_token, probe_secrets_left
 from .test_failures import assert_error, verify
 
-SERVER_ID = '6dae42f8-4368-4678-94ff-3960e28e3630'
 GRACE = 10  # defaults.PROBE_DELETE_GRACE: the probe's delete may take this long beyond --timeout
 START = 6  # az's own start and exit, generously
-
-
-def _token():
-    from tokens import make_token
-    return make_token(SERVER_ID, upn='operator@contoso.com')
 
 
 def _kubeconfig_with_user(box, tmp_path, user, name='k.yaml'):
@@ -50,7 +44,7 @@ def box(tmp_path_factory):
 
 @pytest.mark.parametrize('where', ['token', 'tokenFile'])
 def test_a_token_ending_in_a_newline_works_and_never_shows(az, box, tmp_path, where):
-    token = _token() + '\n'  # what `echo "$TOKEN" > file` makes
+    token = pop_token(box) + '\n'  # what `echo "$TOKEN" > file` makes (a PoP token: the box enforces PoP)
     if where == 'token':
         user = {'token': token}
     else:
@@ -240,7 +234,7 @@ def test_a_stalled_api_server_ends_the_run_within_the_timeout(box, tmp_path, mar
     timeout = 6
     server = box.info['pids']['server']
     env = dict(os.environ, AZURE_CONFIG_DIR=str(tmp_path / 'azure'), AZURE_EXTENSION_DIR=str(EXTENSION_DIR),
-               AZURE_CORE_COLLECT_TELEMETRY='false', PYTHONPATH=str(FAKEAZ), PYTHONSAFEPATH='1')
+               AZURE_CORE_COLLECT_TELEMETRY='false', PYTHONSAFEPATH='1')
     started = time.monotonic()
     stopped = False
     try:
@@ -292,7 +286,7 @@ def test_fifty_interrupts_at_random_moments_leave_no_probe(box, tmp_path):
     stays behind. The moment is drawn after the command starts (a signal during az's own start-up is az's)."""
     rng = random.Random(20261201)
     env = dict(os.environ, AZURE_CONFIG_DIR=str(tmp_path / 'azure'), AZURE_EXTENSION_DIR=str(EXTENSION_DIR),
-               AZURE_CORE_COLLECT_TELEMETRY='false', PYTHONPATH=str(FAKEAZ), PYTHONSAFEPATH='1')
+               AZURE_CORE_COLLECT_TELEMETRY='false', PYTHONSAFEPATH='1')
     argv = [str(AZ), 'aksarc', 'kms', 'verify', '--kubeconfig', box.kubeconfig, '--timeout', '60', '--debug']
     marker = 'kubernetes client'  # the command's first step (kube.compat)
 

@@ -522,7 +522,7 @@ def test_arm_returns_the_aks_arc_user_kubeconfig(box):
 
 
 def _run_az(az, config_dir, *args, env_extra=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAKEAZ_", "AZURE_", "PYTHONPATH"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "PYTHONPATH"))}
     env.update(AZURE_CONFIG_DIR=str(config_dir), AZURE_CORE_COLLECT_TELEMETRY="false", PYTHONSAFEPATH="1")
     env.update(env_extra or {})
     return subprocess.run([str(az), *args], capture_output=True, text=True, env=env, timeout=180,
@@ -537,7 +537,7 @@ def test_az_login_signs_in_for_real(box, tmp_path, identity):
     e = entra(box)
     config = tmp_path / "azure-config"
     config.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAKEAZ_", "AZURE_", "PYTHONPATH"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "PYTHONPATH"))}
     env.update(AZURE_CONFIG_DIR=str(config), AZURE_CORE_COLLECT_TELEMETRY="false")
     login = subprocess.run([sys.executable, "-m", "tests.sandbox", "az-login", "--dir", str(box.dir), "--az", str(az),
                             "--identity", identity], capture_output=True, text=True, env=env, cwd=str(PROJECT),
@@ -576,7 +576,8 @@ def test_az_login_errors_are_one_line(box, tmp_path):
     r = subprocess.run([sys.executable, "-m", "tests.sandbox", "az-login", "--dir", str(plain), "--az", str(az)],
                        capture_output=True, text=True, env=env, cwd=str(PROJECT), timeout=120)
     assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr.splitlines() == [f"error: the sandbox in {plain} has no Entra emulator: bring it up with --entra"]
+    assert r.stderr.splitlines() == [f"error: the sandbox in {plain} has no Entra emulator: bring it up without "
+                                     "--no-entra"]
     r = subprocess.run([sys.executable, "-m", "tests.sandbox", "az-login", "--dir", str(box.dir), "--az",
                         str(tmp_path / "no-az")], capture_output=True, text=True, env=env, cwd=str(PROJECT),
                        timeout=120)
@@ -588,11 +589,12 @@ def test_az_login_errors_are_one_line(box, tmp_path):
 
 def test_entra_options_and_resume(tmp_path):
     with pytest.raises(SandboxError, match="needs the Entra emulator"):
-        Sandbox(tmp_path / "no").up(provider="identity", enforce_pop=False)
+        Sandbox(tmp_path / "no").up(provider="identity", entra=False, enforce_pop=False)
     sandbox = Sandbox(tmp_path / "resume")
-    sandbox.up(provider="identity", entra=True)
+    sandbox.up(provider="identity")  # the default: the Entra emulator, PoP enforced
     try:
         before = sandbox.info["entra"]
+        assert before and before["enforce_pop"] is True
         sandbox.down()
         with pytest.raises(SandboxError, match="--entra"):
             sandbox.up(entra=False)

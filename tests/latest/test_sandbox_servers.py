@@ -1,4 +1,4 @@
-"""The sandbox's servers and control: API server emulator, ARM emulator, Sandbox up/down/kms/ctl, fakeaz.
+"""The sandbox's servers and control: API server emulator, ARM emulator, Sandbox up/down/kms/ctl.
 
 The product is tested against these servers, so they are checked here against what the real ones answer: readyz
 bodies byte for byte against the fixtures, stored values against the storage format, exec frames and exit
@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -23,15 +24,23 @@ from tests.sandbox.control import Sandbox, SandboxError, _alive
 
 PROJECT = Path(__file__).resolve().parents[2]
 READYZ = PROJECT / "tests" / "fixtures" / "readyz"
-FAKEAZ = PROJECT / "tests" / "fakeaz"
 AKS_SERVER_ID = "6dae42f8-4368-4678-94ff-3960e28e3630"
 PKI = "/etc/kubernetes/pki/etcd/"
 ETCDCTL = ["etcdctl", "--cacert", PKI + "ca.crt", "--cert", PKI + "server.crt", "--key=" + PKI + "server.key",
            "--endpoints=https://127.0.0.1:2379"]
 
-if str(FAKEAZ) not in sys.path:
-    sys.path.insert(0, str(FAKEAZ))
-from tokens import make_token, write_profile  # noqa: E402
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+
+
+def make_token(aud, upn="operator@contoso.com", lifetime=3600):
+    """An unsigned JWT with the claims of an Entra v1 access token: what the sandbox without its Entra emulator
+    (``entra=False``) accepts in place of Entra's signed tokens."""
+    now = int(time.time())
+    claims = {"aud": aud, "iss": f"https://sts.windows.net/{TENANT}/", "iat": now - 60, "nbf": now - 60,
+              "exp": now + lifetime, "idtyp": "user", "oid": str(uuid.uuid5(uuid.NAMESPACE_URL, "upn:" + upn)),
+              "tid": TENANT, "unique_name": upn, "upn": upn, "ver": "1.0"}
+    b64 = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=").decode()  # noqa: E731
+    return ".".join([b64(b'{"alg":"none","typ":"JWT"}'), b64(json.dumps(claims).encode()), ""])
 
 
 def fixture(name: str) -> str:
@@ -44,7 +53,7 @@ def fixture(name: str) -> str:
 @pytest.fixture(scope="module")
 def box(tmp_path_factory):
     sandbox = Sandbox(tmp_path_factory.mktemp("servers"))
-    sandbox.up(provider="kms-v2")
+    sandbox.up(provider="kms-v2", entra=False)  # the unsigned-token path (test_bearer_tokens, ARM)
     yield sandbox
     pids = dict(sandbox.info["pids"])
     sandbox.down()
@@ -706,26 +715,3 @@ def test_failed_up_cleans_up_after_itself(tmp_path):
     assert _processes_mentioning(str(d)) == []
     with pytest.raises(SandboxError, match="unknown provider"):
         Sandbox(d).up(provider="rot13")
-
-
-# --- fakeaz ----------------------------------------------------------------------------------------------------------
-
-
-def test_fakeaz_swaps_only_the_token_source(tmp_path):
-    az = PROJECT / ".venv" / "bin" / "az"
-    if not az.exists():
-        pytest.fail("az not installed in .venv: run the tests with `make test`")
-    write_profile(str(tmp_path), "11111111-2222-3333-4444-555555555555")
-    env = dict(os.environ, AZURE_CONFIG_DIR=str(tmp_path), PYTHONPATH=str(FAKEAZ), FAKEAZ_TOKENS="1",
-               FAKEAZ_UPN="restricted-dev@contoso.com", AZURE_CORE_COLLECT_TELEMETRY="false")
-    r = subprocess.run([str(az), "account", "get-access-token", "--resource", AKS_SERVER_ID], capture_output=True,
-                       text=True, env=env, timeout=120)
-    assert r.returncode == 0, r.stderr
-    body = json.loads(r.stdout)
-    assert body["subscription"] == "11111111-2222-3333-4444-555555555555"
-    from tokens import decode_token
-    claims = decode_token(body["accessToken"])
-    assert claims["aud"] == AKS_SERVER_ID and claims["upn"] == "restricted-dev@contoso.com"
-    env["FAKEAZ_FAIL"] = "1"
-    r = subprocess.run([str(az), "account", "get-access-token"], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 1 and "AADSTS700082" in r.stderr

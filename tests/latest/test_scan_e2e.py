@@ -20,7 +20,7 @@ import pytest
 from tests.sandbox import codec
 from tests.sandbox.control import Sandbox
 
-from .conftest import AZ, EXTENSION_DIR, FAKEAZ, assert_no_leak, probe_secrets_left
+from .conftest import AZ, EXTENSION_DIR, assert_no_leak, probe_secrets_left
 
 PREFIX = '/registry/secrets/'
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / 'schemas' / 'junit-10.xsd'
@@ -425,8 +425,8 @@ def _az_env(tmp_path, only_show_errors=False):
     env = dict(os.environ)
     env.update({'AZURE_CONFIG_DIR': str(tmp_path / 'azure-config'), 'AZURE_EXTENSION_DIR': str(EXTENSION_DIR),
                 'AZURE_CORE_COLLECT_TELEMETRY': 'false', 'AZURE_CORE_NO_COLOR': 'true',
-                'AZURE_CORE_SURVEY_MESSAGE': 'false', 'PYTHONPATH': str(FAKEAZ), 'FAKEAZ_TOKENS': '1',
-                'AZURE_CORE_ONLY_SHOW_ERRORS': 'false', 'KUBECONFIG': str(tmp_path / 'no-kubeconfig'),
+                'AZURE_CORE_SURVEY_MESSAGE': 'false', 'AZURE_CORE_ONLY_SHOW_ERRORS': 'false',
+                'KUBECONFIG': str(tmp_path / 'no-kubeconfig'),
                 'PYTHONSAFEPATH': '1'})  # the installed wheel, not ./azext_kmsverify (see conftest.Az)
     return env
 

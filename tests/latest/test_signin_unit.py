@@ -79,3 +79,70 @@ def test_pop_key_thumbprint_request_and_signed_token():
     public.verify(_b64d(signature), f'{header}.{payload}'.encode(), padding.PKCS1v15(), hashes.SHA256())
     assert key.sign('t', 'u').split('.')[1] != key.sign('t', 'u').split('.')[1]  # a fresh nonce each time
     assert 'PRIVATE' not in repr(key) and key.kid in repr(key)
+
+
+class _Profile:
+    """What AzLoginSource reads of az's Profile: the cached accounts."""
+
+    def __init__(self, accounts):
+        self.accounts = accounts
+
+    def load_cached_subscriptions(self):
+        return self.accounts
+
+
+def _account(sub, tenant, default=False):
+    return {'id': sub, 'tenantId': tenant, 'isDefault': default}
+
+
+@pytest.mark.parametrize('tenant, pop_u, expected', [
+    (None, None, None),  # no --tenant-id: az's default subscription, as before
+    ('t-a', None, None),  # the default subscription is in the tenant
+    ('t-b', None, 's-b1'),  # the first account in the entry's tenant
+    ('T-B', '/subscriptions/S-B2/resourceGroups/rg/providers/Microsoft.Kubernetes/connectedClusters/c', 's-b2'),
+])
+def test_the_az_login_account_follows_the_entry_tenant(tenant, pop_u, expected):
+    from azext_kmsverify.auth.tokens import AzLoginSource
+    profile = _Profile([_account('s-a', 't-a', default=True), _account('s-b1', 't-b'), _account('s-b2', 't-b')])
+    source = AzLoginSource(None, 'azurecli', '6256c85f-0aad-4d50-b960-e6e9b21efe35', pop_u, tenant=tenant)
+    assert source._subscription(profile) == expected
+
+
+def test_a_tenant_id_the_az_login_has_no_account_in_is_one_line():
+    from azure.cli.core.azclierror import AuthenticationError
+
+    from azext_kmsverify.auth.tokens import AzLoginSource
+    other = '0badc0de-1111-4222-8333-944445555666'
+    source = AzLoginSource(None, 'azurecli', 'server', None, tenant=other)
+    with pytest.raises(AuthenticationError) as raised:
+        source._subscription(_Profile([_account('s-a', '72f988bf-86f1-41af-91ab-2d7cd011db47', default=True)]))
+    assert 'the az login has no account in tenant ' + other in str(raised.value)
+    assert AzLoginSource(None, 'azurecli', 'server', None, tenant=other)._subscription(_Profile([])) is None
+
+
+def test_a_failed_pop_request_never_opens_a_browser():
+    """az's user credential falls back to an interactive browser flow when a request with ``data`` fails; the
+    run raises the request's own failure instead."""
+    from azext_kmsverify.auth.tokens import _no_browser
+
+    class Failure(Exception):
+        pass
+
+    class UserCredential:
+        def acquire_token(self, scopes, **kwargs):
+            try:
+                raise Failure('AADSTS700082: The refresh token has expired')
+            except Failure:
+                return self._acquire_token_interactive(scopes, **kwargs)
+
+        def _acquire_token_interactive(self, scopes, **kwargs):
+            raise AssertionError('a browser was opened')
+
+    class Adaptor:
+        _credential = UserCredential()
+
+    adaptor = Adaptor()
+    _no_browser(adaptor)
+    with pytest.raises(Failure, match='AADSTS700082'):
+        adaptor._credential.acquire_token(['x/.default'], data={'token_type': 'pop'})
+    _no_browser(object())  # a credential without the fallback is left alone

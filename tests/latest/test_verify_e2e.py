@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from .conftest import assert_no_leak, make_secret, probe_secrets_left, signed_in_config
+from .conftest import Az, assert_no_leak, copy_of, make_secret, probe_secrets_left
 
 CANARY = 'canary-value-7f3a9c1e'
 
@@ -125,34 +125,32 @@ def test_secret_values_and_ciphertext_never_appear_even_with_debug(az, sandbox_f
 
 
 @pytest.mark.parametrize('admin', [False, True])
-def test_resource_group_and_name_through_the_arm_emulator(installed, sandbox_factory, tmp_path, admin):
-    from .conftest import Az
+def test_resource_group_and_name_through_the_arm_emulator(sign_in, sandbox_factory, admin):
     box = sandbox_factory(provider='kms-v2')
     arm = box.info['arm']
-    config_dir, env = signed_in_config(tmp_path / 'azure', arm['url'], box.info['ca_bundle'])
-    az = Az(config_dir, env)
+    az = sign_in(box)  # a real az login to the box's Entra emulator; the cluster demands PoP tokens
     args = ['aksarc', 'kms', 'verify', '-g', arm['resource_group'], '-n', arm['cluster'], '-o', 'json']
     result = az(*(args + ['--admin'] if admin else args), '--debug')
     assert result.code == 0, result
     body = result.json()
     assert body['cluster']['credential'] == ({'type': 'admin', 'login': None, 'pop': False} if admin else
-                                             {'type': 'user', 'login': 'azurecli', 'pop': False})
+                                             {'type': 'user', 'login': 'azurecli', 'pop': True})
     assert body['cluster']['source'] == 'azure' and body['cluster']['name'] == arm['cluster']
     assert body['passed'] is True
     assert_no_leak(result)
     assert probe_secrets_left(box) == []
 
 
-def test_credentials_from_azure_never_touch_the_disk(installed, sandbox_factory, tmp_path):
+def test_credentials_from_azure_never_touch_the_disk(sign_in, sandbox_factory, tmp_path):
     """The admin kubeconfig (with its client key) lives in memory only: nothing lands in TMPDIR or ~/.kube."""
-    from .conftest import Az
     box = sandbox_factory(provider='kms-v2')
     arm = box.info['arm']
-    config_dir, env = signed_in_config(tmp_path / 'azure', arm['url'], box.info['ca_bundle'])
+    signed_in = copy_of(sign_in(box), tmp_path / 'azure')
+    config_dir = signed_in.config_dir
     scratch, home = tmp_path / 'tmp', tmp_path / 'home'
     scratch.mkdir()
     home.mkdir()
-    az = Az(config_dir, dict(env, TMPDIR=str(scratch), HOME=str(home)))
+    az = Az(config_dir, dict(signed_in.env, TMPDIR=str(scratch), HOME=str(home)))
     before = {p for p in config_dir.rglob('*')}
     result = az('aksarc', 'kms', 'verify', '-g', arm['resource_group'], '-n', arm['cluster'], '--admin',
                 '--secret', 'default/db-user-pass', '--debug')
@@ -174,12 +172,12 @@ def test_interrupted_run_still_deletes_the_probe(installed, tmp_path, signame):
     import subprocess
     import time
 
-    from .conftest import AZ, EXTENSION_DIR, FAKEAZ, core_api, fresh_sandbox
+    from .conftest import AZ, EXTENSION_DIR, core_api, fresh_sandbox
     box = fresh_sandbox(tmp_path, provider='kms-v2')
     try:
         box.ctl({'exec_fault': {'pod': '*', 'mode': 'hang'}})
         env = dict(os.environ, AZURE_CONFIG_DIR=str(tmp_path / 'azure'), AZURE_EXTENSION_DIR=str(EXTENSION_DIR),
-                   AZURE_CORE_COLLECT_TELEMETRY='false', PYTHONPATH=str(FAKEAZ), PYTHONSAFEPATH='1')
+                   AZURE_CORE_COLLECT_TELEMETRY='false', PYTHONSAFEPATH='1')
         proc = subprocess.Popen([str(AZ), 'aksarc', 'kms', 'verify', '--kubeconfig', box.kubeconfig,
                                  '--timeout', '120'], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL, text=True)

@@ -41,8 +41,8 @@ def default_az() -> Path:
 
 
 def az_env(entra: dict, base: dict | None = None) -> dict:
-    """The environment az runs with: the sandbox CA trusted, no telemetry, and no substituted token source."""
-    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("FAKEAZ_")}
+    """The environment az runs with: the sandbox CA trusted, no telemetry."""
+    env = dict(os.environ if base is None else base)
     env["REQUESTS_CA_BUNDLE"] = entra["env"]["REQUESTS_CA_BUNDLE"]
     env.setdefault("AZURE_CORE_COLLECT_TELEMETRY", "false")
     env.setdefault("AZURE_CORE_NO_COLOR", "true")
@@ -81,7 +81,7 @@ def az_login(directory, az=None, identity: str = "sp") -> str:
     info = read_info(directory)
     entra = info.get("entra")
     if not entra:
-        raise AzLoginError(f"the sandbox in {directory} has no Entra emulator: bring it up with --entra")
+        raise AzLoginError(f"the sandbox in {directory} has no Entra emulator: bring it up without --no-entra")
     az = Path(az) if az else default_az()
     if not az.exists():
         raise AzLoginError(f"{az} does not exist")

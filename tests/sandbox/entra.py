@@ -21,6 +21,8 @@ trusted federation issuers, written under ``DIR/entra/``); the server process se
   ``aud`` the resource as requested (``https://management.core.windows.net/``, ``6256c85f-...``), ``appid``,
   ``appidacr``, ``idtyp``, ``oid``, ``sub``, ``tid``, ``iat``/``nbf`` (5 minutes back, as Entra) and ``exp``.
   ID tokens are v2 (``iss`` ``https://<host:port>/<tenant>/v2.0``, the v2 discovery issuer).
+  ``ctl {"sign_ins": "expired"|"valid"}``: the sign-ins made so far expire (refresh tokens issued until then
+  answer AADSTS700082, client secrets AADSTS7000222 until ``valid``), or are valid again.
 - A managed-identity endpoint on its own plain-HTTP port, App Service style (``IDENTITY_ENDPOINT`` +
   ``IDENTITY_HEADER``): ``GET /msi/token?resource=...&api-version=2019-08-01`` with ``X-IDENTITY-HEADER``;
   ``ctl {"managed_identity": "down"|"error"|"up"}`` closes its port (connection refused), answers 500, or
@@ -311,6 +313,7 @@ class Entra:
         self.auth_codes: dict[str, dict] = {}
         self.url = ""  # https://127.0.0.1:<port>, set by the server
         self.msi_mode = "up"  # up | error | down
+        self.expired_at: float | None = None  # ctl sign_ins "expired": when the tenant's sign-ins expired
         self.msi_port = 0
         self.msi_runner = None
         self.msi_site = None
@@ -561,6 +564,11 @@ class Entra:
                 return self._error(request, 401, "invalid_client", 7000215, "Invalid client secret provided. Ensure "
                                    "the secret being sent in the request is the client secret value, not the client "
                                    f"secret ID, for a secret added to app '{app['client_id']}'.")
+            if self.expired_at is not None:
+                return self._error(request, 401, "invalid_client", 7000222, f"The provided client secret keys for "
+                                   f"app '{app['client_id']}' are expired. Visit the Azure portal to create new keys "
+                                   "for your app: https://aka.ms/NewClientSecret, or consider using certificate "
+                                   "credentials for added security: https://aka.ms/certCreds.")
             acr = "1"
         elif not app.get("public"):
             return self._error(request, 401, "invalid_client", 7000218, "The request body must contain the "
@@ -641,7 +649,8 @@ class Entra:
             if grant_claims is None or grant_claims["cid"] != app["client_id"]:
                 return self._error(request, 400, "invalid_grant", 9002313, "Invalid request. Request is malformed "
                                    "or invalid.")
-            if grant_claims["exp"] < time.time():
+            if grant_claims["exp"] < time.time() or (self.expired_at is not None
+                                                     and grant_claims["iat"] <= self.expired_at):
                 return self._error(request, 400, "invalid_grant", 700082, "The refresh token has expired due to "
                                    "inactivity. The token was issued on "
                                    f"{_utc(grant_claims['iat'])} and was inactive for 90.00:00:00.")
@@ -1015,4 +1024,13 @@ class Entra:
             await site.start()
             self.msi_site = site
         self.msi_mode = mode
+        return mode
+
+    def set_sign_ins(self, mode: str) -> str:
+        """``expired``: every sign-in made so far has expired, as after 90 days: refresh tokens issued until now
+        answer AADSTS700082 and client secrets AADSTS7000222 (until ``valid``); new user sign-ins work.
+        ``valid``: back to normal. Access tokens already issued stay valid until their ``exp``, as Entra's."""
+        if mode not in ("expired", "valid"):
+            raise ValueError("sign_ins must be 'expired' or 'valid'")
+        self.expired_at = time.time() if mode == "expired" else None
         return mode
