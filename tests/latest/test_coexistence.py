@@ -107,8 +107,8 @@ def beside_aksarc(tmp_path, installed, version):
     az = Az(tmp_path / 'azure-config', env={'AZURE_EXTENSION_DIR': str(ext_dir)})
     listed = az('extension', 'list', '--query', '[].[name, version]', '-o', 'tsv')
     assert listed.code == 0, listed
-    version = re.search(r"^VERSION = '(.*)'", (PROJECT / 'setup.py').read_text(), re.M).group(1)
-    assert [line.split('\t') for line in listed.stdout.splitlines()] == [['aksarc', '1.0.0'], ['kmsverify', version]], \
+    ours = re.search(r"^VERSION = '(.*)'", (PROJECT / 'setup.py').read_text(), re.M).group(1)
+    assert [line.split('\t') for line in listed.stdout.splitlines()] == [['aksarc', '1.0.0'], ['kmsverify', ours]], \
         listed
     shown = az('aksarc', 'standin-version', '-o', 'tsv')
     assert shown.code == 0, shown

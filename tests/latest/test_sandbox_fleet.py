@@ -25,10 +25,9 @@ from tests.sandbox.control import SUBSCRIPTION, Sandbox, SandboxError, _alive, r
 from tests.sandbox.fleet import OTHER_SUBSCRIPTION
 
 PROJECT = Path(__file__).resolve().parents[2]
-FAKEAZ = PROJECT / "tests" / "fakeaz"
-if str(FAKEAZ) not in sys.path:
-    sys.path.insert(0, str(FAKEAZ))
-from tokens import make_token  # noqa: E402
+# The fleets here run without the Entra emulator (entra=False): ARM then accepts unsigned tokens of the shape
+# Entra issues, which these tests make themselves (test_a_fleet_with_entra covers signed ones).
+from .test_sandbox_servers import make_token  # noqa: E402
 
 ARM_AUD = "https://management.azure.com/"
 QUERY = ("resources | where type =~ 'microsoft.kubernetes/connectedclusters' and kind =~ 'ProvisionedCluster'{} "
@@ -62,7 +61,7 @@ def fleet(tmp_path_factory):
     the second subscription."""
     d = tmp_path_factory.mktemp("fleet")
     r = sandbox_cli("up", "--dir", str(d), "--clusters", "4", "--providers", "kms-v2,kms-v1,identity",
-                    "--disconnected", "sandbox-4")
+                    "--disconnected", "sandbox-4", "--no-entra")
     assert r.returncode == 0, r.stderr
     box = Sandbox(d)
     yield box
@@ -353,7 +352,7 @@ def test_fleet_options_errors_are_one_line(tmp_path, args, fragment):
 
 def test_a_fleet_resumes_after_down(tmp_path):
     box = Sandbox(tmp_path / "f")
-    info = box.up(clusters=1, providers=["kms-v1"])
+    info = box.up(clusters=1, providers=["kms-v1"], entra=False)
     first = {c["name"]: c for c in info["clusters"]}
     secret = box.cluster("sandbox-1").api("GET", "/api/v1/namespaces/default/secrets/db-user-pass")[1]
     box.down()
@@ -373,7 +372,7 @@ def test_a_fleet_resumes_after_down(tmp_path):
         box.down()
     assert processes_mentioning(str(box.dir)) == []
     with pytest.raises(SandboxError, match="stopped fleet with --clusters 1"):
-        Sandbox(box.dir).up(clusters=3)
+        Sandbox(box.dir).up(clusters=3, entra=False)
     with pytest.raises(SandboxError, match="--providers kms-v1"):
         Sandbox(box.dir).up(providers="identity")
     assert processes_mentioning(str(box.dir)) == []
@@ -419,7 +418,7 @@ def test_a_fleet_with_entra(tmp_path):
 
 def test_a_single_sandbox_answers_resource_graph_for_its_cluster(tmp_path):
     box = Sandbox(tmp_path / "one")
-    info = box.up(provider="identity")
+    info = box.up(provider="identity", entra=False)
     try:
         rows, _ = all_rows(arm_session(info), QUERY.format(""), [SUBSCRIPTION])
         assert [(r["name"], r["resourceGroup"], r["properties_connectivityStatus"]) for r in rows] == \
@@ -443,7 +442,7 @@ def test_cost_of_a_cluster(tmp_path):
     for n in (1, 5, 20):
         box = Sandbox(tmp_path / f"n{n}")
         t0 = time.monotonic()
-        info = box.up(clusters=n, providers="kms-v2,kms-v1,identity")
+        info = box.up(clusters=n, providers="kms-v2,kms-v1,identity", entra=False)
         seconds = time.monotonic() - t0
         try:
             rss = {"server": _rss_mb(info["pids"]["server"]), "etcd": 0.0, "kms_plugin": 0.0}
