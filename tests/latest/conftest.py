@@ -117,6 +117,11 @@ def az_login(box, config_dir, identity='sp'):
     if login.returncode != 0:
         pytest.fail('az-login to the sandbox in {} failed: {}'.format(box.dir, login.stderr.strip()))
     if identity in ('user', 'restricted'):
+        # az login merges the subscriptions of every identity signed in: forget the service principal's first, so
+        # the profile holds what the user can see, and nothing more (the cloud registration stays).
+        subprocess.run([str(AZ), 'account', 'clear'], env=dict(env, PYTHONSAFEPATH='1',
+                                                               REQUESTS_CA_BUNDLE=box.info['ca_bundle']),
+                       capture_output=True, timeout=120, check=True)
         _device_code_login(box, config_dir, box.info['entra']['user' if identity == 'user' else 'restricted_user'])
     return config_dir
 
