@@ -102,7 +102,7 @@ def update_info(directory, **changes) -> dict:
     return info
 
 
-# tests/latest/test_sandbox_servers.py checks for processes left behind with this name.
+# tests/sandbox/tests/test_sandbox_servers.py checks for processes left behind with this name.
 _alive = is_alive
 
 

@@ -18,7 +18,7 @@ Each connected cluster is what a single sandbox is, in ``DIR/clusters/<name>/`` 
 etcd pods, kubeconfigs, ``etcd.env`` and ``sandbox.json``): its own etcd process, its own KMS plugin process when
 its provider is KMS, its own API server and control site (ports) in the fleet's ONE server process. One etcd per
 cluster (rather than key prefixes in one etcd) keeps the in-pod etcdctl seeing exactly ``/registry/...`` keys of
-its own cluster, as on a real control plane; the cost is measured in tests/latest/test_sandbox_fleet.py and
+its own cluster, as on a real control plane; the cost is measured in tests/sandbox/tests/test_sandbox_fleet.py and
 tests/sandbox/README.md.
 """
 

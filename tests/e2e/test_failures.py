@@ -22,7 +22,7 @@ import uuid
 import pytest
 import yaml
 
-from .conftest import (
+from tests.conftest import (verify,
     ENTRA_SERVER_ID,
     assert_no_leak,
     copy_of,
@@ -55,10 +55,6 @@ def assert_error(result, code, message, recommendation, canaries=()):
         assert part in following[0], '{!r} not in the recommendation:\n{!r}'.format(part, result)
     assert_no_leak(result, canaries)
     return errors[0]
-
-
-def verify(az, kubeconfig, *args, **kwargs):
-    return az('aksarc', 'kms', 'verify', '--kubeconfig', kubeconfig, *args, **kwargs)
 
 
 def timed(call, *args, **kwargs):

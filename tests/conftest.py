@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / 'shared'
 FIXTURES = SHARED / 'fixtures'
 # azure-cli alone (the Makefile's .venv-az): the extension's dependencies come only from its own folder.
@@ -219,6 +219,17 @@ def pop_token(box):
                'cnf': {'jwk': dict(jwk, alg='RS256', kid=kid)}, 'nonce': uuid.uuid4().hex}
     signing_input = _b64(json.dumps(header).encode()) + '.' + _b64(json.dumps(payload).encode())
     return signing_input + '.' + _b64(key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256()))
+
+
+def verify(az, target, *args, **kwargs):
+    """``az aksarc kms verify`` on ``target``: a sandbox (its admin kubeconfig), a kubeconfig path, or
+    ``('arm', box)`` for ``-g/-n`` through the box's ARM emulator. The one way every e2e test runs the command."""
+    if isinstance(target, tuple) and target[0] == 'arm':
+        arm = target[1].info['arm']
+        where = ['-g', arm['resource_group'], '-n', arm['cluster']]
+    else:
+        where = ['--kubeconfig', getattr(target, 'kubeconfig', target)]
+    return az('aksarc', 'kms', 'verify', *where, *args, **kwargs)
 
 
 def assert_no_leak(result, canaries=()):

@@ -9,7 +9,7 @@ import pytest
 from tests.sandbox.control import SUBSCRIPTION, Sandbox
 from tests.sandbox.fleet import OTHER_SUBSCRIPTION
 
-from .conftest import PROJECT, assert_no_leak
+from tests.conftest import PROJECT, assert_no_leak
 
 MISSING = f'/subscriptions/{SUBSCRIPTION}/resourceGroups/sandbox-rg/providers/Microsoft.Kubernetes/connectedClusters/' \
           'no-such-cluster'

@@ -22,7 +22,7 @@ import yaml
 from tests.sandbox import codec
 from tests.sandbox.control import Sandbox, SandboxError, _alive
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[3]
 READYZ = PROJECT / "tests" / "fixtures" / "readyz"
 AKS_SERVER_ID = "6dae42f8-4368-4678-94ff-3960e28e3630"
 PKI = "/etc/kubernetes/pki/etcd/"

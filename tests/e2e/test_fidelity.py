@@ -34,7 +34,7 @@ from azext_kmsverify.verdict.classify import classify
 from tests.support.etcdctl_text import parse_fields
 from tests.support.kubectl_text import unwrap_kubectl_error
 
-from .conftest import assert_no_leak, core_api, fresh_sandbox, make_secret
+from tests.conftest import verify, assert_no_leak, core_api, fresh_sandbox, make_secret
 
 CANARY = 'fidelity-canary-3b8e51d2'
 CANARY_B64 = base64.b64encode(CANARY.encode()).decode()
@@ -98,7 +98,7 @@ def _box(sandbox_factory, provider, etcdctl='3.5', **options):
 
 
 def _verify(az, box, *args, kubeconfig=None):
-    return az('aksarc', 'kms', 'verify', '--kubeconfig', kubeconfig or box.kubeconfig, *args)
+    return verify(az, kubeconfig or box, *args)
 
 
 def _check(body, name, target=None):

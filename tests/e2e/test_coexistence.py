@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PROJECT, Az, assert_no_leak
+from tests.conftest import PROJECT, Az, assert_no_leak
 
 STANDINS = PROJECT / '.tools' / 'standins'
 SUPPORTED = '>= 24.2.0'

@@ -3,7 +3,7 @@
 import json
 import subprocess
 
-from .conftest import AZ, EXTENSION_DIR
+from tests.conftest import AZ, EXTENSION_DIR
 
 HEAVY = ('kubernetes', 'azure.identity', 'cryptography', 'websocket', 'yaml', 'requests', 'urllib3', 'grpc')
 

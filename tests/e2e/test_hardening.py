@@ -14,8 +14,8 @@ import time
 import pytest
 import yaml
 
-from .conftest import AZ, EXTENSION_DIR, assert_no_leak, core_api, fresh_sandbox, pop_token, probe_secrets_left
-from .test_failures import assert_error, verify
+from tests.conftest import AZ, EXTENSION_DIR, assert_no_leak, core_api, fresh_sandbox, pop_token, probe_secrets_left
+from tests.e2e.test_failures import assert_error, verify
 
 GRACE = 10  # defaults.PROBE_DELETE_GRACE: the probe's delete may take this long beyond --timeout
 START = 6  # az's own start and exit, generously

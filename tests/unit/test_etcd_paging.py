@@ -6,7 +6,7 @@ import pytest
 
 from azext_kmsverify.etcd.reader import FIRST_PAGE_KEYS, EtcdReader
 
-from .test_etcd_parse import TLS, FakeEtcd
+from tests.unit.test_etcd_parse import TLS, FakeEtcd
 
 PREFIX = '/registry/secrets/'
 

@@ -24,10 +24,10 @@ import yaml
 from tests.sandbox.control import SUBSCRIPTION, Sandbox, SandboxError, _alive, read_info
 from tests.sandbox.fleet import OTHER_SUBSCRIPTION
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[3]
 # The fleets here run without the Entra emulator (entra=False): ARM then accepts unsigned tokens of the shape
 # Entra issues, which these tests make themselves (test_a_fleet_with_entra covers signed ones).
-from .test_sandbox_servers import make_token  # noqa: E402
+from tests.sandbox.tests.test_sandbox_servers import make_token  # noqa: E402
 
 ARM_AUD = "https://management.azure.com/"
 QUERY = ("resources | where type =~ 'microsoft.kubernetes/connectedclusters' and kind =~ 'ProvisionedCluster'{} "

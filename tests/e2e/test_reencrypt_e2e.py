@@ -24,7 +24,7 @@ from tests.sandbox.etcdproc import find_etcdctl
 from tests.sandbox.kms_plugin import MAGIC
 from tests.sandbox.transformers import split_v1
 
-from .conftest import assert_no_leak, core_api
+from tests.conftest import assert_no_leak, core_api
 
 PREFIX = '/registry/secrets/'
 ANNOTATION = 'kmsverify.aksarc/reencrypted-at'
@@ -259,7 +259,7 @@ def v2run(tmp_path_factory, installed):
     plaintext with labels, the three local keys as written before KMS, and API-made secrets (tls with owner
     references, immutable, annotated); then a rotation to key-0003 and one write under it. Then the run:
     dry run, --yes --debug, again, and verify --all-secrets --fail-on-stale, each through the installed az."""
-    from .conftest import Az
+    from tests.conftest import Az
     box = _up(tmp_path_factory, 'reencrypt-v2', provider='kms-v2', history=True)
     try:
         planted = Planted()
@@ -401,7 +401,7 @@ def v1run(tmp_path_factory, installed):
     """KMS v1 with history (2023 plaintext; one secret 45 days old under key-0001), secrets backdated 40 days
     (labelled; tls with owner references; immutable), a 2024 plaintext, an aescbc one from before KMS, two
     recent ones (10 days, and the seeded ones of today), then a KEK rotation to key-0003."""
-    from .conftest import Az
+    from tests.conftest import Az
     box = _up(tmp_path_factory, 'reencrypt-v1', provider='kms-v1', history=True)
     try:
         planted = Planted()

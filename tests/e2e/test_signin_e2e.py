@@ -14,8 +14,8 @@ import pytest
 import requests
 import yaml
 
-from .conftest import ENTRA_SERVER_ID, assert_no_leak, copy_of, probe_secrets_left
-from .test_failures import assert_error, fault
+from tests.conftest import verify, ENTRA_SERVER_ID, assert_no_leak, copy_of, probe_secrets_left
+from tests.e2e.test_failures import assert_error, fault
 
 CANARY_SECRET = 'kmsverify-canary-secret-9f3c2a'  # a recognisable (wrong) client secret
 OTHER_TENANT = '0badc0de-1111-4222-8333-944445555666'
@@ -88,13 +88,11 @@ def canaries(box):
 
 
 def verify_kubeconfig(az, box, path, *args, env=None):
-    return az('aksarc', 'kms', 'verify', '--kubeconfig', path, *args,
-              env=dict({'REQUESTS_CA_BUNDLE': box.info['ca_bundle']}, **(env or {})))
+    return verify(az, path, *args, env=dict({'REQUESTS_CA_BUNDLE': box.info['ca_bundle']}, **(env or {})))
 
 
 def verify_arm(az, box, *args, **kwargs):
-    arm = box.info['arm']
-    return az('aksarc', 'kms', 'verify', '-g', arm['resource_group'], '-n', arm['cluster'], *args, **kwargs)
+    return verify(az, ('arm', box), *args, **kwargs)
 
 
 def json_of(result):

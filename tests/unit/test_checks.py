@@ -9,7 +9,7 @@ from azext_kmsverify.report.table import verify_table_format
 from azext_kmsverify.verdict.readyz import parse_check_error
 from azext_kmsverify.verdict.classify import classify
 
-from .conftest import fixtures_dir
+from tests.conftest import fixtures_dir
 
 
 def _readyz(name):

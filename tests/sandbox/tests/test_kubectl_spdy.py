@@ -17,8 +17,8 @@ from azext_kmsverify.verdict import readyz
 
 from tests.support.etcdctl_text import parse_fields
 
-from .conftest import PROJECT, core_api, fresh_sandbox, make_secret
-from .test_fidelity import CANARY, DOC_ETCDCTL, DOC_PREFIX, Kubectl, _exec
+from tests.conftest import PROJECT, core_api, fresh_sandbox, make_secret
+from tests.e2e.test_fidelity import CANARY, DOC_ETCDCTL, DOC_PREFIX, Kubectl, _exec
 
 SCRIPT = PROJECT / 'scripts' / 'debian-kubectl.sh'
 KEY = '/registry/secrets/default/spdy-canary'

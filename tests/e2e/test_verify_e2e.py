@@ -4,20 +4,16 @@ import base64
 
 import pytest
 
-from .conftest import Az, assert_no_leak, copy_of, make_secret, probe_secrets_left
+from tests.conftest import verify, Az, assert_no_leak, copy_of, make_secret, probe_secrets_left
 
 CANARY = 'canary-value-7f3a9c1e'
-
-
-def _verify(az, box, *args):
-    return az('aksarc', 'kms', 'verify', '--kubeconfig', box.kubeconfig, *args)
 
 
 @pytest.mark.parametrize('provider, version, key_id_expected', [('kms-v1', 'v1', False), ('kms-v2', 'v2', True)])
 def test_kms_cluster_passes_with_exact_fields(az, sandbox_factory, provider, version, key_id_expected):
     box = sandbox_factory(provider=provider)
     make_secret(box, 'default', 'app-secret', {'password': CANARY})
-    result = _verify(az, box, '--secret', 'default/app-secret', '-o', 'json')
+    result = verify(az, box, '--secret', 'default/app-secret', '-o', 'json')
     assert result.code == 0, result
     body = result.json()
     assert body['passed'] is True
@@ -42,7 +38,7 @@ def test_kms_cluster_passes_with_exact_fields(az, sandbox_factory, provider, ver
 def test_non_kms_cluster_fails_with_exit_4_and_the_full_result(az, sandbox_factory, provider, storage, detail):
     box = sandbox_factory(provider=provider)
     make_secret(box, 'default', 'app-secret', {'password': CANARY})
-    result = _verify(az, box, '--secret', 'default/app-secret', '-o', 'json')
+    result = verify(az, box, '--secret', 'default/app-secret', '-o', 'json')
     assert result.code == 4, result
     body = result.json()
     assert body['passed'] is False
@@ -58,7 +54,7 @@ def test_non_kms_cluster_fails_with_exit_4_and_the_full_result(az, sandbox_facto
 
 def test_probe_mode_creates_verifies_and_deletes_the_probe(az, sandbox_factory):
     box = sandbox_factory(provider='kms-v2')
-    result = _verify(az, box, '-o', 'json')
+    result = verify(az, box, '-o', 'json')
     assert result.code == 0, result
     body = result.json()
     [probe] = body['secrets']
@@ -69,30 +65,30 @@ def test_probe_mode_creates_verifies_and_deletes_the_probe(az, sandbox_factory):
 
 def test_table_output_and_query(az, sandbox_factory):
     box = sandbox_factory(provider='kms-v2')
-    table = _verify(az, box, '--secret', 'default/db-user-pass', '-o', 'table')
+    table = verify(az, box, '--secret', 'default/db-user-pass', '-o', 'table')
     assert table.code == 0, table
     lines = table.stdout.splitlines()
     assert lines[0].split() == ['Check', 'Target', 'Status', 'Detail']
     assert any('KmsProviderHealth' in line and 'Passed' in line for line in lines)
     assert any('default/db-user-pass' in line and 'Passed' in line for line in lines)
-    query = _verify(az, box, '--secret', 'default/db-user-pass', '--query', 'secrets[0].storage', '-o', 'tsv')
+    query = verify(az, box, '--secret', 'default/db-user-pass', '--query', 'secrets[0].storage', '-o', 'tsv')
     assert query.code == 0 and query.stdout.strip() == 'kms', query
 
 
 def test_failing_result_keeps_exit_4_with_query_and_table(az, sandbox_factory):
     box = sandbox_factory(provider='identity')
-    result = _verify(az, box, '--secret', 'default/db-user-pass', '--query', 'passed', '-o', 'tsv')
+    result = verify(az, box, '--secret', 'default/db-user-pass', '--query', 'passed', '-o', 'tsv')
     assert result.code == 4 and result.stdout.strip() == 'false', result
-    table = _verify(az, box, '--secret', 'default/db-user-pass', '-o', 'table')
+    table = verify(az, box, '--secret', 'default/db-user-pass', '-o', 'table')
     assert table.code == 4 and 'stored in plaintext' in table.stdout, table
 
 
 def test_stopped_kms_plugin_fails_health_with_the_real_reason(az, tmp_path):
-    from .conftest import fresh_sandbox
+    from tests.conftest import fresh_sandbox
     box = fresh_sandbox(tmp_path, provider='kms-v2')
     try:
         box.kms('stop')
-        result = _verify(az, box, '--secret', 'default/db-user-pass', '-o', 'json')
+        result = verify(az, box, '--secret', 'default/db-user-pass', '-o', 'json')
         assert result.code == 4, result
         health = next(c for c in result.json()['checks'] if c['name'] == 'KmsProviderHealth')
         assert health['status'] == 'Failed'
@@ -100,7 +96,7 @@ def test_stopped_kms_plugin_fails_health_with_the_real_reason(az, tmp_path):
         assert 'kms-providers' in health['detail'] and ('connect' in health['detail'] or 'Unavailable' in
                                                          health['detail']), health
         box.kms('start')
-        healed = _verify(az, box, '--secret', 'default/db-user-pass', '-o', 'json')
+        healed = verify(az, box, '--secret', 'default/db-user-pass', '-o', 'json')
         assert healed.code == 0, healed
     finally:
         box.down()
@@ -109,7 +105,7 @@ def test_stopped_kms_plugin_fails_health_with_the_real_reason(az, tmp_path):
 def test_secret_values_and_ciphertext_never_appear_even_with_debug(az, sandbox_factory):
     box = sandbox_factory(provider='identity')
     make_secret(box, 'default', 'debug-canary', {'token': CANARY})
-    result = _verify(az, box, '--secret', 'default/debug-canary', '--debug')
+    result = verify(az, box, '--secret', 'default/debug-canary', '--debug')
     assert result.code == 4, result
     assert 'DEBUG' in result.stderr  # --debug really was on
     assert_no_leak(result, [CANARY, base64.b64encode(CANARY.encode()).decode()])
@@ -118,7 +114,7 @@ def test_secret_values_and_ciphertext_never_appear_even_with_debug(az, sandbox_f
     make_secret(encrypted, 'default', 'debug-canary', {'token': CANARY})
     stored = encrypted.etcdctl_get('/registry/secrets/default/debug-canary')
     ciphertext = stored[len(b'k8s:enc:kms:v2:kms-plugin:'):][-48:-16]
-    result = _verify(az, encrypted, '--secret', 'default/debug-canary', '--debug', '-o', 'json')
+    result = verify(az, encrypted, '--secret', 'default/debug-canary', '--debug', '-o', 'json')
     assert result.code == 0, result
     assert_no_leak(result, [CANARY, base64.b64encode(ciphertext).decode()[:24], ciphertext.hex()[:24],
                             repr(ciphertext)[2:26]])
@@ -172,7 +168,7 @@ def test_interrupted_run_still_deletes_the_probe(installed, tmp_path, signame):
     import subprocess
     import time
 
-    from .conftest import AZ, EXTENSION_DIR, core_api, fresh_sandbox
+    from tests.conftest import AZ, EXTENSION_DIR, core_api, fresh_sandbox
     box = fresh_sandbox(tmp_path, provider='kms-v2')
     try:
         box.ctl({'exec_fault': {'pod': '*', 'mode': 'hang'}})

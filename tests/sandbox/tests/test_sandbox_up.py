@@ -17,7 +17,7 @@ import yaml
 
 from tests.sandbox.control import Sandbox, _alive
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[3]
 
 
 def sandbox_cli(*args: str) -> subprocess.CompletedProcess:

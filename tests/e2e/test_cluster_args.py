@@ -3,7 +3,7 @@ and a failing -o table names the secrets and the fix."""
 
 import pytest
 
-from .conftest import Az, make_secret
+from tests.conftest import Az, make_secret
 
 
 def _kubeconfig_run(az, box, *args, env=None):

@@ -20,7 +20,7 @@ import pytest
 from tests.sandbox import codec
 from tests.sandbox.control import Sandbox
 
-from .conftest import AZ, EXTENSION_DIR, assert_no_leak, probe_secrets_left
+from tests.conftest import verify, AZ, EXTENSION_DIR, assert_no_leak, probe_secrets_left
 
 PREFIX = '/registry/secrets/'
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / 'schemas' / 'junit-10.xsd'
@@ -30,7 +30,7 @@ PLAINTEXT_REASON = 'stored in plaintext (identity)'
 
 
 def _verify(az, box, *args, **kwargs):
-    return az('aksarc', 'kms', 'verify', '--kubeconfig', box.kubeconfig, '--all-secrets', *args, **kwargs)
+    return verify(az, box, '--all-secrets', *args, **kwargs)
 
 
 def _up(tmp_path_factory, **options):

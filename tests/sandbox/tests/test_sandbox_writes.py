@@ -233,7 +233,7 @@ def test_kubernetes_client_get_then_replace(v2):
     write a 429 with Retry-After."""
     from kubernetes.client.exceptions import ApiException
 
-    from tests.latest.conftest import core_api
+    from tests.conftest import core_api
     core = core_api(v2)
     create(v2, "default", "client", {"k": "v"})
     s = core.read_namespaced_secret("client", "default")
