@@ -43,6 +43,7 @@ METRICS_MAX_BYTES = 32 * 1024 * 1024
 
 # Re-encryption (az aksarc kms reencrypt).
 REENCRYPT_TIMEOUT_SECONDS = 3600
+REENCRYPTED_ANNOTATION = 'kmsverify.aksarc/reencrypted-at'  # makes an unchanged KMS v1 write real
 REENCRYPT_ONLY = ('all', 'plaintext', 'local-key', 'stale')
 REENCRYPT_PARALLEL = 8  # rewrites in flight at once
 REWRITE_ATTEMPTS = 5  # GET+PUT rounds per secret through 429s and conflicts

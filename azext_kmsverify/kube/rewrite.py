@@ -24,7 +24,7 @@ from urllib.parse import quote
 from azext_kmsverify import defaults
 from azext_kmsverify.kube.errors import status_message
 
-ANNOTATION = 'kmsverify.aksarc/reencrypted-at'
+ANNOTATION = defaults.REENCRYPTED_ANNOTATION
 WRITTEN, CONFLICT, SKIPPED, FAILED, DELETED = 'written', 'conflict', 'skipped', 'failed', 'deleted'
 # 429 answers honoured per secret before it is given up (client-go's rest client retries 10 times). Each waits
 # its Retry-After; --timeout and Ctrl-C end the waits sooner. A throttled flow rejects a share of requests

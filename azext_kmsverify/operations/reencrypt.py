@@ -14,22 +14,37 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
+from azure.cli.core.azclierror import AzCLIError, AzureResponseError, CLIInternalError, ManualInterrupt, ValidationError
 from knack.log import get_logger
+from knack.prompting import prompt_y_n
 
 from azext_kmsverify import defaults
+from azext_kmsverify.deadline import Deadline
 from azext_kmsverify.errors import EXIT_BAD_ARGUMENTS, argument_error, make
+from azext_kmsverify.etcd.reader import EtcdReader
+from azext_kmsverify.etcd.records import EtcdctlError, EtcdOutputError
+from azext_kmsverify.kube import rewrite as rewriting
+from azext_kmsverify.kube.client import KubeClient
+from azext_kmsverify.kube.metrics import current_key_hash
+from azext_kmsverify.kube.pods import EtcdExec, etcd_pods
+from azext_kmsverify.kube.secrets import list_secret_metadata
 from azext_kmsverify.options import ReencryptOptions
+from azext_kmsverify.report.exitcode import exit_nonzero_after_output
 from azext_kmsverify.text import printable
+from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, check
+from azext_kmsverify.verdict.classify import classify
+from azext_kmsverify.verdict.plan import HASH_PREFIX, addressable, force_write, is_current_key, verdict_after
+from azext_kmsverify.verdict.plan import targets as select
+from azext_kmsverify.verdict.scan import SOURCE_METRICS, ScanSummary, written_before
 
 logger = get_logger(__name__)
 
 
 def main(cli_ctx, options: ReencryptOptions) -> dict:
-    from azure.cli.core.azclierror import AzCLIError, CLIInternalError
 
     from azext_kmsverify.operations.verify import fail, write_junit
-    from azext_kmsverify.report.exitcode import exit_nonzero_after_output
     step = ['starting']
     try:
         result = reencrypt(cli_ctx, options, step)
@@ -51,11 +66,6 @@ def main(cli_ctx, options: ReencryptOptions) -> dict:
 
 
 def reencrypt(cli_ctx, options: ReencryptOptions, step: list) -> dict:
-    from azext_kmsverify.deadline import Deadline
-    from azext_kmsverify.etcd.reader import EtcdReader
-    from azext_kmsverify.etcd.records import EtcdctlError, EtcdOutputError
-    from azext_kmsverify.kube.client import KubeClient
-    from azext_kmsverify.kube.pods import EtcdExec, etcd_pods
     from azext_kmsverify.operations.verify import etcdctl_error, sign_in
     started = time.monotonic()
     deadline = Deadline(options.timeout)
@@ -87,7 +97,7 @@ def reencrypt(cli_ctx, options: ReencryptOptions, step: list) -> dict:
                 return result
             _confirm(options, targets)
             step[0] = 'rewriting secrets'
-            written, interrupted = _rewrite_all(cli_ctx, client, reader, targets, plan, options, deadline)
+            written, interrupted = _Rewriter(client, reader, plan, options, deadline).run(cli_ctx, targets)
             step[0] = 'verifying from etcd'
             _verify_from_etcd(reader, targets, plan['currentKeyId'])
             result['currentKeyId'] = _named_key(plan['currentKeyId'], targets)
@@ -103,20 +113,13 @@ def reencrypt(cli_ctx, options: ReencryptOptions, step: list) -> dict:
     except EtcdctlError as error:
         raise etcdctl_error(error, runner) from None
     except EtcdOutputError as error:
-        from azure.cli.core.azclierror import AzureResponseError
         raise make(AzureResponseError, f'etcdctl output could not be read: {error}',
                    'Check the etcdctl version in the etcd pod (3.4 and 3.5 are supported).') from None
 
 
 def _plan(cli_ctx, client, reader, options: ReencryptOptions) -> dict:
     """The scan of ``verify --all-secrets`` (etcd is the source of truth), with the targets' ModRevisions."""
-    from azure.cli.core.azclierror import AzCLIError
 
-    from azext_kmsverify.kube.metrics import current_key_hash
-    from azext_kmsverify.kube.secrets import list_secret_metadata
-    from azext_kmsverify.verdict.classify import classify
-    from azext_kmsverify.verdict.plan import targets as select
-    from azext_kmsverify.verdict.scan import SOURCE_METRICS, ScanSummary, written_before
     key_hash, how = current_key_hash(client)
     summary = ScanSummary(current_key_hash=key_hash)
     revisions = {}
@@ -164,14 +167,14 @@ def _plan(cli_ctx, client, reader, options: ReencryptOptions) -> dict:
     for target in chosen:
         target['modRevisionBefore'] = revisions.get((target['namespace'], target['name']))
     if options.secrets:
-        _named_but_current(options, chosen, scan)
+        _named_but_current(options, chosen)
     logger.info('Plan: %s of %s secrets to rewrite (current KMS v2 key: %s, %s)', len(chosen), scan['total'],
                 scan.get('currentKeyId'), how)
     return {'targets': chosen, 'scanned': scan['total'], 'revision': reader.revision,
             'currentKeyId': scan.get('currentKeyId'), 'currentKeyIdSource': scan.get('currentKeyIdSource')}
 
 
-def _named_but_current(options, chosen, scan):
+def _named_but_current(options, chosen):
     """``--secret`` names that are not targets are reported: current already, or not in etcd."""
     planned = {(t['namespace'], t['name']) for t in chosen}
     for namespace, name in options.secrets:
@@ -181,7 +184,6 @@ def _named_but_current(options, chosen, scan):
 
 
 def _confirm(options: ReencryptOptions, targets: list) -> None:
-    from azure.cli.core.azclierror import ValidationError
     if options.yes:
         return
     counts = ', '.join(f'{n} {kind}' for kind, n in sorted(_count(targets, 'kind').items()))
@@ -191,10 +193,8 @@ def _confirm(options: ReencryptOptions, targets: list) -> None:
                                     'Pass --yes to rewrite them (or --dry-run to see the plan).'))
         error.kmsverify_exit_code = EXIT_BAD_ARGUMENTS
         raise error
-    from knack.prompting import prompt_y_n
     if not prompt_y_n(f'Rewrite {len(targets)} secrets through the API ({counts}) so they are stored with KMS '
                       'under the current key?', default='n'):
-        from azure.cli.core.azclierror import ManualInterrupt
         raise make(ManualInterrupt, 'Nothing was rewritten.', 'Run with --dry-run to review the plan.')
 
 
@@ -203,7 +203,7 @@ _VERIFY_RESERVE_SHARE, _VERIFY_RESERVE_MIN, _VERIFY_RESERVE_MAX = 0.1, 2.0, 60.0
 _DONE = ('reencrypted', 'alreadyCurrent', 'deleted')  # outcomes that leave nothing under an old key
 
 
-class _Pacer:
+class _Pacer:  # pylint: disable=too-few-public-methods  # one shared clock is all it is
     """At most ``rate`` writes a second across all workers (``--max-per-second``; 0: no limit)."""
 
     def __init__(self, rate: float):
@@ -222,125 +222,135 @@ class _Pacer:
             stop.wait(at - now)
 
 
-def _rewrite_all(cli_ctx, client, reader, targets, plan, options, deadline):
-    """Rewrite every target with ``--parallel`` workers. Ctrl-C or SIGTERM stops taking new targets; the
-    writes in flight finish (each is one PUT, so nothing is half-written)."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared state of one run's workers
+    """Rewrites targets with ``--parallel`` workers. Ctrl-C or SIGTERM stops taking new targets; the writes in
+    flight finish (each is one PUT, so nothing is half-written)."""
 
-    from azure.cli.core.azclierror import AzCLIError
+    def __init__(self, client, reader, plan, options, deadline):
+        self.client, self.reader, self.plan, self.options, self.deadline = client, reader, plan, options, deadline
+        self.stop = threading.Event()
+        self.timed_out = threading.Event()
+        self.pacer = _Pacer(options.max_per_second)
+        self.counter = {'written': 0, 'done': 0}
+        self.lock = threading.Lock()
+        self.fatal = []
 
-    from azext_kmsverify.kube.rewrite import CONFLICT, DELETED, SKIPPED, WRITTEN, rewrite
-    from azext_kmsverify.verdict.classify import classify
-    from azext_kmsverify.verdict.plan import addressable, force_write, verdict_after
-    stop = threading.Event()
-    timed_out = threading.Event()
-    pacer = _Pacer(options.max_per_second)
-    counter = {'written': 0, 'done': 0}
-    lock = threading.Lock()
-    fatal = []
+    def not_rewritten(self) -> str:
+        return 'not rewritten: ' + (f'the --timeout of {self.deadline.seconds} s was reached'
+                                    if self.timed_out.is_set() or self.deadline.expired() else 'interrupted')
 
-    def not_rewritten():
-        return 'not rewritten: ' + (f'the --timeout of {deadline.seconds} s was reached'
-                                    if timed_out.is_set() or deadline.expired() else 'interrupted')
-
-    def current_in_etcd(target):
-        kv = reader.get(f"{defaults.ETCD_SECRETS_PREFIX}{target['namespace']}/{target['name']}")
+    def current_in_etcd(self, target) -> bool:
+        kv = self.reader.get(f"{defaults.ETCD_SECRETS_PREFIX}{target['namespace']}/{target['name']}")
         return verdict_after(target, classify(kv.value) if kv else None, kv.mod_revision if kv else None,
-                             plan['currentKeyId'], target.get('modRevisionBefore'))[0]
+                             self.plan['currentKeyId'], target.get('modRevisionBefore'))[0]
 
-    def work(target):
-        if stop.is_set() or deadline.expired():
-            target.update(outcome='failed', reason=not_rewritten())
+    def work(self, target) -> None:
+        if self.stop.is_set() or self.deadline.expired():
+            target.update(outcome='failed', reason=self.not_rewritten())
             return
         if not addressable(target['namespace'], target['name']):
             target.update(outcome='skipped', reason='its etcd key is not a name the API can address')
             return
-        pacer.wait(stop)
-        force = force_write(target, plan['currentKeyId'])
+        self.pacer.wait(self.stop)
         try:
-            outcome = rewrite(client, target['namespace'], target['name'], force, stop)
-            target['throttled'] = outcome.throttled
-            rounds = 1
-            # Someone else wrote it meanwhile: current already if etcd says so, else read and write it again.
-            while outcome.status == CONFLICT:
-                if current_in_etcd(target):
-                    target.update(outcome='alreadyCurrent', reason='rewritten by someone else meanwhile')
-                    return
-                if rounds >= defaults.REWRITE_ATTEMPTS or stop.is_set():
-                    break
-                outcome = rewrite(client, target['namespace'], target['name'], force, stop)
-                target['throttled'] += outcome.throttled
-                rounds += 1
+            outcome, rounds = self._rewrite(target)
         except AzCLIError:
-            if not deadline.expired():
+            if not self.deadline.expired():
                 raise
-            target.update(outcome='failed', reason=not_rewritten())
+            target.update(outcome='failed', reason=self.not_rewritten())
             return
-        if outcome.status == WRITTEN:
+        if outcome is None:
+            return  # already current (a conflict with someone who rewrote it)
+        if outcome.status == rewriting.WRITTEN:
             target['outcome'] = 'written'
-            with lock:
-                counter['written'] += 1
-        elif outcome.status == DELETED:
+            with self.lock:
+                self.counter['written'] += 1
+        elif outcome.status == rewriting.DELETED:
             target.update(outcome='deleted', reason=outcome.reason)  # nothing left under the old key
         elif outcome.stopped:
-            target.update(outcome='failed', reason=not_rewritten())
-        elif outcome.status == CONFLICT:
+            target.update(outcome='failed', reason=self.not_rewritten())
+        elif outcome.status == rewriting.CONFLICT:
             target.update(outcome='failed', reason=f'{outcome.reason}, {rounds} times')
         else:
-            target.update(outcome='skipped' if outcome.status == SKIPPED else 'failed', reason=outcome.reason)
+            target.update(outcome='skipped' if outcome.status == rewriting.SKIPPED else 'failed', reason=outcome.reason)
 
-    # Rewrites stop taking targets (and throttled ones stop waiting) early enough to leave time for the proof
-    # from etcd: the result then reports what was not rewritten instead of ending in a timeout error.
-    reserve = min(_VERIFY_RESERVE_MAX, max(_VERIFY_RESERVE_MIN, deadline.seconds * _VERIFY_RESERVE_SHARE))
-    timer = threading.Timer(max(0.0, deadline.remaining() - reserve), lambda: (timed_out.set(), stop.set()))
-    timer.daemon = True
-    timer.start()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        def _terminate(_signum, _frame):
-            raise KeyboardInterrupt
-        previous = signal.signal(signal.SIGTERM, _terminate)
-    progress = _progress(cli_ctx, 'Rewriting secrets')
-    interrupted = False
-    pool = ThreadPoolExecutor(max_workers=options.parallel, thread_name_prefix='kmsverify-rewrite')
-    try:
-        pending = set()
-        queue = iter(targets)
-        for target in queue:
-            pending.add(pool.submit(work, target))
-            if len(pending) >= options.parallel * 4:
+    def _rewrite(self, target):
+        """(outcome, rounds); outcome None when a conflict turned out to be someone else's rewrite."""
+        force = force_write(target, self.plan['currentKeyId'])
+        outcome = rewriting.rewrite(self.client, target['namespace'], target['name'], force, self.stop)
+        target['throttled'] = outcome.throttled
+        rounds = 1
+        # Someone else wrote it meanwhile: current already if etcd says so, else read and write it again.
+        while outcome.status == rewriting.CONFLICT:
+            if self.current_in_etcd(target):
+                target.update(outcome='alreadyCurrent', reason='rewritten by someone else meanwhile')
+                return None, rounds
+            if rounds >= defaults.REWRITE_ATTEMPTS or self.stop.is_set():
+                break
+            outcome = rewriting.rewrite(self.client, target['namespace'], target['name'], force, self.stop)
+            target['throttled'] += outcome.throttled
+            rounds += 1
+        return outcome, rounds
+
+    def run(self, cli_ctx, targets) -> tuple[int, bool]:
+        """(writes, interrupted)."""
+        # Rewrites stop taking targets (and throttled ones stop waiting) early enough to leave time for the proof
+        # from etcd: the result then reports what was not rewritten instead of ending in a timeout error.
+        reserve = min(_VERIFY_RESERVE_MAX, max(_VERIFY_RESERVE_MIN, self.deadline.seconds * _VERIFY_RESERVE_SHARE))
+        timer = threading.Timer(max(0.0, self.deadline.remaining() - reserve),
+                                lambda: (self.timed_out.set(), self.stop.set()))
+        timer.daemon = True
+        timer.start()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            def _terminate(_signum, _frame):
+                raise KeyboardInterrupt
+            previous = signal.signal(signal.SIGTERM, _terminate)
+        progress = _progress(cli_ctx, 'Rewriting secrets')
+        interrupted = False
+        pool = ThreadPoolExecutor(max_workers=self.options.parallel, thread_name_prefix='kmsverify-rewrite')
+        try:
+            interrupted = self._drive(pool, targets, progress)
+        finally:
+            timer.cancel()
+            self.stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            if progress is not None:
+                progress.end()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        for target in targets:
+            if 'outcome' not in target:
+                target.update(outcome='failed', reason=self.not_rewritten() if interrupted or self.timed_out.is_set()
+                              else 'not rewritten: stopped by an earlier error')
+        if self.fatal:
+            raise self.fatal[0]
+        return self.counter['written'], interrupted
+
+    def _drive(self, pool, targets, progress) -> bool:
+        """Feed the pool a bounded window of targets; True when interrupted."""
+        try:
+            pending = set()
+            for target in targets:
+                pending.add(pool.submit(self.work, target))
+                if len(pending) >= self.options.parallel * 4:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    _collect(done, self.fatal, progress, self.counter, len(targets))
+                    if self.fatal:
+                        self.stop.set()
+                        break
+            while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                _collect(done, fatal, progress, counter, len(targets))
-                if fatal:
-                    stop.set()
-                    break
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            _collect(done, fatal, progress, counter, len(targets))
-    except KeyboardInterrupt:
-        interrupted = True
-        stop.set()
-        logger.warning('Interrupted: finishing the rewrites in flight, then verifying what was written.')
-        pool.shutdown(wait=True, cancel_futures=True)
-    finally:
-        timer.cancel()
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        if progress is not None:
-            progress.end()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    for target in targets:
-        if 'outcome' not in target:
-            target.update(outcome='failed', reason=not_rewritten() if interrupted or timed_out.is_set() else
-                          'not rewritten: stopped by an earlier error')
-    if fatal:
-        raise fatal[0]
-    return counter['written'], interrupted
+                _collect(done, self.fatal, progress, self.counter, len(targets))
+        except KeyboardInterrupt:
+            self.stop.set()
+            logger.warning('Interrupted: finishing the rewrites in flight, then verifying what was written.')
+            pool.shutdown(wait=True, cancel_futures=True)
+            return True
+        return False
 
 
 def _collect(done, fatal, progress, counter, total):
-    from azure.cli.core.azclierror import AzCLIError
     for future in done:
         error = future.exception()
         if isinstance(error, AzCLIError):
@@ -354,8 +364,6 @@ def _collect(done, fatal, progress, counter, total):
 
 def _verify_from_etcd(reader, targets, current_key_id):
     """Read every target again from etcd (one paged scan) and require KMS under the current key."""
-    from azext_kmsverify.verdict.classify import classify
-    from azext_kmsverify.verdict.plan import verdict_after
     by_key = {(t['namespace'], t['name']): t for t in targets if t.get('outcome') in ('written', 'alreadyCurrent')}
     prefix = len(defaults.ETCD_SECRETS_PREFIX)
     seen = set()
@@ -382,7 +390,6 @@ def _verify_from_etcd(reader, targets, current_key_id):
 
 def _named_key(current_key_id, targets):
     """The current key's id once a rewrite stored a value under it, when the plan knew only its hash."""
-    from azext_kmsverify.verdict.plan import HASH_PREFIX, is_current_key
     if not current_key_id or not current_key_id.startswith(HASH_PREFIX):
         return current_key_id
     return next((t['keyIdAfter'] for t in targets if t.get('keyIdAfter') and
@@ -391,7 +398,6 @@ def _named_key(current_key_id, targets):
 
 def _checks(result, targets) -> list:
     """Checks for the JUnit report and the table: the run, then each target that did not end current."""
-    from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, check
     summary = ', '.join(f'{n} {k}' for k, n in result['summary'].items()) or 'nothing to rewrite'
     status = PASSED if result['passed'] else FAILED
     checks = [check('Reencrypt', status, ('dry run: ' if result['dryRun'] else '') + summary)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+from azext_kmsverify import defaults
 from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, WARNING, check, encryption_verdict
 from azext_kmsverify.verdict.keys import key_id_hash
 
@@ -296,12 +297,19 @@ def written_before(metadata, rotation_days, now=None):
 
 
 def last_write(meta):
-    """Latest managedFields time, else creationTimestamp (RFC 3339, UTC); None when neither parses."""
+    """The latest of the managedFields times (else the creationTimestamp) and the time ``reencrypt`` wrote in its
+    annotation (an object without managedFields never gets an entry on update); RFC 3339, UTC; None when none
+    parses."""
     times = [f.get('time') for f in meta.get('managedFields') or [] if isinstance(f, dict) and f.get('time')]
-    stamp = max(times) if times else meta.get('creationTimestamp')
-    if not isinstance(stamp, str):
-        return None
-    try:
-        return datetime.strptime(stamp, '%Y-%m-%dT%H:%M:%SZ').replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
+    stamps = [max(times)] if times else [meta.get('creationTimestamp')]
+    annotations = meta.get('annotations')
+    if isinstance(annotations, dict):
+        stamps.append(annotations.get(defaults.REENCRYPTED_ANNOTATION))
+    parsed = []
+    for stamp in stamps:
+        if isinstance(stamp, str):
+            try:
+                parsed.append(datetime.strptime(stamp, '%Y-%m-%dT%H:%M:%SZ').replace(tzinfo=timezone.utc))
+            except ValueError:
+                pass
+    return max(parsed) if parsed else None

@@ -385,9 +385,6 @@ def test_v2_no_value_or_token_leaks_with_debug(v2run):
         assert_no_leak(output, v2run['planted'].canaries + ciphertexts)
 
 
-@pytest.mark.xfail(strict=True, reason='the sandbox does not store ownerReferences or finalizers (codec.'
-                                       'encode_object_meta has no fields 13 and 14), so the owner-reference '
-                                       'comparisons above compare two empty values; remove this marker when it does')
 def test_the_sandbox_keeps_owner_references_so_the_comparison_means_something(v2run):
     meta = v2run['api_before'][('team-b', 'tls-owned')]['metadata']
     assert meta.get('ownerReferences') and meta.get('finalizers')
@@ -816,3 +813,27 @@ def test_a_narrowed_run_rewrites_only_its_targets(az, narrow):
         else:
             assert after[key] == before[key], key
     assert_no_leak(result, narrow.planted.canaries)
+
+
+# --- KMS v1 secrets without managedFields ---------------------------------------------------------------------
+
+
+def test_v1_secret_without_managed_fields_converges(tmp_path, az):
+    box = Sandbox(str(tmp_path / 'sandbox'))
+    box.up(provider='kms-v1')
+    try:
+        _write(box, 'apps', 'untracked', {'token': _canary('untracked')}, written_at=_iso(40 * 86400))
+        status, obj = box.api('GET', '/api/v1/namespaces/apps/secrets/untracked')
+        obj['metadata']['managedFields'] = [{}]  # a client stripping them, as the API documents
+        assert box.api('PUT', '/api/v1/namespaces/apps/secrets/untracked', obj)[0] == 200
+        status, obj = box.api('GET', '/api/v1/namespaces/apps/secrets/untracked')
+        assert status == 200 and 'managedFields' not in obj['metadata']  # like objects from before 1.18
+        box.kms('rotate')
+        first = _reencrypt(az, box, '--yes', '-o', 'json')
+        assert first.code == 0 and _targets(first.json()) == {('apps', 'untracked')}, first
+        verify = _verify_all(az, box)
+        again = _reencrypt(az, box, '--yes', '-o', 'json')
+        assert verify.code == 0, verify
+        assert again.json()['plan']['targets'] == 0, again
+    finally:
+        box.down()

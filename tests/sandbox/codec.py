@@ -199,8 +199,8 @@ def _decode_managed_field(buf: bytes) -> dict:
 
 def encode_object_meta(meta: dict, omit_empty: bool = False) -> bytes:
     """ObjectMeta in gogo field order: 1 name, 2 generateName, 3 namespace, 4 selfLink, 5 uid,
-    6 resourceVersion, 7 generation, 8 creationTimestamp, 11 labels, 12 annotations, 15 clusterName
-    (deprecated, still written empty), 17 managedFields."""
+    6 resourceVersion, 7 generation, 8 creationTimestamp, 11 labels, 12 annotations, 13 ownerReferences,
+    14 finalizers, 15 clusterName (deprecated, still written empty), 17 managedFields."""
     out = _s(1, meta.get("name", ""), omit_empty)
     out += _s(2, meta.get("generateName", ""), omit_empty)
     out += _s(3, meta.get("namespace", ""), omit_empty)
@@ -216,10 +216,36 @@ def encode_object_meta(meta: dict, omit_empty: bool = False) -> bytes:
         out += field_bytes(8, ts)
     out += _map_entries(11, meta.get("labels") or {})
     out += _map_entries(12, meta.get("annotations") or {})
+    for ref in meta.get("ownerReferences") or []:
+        out += field_bytes(13, _encode_owner_reference(ref))
+    for finalizer in meta.get("finalizers") or []:
+        out += field_bytes(14, str(finalizer).encode())
     out += _s(15, meta.get("clusterName", ""), omit_empty)
     for entry in meta.get("managedFields") or []:
         out += field_bytes(17, _encode_managed_field(entry))
     return out
+
+
+def _encode_owner_reference(ref: dict) -> bytes:
+    """OwnerReference (generated.proto): 1 kind, 3 name, 4 uid, 5 apiVersion, 6 controller, 7 blockOwnerDeletion."""
+    out = _s(1, ref.get("kind", ""), False) + _s(3, ref.get("name", ""), False) + _s(4, ref.get("uid", ""), False)
+    out += _s(5, ref.get("apiVersion", ""), False)
+    for num, key in ((6, "controller"), (7, "blockOwnerDeletion")):
+        if ref.get(key) is not None:
+            out += field_varint(num, 1 if ref[key] else 0)
+    return out
+
+
+def _decode_owner_reference(buf: bytes) -> dict:
+    names = {1: "kind", 3: "name", 4: "uid", 5: "apiVersion"}
+    ref: dict = {}
+    for num, _, val in iter_fields(buf):
+        if num in names:
+            ref[names[num]] = val.decode()
+        elif num in (6, 7):
+            ref["controller" if num == 6 else "blockOwnerDeletion"] = bool(val)
+    order = ("apiVersion", "kind", "name", "uid", "controller", "blockOwnerDeletion")  # JSON field order
+    return {k: ref[k] for k in order if k in ref}
 
 
 def decode_object_meta(buf: bytes) -> dict:
@@ -245,6 +271,10 @@ def decode_object_meta(buf: bytes) -> dict:
         elif num == 12:
             k, v = _parse_map_entry(val)
             annotations[k] = v.decode()
+        elif num == 13:
+            meta.setdefault("ownerReferences", []).append(_decode_owner_reference(val))
+        elif num == 14:
+            meta.setdefault("finalizers", []).append(val.decode())
         elif num == 17:
             managed.append(_decode_managed_field(val))
     meta["creationTimestamp"] = created
