@@ -3,7 +3,7 @@
     python -m tests.sandbox up   --dir DIR [--provider kms-v2] [--etcdctl 3.5] [--nodes 1] [--broken-node]
                                  [--readyz-style aggregate|per-provider] [--history] [--no-entra | --no-enforce-pop]
     python -m tests.sandbox up   --dir DIR --clusters N [--providers kms-v2,kms-v1,identity,...]
-                                 [--disconnected NAME[:STATUS][,NAME...]] [--entra] [--etcdctl ...] [--nodes ...]
+                                 [--disconnected NAME[:STATUS][,NAME...]] [--no-entra] [--etcdctl ...] [--nodes ...]
     python -m tests.sandbox down --dir DIR
     python -m tests.sandbox kms  --dir DIR [--cluster NAME] stop|kill|start|rotate|unhealthy|healthy
     python -m tests.sandbox ctl  --dir DIR [--cluster NAME] '<json>'
