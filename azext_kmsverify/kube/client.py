@@ -63,7 +63,9 @@ class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per par
 
     def _pool_manager(self):
         import urllib3
-        options = {'ssl_context': self.ssl_context, 'num_pools': 2, 'maxsize': defaults.REENCRYPT_PARALLEL, 'retries': False}
+        # as many connections as reencrypt's workers, so none is opened and dropped again
+        options = {'ssl_context': self.ssl_context, 'num_pools': 2, 'maxsize': defaults.REENCRYPT_PARALLEL,
+                   'retries': False}
         if self.tls_server_name:
             options['server_hostname'] = self.tls_server_name
         if self.proxy:
