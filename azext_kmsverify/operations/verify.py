@@ -211,12 +211,20 @@ def scan_all(cli_ctx, client, reader, current_key_id, options: VerifyOptions):
             if client.deadline.expired():
                 raise
             skip_reason = f'the API could not list secret metadata: {error.error_msg}'
-    scan, checks = summary.finish(write_times=write_times, age_skip_reason=skip_reason,
+    hash_only = None
+    if key_hash and summary.current_key_id is None and current_key_id is None:
+        # /metrics names the current key, but no stored value carries a key id with that hash (nothing was written
+        # since the rotation): every KMS v2 value is under an older key. The latest write would name the old key.
+        hash_only = key_hash
+    scan, checks = summary.finish(current_key_id=hash_only, current_key_source='metrics' if hash_only else None,
+                                  write_times=write_times, age_skip_reason=skip_reason,
                                   rotation_days=options.rotation_days, fail_on_stale=options.fail_on_stale,
                                   revision=reader.revision)
-    if scan.get('currentKeyIdSource') != 'metrics' and scan['byKmsVersion'].get('v2'):
-        scan['currentKeyIdNote'] = f'/metrics not used: {how}' if key_hash is None else \
-            '/metrics names a key id no secret in etcd is stored under yet'
+    if hash_only:
+        scan['currentKeyIdNote'] = ('the current key is known by the hash /metrics publishes: no secret in etcd is '
+                                    'stored under it yet')
+    elif scan.get('currentKeyIdSource') != 'metrics' and scan['byKmsVersion'].get('v2'):
+        scan['currentKeyIdNote'] = f'/metrics not used: {how}'
     return scan, checks
 
 
