@@ -25,7 +25,14 @@ long-summary: >
     Nothing is decrypted and no secret value is ever printed or logged.
 
     Without --secret or --all-secrets a probe secret with a random name and value is created in
-    --probe-namespace, verified and deleted again on every path out. --all-secrets alone is read-only.
+    --probe-namespace, verified and deleted again on every path out (Ctrl-C and SIGTERM included). Only SIGKILL
+    can leave one behind; find leftovers with `kubectl get secrets -A -l app.kubernetes.io/managed-by=kmsverify`
+    and delete them with `kubectl delete secrets -n NAMESPACE -l app.kubernetes.io/managed-by=kmsverify`.
+    --all-secrets alone is read-only.
+
+    Several clusters: --ids or --all-clusters (Azure Resource Graph), each verified as one -g/-n run,
+    --max-parallel at a time; exit code from the worst outcome (1 before 4 before 0); --shard I/N for parallel
+    pipeline jobs.
 
     Exit codes: 0 every check passed; 4 the verification ran and found a problem (the full result is still
     printed); 1 could not verify (authentication, network, permission, etcdctl failure); 2 bad arguments;

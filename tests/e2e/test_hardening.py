@@ -317,3 +317,64 @@ def test_fifty_interrupts_at_random_moments_leave_no_probe(box, tmp_path):
         left = probe_secrets_left(box)
         assert left == [], f'interrupt {index} ({sig.name}) left {left}:\n{("".join(lines) + err)[-3000:]}'
     assert sum(code != 0 for code in outcomes) >= 25, outcomes  # most landed inside a run
+
+
+# --- wrong words and kubeconfig problems that are not network problems ------------------------------------------
+
+
+def _with_cluster(box, tmp_path, name, **cluster):
+    config = yaml.safe_load(open(box.kubeconfig))
+    context = next(c for c in config['contexts'] if c['name'] == config['current-context'])['context']
+    for entry in config['clusters']:
+        if entry['name'] == context['cluster']:
+            entry['cluster'].update(cluster)
+            for key in [k for k, v in entry['cluster'].items() if v is None]:
+                del entry['cluster'][key]
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_an_unreachable_proxy_url_is_the_proxy_not_the_api_server(az, box, tmp_path):
+    path = _with_cluster(box, tmp_path, 'proxy.yaml', **{'proxy-url': 'http://127.0.0.1:1'})
+    result = verify(az, path, '--secret', 'default/db-user-pass')
+    assert_error(result, 1, 'Could not reach the proxy http://127.0.0.1:1 of the kubeconfig',
+                 "Check the kubeconfig's proxy-url")
+
+
+def test_insecure_skip_tls_verify_is_one_warning_of_our_own(az, box, tmp_path):
+    path = _with_cluster(box, tmp_path, 'insecure.yaml', **{'insecure-skip-tls-verify': True,
+                                                            'certificate-authority-data': None})
+    result = verify(az, path, '--secret', 'default/db-user-pass')
+    assert result.code == 0, result
+    warnings = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and 'skips TLS verification' in warnings[0] and 'not authenticated' in warnings[0]
+    assert 'InsecureRequestWarning' not in result.stderr and 'urllib3' not in result.stderr
+
+
+@pytest.mark.parametrize('cluster, message', [
+    ({'certificate-authority-data': base64.b64encode(b'not a certificate').decode()}, 'is not a PEM certificate'),
+    ({'server': None}, 'has no server'),
+])
+def test_kubeconfig_problems_are_not_reported_as_network_problems(az, box, tmp_path, cluster, message):
+    result = verify(az, _with_cluster(box, tmp_path, 'bad.yaml', **cluster), '--secret', 'default/db-user-pass')
+    assert_error(result, 2, message, 'fresh credentials')
+    assert 'Could not reach' not in result.stderr
+
+
+def test_a_stalled_arm_ends_the_run_within_the_timeout(sign_in, box, tmp_path):
+    """The ARM credential operation is bounded like every other wait (ARM is served by the stopped process)."""
+    from tests.conftest import verify as run_verify
+    az = sign_in(box)
+    run_verify(az, ('arm', box), '--admin', '-o', 'none')  # warm: the ARM token is in az's cache now
+    server = box.info['pids']['server']
+    os.kill(server, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        result = run_verify(az, ('arm', box), '--admin', '--timeout', '5')
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(server, signal.SIGCONT)
+    assert result.code == 1, result
+    assert elapsed <= 5 + START, f'{elapsed:.1f} s'
+    assert 'did not finish within the --timeout of 5 s' in result.stderr, result

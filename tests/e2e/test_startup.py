@@ -43,5 +43,5 @@ def test_help_lists_the_command_with_examples(az):
     result = az('aksarc', 'kms', 'verify', '--help')
     assert result.code == 0, result
     for text in ('--resource-group', '--kubeconfig', '--secret', '--all-secrets', '--timeout', 'Examples',
-                 'Exit codes'):
+                 'Exit codes', 'app.kubernetes.io/managed-by=kmsverify', '--all-clusters', '--shard'):
         assert text in result.stdout, text

@@ -288,3 +288,12 @@ def test_memory_measured_when_current_key_learnt_at_end(record_property):
     record_property("latest_write_bytes_per_secret", round(per_secret, 1))
     print(f"latestWrite: peak {peak / 1e6:.1f} MB for {COUNT} secrets, {per_secret:.0f} bytes per secret")
     assert per_secret < 200
+
+
+def test_a_malformed_kms_value_names_its_version():
+    summary = ScanSummary()
+    summary.add('ns', 'bad', {'storage': 'kms', 'kmsVersion': 'v2', 'provider': 'p', 'keyId': None,
+                              'malformed': 'truncated EncryptedObject'}, 1)
+    scan, _ = summary.finish()
+    [failing] = scan['failing']
+    assert 'KMS v2 prefix but a malformed payload' in failing['reason'] and 'None' not in failing['reason']
