@@ -126,8 +126,12 @@ azdev-lint: $(AZDEV_VENV)/.installed
 	$(AZDEV) linter kmsverify --rule-types command_groups commands params help_entries --min-severity low
 	$(AZDEV) style kmsverify
 
-bench: install system-deps
+# Every benchmark (figures in bench/RESULTS.md): the --all-secrets scan, reencrypt against the kubectl pipeline,
+# a fleet of 1/10/20 clusters, and the install. Long (tens of minutes); not part of `make test`.
+bench: install system-deps bench-install
 	$(BIN)/python bench/bench_scan.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_reencrypt.py
+	$(BIN)/python bench/bench_fleet.py
 
 # What `az extension add` of the wheel costs: installed size, time, native files (bench/bench_install.py).
 bench-install: $(WHEEL) $(AZ_BIN)/.installed
