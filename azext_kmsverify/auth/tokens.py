@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import sys
+import threading
 import time
 from typing import NoReturn
 
@@ -49,7 +50,7 @@ class TokenSource:
 
     def authorization(self) -> str:
         if self._token is None or time.time() > self._expires - _REFRESH_BEFORE:
-            with _quiet():
+            with quiet():
                 self._token, self._expires = self._fetch(f'{self.server_id.rstrip("/")}/.default')
         if self.pop_key is not None:
             return 'Bearer ' + self.pop_key.sign(self._token, self.pop_u)
@@ -272,17 +273,28 @@ def _subscription_of(arm_id: str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """No log record while a token is fetched: azure-identity logs failures with their traceback at WARNING (az
-    prints them), and MSAL's and azure-core's debug records describe requests that carry secrets. The failure
-    itself is reported in one line."""
+    prints them), and MSAL's, azure-core's and az's own debug records describe the request. The failure itself
+    is reported in one line. Counted, so that the clusters of a fleet fetching tokens at once (threads) keep
+    logging off until the last of them is done."""
     import logging
-    previous = logging.root.manager.disable
-    logging.disable(logging.CRITICAL)
+    with _QUIET_LOCK:
+        if _QUIET['depth'] == 0:
+            _QUIET['previous'] = logging.root.manager.disable
+            logging.disable(logging.CRITICAL)
+        _QUIET['depth'] += 1
     try:
         yield
     finally:
-        logging.disable(previous)
+        with _QUIET_LOCK:
+            _QUIET['depth'] -= 1
+            if _QUIET['depth'] == 0:
+                logging.disable(_QUIET['previous'])
+
+
+_QUIET_LOCK = threading.Lock()
+_QUIET = {'depth': 0, 'previous': 0}
 
 
 def _certificate_credential(path: str, password: str | None) -> dict:

@@ -18,6 +18,7 @@ import re
 from knack.log import get_logger
 
 from azext_kmsverify.auth.kubeconfig import Kubeconfig
+from azext_kmsverify.auth.tokens import quiet
 from azext_kmsverify.errors import argument_error, make
 from azext_kmsverify.text import truncate
 
@@ -59,39 +60,35 @@ def kubernetes_client():
 def load_configuration(kubeconfig: Kubeconfig, add_file):
     """A ``kubernetes.client.Configuration`` for the kubeconfig's context (runs its exec plugin, if any)."""
     kubernetes_client()
-    import logging
-
     from kubernetes.client import Configuration
     from kubernetes.config.config_exception import ConfigException
     from kubernetes.config.kube_config import KubeConfigLoader
     # The loader logs an exec plugin's failure (with the plugin's stderr, which may hold anything) through the
     # root logger, which az prints: silence it while it runs; its outcome is reported below, without that text.
-    logging.disable(logging.CRITICAL)
-    try:
-        loader = KubeConfigLoader(config_dict=kubeconfig.loader_dict(add_file),
-                                  active_context=kubeconfig.context_name, config_base_path=kubeconfig.base_dir)
-        configuration = Configuration()
-        loader.load_and_set(configuration)
-    except ConfigException as ex:
-        # Loader messages name fields and commands, not values; keep the first line only.
-        from azure.cli.core.azclierror import InvalidArgumentValueError
-        first = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
-        if first.startswith('exec'):  # "exec: process returned 1. <the plugin's stderr>": keep the code only
-            code = re.search(r'returned (-?\d+)', first)
-            first = f"its exec plugin '{os.path.basename(kubeconfig.user['exec']['command'])}' failed" + (
-                f' (exit code {code.group(1)})' if code else '')
-        raise argument_error(make(InvalidArgumentValueError, f'{kubeconfig.source} is not usable: '
-                                  f'{truncate(first, 200)}.',
-                                  'Fetch fresh credentials (az aksarc get-credentials, or -g/-n with this '
-                                  'command).')) from None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as ex:
-        # What the loader raises on shapes its releases disagree about; its text may quote the file.
-        from azure.cli.core.azclierror import InvalidArgumentValueError
-        raise argument_error(make(InvalidArgumentValueError, f'{kubeconfig.source} is not usable: the kubernetes '
-                                  f'client could not load it ({type(ex).__name__}).',
-                                  'Fix the kubeconfig, or fetch fresh credentials.')) from None
-    finally:
-        logging.disable(logging.NOTSET)
+    with quiet():
+        try:
+            loader = KubeConfigLoader(config_dict=kubeconfig.loader_dict(add_file),
+                                      active_context=kubeconfig.context_name, config_base_path=kubeconfig.base_dir)
+            configuration = Configuration()
+            loader.load_and_set(configuration)
+        except ConfigException as ex:
+            # Loader messages name fields and commands, not values; keep the first line only.
+            from azure.cli.core.azclierror import InvalidArgumentValueError
+            first = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
+            if first.startswith('exec'):  # "exec: process returned 1. <the plugin's stderr>": keep the code only
+                code = re.search(r'returned (-?\d+)', first)
+                first = f"its exec plugin '{os.path.basename(kubeconfig.user['exec']['command'])}' failed" + (
+                    f' (exit code {code.group(1)})' if code else '')
+            raise argument_error(make(InvalidArgumentValueError, f'{kubeconfig.source} is not usable: '
+                                      f'{truncate(first, 200)}.',
+                                      'Fetch fresh credentials (az aksarc get-credentials, or -g/-n with this '
+                                      'command).')) from None
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as ex:
+            # What the loader raises on shapes its releases disagree about; its text may quote the file.
+            from azure.cli.core.azclierror import InvalidArgumentValueError
+            raise argument_error(make(InvalidArgumentValueError, f'{kubeconfig.source} is not usable: the kubernetes '
+                                      f'client could not load it ({type(ex).__name__}).',
+                                      'Fix the kubeconfig, or fetch fresh credentials.')) from None
     plugin = kubeconfig.user.get('exec')
     if plugin and not (configuration.api_key or {}) and not configuration.cert_file:
         # The loader swallows a failing plugin (it logs and goes on without credentials): say so here.
