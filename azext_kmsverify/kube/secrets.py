@@ -71,3 +71,17 @@ def list_secret_metadata(client, page_size: int = defaults.METADATA_PAGE_SIZE) -
                 yield item.get('metadata') or {}
         if not token:
             return
+
+
+def old_writes(client, rotation_days: int) -> tuple[dict | None, str | None]:
+    """``(write times, None)`` of the secrets last written more than ``rotation_days`` ago (from metadata only),
+    or ``(None, why)`` when the API cannot list them: the KMS v1 age check is then skipped with that reason."""
+    from azure.cli.core.azclierror import AzCLIError
+
+    from azext_kmsverify.verdict.scan import written_before
+    try:
+        return written_before(list_secret_metadata(client), rotation_days), None
+    except AzCLIError as error:
+        if client.deadline.expired():
+            raise
+        return None, f'the API could not list secret metadata: {error.error_msg}'

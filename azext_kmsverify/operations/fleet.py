@@ -18,14 +18,13 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import replace
 
 from azure.cli.core.azclierror import AzCLIError, InvalidArgumentValueError
-from knack.events import EVENT_CLI_SUCCESSFUL_EXECUTE
 from knack.log import get_logger
 
 from azext_kmsverify.deadline import Deadline
 from azext_kmsverify.discovery.graph import find_clusters, login_subscriptions
 from azext_kmsverify.discovery.select import in_shard, parse_cluster_id
 from azext_kmsverify.errors import EXIT_COULD_NOT_VERIFY, EXIT_VERIFICATION_FAILED, make
-from azext_kmsverify.operations.verify import fail, sign_in, verify, write_junit
+from azext_kmsverify.operations.verify import fail, report, sign_in, verify
 from azext_kmsverify.options import ClusterOptions, VerifyOptions
 from azext_kmsverify.text import printable
 
@@ -40,16 +39,7 @@ def main(cli_ctx, options: VerifyOptions) -> dict:
         clusters = _clusters(cli_ctx, options)
     except AzCLIError as error:
         fail(error, options.junit_xml)
-    result = run(cli_ctx, options, clusters)
-    could_not_report = False
-    if options.junit_xml:
-        try:
-            write_junit(options.junit_xml, result)
-        except AzCLIError as error:
-            logger.error('%s %s', error.error_msg, 'Give --junit-xml a path in a writable folder.')
-            could_not_report = True
-    _exit_after_output(cli_ctx, fleet_exit_code(result, could_not_report))
-    return result
+    return report(cli_ctx, options.junit_xml, run(cli_ctx, options, clusters), fleet_exit_code)
 
 
 def fleet_exit_code(result: dict, could_not_report: bool = False) -> int:
@@ -202,17 +192,6 @@ def _entry(cluster: dict, outcome: str, error: str | None = None, started: float
                               'subscriptionId': cluster['subscriptionId'],
                               'connectivityStatus': cluster.get('connectivityStatus')})
     return entry
-
-
-def _exit_after_output(cli_ctx, code: int) -> None:
-    if not code:
-        return
-
-    def _exit(_cli_ctx, **_kwargs):
-        cli_ctx.unregister_event(EVENT_CLI_SUCCESSFUL_EXECUTE, _exit)
-        raise SystemExit(code)
-
-    cli_ctx.register_event(EVENT_CLI_SUCCESSFUL_EXECUTE, _exit)
 
 
 def bad_id(value: str):

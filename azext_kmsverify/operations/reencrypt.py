@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from azure.cli.core.azclierror import AzCLIError, AzureResponseError, CLIInternalError, ManualInterrupt, ValidationError
+from azure.cli.core.azclierror import AzCLIError, AzureResponseError, ManualInterrupt, ValidationError
 from knack.log import get_logger
 from knack.prompting import prompt_y_n
 
@@ -29,44 +29,26 @@ from azext_kmsverify.kube import rewrite as rewriting
 from azext_kmsverify.kube.client import KubeClient
 from azext_kmsverify.kube.metrics import current_key_hash
 from azext_kmsverify.kube.pods import EtcdExec, etcd_pods
-from azext_kmsverify.kube.secrets import list_secret_metadata
+from azext_kmsverify.kube.secrets import old_writes
+from azext_kmsverify.operations.verify import etcdctl_error, guarded, report, sign_in
 from azext_kmsverify.options import ReencryptOptions
-from azext_kmsverify.report.exitcode import exit_nonzero_after_output
 from azext_kmsverify.text import printable
 from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, check
 from azext_kmsverify.verdict.classify import classify
 from azext_kmsverify.verdict.plan import HASH_PREFIX, addressable, force_write, is_current_key, verdict_after
 from azext_kmsverify.verdict.plan import targets as select
-from azext_kmsverify.verdict.scan import SOURCE_METRICS, ScanSummary, written_before
+from azext_kmsverify.verdict.scan import SOURCE_METRICS, ScanSummary
 
 logger = get_logger(__name__)
 
 
 def main(cli_ctx, options: ReencryptOptions) -> dict:
-
-    from azext_kmsverify.operations.verify import fail, write_junit
     step = ['starting']
-    try:
-        result = reencrypt(cli_ctx, options, step)
-    except AzCLIError as error:
-        fail(error, options.junit_xml)
-    except Exception as ex:  # pylint: disable=broad-except  # never str(ex): it may carry what it was handed
-        fail(make(CLIInternalError, f'kmsverify failed unexpectedly while {step[0]} ({type(ex).__name__}).',
-                  'Retry with --debug for the step; please report it at '
-                  'https://github.com/Azure/azure-cli-extensions/issues.'), options.junit_xml)
-    report_failed = False
-    if options.junit_xml:
-        try:
-            write_junit(options.junit_xml, result)
-        except AzCLIError as error:
-            logger.error('%s %s', error.error_msg, 'Give --junit-xml a path in a writable folder.')
-            report_failed = True
-    exit_nonzero_after_output(cli_ctx, result, could_not_report=report_failed)
-    return result
+    result = guarded(lambda: reencrypt(cli_ctx, options, step), step, options.junit_xml)
+    return report(cli_ctx, options.junit_xml, result)
 
 
 def reencrypt(cli_ctx, options: ReencryptOptions, step: list) -> dict:
-    from azext_kmsverify.operations.verify import etcdctl_error, sign_in
     started = time.monotonic()
     deadline = Deadline(options.timeout)
     runner = None
@@ -142,14 +124,7 @@ def _plan(cli_ctx, client, reader, options: ReencryptOptions) -> dict:
     finally:
         if progress is not None:
             progress.end()
-    write_times, skip = None, None
-    if summary.needs_write_times():
-        try:
-            write_times = written_before(list_secret_metadata(client), options.rotation_days)
-        except AzCLIError as error:
-            if client.deadline.expired():
-                raise
-            skip = f'the API could not list secret metadata: {error.error_msg}'
+    write_times, skip = old_writes(client, options.rotation_days) if summary.needs_write_times() else (None, None)
     current_id = None
     if key_hash and summary.current_key_id is None:
         # /metrics names the current key, but no stored value carries a key id with that hash: nothing has been

@@ -35,15 +35,15 @@ from azext_kmsverify.kube.health import readyz, readyz_check
 from azext_kmsverify.kube.metrics import current_key_hash
 from azext_kmsverify.kube.pods import EtcdExec, etcd_pods
 from azext_kmsverify.kube.probe import ProbeSecret
-from azext_kmsverify.kube.secrets import list_secret_metadata, secret_exists
+from azext_kmsverify.kube.secrets import old_writes, secret_exists
 from azext_kmsverify.options import ClusterOptions, VerifyOptions
-from azext_kmsverify.report.exitcode import exit_nonzero_after_output
+from azext_kmsverify.report.exitcode import exit_after_output, exit_code
 from azext_kmsverify.report.junit import write_junit_xml
 from azext_kmsverify.text import printable
 from azext_kmsverify.verdict import checks as rules
 from azext_kmsverify.verdict.classify import classify
 from azext_kmsverify.verdict.readyz import parse_check_error
-from azext_kmsverify.verdict.scan import ScanSummary, written_before
+from azext_kmsverify.verdict.scan import ScanSummary
 
 logger = get_logger(__name__)
 
@@ -55,24 +55,35 @@ def main(cli_ctx, options: VerifyOptions) -> dict:
     if options.fleet:
         from azext_kmsverify.operations.fleet import main as fleet_main
         return fleet_main(cli_ctx, options)
+    result = guarded(lambda: verify(cli_ctx, options, step), step, options.junit_xml)
+    return report(cli_ctx, options.junit_xml, result)
+
+
+def guarded(run, step, junit_xml):
+    """``run()``, its failures as az reports them: an azclierror as it is, anything else as one line with the step
+    and the type only (an unknown exception's text may carry what it was handed: a token, a file's content)."""
     try:
-        result = verify(cli_ctx, options, step)
+        return run()
     except AzCLIError as error:
-        fail(error, options.junit_xml)
+        fail(error, junit_xml)
     except Exception as ex:  # pylint: disable=broad-except
-        # An unknown exception's text may carry what it was handed (a token, a file's content): only its type
-        # and the step reach the user, never str(ex) or a traceback.
         fail(make(CLIInternalError, f'kmsverify failed unexpectedly while {step[0]} ({type(ex).__name__}).',
                   'Retry with --debug for the step; please report it at '
-                  'https://github.com/Azure/azure-cli-extensions/issues.'), options.junit_xml)
-    report_failed = False
-    if options.junit_xml:
+                  'https://github.com/Azure/azure-cli-extensions/issues.'), junit_xml)
+    raise AssertionError('unreachable')
+
+
+def report(cli_ctx, junit_xml, result, code_of=None):
+    """The JUnit report (a failure to write it still prints the result, and the run exits 1), then the exit
+    code after az printed the result: ``code_of(result, could_not_report)``, default a single run's."""
+    could_not_report = False
+    if junit_xml:
         try:
-            write_junit(options.junit_xml, result)
-        except AzCLIError as error:  # the verification ran: its result is still printed, and the run fails
+            write_junit(junit_xml, result)
+        except AzCLIError as error:
             logger.error('%s %s', error.error_msg, 'Give --junit-xml a path in a writable folder.')
-            report_failed = True
-    exit_nonzero_after_output(cli_ctx, result, could_not_report=report_failed)
+            could_not_report = True
+    exit_after_output(cli_ctx, (code_of or exit_code)(result, could_not_report))
     return result
 
 
@@ -203,14 +214,8 @@ def scan_all(cli_ctx, client, reader, current_key_id, options: VerifyOptions):
             progress.end()
     logger.info('Scanned %s secrets at etcd revision %s', count, reader.revision)
 
-    write_times, skip_reason = None, None
-    if summary.needs_write_times():
-        try:
-            write_times = written_before(list_secret_metadata(client), options.rotation_days)
-        except AzCLIError as error:
-            if client.deadline.expired():
-                raise
-            skip_reason = f'the API could not list secret metadata: {error.error_msg}'
+    write_times, skip_reason = (old_writes(client, options.rotation_days) if summary.needs_write_times()
+                                else (None, None))
     hash_only = None
     if key_hash and summary.current_key_id is None and current_key_id is None:
         # /metrics names the current key, but no stored value carries a key id with that hash (nothing was written

@@ -21,7 +21,11 @@ def exit_nonzero_after_output(cli_ctx, result, could_not_report=False):
     A command's return value cannot set the exit code; knack prints the result (honouring -o and --query)
     and then raises EVENT_CLI_SUCCESSFUL_EXECUTE, so a one-shot handler of that event exits.
     """
-    code = exit_code(result, could_not_report)
+    exit_after_output(cli_ctx, exit_code(result, could_not_report))
+
+
+def exit_after_output(cli_ctx, code: int) -> None:
+    """Exit with ``code`` (if not 0) once az has printed the result."""
     if not code:
         return
     from knack.events import EVENT_CLI_SUCCESSFUL_EXECUTE
