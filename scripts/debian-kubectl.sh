@@ -4,7 +4,7 @@
 # sandbox beside the machine's own (WebSocket) kubectl, so it is never installed: the .deb is fetched with
 # `apt-get download` (checked against the signed apt lists) into .tools/debian-kubectl/ and /usr/bin/kubectl
 # extracted from it with dpkg-deb. Repeated runs reuse the extracted binary.
-#   scripts/debian-kubectl.sh            # prints e.g. /work/main/.tools/debian-kubectl/root/usr/bin/kubectl
+#   scripts/debian-kubectl.sh            # prints e.g. <project>/.tools/debian-kubectl/root/usr/bin/kubectl
 # Exit 1 with a message on stderr when it cannot be obtained (no apt, no network, package gone).
 set -euo pipefail
 project="$(cd "$(dirname "$0")/.." && pwd)"

@@ -23,20 +23,12 @@ from pathlib import Path
 import pytest
 
 PROJECT = Path(__file__).resolve().parents[1]
-SHARED = PROJECT.parent / 'shared'
-FIXTURES = SHARED / 'fixtures'
 # azure-cli alone (the Makefile's .venv-az): the extension's dependencies come only from its own folder.
 AZ = Path(os.environ.get('KMSVERIFY_TEST_AZ') or PROJECT / '.venv-az' / 'bin' / 'az')  # override: a session's own az
 EXTENSION_DIR = Path(os.environ.get('AZURE_EXTENSION_DIR') or PROJECT / '.az' / 'extensions')
 SUBSCRIPTION = '00000000-0000-0000-0000-00000000c0de'
 ENTRA_SERVER_ID = '6256c85f-0aad-4d50-b960-e6e9b21efe35'  # the AKS Arc Entra server application
 JWT_MARK = 'eyJ'  # every JWT starts with this; no token may appear in any output
-
-
-def fixtures_dir():
-    if not FIXTURES.is_dir():
-        pytest.fail('Fixtures not found at {} (expected ../shared/fixtures from the project root).'.format(FIXTURES))
-    return FIXTURES
 
 
 class AzResult:

@@ -10,7 +10,7 @@ even when empty (``1a 00``), messages embedded by value are always written, maps
 non-empty, pointer fields only when set. :func:`encode_secret` reproduces that byte for byte (field order of
 ``k8s.io/apimachinery/pkg/apis/meta/v1/generated.pb.go`` and ``k8s.io/api/core/v1/generated.pb.go``);
 ``omit_empty=True`` instead drops empty fields of the Secret and its ObjectMeta (proto3 style), which is how
-``/work/shared/fixtures/etcd-values/identity-protobuf.bin`` was written.
+``tests/fixtures/etcd-values/identity-protobuf.bin`` was written.
 
 Also the KMS v2 ``EncryptedObject`` (proto3, zero fields omitted), stored after ``k8s:enc:kms:v2:<name>:``.
 """

@@ -1,8 +1,8 @@
 """Value transformers exactly as kube-apiserver writes Secrets to etcd, and its EncryptionConfiguration.
 
 The product classifies raw etcd values by their bytes, so the sandbox must store byte-for-byte what a real
-apiserver stores (layouts in /work/shared/reference/storage-formats.md, checked against the fixture values in
-/work/shared/fixtures/etcd-values/):
+apiserver stores (layouts in kube-apiserver's value transformers, checked against the fixture values in
+tests/fixtures/etcd-values/):
 
 - identity: the ``k8s\\x00`` protobuf value as is.
 - aescbc: ``k8s:enc:aescbc:v1:<key>:`` + 16-byte IV + AES-CBC (PKCS#7).

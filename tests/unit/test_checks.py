@@ -9,11 +9,11 @@ from azext_kmsverify.report.table import verify_table_format
 from azext_kmsverify.verdict.readyz import parse_check_error
 from azext_kmsverify.verdict.classify import classify
 
-from tests.conftest import fixtures_dir
+from tests.support.paths import FIXTURES
 
 
 def _readyz(name):
-    return (fixtures_dir() / 'readyz' / name).read_text()
+    return (FIXTURES / 'readyz' / name).read_text()
 
 
 def test_healthy_aggregate_kms_check_passes():
@@ -60,12 +60,12 @@ def test_unreachable_readyz_fails_with_the_reason():
 
 
 def _expected():
-    return json.loads((fixtures_dir() / 'etcd-values' / 'expected.json').read_text())
+    return json.loads((FIXTURES / 'etcd-values' / 'expected.json').read_text())
 
 
-@pytest.mark.parametrize('name', sorted(json.loads((fixtures_dir() / 'etcd-values' / 'expected.json').read_text())))
+@pytest.mark.parametrize('name', sorted(json.loads((FIXTURES / 'etcd-values' / 'expected.json').read_text())))
 def test_a_secret_passes_only_when_stored_with_kms(name):
-    value = (fixtures_dir() / 'etcd-values' / (name + '.bin')).read_bytes()
+    value = (FIXTURES / 'etcd-values' / (name + '.bin')).read_bytes()
     entry = checks.secret_entry('fixtures', name, '/registry/secrets/fixtures/' + name, classify(value))
     result = checks.secret_check(entry)
     expected = _expected()[name]
@@ -84,18 +84,18 @@ def test_a_secret_passes_only_when_stored_with_kms(name):
 
 
 def test_kms_v1_warns_but_does_not_fail():
-    v1 = classify((fixtures_dir() / 'etcd-values' / 'kms-v1-aksarc.bin').read_bytes())
+    v1 = classify((FIXTURES / 'etcd-values' / 'kms-v1-aksarc.bin').read_bytes())
     entry = checks.secret_entry('default', 's', '/registry/secrets/default/s', v1)
     warning = checks.kms_v1_warning([entry])
     assert warning['status'] == checks.WARNING and 'deprecated' in warning['detail']
     result = checks.build_result({}, [checks.secret_check(entry), warning], [entry])
     assert result['passed'] is True
-    v2 = classify((fixtures_dir() / 'etcd-values' / 'kms-v2-mock.bin').read_bytes())
+    v2 = classify((FIXTURES / 'etcd-values' / 'kms-v2-mock.bin').read_bytes())
     assert checks.kms_v1_warning([checks.secret_entry('default', 's', 'k', v2)]) is None
 
 
 def test_result_shape_and_table_rows():
-    identity = classify((fixtures_dir() / 'etcd-values' / 'identity-protobuf.bin').read_bytes())
+    identity = classify((FIXTURES / 'etcd-values' / 'identity-protobuf.bin').read_bytes())
     entry = checks.secret_entry('default', 'plain', '/registry/secrets/default/plain', identity)
     health = checks.kms_health(200, _readyz('aggregate-ok.txt'), {})
     result = checks.build_result({'source': 'kubeconfig'}, [health, checks.secret_check(entry)], [entry],

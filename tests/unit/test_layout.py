@@ -84,3 +84,16 @@ def test_no_machine_paths_in_the_package():
         text = path.read_text(encoding='utf-8')
         for marker in ('/work/', '/home/', '/root/', '/tmp/', 'C:\\\\'):
             assert marker not in text, f'{path} mentions {marker}'
+
+
+def test_the_repository_stands_on_its_own():
+    """Nothing the tests, benchmarks, scripts or Makefile run reads a folder beside the repository."""
+    project = PACKAGE.parent
+    outside = ['/'.join(('..', 'shared')), '/'.join(('', 'work', '')), "parent / 'shared'", 'parent / "shared"']
+    files = [p for top in ('tests', 'bench', 'scripts') for p in (project / top).rglob('*')
+             if p.is_file() and p.suffix in ('.py', '.sh', '') and p != Path(__file__).resolve()]
+    files += [project / 'Makefile', project / '.ci' / 'run']
+    for path in files:
+        text = path.read_text(encoding='utf-8', errors='replace')
+        for marker in outside:
+            assert marker not in text, f'{path.relative_to(project)} mentions {marker!r}'
