@@ -8,7 +8,7 @@ from __future__ import annotations
 from knack.arguments import CLIArgumentType
 
 from azext_kmsverify import defaults
-from azext_kmsverify._validators import AppendSecrets, AppendValues
+from azext_kmsverify._validators import AppendValues
 
 
 def load_arguments(self, _):
@@ -60,7 +60,7 @@ def load_arguments(self, _):
                    help='Also write the result as a JUnit XML report to this file (for PublishTestResults).')
 
     with self.argument_context('aksarc kms verify') as c:
-        c.argument('secrets', options_list=['--secret'], nargs='+', action=AppendSecrets, arg_group='Secrets',
+        c.argument('secrets', options_list=['--secret'], nargs='+', action=AppendValues, arg_group='Secrets',
                    help='Secret to verify, as NAMESPACE/NAME. Repeat or give several. Without --secret and '
                         '--all-secrets, a probe secret is created, verified and deleted.')
         c.argument('all_secrets', options_list=['--all-secrets'], arg_type=get_three_state_flag(),
@@ -94,7 +94,7 @@ def load_arguments(self, _):
                         'parallel pipeline jobs.')
 
     with self.argument_context('aksarc kms reencrypt') as c:
-        c.argument('secrets', options_list=['--secret'], nargs='+', action=AppendSecrets, arg_group='Targets',
+        c.argument('secrets', options_list=['--secret'], nargs='+', action=AppendValues, arg_group='Targets',
                    help='Only this secret, as NAMESPACE/NAME (if it needs a rewrite). Repeat or give several.')
         c.argument('namespaces', options_list=['--namespace'], nargs='+', action=AppendValues, arg_group='Targets',
                    help='Only secrets in this namespace. Repeat or give several.')

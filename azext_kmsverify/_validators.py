@@ -18,17 +18,9 @@ _CONTROL = re.compile('[\x00-\x1f\x7f]')
 _SUBDOMAIN = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')
 
 
-class AppendSecrets(argparse.Action):
-    """``--secret a/b c/d --secret e/f``: every value of every occurrence, in order."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        items = list(getattr(namespace, self.dest, None) or [])
-        items.extend(values if isinstance(values, list) else [values])
-        setattr(namespace, self.dest, items)
-
-
 class AppendValues(argparse.Action):  # pylint: disable=too-few-public-methods
-    """``--namespace a b --namespace c``: every value of every occurrence, in order."""
+    """``--secret a/b c/d --secret e/f`` (and ``--namespace``, ``--ids``, ...): every value of every occurrence,
+    in order."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         items = list(getattr(namespace, self.dest, None) or [])
@@ -229,11 +221,14 @@ def _validate_fleet(ns):
                                                             'Add --all-clusters, or drop them.'))
     if ns.ids:
         from azext_kmsverify.discovery.select import parse_cluster_id
-        from azext_kmsverify.operations.fleet import bad_id
         values = [part for value in ns.ids for part in str(value).split()]
         for value in values:
             if parse_cluster_id(value) is None:
-                raise argument_error(bad_id(value))
+                raise argument_error(InvalidArgumentValueError(
+                    f"--ids '{_shorten(value, 200)}' is not the ARM id of a connected cluster.",
+                    'Give ids like /subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Kubernetes/'
+                    "connectedClusters/NAME (e.g. from 'az resource list --resource-type "
+                    "Microsoft.Kubernetes/connectedClusters --query [].id -o tsv')."))
         ns.ids = values
     tags = []
     for value in ns.tags or []:

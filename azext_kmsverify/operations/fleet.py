@@ -17,13 +17,13 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import replace
 
-from azure.cli.core.azclierror import AzCLIError, InvalidArgumentValueError
+from azure.cli.core.azclierror import AzCLIError
 from knack.log import get_logger
 
 from azext_kmsverify.deadline import Deadline
 from azext_kmsverify.discovery.graph import find_clusters, login_subscriptions
 from azext_kmsverify.discovery.select import in_shard, parse_cluster_id
-from azext_kmsverify.errors import EXIT_COULD_NOT_VERIFY, EXIT_VERIFICATION_FAILED, make
+from azext_kmsverify.errors import EXIT_COULD_NOT_VERIFY, EXIT_VERIFICATION_FAILED
 from azext_kmsverify.operations.verify import fail, report, sign_in, verify
 from azext_kmsverify.options import ClusterOptions, VerifyOptions
 from azext_kmsverify.text import printable
@@ -192,10 +192,3 @@ def _entry(cluster: dict, outcome: str, error: str | None = None, started: float
                               'subscriptionId': cluster['subscriptionId'],
                               'connectivityStatus': cluster.get('connectivityStatus')})
     return entry
-
-
-def bad_id(value: str):
-    return make(InvalidArgumentValueError, f"--ids '{printable(value)}' is not the ARM id of a connected cluster.",
-                'Give ids like /subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Kubernetes/'
-                "connectedClusters/NAME (e.g. from 'az resource list --resource-type "
-                "Microsoft.Kubernetes/connectedClusters --query [].id -o tsv').")

@@ -30,7 +30,7 @@ from azext_kmsverify.kube.client import KubeClient
 from azext_kmsverify.kube.metrics import current_key_hash
 from azext_kmsverify.kube.pods import EtcdExec, etcd_pods
 from azext_kmsverify.kube.secrets import old_writes
-from azext_kmsverify.operations.verify import etcdctl_error, guarded, report, sign_in
+from azext_kmsverify.operations.verify import etcdctl_error, guarded, progress_bar, report, sign_in
 from azext_kmsverify.options import ReencryptOptions
 from azext_kmsverify.text import printable
 from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, check
@@ -106,7 +106,7 @@ def _plan(cli_ctx, client, reader, options: ReencryptOptions) -> dict:
     summary = ScanSummary(current_key_hash=key_hash)
     revisions = {}
     prefix = len(defaults.ETCD_SECRETS_PREFIX)
-    progress = _progress(cli_ctx, 'Planning from etcd')
+    progress = progress_bar(cli_ctx, 'Planning from etcd')
     count = 0
     try:
         for kv in reader.iter_prefix(defaults.ETCD_SECRETS_PREFIX):
@@ -281,7 +281,7 @@ class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared s
             def _terminate(_signum, _frame):
                 raise KeyboardInterrupt
             previous = signal.signal(signal.SIGTERM, _terminate)
-        progress = _progress(cli_ctx, 'Rewriting secrets')
+        progress = progress_bar(cli_ctx, 'Rewriting secrets')
         interrupted = False
         pool = ThreadPoolExecutor(max_workers=self.options.parallel, thread_name_prefix='kmsverify-rewrite')
         try:
@@ -400,11 +400,3 @@ def _count(items, key) -> dict:
     for item in items:
         counts[item.get(key)] = counts.get(item.get(key), 0) + 1
     return dict(sorted(counts.items()))
-
-
-def _progress(cli_ctx, message):
-    if not sys.stderr.isatty() or cli_ctx.only_show_errors:
-        return None
-    progress = cli_ctx.get_progress_controller(det=True)
-    progress.begin(message=message)
-    return progress

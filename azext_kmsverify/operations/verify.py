@@ -194,7 +194,7 @@ def scan_all(cli_ctx, client, reader, current_key_id, options: VerifyOptions):
     key_hash, how = current_key_hash(client)
     logger.info('Current KMS v2 key from /metrics: %s', how)
     summary = ScanSummary(current_key_id=current_key_id, current_key_hash=key_hash)
-    progress = _progress(cli_ctx, 'Reading secrets from etcd') if options.progress else None
+    progress = progress_bar(cli_ctx, 'Reading secrets from etcd') if options.progress else None
     prefix_length = len(defaults.ETCD_SECRETS_PREFIX)
     count = 0
     try:
@@ -233,7 +233,7 @@ def scan_all(cli_ctx, client, reader, current_key_id, options: VerifyOptions):
     return scan, checks
 
 
-def _progress(cli_ctx, message):
+def progress_bar(cli_ctx, message):
     """az's progress bar, only for a person watching: not in pipelines (stderr not a terminal), not with
     --only-show-errors."""
     if not sys.stderr.isatty() or cli_ctx.only_show_errors:

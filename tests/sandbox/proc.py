@@ -160,6 +160,19 @@ def stop_pid(pid: int | None, marker: str, timeout: float = 10.0, sig: int = sig
     return True
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line mentions ``text`` (a sandbox folder: what ``down`` must leave none of)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read() and is_alive(int(pid)):
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
 def write_pid_file(path, pid: int | None = None) -> None:
     """Write ``pid`` (default: this process) to ``path`` atomically: a reader never sees a partial file."""
     path = Path(path)

@@ -36,10 +36,11 @@ from .arm import ARM
 from .execws import FAULT_MODES
 
 
-def _listen(port: int = 0) -> socket.socket:
-    """A listening socket on 127.0.0.1:``port``; on any free port when ``port`` is 0 or taken."""
+def _bound(port: int = 0, reuse: bool = False) -> socket.socket:
+    """A socket bound to 127.0.0.1:``port``; on any free port when ``port`` is 0 or taken."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         s.bind(("127.0.0.1", port))
     except OSError:
@@ -47,6 +48,12 @@ def _listen(port: int = 0) -> socket.socket:
             s.close()
             raise
         s.bind(("127.0.0.1", 0))
+    return s
+
+
+def _listen(port: int = 0) -> socket.socket:
+    """A listening socket on 127.0.0.1:``port`` (see :func:`_bound`)."""
+    s = _bound(port, reuse=True)
     s.listen(128)
     s.setblocking(False)
     return s
@@ -263,15 +270,7 @@ async def _run(directory: Path, sites: list, ready: dict, entra, entra_socks, pk
 def _refusing(port: int = 0) -> socket.socket:
     """A socket bound to 127.0.0.1:``port`` that never listens: it keeps the port, and connections to it are
     refused (a disconnected cluster's API server)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        if not port:
-            s.close()
-            raise
-        s.bind(("127.0.0.1", 0))
-    return s
+    return _bound(port)
 
 
 async def serve_fleet(directory: Path, cfg: dict) -> None:

@@ -24,8 +24,8 @@ import subprocess
 
 import pytest
 
-from tests.sandbox import codec
 from tests.sandbox.control import Sandbox
+from tests.support.stored import written_under
 
 V1_PREFIX = b"k8s:enc:kms:v1:kms-plugin:"
 V2_PREFIX = b"k8s:enc:kms:v2:kms-plugin:"
@@ -38,20 +38,6 @@ def kubectl_or_fail() -> str:
     return KUBECTL
 
 
-def under(value: bytes) -> str:
-    """``identity``, ``aescbc``, ``v1:<KEK id>`` (the sandbox plugin's ciphertext names the KEK that wrapped
-    the DEK) or ``v2:<key id>``."""
-    if value.startswith(b"k8s\x00"):
-        return "identity"
-    if value.startswith(V2_PREFIX):
-        return "v2:" + codec.decode_encrypted_object(value[len(V2_PREFIX):])["keyID"]
-    if value.startswith(V1_PREFIX):
-        body = value[len(V1_PREFIX):]
-        enc_dek = body[2:2 + int.from_bytes(body[:2], "big")]
-        return "v1:" + enc_dek[5:5 + enc_dek[4]].decode()
-    return value.split(b":")[2].decode()
-
-
 def snapshot(box) -> dict:
     """{namespace/name: (ModRevision, key it is under)} of every secret in etcd (host etcdctl 3.5)."""
     r = box.etcdctl("get", "/registry/secrets/", "--prefix", "-w", "json", version="3.5")
@@ -59,7 +45,7 @@ def snapshot(box) -> dict:
     out = {}
     for kv in json.loads(r.stdout).get("kvs") or []:
         key = base64.b64decode(kv["key"]).decode()[len("/registry/secrets/"):]
-        out[key] = (kv["mod_revision"], under(base64.b64decode(kv["value"])))
+        out[key] = (kv["mod_revision"], written_under(base64.b64decode(kv["value"])))
     return out
 
 

@@ -9,7 +9,6 @@ cluster is measured and printed (not asserted).
 
 import base64
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -21,7 +20,8 @@ import pytest
 import requests
 import yaml
 
-from tests.sandbox.control import SUBSCRIPTION, Sandbox, SandboxError, _alive, read_info
+from tests.sandbox.proc import processes_mentioning
+from tests.sandbox.control import SUBSCRIPTION, Sandbox, SandboxError, read_info
 from tests.sandbox.fleet import OTHER_SUBSCRIPTION
 
 PROJECT = Path(__file__).resolve().parents[3]
@@ -41,18 +41,6 @@ PREFIX = {"kms-v2": b"k8s:enc:kms:v2:kms-plugin:", "kms-v1": b"k8s:enc:kms:v1:km
 def sandbox_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tests.sandbox", *args], cwd=PROJECT, capture_output=True, text=True,
                           timeout=180)
-
-
-def processes_mentioning(text: str) -> list:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if text.encode() in f.read() and _alive(int(pid)):
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
 
 
 @pytest.fixture(scope="module")

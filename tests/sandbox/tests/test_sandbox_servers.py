@@ -20,6 +20,7 @@ import requests
 import yaml
 
 from tests.sandbox import codec
+from tests.sandbox.proc import processes_mentioning
 from tests.sandbox.control import Sandbox, SandboxError, _alive
 
 PROJECT = Path(__file__).resolve().parents[3]
@@ -696,22 +697,10 @@ def test_cli_up_down_and_history(tmp_path):
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
-def _processes_mentioning(text: str) -> list:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if text.encode() in f.read() and _alive(int(pid)):
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
 def test_failed_up_cleans_up_after_itself(tmp_path):
     d = tmp_path / "failing"
     with pytest.raises(SandboxError, match="did not listen within"):
         Sandbox(d).up(provider="kms-v2", timeout=0.001)
-    assert _processes_mentioning(str(d)) == []
+    assert processes_mentioning(str(d)) == []
     with pytest.raises(SandboxError, match="unknown provider"):
         Sandbox(d).up(provider="rot13")

@@ -7,7 +7,6 @@ differ from the stopped one's, fail with one line on stderr and exit code 1, lea
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.sandbox.proc import processes_mentioning
 from tests.sandbox.control import Sandbox, _alive
 
 PROJECT = Path(__file__).resolve().parents[3]
@@ -34,18 +34,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
         assert fragment in lines[0], lines[0]
     assert result.stdout == ""
     return lines[0]
-
-
-def processes_mentioning(text: str) -> list:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if text.encode() in f.read() and _alive(int(pid)):
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
 
 
 def secret_names(box: Sandbox) -> list:

@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from tests.sandbox import codec
+from tests.support.stored import written_under
 from tests.sandbox.control import Sandbox
 from tests.sandbox.kms_client import KMSClient
 from tests.sandbox.metrics import apiserver_id, sha256_label
@@ -106,20 +107,6 @@ def etcd(box, ns, name):
     assert r.returncode == 0, r.stderr
     kvs = json.loads(r.stdout).get("kvs") or []
     return (kvs[0]["mod_revision"], base64.b64decode(kvs[0]["value"])) if kvs else (None, None)
-
-
-def written_under(value: bytes) -> str:
-    """Which provider and key a stored value is under: ``identity``, ``aescbc``, ``v1:<KEK id>`` (the sandbox
-    plugin's ciphertext names its KEK), ``v2:<key id>``."""
-    if value.startswith(b"k8s\x00"):
-        return "identity"
-    if value.startswith(V2_PREFIX):
-        return "v2:" + codec.decode_encrypted_object(value[len(V2_PREFIX):])["keyID"]
-    if value.startswith(V1_PREFIX):
-        body = value[len(V1_PREFIX):]
-        enc_dek = body[2:2 + int.from_bytes(body[:2], "big")]
-        return "v1:" + enc_dek[5:5 + enc_dek[4]].decode()
-    return value.split(b":")[2].decode()
 
 
 def managers(obj):
