@@ -33,7 +33,7 @@ VERSION := $(shell sed -n "s/^VERSION = '\(.*\)'/\1/p" setup.py)
 WHEEL := $(DIST)/kmsverify-$(VERSION)-py3-none-any.whl
 SOURCES := setup.py README.md HISTORY.rst $(shell find azext_kmsverify -name '*.py' -o -name '*.json')
 
-.PHONY: demo test lint bench bench-install system-deps install clean
+.PHONY: demo test lint bench bench-install system-deps install clean dist
 
 $(AZ_BIN)/.installed: requirements-az.txt
 	test -x $(AZ_BIN)/python || $(PY) -m venv $(AZ_VENV)
@@ -62,6 +62,15 @@ system-deps:
 $(WHEEL): $(BIN)/.installed $(SOURCES)
 	rm -rf $(DIST) && mkdir -p $(DIST)
 	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(DIST) .
+
+# What a release publishes: the wheel and an extension index (azure-cli-extensions' index.json format) naming it at
+# DIST_URL, so `az config set extension.index_url=<DIST_URL>/index.json` then `az extension add --name kmsverify`
+# and later `az extension update --name kmsverify` work by name. DIST_INDEX=an-index-already-published keeps its
+# older entries.
+DIST_URL ?= https://github.com/kmsverify/kmsverify/releases/download/v$(VERSION)
+dist: $(WHEEL) $(AZ_BIN)/.installed
+	$(AZ_BIN)/python scripts/make_index.py --base-url $(DIST_URL) --out $(DIST)/index.json \
+		$(if $(DIST_INDEX),--merge $(DIST_INDEX)) $(WHEEL)
 
 install: $(AZURE_EXTENSION_DIR)/.installed
 $(AZURE_EXTENSION_DIR)/.installed: $(WHEEL) $(AZ_BIN)/.installed
