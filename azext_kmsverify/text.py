@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 #: Longest reason, message or name echoed in one line.
 LINE_MAX = 300
@@ -21,10 +22,24 @@ def truncate(text: object, limit: int = LINE_MAX) -> str:
 
 
 def printable(text: object) -> str:
-    """``text`` with every control or invisible formatting character written as a visible escape."""
-    return _UNSAFE.sub(_escape, str(text))
+    """``text`` with every control or invisible formatting character written as a visible escape: C0, DEL, C1,
+    and the Unicode categories Cc, Cf (bidi, zero-width, soft hyphen, tags), Zl and Zp (line and paragraph
+    separators), which reorder, hide or break lines in a terminal, a tsv row or a log."""
+    text = str(text)
+    if text.isascii():
+        return _UNSAFE.sub(_escape, text)
+    return ''.join(_escape_char(c) if unicodedata.category(c) in _UNSAFE_CATEGORIES else c for c in text)
+
+
+_UNSAFE_CATEGORIES = frozenset(('Cc', 'Cf', 'Cs', 'Zl', 'Zp'))
 
 
 def _escape(match: re.Match) -> str:
-    code = ord(match.group(0))
-    return f'\\x{code:02x}' if code <= 0xff else f'\\u{code:04x}'
+    return _escape_char(match.group(0))
+
+
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    if code <= 0xff:
+        return f'\\x{code:02x}'
+    return f'\\u{code:04x}' if code <= 0xffff else f'\\U{code:08x}'
