@@ -25,8 +25,15 @@ import hashlib
 from urllib.parse import quote
 
 from azext_kmsverify.text import printable
-from azext_kmsverify.verdict.checks import FAILED, KMS_HEALTH, KMS_V1_DEPRECATED, PROBE_CLEANUP, SECRET_ENCRYPTED, \
-    SKIPPED, WARNING
+from azext_kmsverify.verdict.checks import (
+    FAILED,
+    KMS_HEALTH,
+    KMS_V1_DEPRECATED,
+    PROBE_CLEANUP,
+    SECRET_ENCRYPTED,
+    SKIPPED,
+    WARNING,
+)
 from azext_kmsverify.verdict.scan import ALL_SECRETS_ENCRYPTED, KMS_V1_ROTATION, KMS_V2_CURRENT_KEY
 
 SCHEMA = 'https://json.schemastore.org/sarif-2.1.0.json'
@@ -65,7 +72,7 @@ RULES = {
                         'Move the cluster to KMS v2 (AKS Arc gives new clusters KMS v2).', '3.0'),
     'KmsKeyRotation': ('The KMS key is rotated on schedule',
                        'AKS Arc rotates the KMS key every 30 days; a current key older than that means the '
-                       'rotation stopped.', 'Repair the KMS plugin\'s key rotation, then ' + _REENCRYPT_HELP, '6.0'),
+                       'rotation stopped.', "Repair the KMS plugin's key rotation, then " + _REENCRYPT_HELP, '6.0'),
     PROBE_CLEANUP: ('The probe secret was deleted',
                     'verify creates one random probe secret and deletes it; one was left behind.',
                     'Delete it: `kubectl delete secret -n <namespace> -l app.kubernetes.io/managed-by=kmsverify`.',
@@ -83,7 +90,7 @@ RULES = {
 
 
 def _rule(rule_id):
-    short, full, help_text, severity = RULES.get(rule_id) or (rule_id, rule_id, 'See the result\'s detail.', '5.0')
+    short, full, help_text, severity = RULES.get(rule_id) or (rule_id, rule_id, "See the result's detail.", '5.0')
     return {
         'id': rule_id,
         'name': rule_id,

@@ -11,7 +11,6 @@ import ssl
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
