@@ -50,5 +50,5 @@ setup(
     python_requires='>=3.10',
     packages=find_packages(include=['azext_kmsverify', 'azext_kmsverify.*']),
     install_requires=DEPENDENCIES,
-    package_data={'azext_kmsverify': ['azext_metadata.json']},
+    package_data={'azext_kmsverify': ['azext_metadata.json', 'schemas/*.json']},
 )
