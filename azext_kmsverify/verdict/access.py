@@ -50,7 +50,7 @@ ALLOWED, DENIED, UNKNOWN = 'allowed', 'denied', 'unknown'
 
 
 @dataclass(frozen=True)
-class Permission:
+class Permission:  # pylint: disable=too-many-instance-attributes  # the attributes an access review names
     """One request the API server authorizes: a resource attribute set, or a non-resource URL (``path``).
 
     ``namespace`` '' means every namespace (a cluster-wide grant); ``name`` narrows to one object (a

@@ -65,6 +65,7 @@ class AdmissionRefusal:
                 'code': self.code, 'description': self.describe()}
 
 
+# pylint: disable-next=too-many-return-statements  # one return per answer shape
 def refusal(status: int, body: bytes | str) -> AdmissionRefusal | None:
     """The admission refusal in a write's answer (HTTP ``status``, Kubernetes Status ``body``), or None when the
     answer is something else (RBAC 403, conflict, validation). Names and messages come back on one printable

@@ -164,6 +164,7 @@ def age_from_metrics(facts) -> KeyAge | None:
     return None
 
 
+# pylint: disable-next=too-many-return-statements  # one return per verdict and bound
 def rotation_check(*, kms_versions=(), age: KeyAge | None = None, unknown_why: str = '',
                    rotation_days: int = defaults.ROTATION_DAYS, grace_days: int = GRACE_DAYS,
                    now: datetime | None = None, fail_on_stale: bool = False) -> dict:

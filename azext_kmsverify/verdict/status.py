@@ -62,7 +62,7 @@ def _iso(stamp: float | None) -> str | None:
 
 
 @dataclass
-class MetricFacts:
+class MetricFacts:  # pylint: disable=too-many-instance-attributes  # one field per fact of the page
     """What one ``/metrics`` page says of encryption. Timestamps are Unix seconds."""
 
     status_last: dict = field(default_factory=dict)       # key id hash -> newest Status report
@@ -219,46 +219,59 @@ def build_status(*, readyz_status: int | None, readyz_body: str | None, check_re
     health_check = rules.kms_health(readyz_status, readyz_body, check_reasons, unreachable=readyz_unreachable)
     parsed = parse_readyz(readyz_body) if readyz_body is not None and not readyz_unreachable else []
     lines = kms_checks(parsed)
-    verbose = any(not e['overall'] for e in parsed)
-    health = Fact(('healthy' if health_check['status'] == rules.PASSED else 'unhealthy'), '/readyz?verbose') \
-        if lines else Fact(None, None, health_check['detail'])
-    if lines and health_check['status'] != rules.PASSED:
-        health = Fact('unhealthy', '/readyz?verbose' + (' and /readyz/<check>' if check_reasons else ''))
-    health_checks = [{'name': c['name'], 'status': c['status'], 'reason': check_reasons.get(c['name'])}
-                     for c in lines]
     facts = parse_metrics(metrics_text) if metrics_text is not None else None
     metrics_unknown = metrics_why or '/metrics was not read'
 
-    reload = _reload(parsed, lines, verbose, facts, readyz_unreachable or (readyz_body is None and 'not read'))
-    providers, versions = _providers(parsed, lines, reload, check_reasons, facts)
-    if versions:
-        kms_versions = Fact(sorted(versions), ', '.join(sorted({s for v in versions.values() for s in v})))
-    else:
-        why = 'no KMS provider has been used since the API server started' if facts is not None else metrics_unknown
-        kms_versions = Fact(None, None, 'neither /readyz nor /metrics names a KMS version: '
-                                        f"{why}{'' if lines else '; /readyz has no KMS check'}")
+    reload = _reload(parsed, lines, facts, readyz_unreachable or (readyz_body is None and 'not read'))
+    providers, kms_versions = _versions(lines, reload, check_reasons, facts, metrics_unknown)
 
     current, last_used, reported, age = _current_key(facts, metrics_unknown)
-    version_list = kms_versions.value or []
     unknown_why = metrics_unknown if facts is None else 'the /metrics page gives no bound on the key age'
     checks = [health_check,
-              rotation.rotation_check(kms_versions=version_list, age=age, unknown_why=unknown_why,
+              rotation.rotation_check(kms_versions=kms_versions.value or [], age=age, unknown_why=unknown_why,
                                       rotation_days=rotation_days, grace_days=grace_days, now=now,
                                       fail_on_stale=fail_on_stale)]
-    if 'v1' in version_list:
+    if 'v1' in (kms_versions.value or []):
         checks.append(rules.check(rules.KMS_V1_DEPRECATED, rules.WARNING,
                                   f'KMS v1 in use ({kms_versions.source}): deprecated since Kubernetes 1.28 and off by '
                                   'default since 1.29; KMS v2 is recommended'))
-    evidence = {'metricsRead': facts is not None,
-                'metricsUnknownReason': None if facts is not None else metrics_unknown,
-                'metricsUsed': sorted(facts.used) if facts else [],
-                'keyIdHashTotalPresent': facts.hash_total_present if facts else None,
-                'keyIdHashTotalUsed': False}
-    return KmsStatus(health, health_checks, reload, kms_versions, providers, current, last_used, reported, age,
-                     evidence, checks, list(access), now)
+    return KmsStatus(*_health(health_check, lines, check_reasons), reload, kms_versions, providers, current,
+                     last_used, reported, age, _evidence(facts, metrics_unknown), checks, list(access), now)
 
 
-def _reload(parsed, lines, verbose, facts, readyz_missing) -> Fact:
+def _evidence(facts: MetricFacts | None, metrics_unknown: str) -> dict:
+    """Where the metric evidence came from. ``keyIdHashTotalUsed`` is always False: that family may be removed
+    upstream (kubernetes PR #136354), so it is only reported as present or not."""
+    return {'metricsRead': facts is not None,
+            'metricsUnknownReason': None if facts is not None else metrics_unknown,
+            'metricsUsed': sorted(facts.used) if facts else [],
+            'keyIdHashTotalPresent': facts.hash_total_present if facts else None,
+            'keyIdHashTotalUsed': False}
+
+
+def _versions(lines, reload: Fact, check_reasons: dict, facts: MetricFacts | None, metrics_unknown: str):
+    """``([Provider], Fact(sorted KMS versions))``."""
+    providers, versions = _providers(lines, reload, check_reasons, facts)
+    if versions:
+        return providers, Fact(sorted(versions), ', '.join(sorted({s for v in versions.values() for s in v})))
+    why = 'no KMS provider has been used since the API server started' if facts is not None else metrics_unknown
+    return providers, Fact(None, None, 'neither /readyz nor /metrics names a KMS version: '
+                                       f"{why}{'' if lines else '; /readyz has no KMS check'}")
+
+
+def _health(health_check: dict, lines: list, check_reasons: dict) -> tuple[Fact, list]:
+    """The health fact and the KMS check lines (with the reason of each failing one)."""
+    if not lines:
+        health = Fact(None, None, health_check['detail'])
+    elif health_check['status'] == rules.PASSED:
+        health = Fact('healthy', '/readyz?verbose')
+    else:
+        health = Fact('unhealthy', '/readyz?verbose' + (' and /readyz/<check>' if check_reasons else ''))
+    return health, [{'name': c['name'], 'status': c['status'], 'reason': check_reasons.get(c['name'])} for c in lines]
+
+
+def _reload(parsed, lines, facts, readyz_missing) -> Fact:
+    verbose = any(not e['overall'] for e in parsed)
     if any(e['name'] == RELOAD_HOOK for e in parsed):
         return Fact(True, f'/readyz?verbose ({RELOAD_HOOK})')
     if any(c['name'].startswith('kms-provider-') for c in lines):
@@ -272,7 +285,7 @@ def _reload(parsed, lines, verbose, facts, readyz_missing) -> Fact:
     return Fact(None, None, '/readyz does not list its checks (not verbose), and /metrics shows no reload')
 
 
-def _providers(parsed, lines, reload: Fact, check_reasons: dict, facts: MetricFacts | None):
+def _providers(lines, reload: Fact, check_reasons: dict, facts: MetricFacts | None):
     """``([Provider], {version: {sources}})``."""
     providers, versions = {}, {}
 

@@ -19,6 +19,7 @@ REASON = ('kms-provider-0: failed to perform status section of the healthz check
 # file -> (overall status, KMS checks as (name, status))
 EXPECTED = {
     "aggregate-ok.txt": ("ok", [("kms-providers", "ok")]),
+    "aggregate-v2-no-reload-ok.txt": ("ok", [("kms-providers", "ok")]),
     "aggregate-failed.http500.txt": ("failed", [("kms-providers", "failed")]),
     "per-provider-ok.txt": ("ok", [("kms-provider-0", "ok"), ("kms-provider-1", "ok")]),
     "no-kms-ok.txt": ("ok", []),
