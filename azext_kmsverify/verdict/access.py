@@ -26,8 +26,11 @@ The requirement lists mirror the requests the product makes (kube/ and operation
 * ``reencrypt`` (kube/rewrite.py): ``get`` and ``update`` secrets in all namespaces (a GET and a PUT; no patch),
   unless ``--dry-run``.
 * KMS health (kube/health.py): ``get`` ``/readyz``; the reason of a failing check is on ``/readyz/<check>``,
-  which the default ``system:public-info-viewer`` role does not cover (it grants ``/readyz`` only), hence
+  which the default roles do not cover (``system:discovery`` and ``system:public-info-viewer`` grant ``/readyz``,
+  not ``/readyz/*``: plugin/pkg/auth/authorizer/rbac/bootstrappolicy/testdata/cluster-roles.yaml), hence
   ``/readyz/*`` (optional).
+* the preflight itself: ``create`` selfsubjectaccessreviews, which ``system:basic-user`` grants every
+  authenticated user by default (same file).
 * ``status``: ``/readyz`` only is required; ``/readyz/*`` and ``/metrics`` add facts.
 """
 
