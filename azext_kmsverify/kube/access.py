@@ -16,7 +16,18 @@ import json
 
 from azext_kmsverify.kube.errors import status_message
 from azext_kmsverify.text import printable, truncate
-from azext_kmsverify.verdict.access import ALLOWED, DENIED, UNKNOWN, Answer, Permission
+from azext_kmsverify.verdict.access import (
+    ALLOWED,
+    DENIED,
+    UNKNOWN,
+    Answer,
+    CommandAccess,
+    Permission,
+    assess,
+    preflight_commands,
+    requirements,
+    unique_permissions,
+)
 
 SSAR_PATH = '/apis/authorization.k8s.io/v1/selfsubjectaccessreviews'
 
@@ -82,3 +93,65 @@ def review_all(client, permissions) -> list[Answer]:
         if not go_on:
             stopped = answer.reason
     return answers
+
+
+def preflight(client, command: str, **kwargs) -> CommandAccess:
+    """What ``command`` (``verdict.access.COMMANDS``) lacks, asked before it writes or execs anything. ``kwargs``:
+    ``verdict.access.requirements``'s (probe namespace, secret namespaces, etcd pod)."""
+    needs = requirements(command, **kwargs)
+    return assess(command, needs, review_all(client, needs))
+
+
+def preflight_all(client, probe_namespace: str) -> list[CommandAccess]:
+    """For ``status``: what each command a user may run next lacks, asking each distinct permission once."""
+    per_command = preflight_commands(probe_namespace)
+    answers = review_all(client, unique_permissions(per_command))
+    return [assess(command, needs, answers) for command, needs in per_command.items()]
+
+
+def missing_error(access: CommandAccess):
+    """The ForbiddenError a command raises before its first write or exec when a required permission is denied:
+    which verbs on which resources, subresources, namespaces or URLs, and how to grant exactly those (the YAML is
+    ``status``'s to print; one line here)."""
+    from azure.cli.core.azclierror import ForbiddenError
+
+    from azext_kmsverify.errors import make
+    what = '; '.join(a.permission.describe() for a in access.missing)
+    return make(ForbiddenError, f"'{access.command}' cannot run with this identity: Kubernetes RBAC denies {what}.",
+                'Ask a cluster admin to grant exactly these (az aksarc kms status prints the Role/ClusterRole and '
+                'bindings that do), or run it with an identity that has them.')
+
+
+SSR_PATH = '/apis/authentication.k8s.io/v1/selfsubjectreviews'
+
+
+def whoami(client) -> tuple[dict | None, str]:
+    """``({'username', 'groups'}, '')`` of this identity as the API server sees it (SelfSubjectReview,
+    authentication.k8s.io/v1, GA in 1.28, granted to every authenticated user by ``system:basic-user``): the
+    subject the printed RBAC binds. ``(None, why)`` when the server does not say. Raises as :func:`review`."""
+    doing = 'asking the API server who this identity is (SelfSubjectReview)'
+    status, answer = client.request('POST', SSR_PATH, body={'apiVersion': 'authentication.k8s.io/v1',
+                                                           'kind': 'SelfSubjectReview'}, timeout=20, doing=doing)
+    if status == 401:
+        raise client.errors.api(status, answer, doing)
+    if status not in (200, 201):
+        return None, f'SelfSubjectReview answered HTTP {status}'
+    try:
+        info = (json.loads(answer).get('status') or {}).get('userInfo') or {}
+        username, groups = info.get('username'), info.get('groups') or []
+    except (ValueError, AttributeError, TypeError, RecursionError):
+        return None, 'the SelfSubjectReview answer is not one'
+    if not isinstance(username, str) or not username or not isinstance(groups, list):
+        return None, 'the SelfSubjectReview answer names no user'
+    return {'username': printable(truncate(username, 300)),
+            'groups': [printable(truncate(g, 300)) for g in groups if isinstance(g, str)]}, ''
+
+
+def subject_of(user: dict) -> tuple[str, str, str]:
+    """``(kind, name, namespace)`` of the RBAC subject for a SelfSubjectReview user: a service account's token
+    names ``system:serviceaccount:NS:NAME``, which RBAC binds as kind ServiceAccount; anyone else is a User."""
+    name = user['username']
+    parts = name.split(':')
+    if len(parts) == 4 and parts[:2] == ['system', 'serviceaccount'] and parts[2] and parts[3]:
+        return 'ServiceAccount', parts[3], parts[2]
+    return 'User', name, ''

@@ -223,3 +223,52 @@ def test_bad_credentials_raise():
     from azure.cli.core.azclierror import UnauthorizedError
     with pytest.raises(UnauthorizedError):
         review_all(FakeClient([(401, {"message": "Unauthorized"})]), requirements("status"))
+
+
+def test_preflight_asks_each_permission_once_and_judges_the_command():
+    from azext_kmsverify.kube.access import preflight
+    needs = requirements("verify", probe_namespace="kmsprobe")
+    replies = [_ssar(p.describe() != "create secrets in namespace kmsprobe") for p in needs]
+    client = FakeClient(replies)
+    result = preflight(client, "verify", probe_namespace="kmsprobe")
+    assert len(client.sent) == len(needs)
+    assert [a.permission.describe() for a in result.missing] == ["create secrets in namespace kmsprobe"]
+
+
+def test_preflight_all_shares_answers_between_commands():
+    from azext_kmsverify.kube.access import preflight_all
+    unique = access.unique_permissions(access.preflight_commands("default"))
+    client = FakeClient([_ssar(p.path in ("/readyz", "/readyz/*")) for p in unique])
+    results = {a.command: a for a in preflight_all(client, "default")}
+    assert len(client.sent) == len(unique)
+    assert results["status"].can_run is True
+    assert results["verify"].can_run is False and results["reencrypt"].can_run is False
+    assert any(a.permission.describe() == "update secrets in all namespaces" for a in results["reencrypt"].missing)
+
+
+def test_the_missing_error_names_each_permission_on_one_line():
+    from azure.cli.core.azclierror import ForbiddenError
+
+    from azext_kmsverify.kube.access import missing_error
+    needs = requirements("reencrypt")
+    error = missing_error(assess("reencrypt", needs, _answers(needs, denied={"update secrets in all namespaces",
+                                                                             "create pods/exec in namespace "
+                                                                             "kube-system"})))
+    assert isinstance(error, ForbiddenError)
+    assert error.error_msg == ("'reencrypt' cannot run with this identity: Kubernetes RBAC denies create pods/exec in "
+                               "namespace kube-system; update secrets in all namespaces.")
+    assert "az aksarc kms status" in error.recommendations[0]
+
+
+def test_whoami_and_the_subject_it_gives():
+    from azext_kmsverify.kube.access import SSR_PATH, subject_of, whoami
+    client = FakeClient([(201, {"kind": "SelfSubjectReview", "status": {"userInfo": {
+        "username": "system:serviceaccount:ci:kms-pipeline", "groups": ["system:serviceaccounts", 7]}}})])
+    user, why = whoami(client)
+    assert client.sent[0][:2] == ("POST", SSR_PATH) and why == ""
+    assert user == {"username": "system:serviceaccount:ci:kms-pipeline", "groups": ["system:serviceaccounts"]}
+    assert subject_of(user) == ("ServiceAccount", "kms-pipeline", "ci")
+    assert subject_of({"username": "alice@example.com"}) == ("User", "alice@example.com", "")
+    assert subject_of({"username": "system:serviceaccount:ci"}) == ("User", "system:serviceaccount:ci", "")
+    assert whoami(FakeClient([(403, {"message": "forbidden"})])) == (None, "SelfSubjectReview answered HTTP 403")
+    assert whoami(FakeClient([(201, {"status": {}})]))[0] is None
