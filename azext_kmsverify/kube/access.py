@@ -130,8 +130,8 @@ def whoami(client) -> tuple[dict | None, str]:
     authentication.k8s.io/v1, GA in 1.28, granted to every authenticated user by ``system:basic-user``): the
     subject the printed RBAC binds. ``(None, why)`` when the server does not say. Raises as :func:`review`."""
     doing = 'asking the API server who this identity is (SelfSubjectReview)'
-    status, answer = client.request('POST', SSR_PATH, body={'apiVersion': 'authentication.k8s.io/v1',
-                                                           'kind': 'SelfSubjectReview'}, timeout=20, doing=doing)
+    body = {'apiVersion': 'authentication.k8s.io/v1', 'kind': 'SelfSubjectReview'}
+    status, answer = client.request('POST', SSR_PATH, body=body, timeout=20, doing=doing)
     if status == 401:
         raise client.errors.api(status, answer, doing)
     if status not in (200, 201):

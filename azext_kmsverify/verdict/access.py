@@ -22,7 +22,8 @@ The requirement lists mirror the requests the product makes (kube/ and operation
 * ``--all-secrets`` and ``reencrypt``'s plan: ``get`` on the non-resource URL ``/metrics`` for the current key
   (kube/metrics.py; optional: without it the key comes from the probe or the latest write), ``list`` secrets in
   all namespaces for the KMS v1 write times (kube/secrets.list_secret_metadata; optional: without it the KMS v1
-  age check is skipped).
+  age check is skipped), ``get`` secrets (metadata of at most two) to date the current KMS v2 key
+  (kube/keyage.py; optional: without it ``KmsKeyRotation`` is skipped).
 * ``reencrypt`` (kube/rewrite.py): ``get`` and ``update`` secrets in all namespaces (a GET and a PUT; no patch),
   unless ``--dry-run``.
 * KMS health (kube/health.py): ``get`` ``/readyz``; the reason of a failing check is on ``/readyz/<check>``,
@@ -192,7 +193,10 @@ def requirements(command: str, *, probe_namespace: str = defaults.PROBE_NAMESPAC
                        why='explain a secret etcd does not hold (does the API know it?)')
             for ns in sorted(set(secret_namespaces))]
     elif command == VERIFY_ALL_SECRETS:
-        needs = _health() + _etcd(etcd_pod) + [_metrics(), _list_secrets()]
+        needs = _health() + _etcd(etcd_pod) + [_metrics(), _list_secrets(), Permission(
+            'get', 'secrets', required=False,
+            why='date the current KMS v2 key: the creation time of a secret written once (else KmsKeyRotation is '
+                'skipped)')]
     else:
         needs = _etcd(etcd_pod) + [_metrics(), _list_secrets()]
         if command == REENCRYPT:
