@@ -155,3 +155,54 @@ def test_metric_parsing_skips_odd_lines_and_keeps_the_newest():
     assert facts.from_storage_last == {"sha256:a": 20.0} and facts.to_storage_last == {}
     assert facts.providers == {"p": "v2", "my:plugin": "v2"}
     assert facts.process_start == 1e9
+
+
+# ---- a real kube-apiserver v1.29.6 with the sandbox's gRPC KMS plugin (tests/fixtures/*/kas-1.29.6-*) -------------
+
+def _real(readyz, metrics=None, code=200, reasons=None, now=None):
+    return _status(readyz, code=code, metrics=metrics, reasons=reasons, now=now or NOW).to_dict()
+
+
+def test_real_kms_v2_with_reload_and_a_rotation():
+    data = _real("kas-1.29.6-v2-reload-ok.txt", "kas-1.29.6-kms-v2-rotated.txt")
+    assert data["health"]["value"] == "healthy" and data["automaticReload"]["value"] is True
+    assert data["kmsVersions"]["value"] == ["v2"]
+    # the sandbox plugin's second key (key-0002) after SIGHUP: its hash is the Status key
+    assert data["currentKeyIdHash"]["value"] == CURRENT
+    assert data["keyAge"]["source"] == "metricsPreviousKey"
+    assert data["metricsEvidence"]["keyIdHashTotalPresent"] is True
+
+
+def test_real_kms_v2_without_reload_is_one_aggregate_check_and_no_hook():
+    data = _real("kas-1.29.6-v2-noreload-ok.txt")
+    assert [c["name"] for c in data["healthChecks"]] == ["kms-providers"]
+    assert data["automaticReload"]["value"] is False
+    assert data["kmsVersions"]["value"] == ["v2"]
+
+
+def test_real_kms_v1_without_and_with_reload():
+    without = _real("kas-1.29.6-v1-noreload-ok.txt", "kas-1.29.6-kms-v1.txt")
+    assert [c["name"] for c in without["healthChecks"]] == ["kms-provider-0"]
+    assert without["automaticReload"]["value"] is False and without["kmsVersions"]["value"] == ["v1"]
+    assert without["providers"] == [{"name": "kms-plugin", "kmsVersion": "v1", "source": "/metrics"}]
+    assert without["currentKeyIdHash"]["value"] is None
+    with_reload = _real("kas-1.29.6-v1-reload-ok.txt")
+    assert [c["name"] for c in with_reload["healthChecks"]] == ["kms-providers"]
+    assert with_reload["automaticReload"]["value"] is True
+    assert with_reload["kmsVersions"]["value"] is None  # reload hides the per-provider checks; /metrics not read
+
+
+def test_real_mixed_v2_and_v1_providers():
+    data = _real("kas-1.29.6-v2-v1-noreload.http500.txt", "kas-1.29.6-kms-v2-v1-mixed.txt", code=500)
+    assert data["kmsVersions"]["value"] == ["v1", "v2"]
+    assert data["health"]["value"] == "healthy"  # the KMS checks pass; readyz fails on informer-sync
+    assert any(c["name"] == "KmsV1Deprecated" for c in data["checks"])
+
+
+def test_real_plugin_down_reason_without_a_provider_name():
+    reason = parse_check_error((READYZ / "kas-1.29.6-kms-providers-plugin-down.http500.txt").read_text())
+    assert reason.startswith("kms-provider-0: rpc error: code = DeadlineExceeded")
+    data = _real("kas-1.29.6-v2-noreload-plugin-down.http500.txt", code=500, reasons={"kms-providers": reason})
+    assert data["health"]["value"] == "unhealthy" and data["passed"] is False
+    assert "connect: no such file or directory" in data["checks"][0]["detail"]
+    assert data["providers"] == []  # 1.29's reason does not name the provider (later releases do)
