@@ -26,7 +26,8 @@ What can be known, and from where:
   id hash only, the plugin has reported no other key since the process started (``process_start_time_seconds``),
   and the key is at least as old as the API server's uptime. An older key's ``to_storage`` timestamp bounds the
   age from above instead (the switch happened after it). Neither needs ``..._key_id_hash_total``, which
-  kubernetes PR #136354 may remove.
+  kubernetes PR #136354 may remove. All of it is one API server process's view: with several control-plane nodes,
+  the page is that of the instance that answered, and its uptime is its own.
 * **KMS v1** stores no key id, and /metrics publishes none: the check is Skipped with that reason (the write-age
   check ``KmsV1WrittenBeforeRotation`` covers what the API's metadata can tell).
 
