@@ -168,17 +168,31 @@ def _metrics() -> Permission:
                       why='the current KMS v2 key id hash (else the probe or the latest write names it)')
 
 
-def _list_secrets() -> Permission:
-    return Permission('list', 'secrets', required=False,
-                      why='the last write times of KMS v1 secrets (else that age check is skipped)')
+def _scanned(resources, *, rewrite: bool) -> list[Permission]:
+    """Per scanned resource ``(group, plural)``: ``list`` (metadata: KMS v1 write times) and ``get`` (metadata: the
+    KMS v2 key's first write), optional; with ``rewrite``, ``get`` and ``update`` required (reencrypt's GET+PUT)."""
+    needs = []
+    for group, resource in resources:
+        needs.append(Permission('list', resource, group=group, required=False,
+                                why=f'the last write times of KMS v1 {resource} (else that age check is skipped)'))
+        if rewrite:
+            needs += [Permission('get', resource, group=group, why='read each target before rewriting it'),
+                      Permission('update', resource, group=group,
+                                 why='rewrite each target (PUT with its resourceVersion)')]
+        else:
+            needs.append(Permission('get', resource, group=group, required=False,
+                                    why='date the current KMS v2 key: the creation time of an object written once '
+                                        '(else KmsKeyRotation is skipped)'))
+    return needs
 
 
 def requirements(command: str, *, probe_namespace: str = defaults.PROBE_NAMESPACE, secret_namespaces=(),
-                 etcd_pod: str | None = None) -> list[Permission]:
+                 etcd_pod: str | None = None, resources=(('', 'secrets'),)) -> list[Permission]:
     """The permissions ``command`` (one of :data:`COMMANDS`) uses, required ones first, without duplicates.
 
     ``secret_namespaces``: the namespaces of ``--secret NS/NAME``; ``etcd_pod``: ``--etcd-pod`` (the exec grant
-    can then name the pod)."""
+    can then name the pod); ``resources``: the ``(group, plural)`` of each ``--resource`` scanned by ``verify
+    --all-secrets`` and ``reencrypt`` (default secrets)."""
     if command not in COMMANDS:
         raise ValueError(f'unknown command {command!r}')
     if command == STATUS:
@@ -193,21 +207,21 @@ def requirements(command: str, *, probe_namespace: str = defaults.PROBE_NAMESPAC
                        why='explain a secret etcd does not hold (does the API know it?)')
             for ns in sorted(set(secret_namespaces))]
     elif command == VERIFY_ALL_SECRETS:
-        needs = _health() + _etcd(etcd_pod) + [_metrics(), _list_secrets(), Permission(
-            'get', 'secrets', required=False,
-            why='date the current KMS v2 key: the creation time of a secret written once (else KmsKeyRotation is '
-                'skipped)')]
+        needs = _health() + _etcd(etcd_pod) + [_metrics()] + _scanned(resources, rewrite=False)
     else:
-        needs = _etcd(etcd_pod) + [_metrics(), _list_secrets()]
-        if command == REENCRYPT:
-            needs += [Permission('get', 'secrets', why='read each target before rewriting it'),
-                      Permission('update', 'secrets', why='rewrite each target (PUT with its resourceVersion)')]
-    seen, unique = set(), []
-    for permission in sorted(needs, key=lambda p: not p.required):
-        if permission.key not in seen:
-            seen.add(permission.key)
-            unique.append(permission)
-    return unique
+        needs = _etcd(etcd_pod) + [_metrics()] + _scanned(resources, rewrite=command == REENCRYPT)
+    return combine(needs)
+
+
+def combine(*lists) -> list[Permission]:
+    """One permission per key from ``lists`` (e.g. ``verify`` with the probe and ``--all-secrets``), required when
+    any list requires it, required ones first."""
+    merged = {}
+    for permission in (p for permissions in lists for p in permissions):
+        known = merged.get(permission.key)
+        if known is None or (permission.required and not known.required):
+            merged[permission.key] = permission
+    return sorted(merged.values(), key=lambda p: not p.required)
 
 
 def preflight_commands(probe_namespace: str = defaults.PROBE_NAMESPACE) -> dict:
@@ -218,13 +232,7 @@ def preflight_commands(probe_namespace: str = defaults.PROBE_NAMESPACE) -> dict:
 
 def unique_permissions(per_command: dict) -> list[Permission]:
     """Every distinct permission of ``{command: [Permission]}``, each asked once."""
-    seen, unique = set(), []
-    for permissions in per_command.values():
-        for permission in permissions:
-            if permission.key not in seen:
-                seen.add(permission.key)
-                unique.append(permission)
-    return unique
+    return combine(*per_command.values())
 
 
 def assess(command: str, needs: list[Permission], answers) -> CommandAccess:

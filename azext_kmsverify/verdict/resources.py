@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import quote
 
 ETCD_PREFIX = '/registry'
 DEFAULT_RESOURCE = 'secrets'
@@ -128,3 +129,21 @@ def split_key(key: str, prefix: str, namespaced: bool = True) -> tuple[str | Non
         return None, rest
     namespace, _, name = rest.partition('/')
     return namespace, name
+
+
+def api_path(ref: ResourceRef, version: str, name: str, namespace: str | None = None) -> str:
+    """The API path of one object, for ``reencrypt``'s GET and PUT: ``/api/v1/...`` for the core group,
+    ``/apis/<group>/<version>/...`` otherwise. ``version`` is the one to write in; for a custom resource, the
+    CRD's storage version (``spec.versions[].storage``), which the API gives, so the object is stored as it is
+    read. Names are percent-encoded (any byte an etcd key can hold)."""
+    base = f'/api/{version}' if not ref.group else f'/apis/{ref.group}/{version}'
+    scope = f"/namespaces/{quote(namespace, safe='')}" if namespace is not None else ''
+    return f"{base}{scope}/{ref.resource}/{quote(name, safe='')}"
+
+
+def storage_version(crd: dict) -> str | None:
+    """The storage version of a CustomResourceDefinition object (apiextensions.k8s.io/v1): the one version with
+    ``storage: true``; None when the object has none (not a CRD)."""
+    versions = ((crd or {}).get('spec') or {}).get('versions') or []
+    stored = [v.get('name') for v in versions if isinstance(v, dict) and v.get('storage') is True]
+    return stored[0] if len(stored) == 1 and isinstance(stored[0], str) else None

@@ -272,3 +272,22 @@ def test_whoami_and_the_subject_it_gives():
     assert subject_of({"username": "system:serviceaccount:ci"}) == ("User", "system:serviceaccount:ci", "")
     assert whoami(FakeClient([(403, {"message": "forbidden"})])) == (None, "SelfSubjectReview answered HTTP 403")
     assert whoami(FakeClient([(201, {"status": {}})]))[0] is None
+
+
+def test_other_resources_get_their_own_grants():
+    needs = requirements("reencrypt", resources=[("", "configmaps"), ("example.com", "widgets")])
+    described = {(p.describe(), p.required) for p in needs}
+    assert ("update configmaps in all namespaces", True) in described
+    assert ("update widgets.example.com in all namespaces", True) in described
+    assert not any("secrets" in d for d, _ in described)
+    rules = next(d for d in rbac_objects(needs, "User", "u") if d["kind"] == "ClusterRole")["rules"]
+    assert {"apiGroups": ["example.com"], "resources": ["widgets"], "verbs": ["get", "list", "update"]} in rules
+
+
+def test_combining_modes_keeps_a_permission_required_when_any_mode_requires_it():
+    optional_get = requirements("verify --all-secrets")
+    required_get = requirements("reencrypt")
+    merged = access.combine(optional_get, required_get)
+    get = [p for p in merged if p.key == Permission("get", "secrets").key]
+    assert len(get) == 1 and get[0].required is True
+    assert [p.required for p in merged] == sorted((p.required for p in merged), reverse=True)

@@ -66,3 +66,21 @@ def test_split_key():
                      namespaced=False) == (None, "w1")
     with pytest.raises(ValueError):
         split_key("/registry/secrets/a/b", "/registry/configmaps/")
+
+
+def test_api_paths_for_rewrites():
+    from azext_kmsverify.verdict.resources import api_path
+    assert api_path(ResourceRef("configmaps"), "v1", "kube root/ca", "kube-system") == \
+        "/api/v1/namespaces/kube-system/configmaps/kube%20root%2Fca"
+    assert api_path(ResourceRef("widgets", "example.com"), "v1beta2", "w", "prod") == \
+        "/apis/example.com/v1beta2/namespaces/prod/widgets/w"
+    assert api_path(ResourceRef("clusterwidgets", "example.com"), "v1", "c") == "/apis/example.com/v1/clusterwidgets/c"
+
+
+def test_the_crd_storage_version():
+    from azext_kmsverify.verdict.resources import storage_version
+    crd = {"spec": {"versions": [{"name": "v1", "served": True, "storage": False},
+                                 {"name": "v2", "served": True, "storage": True}]}}
+    assert storage_version(crd) == "v2"
+    assert storage_version({"spec": {"versions": [{"name": "v1"}]}}) is None
+    assert storage_version({}) is None and storage_version(None) is None
