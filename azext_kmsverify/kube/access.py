@@ -145,13 +145,3 @@ def whoami(client) -> tuple[dict | None, str]:
         return None, 'the SelfSubjectReview answer names no user'
     return {'username': printable(truncate(username, 300)),
             'groups': [printable(truncate(g, 300)) for g in groups if isinstance(g, str)]}, ''
-
-
-def subject_of(user: dict) -> tuple[str, str, str]:
-    """``(kind, name, namespace)`` of the RBAC subject for a SelfSubjectReview user: a service account's token
-    names ``system:serviceaccount:NS:NAME``, which RBAC binds as kind ServiceAccount; anyone else is a User."""
-    name = user['username']
-    parts = name.split(':')
-    if len(parts) == 4 and parts[:2] == ['system', 'serviceaccount'] and parts[2] and parts[3]:
-        return 'ServiceAccount', parts[3], parts[2]
-    return 'User', name, ''

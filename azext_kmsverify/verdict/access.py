@@ -359,3 +359,25 @@ def _yaml(value, indent: int) -> str:
         else:
             lines.append(f'{pad}{key}: {json.dumps(item)}\n')
     return ''.join(lines)
+
+
+def subject_of(user: dict) -> tuple[str, str, str]:
+    """``(kind, name, namespace)`` of the RBAC subject for a SelfSubjectReview user: a service account's token
+    names ``system:serviceaccount:NS:NAME``, which RBAC binds as kind ServiceAccount; anyone else is a User."""
+    name = user['username']
+    parts = name.split(':')
+    if len(parts) == 4 and parts[:2] == ['system', 'serviceaccount'] and parts[2] and parts[3]:
+        return 'ServiceAccount', parts[3], parts[2]
+    return 'User', name, ''
+
+
+def grant(accesses, user: dict | None, *, include_optional: bool = True, name: str = 'kmsverify') -> str:
+    """The least-privilege YAML granting ``user`` (a SelfSubjectReview user, see :func:`subject_of`) what the
+    ``CommandAccess`` records lack (and, with ``include_optional``, the optional grants that add evidence); '' when
+    nothing is missing or the user is not known."""
+    wanted = [a.permission for access in accesses
+              for a in access.missing + (access.degraded if include_optional else [])]
+    if not wanted or not user:
+        return ''
+    kind, subject, namespace = subject_of(user)
+    return rbac_yaml(combine(wanted), kind, subject, subject_namespace=namespace, name=name)

@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 from azext_kmsverify import defaults
 from azext_kmsverify.verdict import checks as rules
 from azext_kmsverify.verdict import rotation
+from azext_kmsverify.verdict.access import grant
 from azext_kmsverify.verdict.readyz import kms_checks, parse_readyz
 
 RELOAD_HOOK = 'poststarthook/start-encryption-provider-config-automatic-reload'
@@ -184,6 +185,8 @@ class KmsStatus:  # pylint: disable=too-many-instance-attributes  # one field pe
     checks: list
     access: list = field(default_factory=list)
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    identity: Fact = field(default_factory=lambda: Fact(None, None, 'not asked'))
+    grant: str = ''  # least-privilege RBAC YAML for what ``access`` lacks ('' when nothing or nobody known)
 
     @property
     def passed(self) -> bool:
@@ -202,18 +205,22 @@ class KmsStatus:  # pylint: disable=too-many-instance-attributes  # one field pe
             'currentKeyLastReported': self.current_key_last_reported.to_dict(),
             'keyAge': self.key_age.to_dict(self.now) if self.key_age else None,
             'metricsEvidence': self.metrics_evidence,
+            'identity': self.identity.to_dict(),
             'access': [a.to_dict() for a in self.access],
+            'leastPrivilegeGrant': self.grant or None,
             'checks': self.checks,
         }
 
 
 def build_status(*, readyz_status: int | None, readyz_body: str | None, check_reasons: dict | None = None,
                  readyz_unreachable: str | None = None, metrics_text: str | None = None, metrics_why: str = '',
-                 access=(), rotation_days: int = defaults.ROTATION_DAYS, grace_days: int = rotation.GRACE_DAYS,
+                 access=(), identity: tuple = (None, 'not asked'), rotation_days: int = defaults.ROTATION_DAYS,
+                 grace_days: int = rotation.GRACE_DAYS,
                  fail_on_stale: bool = False, now: datetime | None = None) -> KmsStatus:
     """The status from what could be read. ``readyz_body`` None with ``readyz_unreachable`` when /readyz could not
     be read; ``check_reasons`` maps a failing check to its ``/readyz/<check>`` text; ``metrics_text`` None with
-    ``metrics_why`` when /metrics could not be read (forbidden, absent); ``access``: ``CommandAccess`` records."""
+    ``metrics_why`` when /metrics could not be read (forbidden, absent); ``access``: ``CommandAccess`` records;
+    ``identity``: what ``kube.access.whoami`` returned, ``(user, '')`` or ``(None, why)``."""
     now = now or datetime.now(timezone.utc)
     check_reasons = check_reasons or {}
     health_check = rules.kms_health(readyz_status, readyz_body, check_reasons, unreachable=readyz_unreachable)
@@ -225,18 +232,21 @@ def build_status(*, readyz_status: int | None, readyz_body: str | None, check_re
     reload = _reload(parsed, lines, facts, readyz_unreachable or (readyz_body is None and 'not read'))
     providers, kms_versions = _versions(lines, reload, check_reasons, facts, metrics_unknown)
 
-    current, last_used, reported, age = _current_key(facts, metrics_unknown)
+    key = _current_key(facts, metrics_unknown)  # hash, last used, last reported, age
     unknown_why = metrics_unknown if facts is None else 'the /metrics page gives no bound on the key age'
     checks = [health_check,
-              rotation.rotation_check(kms_versions=kms_versions.value or [], age=age, unknown_why=unknown_why,
+              rotation.rotation_check(kms_versions=kms_versions.value or [], age=key[3], unknown_why=unknown_why,
                                       rotation_days=rotation_days, grace_days=grace_days, now=now,
                                       fail_on_stale=fail_on_stale)]
     if 'v1' in (kms_versions.value or []):
         checks.append(rules.check(rules.KMS_V1_DEPRECATED, rules.WARNING,
                                   f'KMS v1 in use ({kms_versions.source}): deprecated since Kubernetes 1.28 and off by '
                                   'default since 1.29; KMS v2 is recommended'))
-    return KmsStatus(*_health(health_check, lines, check_reasons), reload, kms_versions, providers, current,
-                     last_used, reported, age, _evidence(facts, metrics_unknown), checks, list(access), now)
+    user = identity[0]
+    return KmsStatus(*_health(health_check, lines, check_reasons), reload, kms_versions, providers, *key,
+                     _evidence(facts, metrics_unknown), checks, list(access), now,
+                     Fact(user, 'SelfSubjectReview') if user else Fact(None, None, identity[1] or 'not asked'),
+                     grant(access, user))
 
 
 def _evidence(facts: MetricFacts | None, metrics_unknown: str) -> dict:

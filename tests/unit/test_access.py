@@ -261,7 +261,8 @@ def test_the_missing_error_names_each_permission_on_one_line():
 
 
 def test_whoami_and_the_subject_it_gives():
-    from azext_kmsverify.kube.access import SSR_PATH, subject_of, whoami
+    from azext_kmsverify.kube.access import SSR_PATH, whoami
+    from azext_kmsverify.verdict.access import subject_of
     client = FakeClient([(201, {"kind": "SelfSubjectReview", "status": {"userInfo": {
         "username": "system:serviceaccount:ci:kms-pipeline", "groups": ["system:serviceaccounts", 7]}}})])
     user, why = whoami(client)
@@ -291,3 +292,20 @@ def test_combining_modes_keeps_a_permission_required_when_any_mode_requires_it()
     get = [p for p in merged if p.key == Permission("get", "secrets").key]
     assert len(get) == 1 and get[0].required is True
     assert [p.required for p in merged] == sorted((p.required for p in merged), reverse=True)
+
+
+def test_grant_covers_what_the_commands_lack_for_the_identity():
+    per_command = access.preflight_commands("default")
+    answers = [Answer(p, ALLOWED if p.path == "/readyz" else DENIED) for p in access.unique_permissions(per_command)]
+    accesses = [assess(c, needs, answers) for c, needs in per_command.items()]
+    user = {"username": "system:serviceaccount:ci:kms", "groups": []}
+    docs = list(yaml.safe_load_all(access.grant(accesses, user)))
+    assert {d["kind"] for d in docs} == {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+    assert all(d["subjects"] == [{"kind": "ServiceAccount", "name": "kms", "namespace": "ci"}]
+               for d in docs if d["kind"].endswith("Binding"))
+    cluster = next(d for d in docs if d["kind"] == "ClusterRole")
+    assert {"nonResourceURLs": ["/metrics", "/readyz/*"], "verbs": ["get"]} in cluster["rules"]  # not /readyz
+    required_only = list(yaml.safe_load_all(access.grant(accesses, user, include_optional=False)))
+    assert not any("/metrics" in str(d) for d in required_only)
+    assert access.grant(accesses, None) == ""
+    assert access.grant([assess("status", [], [])], user) == ""

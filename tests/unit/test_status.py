@@ -206,3 +206,15 @@ def test_real_plugin_down_reason_without_a_provider_name():
     assert data["health"]["value"] == "unhealthy" and data["passed"] is False
     assert "connect: no such file or directory" in data["checks"][0]["detail"]
     assert data["providers"] == []  # 1.29's reason does not name the provider (later releases do)
+
+
+def test_the_identity_and_its_least_privilege_grant_are_carried():
+    needs = requirements("reencrypt")
+    answers = [Answer(p, DENIED if p.verb == "update" else ALLOWED) for p in needs]
+    user = {"username": "alice@example.com", "groups": ["system:authenticated"]}
+    data = _status("aggregate-ok.txt", access=[assess("reencrypt", needs, answers)], identity=(user, "")).to_dict()
+    assert data["identity"] == {"value": user, "source": "SelfSubjectReview", "unknownReason": None}
+    assert 'verbs: ["update"]' in data["leastPrivilegeGrant"] and '"alice@example.com"' in data["leastPrivilegeGrant"]
+    unknown = _status("aggregate-ok.txt", identity=(None, "SelfSubjectReview answered HTTP 403")).to_dict()
+    assert unknown["identity"]["unknownReason"] == "SelfSubjectReview answered HTTP 403"
+    assert unknown["leastPrivilegeGrant"] is None
