@@ -6,6 +6,7 @@ the random probe's name, uids). ``KMSVERIFY_RECORD_GOLDEN=1`` writes the goldens
 when the JSON is meant to change: say why in the commit).
 """
 
+import difflib
 import json
 import os
 import re
@@ -25,6 +26,7 @@ VOLATILE_KEYS = {'durationSeconds', 'writesPerSecond', 'revision', 'modRevision'
                  'subscriptionId', 'throttled', 'lastWrite', 'writtenAt'}
 VOLATILE_TEXT = [
     (re.compile(r'kmsverify-probe-[0-9a-z]+'), 'kmsverify-probe-X'),
+    (re.compile(r'bootstrap-token-[0-9a-z]{6}'), 'bootstrap-token-X'),
     (re.compile(r'https://[0-9a-zA-Z.\-]+:\d+'), 'https://HOST:PORT'),
     (re.compile(r'\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?'), 'TIME'),
     (re.compile(r'key id [^\s,;)]+'), 'key id K'),
@@ -73,7 +75,9 @@ def _compare(name, result):
         GOLDEN.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(got, indent=2, sort_keys=True) + '\n')
     want = json.loads(path.read_text())
-    assert got == want, f'{name}: the JSON changed:\n{json.dumps(got, indent=2, sort_keys=True)}'
+    diff = difflib.unified_diff(json.dumps(want, indent=1, sort_keys=True).splitlines(),
+                                json.dumps(got, indent=1, sort_keys=True).splitlines(), 'golden', name, lineterm='')
+    assert got == want, f'{name}: the JSON changed:\n' + '\n'.join(diff)
 
 
 def test_every_command_keeps_its_json(sign_in, box, fleet):
