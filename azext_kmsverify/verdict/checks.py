@@ -1,7 +1,7 @@
 # --------------------------------------------------------------------------------------------
 # Copyright (c) kmsverify contributors. Licensed under the MIT License.
 # --------------------------------------------------------------------------------------------
-"""Step 5, checks and report: pass/fail rules and the result dict. Pure: no I/O.
+"""The checks of a verification: pass/fail rules and the result dict. Pure: no I/O.
 
 A check is ``{"name", "target", "status": Passed|Failed|Warning|Skipped, "detail"}``. The result passes
 when no check failed; warnings do not fail it.

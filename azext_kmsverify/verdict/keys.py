@@ -52,3 +52,16 @@ def current_key_hash(metrics_text: str) -> tuple[str | None, str]:
     if best[LAST_USED][0]:
         return best[LAST_USED][0], 'the key id of its latest encryption'
     return None, 'the API server publishes no KMS v2 key id hash (KMS v1, or nothing encrypted yet)'
+
+
+HASH_PREFIX = 'sha256:'  # a current key known only by its /metrics hash (key_id_hash)
+
+
+def hash_only_current_key(key_hash: str | None, found_key_id: str | None, known_key_id: str | None = None):
+    """The /metrics hash, standing for the current key id, when /metrics names the current key but no stored value
+    carries a key id with that hash (``found_key_id`` None: nothing was written since the rotation) and nothing
+    else (``known_key_id``, e.g. the probe's) names it: every KMS v2 value is then under an older key. Falling back
+    to the latest write would take the old key for the current one. None otherwise."""
+    if key_hash and found_key_id is None and known_key_id is None:
+        return key_hash
+    return None

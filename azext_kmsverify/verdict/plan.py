@@ -11,17 +11,13 @@ before the last rotation).
 
 from __future__ import annotations
 
-import re
-
 from azext_kmsverify import defaults
-from azext_kmsverify.verdict.keys import key_id_hash
+from azext_kmsverify.names import is_namespace, is_secret_name
+from azext_kmsverify.verdict.keys import HASH_PREFIX, key_id_hash
 
 ONLY = defaults.REENCRYPT_ONLY
 LOCAL_KEYS = ('aescbc', 'aesgcm', 'secretbox')
 REENCRYPTED, ALREADY_CURRENT, SKIPPED, FAILED, PLANNED = 'reencrypted', 'alreadyCurrent', 'skipped', 'failed', 'planned'
-HASH_PREFIX = 'sha256:'  # a current key known only by its /metrics hash (verdict.keys.key_id_hash)
-_LABEL = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?')
-_SUBDOMAIN = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')
 
 
 def kind_of(storage: str | None, stale: bool) -> str:
@@ -54,8 +50,7 @@ def targets(scan: dict, only: str = 'all', namespaces=(), secrets=()) -> list[di
 
 def addressable(namespace: str, name: str) -> bool:
     """Whether the API can name this secret (a key in etcd can be anything; the API's names cannot)."""
-    return (len(namespace) <= 63 and bool(_LABEL.fullmatch(namespace)) and len(name) <= 253
-            and bool(_SUBDOMAIN.fullmatch(name)))
+    return is_namespace(namespace) and is_secret_name(name)
 
 
 def force_write(target: dict, current_key_id: str | None = None) -> bool:
