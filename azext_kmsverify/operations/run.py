@@ -24,6 +24,8 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
 
 from azure.cli.core.azclierror import AzCLIError, CLIInternalError, FileOperationError
 from knack.log import get_logger
@@ -47,12 +49,26 @@ from azext_kmsverify.verdict import checks as rules
 
 logger = get_logger(__name__)
 
-# The reports a run writes: (option of the command that names the file, writer(path, result), what it is).
-# Adding a format is one line here (and its option in _params.py and options.py).
+
+
+@dataclass(frozen=True)
+class Report:
+    """A report a run writes when its option names a file: ``write(path, result)``, the result being the dict az
+    prints (or, when the run could not verify, a one-check result saying why)."""
+
+    option: str  # the options field (and, with dashes, the argument) that names the file: junit_xml, --junit-xml
+    write: Callable[[str, dict], None]
+    what: str  # for messages: 'JUnit report'
+
+    @property
+    def hint(self) -> str:
+        return f"Give --{self.option.replace('_', '-')} a path in a writable folder."
+
+
+# Every report format. Adding one is one line here (and its option in _params.py, options.py, _validators.py).
 REPORTS = (
-    ('junit_xml', write_junit_xml, 'JUnit report'),
+    Report('junit_xml', write_junit_xml, 'JUnit report'),
 )
-_REPORT_HINT = {'junit_xml': 'Give --junit-xml a path in a writable folder.'}
 
 
 class Run:
@@ -167,30 +183,28 @@ class Run:
         """Write the reports (one that cannot be written is an error line, and the run exits 1), then exit with
         the code of the result's outcome once az printed it."""
         ends = [outcome_of(result)]
-        for option, writer, what in REPORTS:
-            path = getattr(self.options, option, None)
-            if not path:
-                continue
+        for report, path in self.reports():
             try:
-                _write(writer, path, result, what)
+                _write(report, path, result)
             except AzCLIError as error:
-                logger.error('%s %s', error.error_msg, _REPORT_HINT.get(option, ''))
+                logger.error('%s %s', error.error_msg, report.hint)
                 ends.append(COULD_NOT_REPORT)
         exit_after_output(self.cli_ctx, exit_code(*ends))
         return result
+
+    def reports(self) -> list[tuple[Report, str]]:
+        """The reports this run's options ask for, with their paths."""
+        return [(r, getattr(self.options, r.option)) for r in REPORTS if getattr(self.options, r.option, None)]
 
     def fail(self, error: AzCLIError):
         """Raise ``error`` as az reports it; a pipeline asking for reports still gets them, saying why."""
         failure = rules.build_result(None, [rules.check('Verification', rules.FAILED,
                                                         'could not verify: ' + error.error_msg)], [])
-        for option, writer, what in REPORTS:
-            path = getattr(self.options, option, None)
-            if not path:
-                continue
+        for report, path in self.reports():
             try:
-                writer(path, failure)
+                report.write(path, failure)
             except Exception:  # pylint: disable=broad-except
-                logger.warning('Could not write the %s to %s.', what, printable(path))
+                logger.warning('Could not write the %s to %s.', report.what, printable(path))
         if own_exit_code(error):
             exit_with(error)
         raise error from None
@@ -209,11 +223,11 @@ def _no_progress(_value, _total, _text):
     return None
 
 
-def _write(writer, path, result, what):
+def _write(report: Report, path: str, result: dict) -> None:
     try:
-        writer(path, result)
+        report.write(path, result)
     except OSError as ex:
-        raise make(FileOperationError, f"Could not write the {what} '{printable(path)}': "
+        raise make(FileOperationError, f"Could not write the {report.what} '{printable(path)}': "
                                        f'{ex.strerror or type(ex).__name__}.') from None
 
 

@@ -94,8 +94,8 @@ def test_outcome_of_results():
 
 def test_every_report_writer_gets_the_result_and_a_failure_to_write_exits_1(monkeypatch, tmp_path):
     written = []
-    monkeypatch.setattr(frame, 'REPORTS', frame.REPORTS + (('report_x', lambda p, r: written.append((p, r)),
-                                                            'X report'),))
+    monkeypatch.setattr(frame, 'REPORTS', frame.REPORTS + (frame.Report('report_x', lambda p, r: written.append((p, r)),
+                                                                         'X report'),))
     ctx = _Ctx()
 
     class Options(VerifyOptions):
