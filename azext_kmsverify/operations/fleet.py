@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from knack.log import get_logger
 
@@ -135,15 +135,38 @@ def _run_one(body, cluster: dict, signed: dict) -> dict:
         result = body(child, signed['session'])
     except Exception as ex:  # pylint: disable=broad-except  # one cluster's failure is its own outcome
         return _entry(cluster, COULD_NOT_VERIFY, error=child.one_line(ex), started=started)
-    return dict(result, **_entry(cluster, PASSED if result['passed'] else FAILED, started=started))
+    return _entry(cluster, PASSED if result['passed'] else FAILED, started=started, result=result)
 
 
-def _entry(cluster: dict, outcome: str, error: str | None = None, started: float | None = None) -> dict:
-    entry = {'id': cluster['id'], 'outcome': outcome,
-             'durationSeconds': round(time.monotonic() - started, 3) if started is not None else 0.0}
-    if error is not None:
-        entry.update(passed=False, error=printable(error),
-                     cluster={'source': 'azure', 'name': cluster['name'], 'resourceGroup': cluster['resourceGroup'],
-                              'subscriptionId': cluster['subscriptionId'],
-                              'connectivityStatus': cluster.get('connectivityStatus')})
-    return entry
+@dataclass
+class ClusterOutcome:
+    """One cluster of a fleet: its outcome, and its single-cluster result (``result``) or why there is none
+    (``error``). ``cluster`` is the ARM row (``id``, ``name``, ``resourceGroup``, ``subscriptionId``,
+    ``connectivityStatus``)."""
+
+    cluster: dict
+    outcome: str
+    started: float | None = None
+    error: str | None = None
+    result: dict | None = None
+    duration: float = field(init=False)
+
+    def __post_init__(self):
+        self.duration = round(time.monotonic() - self.started, 3) if self.started is not None else 0.0
+
+    def to_dict(self) -> dict:
+        """The cluster's entry in ``clusters`` (its single-cluster result, with ``id``, ``outcome``, ``error``,
+        ``durationSeconds``)."""
+        entry = {'id': self.cluster['id'], 'outcome': self.outcome, 'durationSeconds': self.duration}
+        if self.error is not None:
+            cluster = self.cluster
+            entry.update(passed=False, error=printable(self.error),
+                         cluster={'source': 'azure', 'name': cluster['name'], 'resourceGroup': cluster['resourceGroup'],
+                                  'subscriptionId': cluster['subscriptionId'],
+                                  'connectivityStatus': cluster.get('connectivityStatus')})
+        return dict(self.result, **entry) if self.result is not None else entry
+
+
+def _entry(cluster: dict, outcome: str, error: str | None = None, started: float | None = None,
+           result: dict | None = None) -> dict:
+    return ClusterOutcome(cluster, outcome, started, error, result).to_dict()

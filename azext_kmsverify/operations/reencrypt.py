@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
 from azure.cli.core.azclierror import AzCLIError, ManualInterrupt, ValidationError
 from knack.log import get_logger
@@ -30,7 +31,7 @@ from azext_kmsverify.text import printable
 from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, check
 from azext_kmsverify.verdict.classify import classify
 from azext_kmsverify.verdict.keys import HASH_PREFIX, hash_only_current_key
-from azext_kmsverify.verdict.plan import addressable, force_write, is_current_key, verdict_after
+from azext_kmsverify.verdict.plan import DONE, Outcome, Target, addressable, force_write, is_current_key, verdict_after
 from azext_kmsverify.verdict.plan import targets as select
 from azext_kmsverify.verdict.scan import SOURCE_METRICS, ScanSummary
 
@@ -47,35 +48,48 @@ def reencrypt(run: Run) -> dict:
     with run.session(options.cluster, options.etcd) as session:
         with run.step('planning from etcd'):
             plan = _plan(run, session)
-        targets = plan['targets']
+        targets = plan.targets
         result = {'passed': False, 'dryRun': options.dry_run, 'interrupted': False, 'cluster': session.info,
-                  'etcdPod': session.etcd_pod, 'currentKeyId': plan['currentKeyId'],
-                  'currentKeyIdSource': plan['currentKeyIdSource'],
-                  'plan': {'scanned': plan['scanned'], 'revision': plan['revision'], 'targets': len(targets),
-                           'byKind': _count(targets, 'kind')}}
+                  'etcdPod': session.etcd_pod, 'currentKeyId': plan.current_key_id,
+                  'currentKeyIdSource': plan.current_key_source,
+                  'plan': {'scanned': plan.scanned, 'revision': plan.revision, 'targets': len(targets),
+                           'byKind': _count(t.kind for t in targets)}}
         if options.dry_run or not targets:
             for target in targets:
-                target['outcome'] = 'planned'
-            result.update(passed=not targets, targets=[_public(t) for t in targets],
-                          summary=_count(targets, 'outcome'), durationSeconds=round(time.monotonic() - started, 3))
-            result['checks'] = _checks(result, targets)
-            return result
+                target.outcome = Outcome.PLANNED
+            return _finish(result, targets, started)
         _confirm(options, targets)
         with run.step('rewriting secrets'):
             written, interrupted = _Rewriter(run, session, plan).run(targets)
         with run.step('verifying from etcd'):
-            _verify_from_etcd(session, targets, plan['currentKeyId'])
-        result['currentKeyId'] = _named_key(plan['currentKeyId'], targets)
-        elapsed = time.monotonic() - started
-        result.update(passed=all(t['outcome'] in _DONE for t in targets) and not interrupted,
-                      interrupted=interrupted, targets=[_public(t) for t in targets],
-                      summary=_count(targets, 'outcome'), durationSeconds=round(elapsed, 3),
-                      writesPerSecond=round(written / elapsed, 1) if elapsed else None)
-        result['checks'] = _checks(result, targets)
-        return result
+            _verify_from_etcd(session, targets, plan.current_key_id)
+        result['currentKeyId'] = _named_key(plan.current_key_id, targets)
+        return _finish(result, targets, started, written, interrupted)
 
 
-def _plan(run: Run, session) -> dict:
+def _finish(result: dict, targets: list[Target], started: float, written: int | None = None,
+            interrupted: bool = False) -> dict:
+    """The result with its targets, counts and checks (``written`` None: nothing was rewritten, a dry run)."""
+    elapsed = time.monotonic() - started
+    result.update(passed=all(t.outcome in DONE for t in targets) and not interrupted if written is not None
+                  else not targets, targets=[t.to_dict() for t in targets],
+                  summary=_count(t.outcome.value for t in targets), durationSeconds=round(elapsed, 3))
+    if written is not None:
+        result.update(interrupted=interrupted, writesPerSecond=round(written / elapsed, 1) if elapsed else None)
+    result['checks'] = _checks(result, targets)
+    return result
+
+
+@dataclass
+class _Plan:
+    targets: list[Target]
+    scanned: int
+    revision: int | None
+    current_key_id: str | None
+    current_key_source: str | None
+
+
+def _plan(run: Run, session) -> _Plan:
     """The scan of ``verify --all-secrets`` (etcd is the source of truth), with the targets' ModRevisions."""
 
     options, client, reader = run.options, session.client, session.reader
@@ -106,18 +120,17 @@ def _plan(run: Run, session) -> dict:
         logger.warning('KMS v1 secrets written before the last rotation cannot be found: %s', skip)
     chosen = select(scan, options.only, options.namespaces, options.secrets)
     for target in chosen:
-        target['modRevisionBefore'] = revisions.get((target['namespace'], target['name']))
+        target.mod_revision_before = revisions.get((target.namespace, target.name))
     if options.secrets:
         _named_but_current(options, chosen)
     logger.info('Plan: %s of %s secrets to rewrite (current KMS v2 key: %s, %s)', len(chosen), scan['total'],
                 scan.get('currentKeyId'), how)
-    return {'targets': chosen, 'scanned': scan['total'], 'revision': reader.revision,
-            'currentKeyId': scan.get('currentKeyId'), 'currentKeyIdSource': scan.get('currentKeyIdSource')}
+    return _Plan(chosen, scan['total'], reader.revision, scan.get('currentKeyId'), scan.get('currentKeyIdSource'))
 
 
 def _named_but_current(options, chosen):
     """``--secret`` names that are not targets are reported: current already, or not in etcd."""
-    planned = {(t['namespace'], t['name']) for t in chosen}
+    planned = {(t.namespace, t.name) for t in chosen}
     for namespace, name in options.secrets:
         if (namespace, name) not in planned:
             logger.warning('Secret %s/%s needs no rewrite (already stored with KMS under the current key, or not in '
@@ -127,7 +140,7 @@ def _named_but_current(options, chosen):
 def _confirm(options: ReencryptOptions, targets: list) -> None:
     if options.yes:
         return
-    counts = ', '.join(f'{n} {kind}' for kind, n in sorted(_count(targets, 'kind').items()))
+    counts = ', '.join(f'{n} {kind}' for kind, n in sorted(_count(t.kind for t in targets).items()))
     if not sys.stdin.isatty():
         raise argument_error(make(ValidationError, f'reencrypt would rewrite {len(targets)} secrets ({counts}) and '
                                                    'there is no terminal to confirm it.',
@@ -139,7 +152,6 @@ def _confirm(options: ReencryptOptions, targets: list) -> None:
 
 # Share of --timeout kept for reading etcd again after the rewrites (at least 2 s, at most a minute).
 _VERIFY_RESERVE_SHARE, _VERIFY_RESERVE_MIN, _VERIFY_RESERVE_MAX = 0.1, 2.0, 60.0
-_DONE = ('reencrypted', 'alreadyCurrent', 'deleted')  # outcomes that leave nothing under an old key
 
 
 class _Pacer:  # pylint: disable=too-few-public-methods  # one shared clock is all it is
@@ -180,17 +192,16 @@ class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared s
                                     if self.timed_out.is_set() or self.deadline.expired() else 'interrupted')
 
     def current_in_etcd(self, target) -> bool:
-        stored = self.session.secret(target['namespace'], target['name'])
-        return verdict_after(target, classify(stored.value) if stored else None,
-                             stored.mod_revision if stored else None, self.plan['currentKeyId'],
-                             target.get('modRevisionBefore'))[0]
+        stored = self.session.secret(target.namespace, target.name)
+        return verdict_after(classify(stored.value) if stored else None, stored.mod_revision if stored else None,
+                             self.plan.current_key_id, target.mod_revision_before)[0]
 
     def work(self, target) -> None:
         if self.stop.is_set() or self.deadline.expired():
-            target.update(outcome='failed', reason=self.not_rewritten())
+            target.end(Outcome.FAILED, self.not_rewritten())
             return
-        if not addressable(target['namespace'], target['name']):
-            target.update(outcome='skipped', reason='its etcd key is not a name the API can address')
+        if not addressable(target.namespace, target.name):
+            target.end(Outcome.SKIPPED, 'its etcd key is not a name the API can address')
             return
         self.pacer.wait(self.stop)
         try:
@@ -198,38 +209,38 @@ class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared s
         except AzCLIError:
             if not self.deadline.expired():
                 raise
-            target.update(outcome='failed', reason=self.not_rewritten())
+            target.end(Outcome.FAILED, self.not_rewritten())
             return
         if outcome is None:
             return  # already current (a conflict with someone who rewrote it)
         if outcome.status == rewriting.WRITTEN:
-            target['outcome'] = 'written'
+            target.outcome = Outcome.WRITTEN
             with self.lock:
                 self.counter['written'] += 1
         elif outcome.status == rewriting.DELETED:
-            target.update(outcome='deleted', reason=outcome.reason)  # nothing left under the old key
+            target.end(Outcome.DELETED, outcome.reason)  # nothing left under the old key
         elif outcome.stopped:
-            target.update(outcome='failed', reason=self.not_rewritten())
+            target.end(Outcome.FAILED, self.not_rewritten())
         elif outcome.status == rewriting.CONFLICT:
-            target.update(outcome='failed', reason=f'{outcome.reason}, {rounds} times')
+            target.end(Outcome.FAILED, f'{outcome.reason}, {rounds} times')
         else:
-            target.update(outcome='skipped' if outcome.status == rewriting.SKIPPED else 'failed', reason=outcome.reason)
+            target.end(Outcome.SKIPPED if outcome.status == rewriting.SKIPPED else Outcome.FAILED, outcome.reason)
 
     def _rewrite(self, target):
         """(outcome, rounds); outcome None when a conflict turned out to be someone else's rewrite."""
-        force = force_write(target, self.plan['currentKeyId'])
-        outcome = rewriting.rewrite(self.client, target['namespace'], target['name'], force, self.stop)
-        target['throttled'] = outcome.throttled
+        force = force_write(target, self.plan.current_key_id)
+        outcome = rewriting.rewrite(self.client, target.namespace, target.name, force, self.stop)
+        target.throttled = outcome.throttled
         rounds = 1
         # Someone else wrote it meanwhile: current already if etcd says so, else read and write it again.
         while outcome.status == rewriting.CONFLICT:
             if self.current_in_etcd(target):
-                target.update(outcome='alreadyCurrent', reason='rewritten by someone else meanwhile')
+                target.end(Outcome.ALREADY_CURRENT, 'rewritten by someone else meanwhile')
                 return None, rounds
             if rounds >= defaults.REWRITE_ATTEMPTS or self.stop.is_set():
                 break
-            outcome = rewriting.rewrite(self.client, target['namespace'], target['name'], force, self.stop)
-            target['throttled'] += outcome.throttled
+            outcome = rewriting.rewrite(self.client, target.namespace, target.name, force, self.stop)
+            target.throttled += outcome.throttled
             rounds += 1
         return outcome, rounds
 
@@ -252,9 +263,9 @@ class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared s
                 self.stop.set()
                 pool.shutdown(wait=True, cancel_futures=True)
         for target in targets:
-            if 'outcome' not in target:
-                target.update(outcome='failed', reason=self.not_rewritten() if interrupted or self.timed_out.is_set()
-                              else 'not rewritten: stopped by an earlier error')
+            if target.outcome is None:
+                target.end(Outcome.FAILED, self.not_rewritten() if interrupted or self.timed_out.is_set()
+                           else 'not rewritten: stopped by an earlier error')
         if self.fatal:
             raise self.fatal[0]
         return self.counter['written'], interrupted
@@ -295,7 +306,7 @@ def _collect(done, fatal, progress, counter, total):
 
 def _verify_from_etcd(session, targets, current_key_id):
     """Read every target again from etcd (one paged scan) and require KMS under the current key."""
-    by_key = {(t['namespace'], t['name']): t for t in targets if t.get('outcome') in ('written', 'alreadyCurrent')}
+    by_key = {(t.namespace, t.name): t for t in targets if t.outcome in (Outcome.WRITTEN, Outcome.ALREADY_CURRENT)}
     seen = set()
     for secret in session.secrets():
         target = by_key.get((secret.namespace, secret.name))
@@ -303,26 +314,25 @@ def _verify_from_etcd(session, targets, current_key_id):
             continue
         seen.add((secret.namespace, secret.name))
         classification = classify(secret.value)
-        target['modRevisionAfter'] = secret.mod_revision
-        target['storageAfter'] = classification.get('storage')
-        target['keyIdAfter'] = classification.get('keyId')
-        ok, why = verdict_after(target, classification, secret.mod_revision, current_key_id,
-                                target.get('modRevisionBefore'))
-        if target['outcome'] == 'written':
-            target.update(outcome='reencrypted' if ok else 'failed', reason='' if ok else why)
+        target.mod_revision_after = secret.mod_revision
+        target.storage_after = classification.get('storage')
+        target.key_id_after = classification.get('keyId')
+        ok, why = verdict_after(classification, secret.mod_revision, current_key_id, target.mod_revision_before)
+        if target.outcome == Outcome.WRITTEN:
+            target.end(Outcome.REENCRYPTED if ok else Outcome.FAILED, '' if ok else why)
         elif not ok:
-            target.update(outcome='failed', reason=why)
+            target.end(Outcome.FAILED, why)
     for key, target in by_key.items():
         if key not in seen:
-            target.update(outcome='failed', reason='the key is gone from etcd')
+            target.end(Outcome.FAILED, 'the key is gone from etcd')
 
 
 def _named_key(current_key_id, targets):
     """The current key's id once a rewrite stored a value under it, when the plan knew only its hash."""
     if not current_key_id or not current_key_id.startswith(HASH_PREFIX):
         return current_key_id
-    return next((t['keyIdAfter'] for t in targets if t.get('keyIdAfter') and
-                 is_current_key(t['keyIdAfter'], current_key_id)), current_key_id)
+    return next((t.key_id_after for t in targets if t.key_id_after and is_current_key(t.key_id_after, current_key_id)),
+                current_key_id)
 
 
 def _checks(result, targets) -> list:
@@ -331,26 +341,16 @@ def _checks(result, targets) -> list:
     status = PASSED if result['passed'] else FAILED
     checks = [check('Reencrypt', status, ('dry run: ' if result['dryRun'] else '') + summary)]
     for target in targets:
-        if target.get('outcome') in _DONE:
+        if target.outcome in DONE:
             continue
-        detail = target.get('reason') or target.get('planReason') or target.get('outcome')
-        checks.append(check('SecretReencrypted', SKIPPED if target.get('outcome') in ('skipped', 'planned') else FAILED,
-                            detail, target=f"{printable(target['namespace'])}/{printable(target['name'])}"))
+        detail = target.reason or target.plan_reason or target.outcome.value
+        checks.append(check('SecretReencrypted', SKIPPED if target.outcome in (Outcome.SKIPPED, Outcome.PLANNED)
+                            else FAILED, detail, target=f'{printable(target.namespace)}/{printable(target.name)}'))
     return checks
 
 
-_PUBLIC = ('namespace', 'name', 'kind', 'storage', 'kmsVersion', 'keyId', 'outcome', 'reason', 'modRevisionBefore',
-           'modRevisionAfter', 'storageAfter', 'keyIdAfter', 'throttled')
-
-
-def _public(target: dict) -> dict:
-    entry = {k: target.get(k) for k in _PUBLIC}
-    entry['namespace'], entry['name'] = printable(entry['namespace']), printable(entry['name'])
-    return entry
-
-
-def _count(items, key) -> dict:
+def _count(values) -> dict:
     counts = {}
-    for item in items:
-        counts[item.get(key)] = counts.get(item.get(key), 0) + 1
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
     return dict(sorted(counts.items()))
