@@ -56,10 +56,10 @@ def _outcome(config):
     assert isinstance(resolved.server, str) and resolved.server
     # What survives the check goes through the kubernetes client's loader: it may refuse (exit 2), not crash.
     from azext_kmsverify.auth.memfiles import MemoryFiles
-    from azext_kmsverify.kube.compat import load_configuration
+    from azext_kmsverify.kube.compat import load
     with MemoryFiles() as files:
         try:
-            load_configuration(resolved, files.add)
+            load(resolved, files.add)
         except AzCLIError as error:
             assert exit_code(error) == 2, error.error_msg
             return 'refused by the loader'
