@@ -50,7 +50,6 @@ from azext_kmsverify.verdict import checks as rules
 logger = get_logger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Report:
     """A report a run writes when its option names a file: ``write(path, result)``, the result being the dict az
@@ -71,7 +70,7 @@ REPORTS = (
 )
 
 
-class Run:
+class Run:  # pylint: disable=too-many-instance-attributes  # the state of one run, in one place
     """One command run. ``options`` is the command's frozen options (``options.py``); ``deadline`` is the run's
     one ``Deadline`` of ``--timeout``: every wait of the run (the session's, a fleet's clusters' through
     :meth:`child`) is bounded by it or by one of its children, and :meth:`cancel` ends them all."""

@@ -70,7 +70,7 @@ class ClusterSession:  # pylint: disable=too-many-instance-attributes  # one per
     """The connection stack of one cluster, built once. ``signed_in`` (what :meth:`sign_in` returned earlier,
     e.g. in a fleet's first phase) skips signing in again; ``step`` is the run's step context manager."""
 
-    def __init__(self, cli_ctx, cluster: ClusterOptions, etcd, deadline, step=None, signed_in=None):
+    def __init__(self, cli_ctx, cluster: ClusterOptions, etcd, deadline, *, step=None, signed_in=None):
         self.cli_ctx, self.cluster, self.etcd, self.deadline = cli_ctx, cluster, etcd, deadline
         self._step = step or (lambda _name: nullcontext())
         self.signed_in = signed_in

@@ -69,7 +69,6 @@ class Target:  # pylint: disable=too-many-instance-attributes  # one field per r
                 'storageAfter': self.storage_after, 'keyIdAfter': self.key_id_after, 'throttled': self.throttled}
 
 
-
 def kind_of(storage: str | None, stale: bool) -> str:
     if stale:
         return 'stale'
