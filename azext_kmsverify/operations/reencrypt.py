@@ -30,10 +30,10 @@ from azext_kmsverify.options import ReencryptOptions
 from azext_kmsverify.text import printable
 from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, check
 from azext_kmsverify.verdict.classify import classify
-from azext_kmsverify.verdict.keys import HASH_PREFIX, hash_only_current_key
+from azext_kmsverify.verdict.keys import HASH_PREFIX, SOURCE_METRICS, hash_only_current_key
 from azext_kmsverify.verdict.plan import DONE, Outcome, Target, addressable, force_write, is_current_key, verdict_after
 from azext_kmsverify.verdict.plan import targets as select
-from azext_kmsverify.verdict.scan import SOURCE_METRICS, ScanSummary
+from azext_kmsverify.verdict.scan import ScanSummary
 
 logger = get_logger(__name__)
 

@@ -25,7 +25,7 @@ from azext_kmsverify.options import VerifyOptions
 from azext_kmsverify.text import printable
 from azext_kmsverify.verdict import checks as rules
 from azext_kmsverify.verdict.classify import classify
-from azext_kmsverify.verdict.keys import hash_only_current_key
+from azext_kmsverify.verdict.keys import SOURCE_METRICS, hash_only_current_key
 from azext_kmsverify.verdict.readyz import parse_check_error
 from azext_kmsverify.verdict.scan import ScanSummary
 
@@ -122,14 +122,14 @@ def scan_all(run: Run, session, current_key_id):
     write_times, skip_reason = (old_writes(client, options.rotation_days) if summary.needs_write_times()
                                 else (None, None))
     hash_only = hash_only_current_key(key_hash, summary.current_key_id, current_key_id)
-    scan, checks = summary.finish(current_key_id=hash_only, current_key_source='metrics' if hash_only else None,
+    scan, checks = summary.finish(current_key_id=hash_only, current_key_source=SOURCE_METRICS if hash_only else None,
                                   write_times=write_times, age_skip_reason=skip_reason,
                                   rotation_days=options.rotation_days, fail_on_stale=options.fail_on_stale,
                                   revision=reader.revision)
     if hash_only:
         scan['currentKeyIdNote'] = ('the current key is known by the hash /metrics publishes: no secret in etcd is '
                                     'stored under it yet')
-    elif scan.get('currentKeyIdSource') != 'metrics' and scan['byKmsVersion'].get('v2'):
+    elif scan.get('currentKeyIdSource') != SOURCE_METRICS and scan['byKmsVersion'].get('v2'):
         scan['currentKeyIdNote'] = f'/metrics not used: {how}'
     return scan, checks
 

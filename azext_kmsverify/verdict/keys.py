@@ -65,3 +65,27 @@ def hash_only_current_key(key_hash: str | None, found_key_id: str | None, known_
     if key_hash and found_key_id is None and known_key_id is None:
         return key_hash
     return None
+
+
+# Where the current key comes from, as ``scan.currentKeyIdSource`` and ``reencrypt``'s ``currentKeyIdSource`` say.
+SOURCE_METRICS = 'metrics'
+SOURCE_PROBE = 'probe'
+SOURCE_LATEST_WRITE = 'latestWrite'
+
+
+def decide_current_key(*, given=None, given_source=None, found=None, found_source=None, probe=None,
+                       probe_source=SOURCE_PROBE, latest_write=None):
+    """``(current key id, its source)``, from the strongest evidence there is: the key id the caller gives
+    (``given``: the /metrics hash standing for a key nothing is stored under yet, see :func:`hash_only_current_key`),
+    else the key the scan found (``found``: the stored key id whose hash /metrics publishes, or the probe's
+    known up front), else the probe secret's key id (``probe``, kept when /metrics was asked first), else the key
+    id of the most recent write (``latest_write``); ``(None, None)`` when there is none."""
+    if given is not None:
+        return given, given_source or SOURCE_PROBE
+    if found is not None:
+        return found, found_source or SOURCE_PROBE
+    if probe is not None:
+        return probe, probe_source or SOURCE_PROBE
+    if latest_write is not None:
+        return latest_write, SOURCE_LATEST_WRITE
+    return None, None
