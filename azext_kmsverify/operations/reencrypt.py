@@ -4,8 +4,9 @@
 """``az aksarc kms reencrypt``: plan from etcd, know the current key without writing, rewrite each target
 through the API losing nothing, then prove from etcd that each is stored with KMS under the current key.
 
-sign in -> scan etcd (verdict.scan) -> targets (verdict.plan) -> confirm -> rewrite in parallel (kube.rewrite)
--> read etcd again -> result (report.table, report.junit).
+In the run frame (``run.py``): session (sign-in, API client, etcd reader) -> scan etcd (verdict.scan) -> targets
+(``verdict.plan.Target``) -> confirm -> rewrite in parallel (kube.rewrite) -> read etcd again (the session's
+secret iterator) -> result; the frame writes the reports and sets the exit code.
 """
 
 from __future__ import annotations
