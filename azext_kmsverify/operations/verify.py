@@ -62,7 +62,7 @@ def verify_cluster(run: Run, session) -> dict:
         scan = None
         if options.all_secrets:
             with run.step('scanning every secret'):
-                current = next((e['keyId'] for e in entries if e.get('probe') and e.get('keyId')), None)
+                current = next((e.key_id for e in entries if e.probe and e.key_id), None)
                 scan, scan_checks = scan_all(run, session, current)
             check_list.extend(scan_checks)
         warning = rules.kms_v1_warning(entries, (scan or {}).get('byKmsVersion'))

@@ -180,8 +180,7 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
 
         failing = []
         for namespace, name, storage, provider, malformed, version in sorted(self._failing, key=lambda f: (f[0], f[1])):
-            verdict = encryption_verdict({'storage': storage, 'provider': provider, 'malformed': malformed,
-                                          'kmsVersion': version})
+            verdict = encryption_verdict(storage, provider=provider, malformed=malformed, kms_version=version)
             failing.append({'namespace': namespace, 'name': name, 'storage': storage, 'provider': provider,
                             'reason': verdict[1]})
         stale.sort(key=lambda s: (s['namespace'], s['name']))
