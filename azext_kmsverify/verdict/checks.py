@@ -20,6 +20,7 @@ SECRET_ENCRYPTED = 'SecretEncryptedWithKms'
 KMS_V1_DEPRECATED = 'KmsV1Deprecated'
 PROBE_CLEANUP = 'ProbeSecretDeleted'
 
+
 def check(name, status, detail, target=None):
     return {'name': name, 'target': target, 'status': status, 'detail': detail}
 
