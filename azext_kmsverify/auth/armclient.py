@@ -18,7 +18,7 @@ from azext_kmsverify.auth.entra import get_arm_token
 from azext_kmsverify.errors import make
 
 # What the pipeline takes from az's client kwargs (the test checks az still gives each).
-AZ_CLIENT_KWARGS = ('headers', 'user_agent_policy', 'custom_hook_policy', 'logging_policy')
+AZ_CLIENT_KWARGS = ('headers', 'user_agent_policy', 'logging_policy')  # and custom_hook_policy from az 2.61
 
 
 def arm_client(cli_ctx, deadline, subscription=None):
@@ -71,9 +71,11 @@ def _pipeline_client(cli_ctx, token, deadline):
         policies.RequestIdPolicy(),
         policies.BearerTokenCredentialPolicy(_Token(), scope),
         policies.RetryPolicy(retry_total=2, timeout=max(deadline.remaining(), 1)),
-        kwargs['custom_hook_policy'],
+        # az adds custom_hook_policy from 2.61 on (absent on 2.60: the oldest az this extension claims).
+        kwargs.get('custom_hook_policy'),
         kwargs['logging_policy'],
     ]
+    pipeline = [policy for policy in pipeline if policy is not None]
     transport = RequestsTransport(connection_verify=kwargs.get('connection_verify', True))
     return ARMPipelineClient(base_url=cli_ctx.cloud.endpoints.resource_manager, policies=pipeline,
                              transport=transport)
