@@ -35,7 +35,8 @@ def test_loading_the_command_table_imports_nothing_heavy(installed):
     # custom.py load only when the command runs.
     assert set(ours) <= {'azext_kmsverify', 'azext_kmsverify._help', 'azext_kmsverify.commands',
                          'azext_kmsverify._params', 'azext_kmsverify._validators', 'azext_kmsverify.errors',
-                         'azext_kmsverify.defaults', 'azext_kmsverify.text', 'azext_kmsverify.report',
+                         'azext_kmsverify.defaults', 'azext_kmsverify.text', 'azext_kmsverify.names',
+                         'azext_kmsverify.report',
                          'azext_kmsverify.report.table'}, ours
 
 
