@@ -9,13 +9,11 @@ import argparse
 import os
 import re
 
-from azext_kmsverify.errors import argument_error, exit_with
+from azext_kmsverify.errors import BadArguments, argument_error, exit_with
+from azext_kmsverify.names import is_namespace, is_secret_name
 from azext_kmsverify.text import printable, truncate
 
-# Kubernetes names: a namespace is a DNS-1123 label, a secret name a DNS-1123 subdomain.
-_LABEL = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?')
 _CONTROL = re.compile('[\x00-\x1f\x7f]')
-_SUBDOMAIN = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')
 
 
 class AppendValues(argparse.Action):  # pylint: disable=too-few-public-methods
@@ -37,11 +35,11 @@ def parse_secret_ref(value):
             f"--secret '{_shorten(value)}' is not NAMESPACE/NAME.",
             'Give the secret as NAMESPACE/NAME, for example --secret default/db-user-pass.'))
     namespace, name = parts
-    if len(namespace) > 63 or not _LABEL.fullmatch(namespace):
+    if not is_namespace(namespace):
         raise argument_error(InvalidArgumentValueError(
             f"--secret '{_shorten(value)}': '{_shorten(namespace)}' is not a valid namespace name.",
             'Namespace names are lower-case letters, digits and "-", at most 63 characters.'))
-    if len(name) > 253 or not _SUBDOMAIN.fullmatch(name):
+    if not is_secret_name(name):
         raise argument_error(InvalidArgumentValueError(
             f"--secret '{_shorten(value)}': '{_shorten(name)}' is not a valid secret name.",
             'Secret names are lower-case letters, digits, "-" and ".", at most 253 characters.'))
@@ -69,7 +67,7 @@ def _exit_2_on(check, namespace):
     try:
         check(namespace)
     except AzCLIError as error:
-        if getattr(error, 'kmsverify_exit_code', None) is None:
+        if not isinstance(error, BadArguments):
             raise
         exit_with(error)
 
@@ -78,7 +76,7 @@ def _validate_reencrypt(ns):
     from azure.cli.core.azclierror import InvalidArgumentValueError, MutuallyExclusiveArgumentError
     names = []
     for value in ns.namespaces or []:
-        if len(value) > 63 or not _LABEL.fullmatch(value):
+        if not is_namespace(value):
             raise argument_error(InvalidArgumentValueError(
                 f"--namespace '{_shorten(value)}' is not a valid namespace name.",
                 'Namespace names are lower-case letters, digits and "-", at most 63 characters.'))
@@ -173,7 +171,7 @@ def _validate_values(ns):
         if ref not in refs:
             refs.append(ref)
     ns.secrets = refs
-    if getattr(ns, 'probe_namespace', None) is not None and not _LABEL.fullmatch(ns.probe_namespace or ''):
+    if getattr(ns, 'probe_namespace', None) is not None and not is_namespace(ns.probe_namespace or ''):
         raise argument_error(InvalidArgumentValueError(
             f"--probe-namespace '{_shorten(ns.probe_namespace or '')}' is not a valid namespace name.",
             'Give an existing namespace, for example --probe-namespace default.'))

@@ -1,7 +1,9 @@
 # --------------------------------------------------------------------------------------------
 # Copyright (c) kmsverify contributors. Licensed under the MIT License.
 # --------------------------------------------------------------------------------------------
-"""Command functions: each builds the frozen options of its run and hands them to ``operations``.
+"""Command functions: each builds the frozen options of its run and hands them to its module in ``operations``
+(which runs in the frame of ``operations/run.py``); a fleet is dispatched here, so no command module imports
+another.
 
 The parameters are listed because az reads a command's arguments from its function's signature; their
 defaults and help live in ``_params.py`` and ``defaults.py``.
@@ -20,11 +22,15 @@ def verify_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False,
                page_size=defaults.PAGE_SIZE, timeout=defaults.TIMEOUT_SECONDS, junit_xml=None, ids=None,
                all_clusters=False, subscriptions=None, tags=None, max_parallel=defaults.MAX_PARALLEL, shard=None):
     # pylint: disable=unused-argument,too-many-locals  # one local per argument, each read through locals()
-    from azext_kmsverify.operations.verify import main
+    from azext_kmsverify.operations import verify
     from azext_kmsverify.options import VerifyOptions
     args = dict(locals())
     args.pop('cmd')
-    return main(cmd.cli_ctx, VerifyOptions.from_args(args))
+    options = VerifyOptions.from_args(args)
+    if options.fleet:  # many clusters: the fleet runs verify's per-cluster body on each
+        from azext_kmsverify.operations import fleet
+        return fleet.main(cmd.cli_ctx, options, verify.verify_cluster)
+    return verify.main(cmd.cli_ctx, options)
 
 
 def reencrypt_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False, kubeconfig=None, context=None,

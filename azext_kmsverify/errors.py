@@ -1,13 +1,18 @@
 # --------------------------------------------------------------------------------------------
 # Copyright (c) kmsverify contributors. Licensed under the MIT License.
 # --------------------------------------------------------------------------------------------
-"""Error helpers shared by every step. Light: imported at start-up by the validators.
+"""One-line errors and the exit-code policy, in one table (as etcdctl's). Light: imported at start-up by the
+validators.
 
-The exit codes users rely on (README.md): 0 passed, 4 verified and found a problem, 1 could not verify,
-2 bad arguments, 3 not found (az maps ``ResourceNotFoundError`` to 3 itself).
+The exit codes users rely on (README.md "Exit codes"): 0 passed, 4 verified and found a problem, 1 could not
+verify, 2 bad arguments, 3 not found. A run's outcome and an error's class both map to a code through
+:data:`EXIT_CODES`; when several apply (a fleet's clusters, a report that could not be written), the worst wins:
+1 before 4 before 0 (:data:`WORST_FIRST`).
 """
 
 from __future__ import annotations
+
+from azure.cli.core.azclierror import AzCLIError, ResourceNotFoundError
 
 EXIT_PASSED = 0
 EXIT_COULD_NOT_VERIFY = 1
@@ -15,11 +20,58 @@ EXIT_BAD_ARGUMENTS = 2
 EXIT_NOT_FOUND = 3
 EXIT_VERIFICATION_FAILED = 4
 
+# A run's outcome (and a fleet cluster's).
+PASSED, FAILED, COULD_NOT_VERIFY, NOT_VERIFIABLE = 'passed', 'failed', 'couldNotVerify', 'notVerifiable'
+COULD_NOT_REPORT = 'couldNotReport'  # the result was printed, a report (--junit-xml) could not be written
 
-def argument_error(error):
-    """Mark an azclierror as a bad-argument error, which exits with code 2 like az's parser errors."""
-    error.kmsverify_exit_code = EXIT_BAD_ARGUMENTS
-    return error
+
+class BadArguments:  # pylint: disable=too-few-public-methods  # a marker: the class says "exit 2"
+    """Mixed into an azclierror class (by :func:`argument_error`): the arguments are wrong, exit 2."""
+
+
+# Every exit code, and what earns it: outcomes first, then error classes (the first that matches wins).
+EXIT_CODES = (
+    (PASSED, EXIT_PASSED),
+    (FAILED, EXIT_VERIFICATION_FAILED),
+    (COULD_NOT_VERIFY, EXIT_COULD_NOT_VERIFY),
+    (NOT_VERIFIABLE, EXIT_COULD_NOT_VERIFY),
+    (COULD_NOT_REPORT, EXIT_COULD_NOT_VERIFY),
+    (BadArguments, EXIT_BAD_ARGUMENTS),
+    (ResourceNotFoundError, EXIT_NOT_FOUND),
+    (BaseException, EXIT_COULD_NOT_VERIFY),
+)
+WORST_FIRST = (EXIT_COULD_NOT_VERIFY, EXIT_VERIFICATION_FAILED, EXIT_PASSED)
+
+
+def exit_code(*ends) -> int:
+    """The exit code of a run that ended in ``ends`` (outcomes and/or exceptions): the worst one's."""
+    codes = set()
+    for end in ends:
+        for key, code in EXIT_CODES:
+            if end == key if isinstance(key, str) else isinstance(end, key):
+                codes.add(code)
+                break
+    for code in (EXIT_BAD_ARGUMENTS, EXIT_NOT_FOUND) + WORST_FIRST:
+        if code in codes:
+            return code
+    return EXIT_PASSED
+
+
+def own_exit_code(error: AzCLIError) -> bool:
+    """Whether ``error`` exits with a code az would not give it (az gives 3 to ResourceNotFoundError, else 1)."""
+    return exit_code(error) != (EXIT_NOT_FOUND if isinstance(error, ResourceNotFoundError) else EXIT_COULD_NOT_VERIFY)
+
+
+_ARGUMENT_CLASSES: dict = {}
+
+
+def argument_error(error: AzCLIError) -> AzCLIError:
+    """``error`` as a bad-argument error (exit 2, like az's parser errors): the same azclierror class, with the
+    :class:`BadArguments` marker mixed in (its name unchanged, so az's telemetry sees the same error type)."""
+    cls = type(error)
+    if not issubclass(cls, BadArguments):
+        cls = _ARGUMENT_CLASSES.setdefault(cls, type(cls.__name__, (cls, BadArguments), {}))
+    return cls(error.error_msg, recommendation=list(error.recommendations))
 
 
 def make(error_cls, message, recommendation=None):
@@ -31,7 +83,7 @@ def make(error_cls, message, recommendation=None):
 
 
 def exit_with(error):
-    """Print ``error`` the way az does and exit with its own code (used for code 2, which az cannot set)."""
+    """Print ``error`` the way az does and exit with its code from :data:`EXIT_CODES` (az cannot set 2)."""
     error.print_error()
     error.send_telemetry()
-    raise SystemExit(getattr(error, 'kmsverify_exit_code', EXIT_COULD_NOT_VERIFY))
+    raise SystemExit(exit_code(error))

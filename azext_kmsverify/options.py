@@ -55,7 +55,6 @@ class VerifyOptions:  # pylint: disable=too-many-instance-attributes  # one fiel
     rotation_days: int = defaults.ROTATION_DAYS
     timeout: int = defaults.TIMEOUT_SECONDS
     junit_xml: str | None = None
-    progress: bool = True  # off for the clusters of a fleet (the fleet draws its own)
     # A fleet: ARM ids, or every cluster Resource Graph finds (narrowed by subscriptions, group and tags).
     ids: tuple[str, ...] = ()
     all_clusters: bool = False

@@ -29,57 +29,57 @@ from tests.sandbox.control import Sandbox  # noqa: E402
 
 
 def fleet_run(box: Sandbox, config_dir: Path, args, workdir: Path, n: int) -> dict:
-    env = az_env(box.info["entra"])
-    env.update({"AZURE_CONFIG_DIR": str(config_dir), "AZURE_CORE_ONLY_SHOW_ERRORS": "true",
-                "AZURE_EXTENSION_DIR": os.environ.get("AZURE_EXTENSION_DIR", str(PROJECT / ".az" / "extensions"))})
-    subscription = box.info["clusters"][0]["subscription"]
-    argv = [str(AZ), "aksarc", "kms", "verify", "--all-clusters", "--subscriptions", subscription,
-            "--max-parallel", str(args.max_parallel), "-o", "json"] + (["--all-secrets"] if args.all_secrets else [])
+    env = az_env(box.info['entra'])
+    env.update({'AZURE_CONFIG_DIR': str(config_dir), 'AZURE_CORE_ONLY_SHOW_ERRORS': 'true',
+                'AZURE_EXTENSION_DIR': os.environ.get('AZURE_EXTENSION_DIR', str(PROJECT / '.az' / 'extensions'))})
+    subscription = box.info['clusters'][0]['subscription']
+    argv = [str(AZ), 'aksarc', 'kms', 'verify', '--all-clusters', '--subscriptions', subscription,
+            '--max-parallel', str(args.max_parallel), '-o', 'json'] + (['--all-secrets'] if args.all_secrets else [])
     walls, peaks, result = [], [], None
     for i in range(args.runs):
-        out = workdir / f"fleet-{n}-{i}.json"
-        with open(out, "wb") as handle:
+        out = workdir / f'fleet-{n}-{i}.json'
+        with open(out, 'wb') as handle:
             code, wall, peak = run_measured(argv, env, stdout=handle)
         walls.append(wall)
         peaks.append(peak)
         result = json.loads(out.read_text())
-        result["exitCode"] = code
-    return {"wall": statistics.median(walls), "walls": walls, "peak": max(peaks), "result": result,
-            "result_bytes": len(json.dumps(result))}
+        result['exitCode'] = code
+    return {'wall': statistics.median(walls), 'walls': walls, 'peak': max(peaks), 'result': result,
+            'result_bytes': len(json.dumps(result))}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clusters", default="1,10,20")
-    p.add_argument("--runs", type=int, default=2)
-    p.add_argument("--max-parallel", type=int, default=8)
-    p.add_argument("--all-secrets", action="store_true")
-    p.add_argument("--dir", help="keep the sandboxes' folders here (default: a temporary folder)")
+    p.add_argument('--clusters', default='1,10,20')
+    p.add_argument('--runs', type=int, default=2)
+    p.add_argument('--max-parallel', type=int, default=8)
+    p.add_argument('--all-secrets', action='store_true')
+    p.add_argument('--dir', help="keep the sandboxes' folders here (default: a temporary folder)")
     args = p.parse_args(argv)
-    sizes = [int(n) for n in args.clusters.split(",")]
+    sizes = [int(n) for n in args.clusters.split(',')]
     rows = {}
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
+    with tempfile.TemporaryDirectory(prefix='bench-fleet-') as tmp:
         root = Path(args.dir or tmp)
         for n in sizes:
-            box = Sandbox(str(root / f"fleet-{n}"))
-            box.up(clusters=n, providers="kms-v2,kms-v1")
+            box = Sandbox(str(root / f'fleet-{n}'))
+            box.up(clusters=n, providers='kms-v2,kms-v1')
             try:
-                config_dir = root / f"azure-{n}"
+                config_dir = root / f'azure-{n}'
                 config_dir.mkdir(parents=True, exist_ok=True)
-                os.environ["AZURE_CONFIG_DIR"] = str(config_dir)  # az_login signs in the current config dir
+                os.environ['AZURE_CONFIG_DIR'] = str(config_dir)  # az_login signs in the current config dir
                 try:
                     az_login(box.dir, az=AZ)
                 finally:
-                    os.environ.pop("AZURE_CONFIG_DIR", None)
+                    os.environ.pop('AZURE_CONFIG_DIR', None)
                 rows[n] = fleet_run(box, config_dir, args, root, n)
-                outcomes = rows[n]["result"].get("summary")
+                outcomes = rows[n]['result'].get('summary')
                 print(f"N={n}: {rows[n]['wall']:.2f} s, peak RSS {rows[n]['peak'] / 1e6:.1f} MB, {outcomes}",
                       flush=True)
             finally:
                 box.down()
     base = rows[sizes[0]]
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}; --max-parallel {args.max_parallel}, runs {args.runs} (medians)")
+    print(f'\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
+          f'Python {platform.python_version()}; --max-parallel {args.max_parallel}, runs {args.runs} (medians)')
     print(f"{'clusters':>8}  {'wall s':>7}  {'x one':>6}  {'peak RSS MB':>11}  {'+MB vs one':>10}  {'result KB':>9}")
     for n in sizes:
         row = rows[n]
@@ -91,5 +91,5 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

@@ -50,7 +50,7 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
-sys.path.insert(0, str(PROJECT / "bench"))
+sys.path.insert(0, str(PROJECT / 'bench'))
 
 from bench_scan import SIZE_MIX, _az_env, _split, machine, run_measured  # noqa: E402
 
@@ -59,8 +59,8 @@ from tests.sandbox.control import Sandbox  # noqa: E402
 from tests.sandbox.kms_plugin import MAGIC  # noqa: E402
 from tests.sandbox.transformers import split_v1  # noqa: E402
 
-AZ = Path(os.environ.get("KMSVERIFY_BENCH_AZ") or PROJECT / ".venv" / "bin" / "az")
-PREFIX = "/registry/secrets/"
+AZ = Path(os.environ.get('KMSVERIFY_BENCH_AZ') or PROJECT / '.venv' / 'bin' / 'az')
+PREFIX = '/registry/secrets/'
 OLD_KEY_SHARE = 0.10
 PLAINTEXT_SHARE = 0.01
 TARGET_WRITES_PER_SECOND = 200.0
@@ -76,41 +76,41 @@ def seed(box: Sandbox, provider: str, n: int, workdir: Path) -> dict:
     started = time.monotonic()
     old, plain = int(n * OLD_KEY_SHARE), max(1, int(n * PLAINTEXT_SHARE))
     current = n - old - plain
-    if provider == "kms-v2":
-        _bulk(box, "old-", old)
+    if provider == 'kms-v2':
+        _bulk(box, 'old-', old)
     else:
-        _backdated(box, "old-", old)
-    rotated_to = box.kms("rotate")
-    _bulk(box, "cur-", current)
-    _bulk(box, "plain-", plain, with_="identity")
+        _backdated(box, 'old-', old)
+    rotated_to = box.kms('rotate')
+    _bulk(box, 'cur-', current)
+    _bulk(box, 'plain-', plain, with_='identity')
     _touch(box)
-    return {"old": old, "current": current, "plaintext": plain, "rotated_to": rotated_to,
-            "seconds": round(time.monotonic() - started, 2)}
+    return {'old': old, 'current': current, 'plaintext': plain, 'rotated_to': rotated_to,
+            'seconds': round(time.monotonic() - started, 2)}
 
 
-def _bulk(box: Sandbox, prefix: str, count: int, with_: str = "current") -> None:
+def _bulk(box: Sandbox, prefix: str, count: int, with_: str = 'current') -> None:
     for i, part in enumerate(_split(count, SIZE_MIX)):
         if part:
-            answer = box.ctl({"seed": {"namespace": f"bench-{i}", "prefix": prefix, "count": part,
-                                       "size": SIZE_MIX[i][0], "with": with_}}, timeout=1800)
-            if not answer.get("ok"):
-                raise RuntimeError(f"seed failed: {answer}")
+            answer = box.ctl({'seed': {'namespace': f'bench-{i}', 'prefix': prefix, 'count': part,
+                                       'size': SIZE_MIX[i][0], 'with': with_}}, timeout=1800)
+            if not answer.get('ok'):
+                raise RuntimeError(f'seed failed: {answer}')
 
 
 def _backdated(box: Sandbox, prefix: str, count: int) -> None:
     """KMS v1 secrets last written 40 days ago (``write_secret`` with ``written_at``), four at a time."""
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 40 * 86400))
+    when = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(time.time() - 40 * 86400))
     jobs = []
     for i, part in enumerate(_split(count, SIZE_MIX)):
-        jobs += [(f"bench-{i}", f"{prefix}{j}", SIZE_MIX[i][0]) for j in range(part)]
+        jobs += [(f'bench-{i}', f'{prefix}{j}', SIZE_MIX[i][0]) for j in range(part)]
 
     def write(job):
         namespace, name, size = job
         value = base64.b64encode(os.urandom(size * 3 // 4 or 1)).decode()[:size]
-        answer = box.ctl({"write_secret": {"namespace": namespace, "name": name, "data": {"value": value},
-                                           "written_at": when}})
-        if not answer.get("ok"):
-            raise RuntimeError(f"write_secret failed: {answer}")
+        answer = box.ctl({'write_secret': {'namespace': namespace, 'name': name, 'data': {'value': value},
+                                           'written_at': when}})
+        if not answer.get('ok'):
+            raise RuntimeError(f'write_secret failed: {answer}')
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(write, jobs))
 
@@ -118,13 +118,13 @@ def _backdated(box: Sandbox, prefix: str, count: int) -> None:
 def warm(box: Sandbox) -> None:
     """One full LIST, untimed: the sandbox's API server decrypts every value the first time it lists them (a KMS
     plugin call per DEK), where a real one answers from its watch cache; both procedures then meet a warm one."""
-    token = ""
+    token = ''
     while True:
-        status, page = box.api("GET", "/api/v1/secrets?limit=1000" + (f"&continue={token}" if token else ""),
+        status, page = box.api('GET', '/api/v1/secrets?limit=1000' + (f'&continue={token}' if token else ''),
                                timeout=600)
         if status != 200:
-            raise RuntimeError(f"warm-up list failed: HTTP {status}")
-        token = (page.get("metadata") or {}).get("continue")
+            raise RuntimeError(f'warm-up list failed: HTTP {status}')
+        token = (page.get('metadata') or {}).get('continue')
         if not token:
             return
 
@@ -132,9 +132,9 @@ def warm(box: Sandbox) -> None:
 def _touch(box: Sandbox) -> None:
     """One unchanged PUT: the sandbox's API server records its plugin's Status key id as a real one does on its
     minute poll, so /metrics names the key the rewrites will use."""
-    status, obj = box.api("GET", "/api/v1/namespaces/default/secrets/db-user-pass")
-    if status != 200 or box.api("PUT", "/api/v1/namespaces/default/secrets/db-user-pass", obj)[0] != 200:
-        raise RuntimeError("could not touch default/db-user-pass")
+    status, obj = box.api('GET', '/api/v1/namespaces/default/secrets/db-user-pass')
+    if status != 200 or box.api('PUT', '/api/v1/namespaces/default/secrets/db-user-pass', obj)[0] != 200:
+        raise RuntimeError('could not touch default/db-user-pass')
 
 
 # --- host-side oracles --------------------------------------------------------------------------------------------
@@ -147,25 +147,25 @@ def _plugin_key_id(cipher: bytes) -> str:
 
 def stored(value: bytes) -> tuple:
     """(storage, key id) of a raw value: KMS v2 its key id, KMS v1 the KEK id in its encrypted DEK."""
-    if value.startswith(b"k8s:enc:kms:v2:"):
-        return "kms", codec.decode_encrypted_object(value[len(b"k8s:enc:kms:v2:"):].split(b":", 1)[1])["keyID"]
-    if value.startswith(b"k8s:enc:kms:v1:"):
-        return "kms", _plugin_key_id(split_v1(value[len(b"k8s:enc:kms:v1:"):].split(b":", 1)[1])[0])
-    if value.startswith(b"k8s:enc:"):
-        return value.split(b":")[2].decode(), None
-    return "identity", None
+    if value.startswith(b'k8s:enc:kms:v2:'):
+        return 'kms', codec.decode_encrypted_object(value[len(b'k8s:enc:kms:v2:'):].split(b':', 1)[1])['keyID']
+    if value.startswith(b'k8s:enc:kms:v1:'):
+        return 'kms', _plugin_key_id(split_v1(value[len(b'k8s:enc:kms:v1:'):].split(b':', 1)[1])[0])
+    if value.startswith(b'k8s:enc:'):
+        return value.split(b':')[2].decode(), None
+    return 'identity', None
 
 
 def not_current(box: Sandbox, current: str) -> dict:
     """How many stored values are not KMS under ``current``, by storage/key, read host-side in one range."""
-    result = box.etcdctl("get", PREFIX, "--prefix", "-w", "json", version="3.5", timeout=600)
+    result = box.etcdctl('get', PREFIX, '--prefix', '-w', 'json', version='3.5', timeout=600)
     if result.returncode != 0:
-        raise RuntimeError(result.stderr.decode(errors="replace"))
+        raise RuntimeError(result.stderr.decode(errors='replace'))
     counts: dict = {}
-    for kv in json.loads(result.stdout).get("kvs") or []:
-        where = stored(base64.b64decode(kv.get("value", "")))
-        if where != ("kms", current):
-            label = f"{where[0]}:{where[1]}" if where[1] else where[0]
+    for kv in json.loads(result.stdout).get('kvs') or []:
+        where = stored(base64.b64decode(kv.get('value', '')))
+        if where != ('kms', current):
+            label = f'{where[0]}:{where[1]}' if where[1] else where[0]
             counts[label] = counts.get(label, 0) + 1
     return counts
 
@@ -175,20 +175,20 @@ class RevisionWatch:
     command runs: the first and last moments it changed bound the rewrites."""
 
     def __init__(self, box: Sandbox, interval: float = 0.02):
-        env = dict(line.split("=", 1) for line in Path(box.info["etcd_env"]).read_text().split())
-        self.host, self.port = env["ETCDCTL_ENDPOINTS"].split(",")[0].rsplit("//", 1)[1].split(":")
-        self.context = ssl.create_default_context(cafile=env["ETCDCTL_CACERT"])
-        self.context.load_cert_chain(env["ETCDCTL_CERT"], env["ETCDCTL_KEY"])
+        env = dict(line.split('=', 1) for line in Path(box.info['etcd_env']).read_text().split())
+        self.host, self.port = env['ETCDCTL_ENDPOINTS'].split(',')[0].rsplit('//', 1)[1].split(':')
+        self.context = ssl.create_default_context(cafile=env['ETCDCTL_CACERT'])
+        self.context.load_cert_chain(env['ETCDCTL_CERT'], env['ETCDCTL_KEY'])
         self.interval = interval
-        self.body = json.dumps({"key": base64.b64encode(PREFIX.encode()).decode(), "limit": 1,
-                                "keys_only": True}).encode()
+        self.body = json.dumps({'key': base64.b64encode(PREFIX.encode()).decode(), 'limit': 1,
+                                'keys_only': True}).encode()
         self.changes: list[tuple[float, int]] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def revision(self, conn) -> int:
-        conn.request("POST", "/v3/kv/range", body=self.body, headers={"Content-Type": "application/json"})
-        return int(json.loads(conn.getresponse().read())["header"]["revision"])
+        conn.request('POST', '/v3/kv/range', body=self.body, headers={'Content-Type': 'application/json'})
+        return int(json.loads(conn.getresponse().read())['header']['revision'])
 
     def _run(self) -> None:
         conn = http.client.HTTPSConnection(self.host, int(self.port), context=self.context, timeout=10)
@@ -222,93 +222,93 @@ class RevisionWatch:
 
 
 def reencrypt(box: Sandbox, env: dict, workdir: Path, parallel: int | None, tag: str) -> dict:
-    argv = [str(AZ), "aksarc", "kms", "reencrypt", "--kubeconfig", box.kubeconfig, "--yes", "-o", "json"]
+    argv = [str(AZ), 'aksarc', 'kms', 'reencrypt', '--kubeconfig', box.kubeconfig, '--yes', '-o', 'json']
     if parallel:
-        argv += ["--parallel", str(parallel)]
-    out = workdir / f"reencrypt-{tag}.json"
-    with RevisionWatch(box) as watch, open(out, "wb") as handle:
+        argv += ['--parallel', str(parallel)]
+    out = workdir / f'reencrypt-{tag}.json'
+    with RevisionWatch(box) as watch, open(out, 'wb') as handle:
         code, wall, peak = run_measured(argv, env, stdout=handle)
     result = json.loads(out.read_text())
-    written = sum(1 for t in result.get("targets") or [] if t.get("outcome") == "reencrypted")
+    written = sum(1 for t in result.get('targets') or [] if t.get('outcome') == 'reencrypted')
     window = watch.window()
-    return {"exit_code": code, "wall": wall, "peak_rss": peak, "targets": result["plan"]["targets"],
-            "written": written, "summary": result.get("summary"), "duration": result.get("durationSeconds"),
-            "command_writes_per_second": result.get("writesPerSecond"), "rewrite_window": window,
-            "writes_per_second": written / window if window else None,
-            "throttled": sum(t.get("throttled") or 0 for t in result.get("targets") or [])}
+    return {'exit_code': code, 'wall': wall, 'peak_rss': peak, 'targets': result['plan']['targets'],
+            'written': written, 'summary': result.get('summary'), 'duration': result.get('durationSeconds'),
+            'command_writes_per_second': result.get('writesPerSecond'), 'rewrite_window': window,
+            'writes_per_second': written / window if window else None,
+            'throttled': sum(t.get('throttled') or 0 for t in result.get('targets') or [])}
 
 
 def kubectl_replace(box: Sandbox) -> dict:
-    kubectl = shutil.which("kubectl")
+    kubectl = shutil.which('kubectl')
     if not kubectl:
-        return {"skipped": "no kubectl on PATH"}
+        return {'skipped': 'no kubectl on PATH'}
     kubeconfig = box.kubeconfig
     script = f"set -o pipefail; '{kubectl}' --kubeconfig '{kubeconfig}' get secrets -A -o json | " \
              f"'{kubectl}' --kubeconfig '{kubeconfig}' replace -f - > /dev/null"
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    env = {k: v for k, v in os.environ.items() if k != 'KUBECONFIG'}
     started = time.perf_counter()
-    proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, timeout=3600)
+    proc = subprocess.run(['bash', '-c', script], env=env, capture_output=True, timeout=3600)
     wall = time.perf_counter() - started
-    return {"exit_code": proc.returncode, "wall": wall, "stderr": proc.stderr.decode(errors="replace")[-500:]}
+    return {'exit_code': proc.returncode, 'wall': wall, 'stderr': proc.stderr.decode(errors='replace')[-500:]}
 
 
 def verify_after(box: Sandbox, env: dict) -> dict:
-    argv = [str(AZ), "aksarc", "kms", "verify", "--kubeconfig", box.kubeconfig, "--all-secrets", "--fail-on-stale",
-            "-o", "json"]
+    argv = [str(AZ), 'aksarc', 'kms', 'verify', '--kubeconfig', box.kubeconfig, '--all-secrets', '--fail-on-stale',
+            '-o', 'json']
     proc = subprocess.run(argv, env=env, capture_output=True, timeout=1800, stdin=subprocess.DEVNULL)
-    scan = json.loads(proc.stdout)["scan"]
-    return {"exit_code": proc.returncode, "failing": len(scan["failing"]), "stale": len(scan["stale"]),
-            "current_key": scan.get("currentKeyId")}
+    scan = json.loads(proc.stdout)['scan']
+    return {'exit_code': proc.returncode, 'failing': len(scan['failing']), 'stale': len(scan['stale']),
+            'current_key': scan.get('currentKeyId')}
 
 
 def bench_one(provider: str, n: int, args, env: dict, workdir: Path) -> dict:
-    entry = {"provider": provider, "n": n}
-    box = Sandbox(str(workdir / f"{provider}-{n}-reencrypt"))
+    entry = {'provider': provider, 'n': n}
+    box = Sandbox(str(workdir / f'{provider}-{n}-reencrypt'))
     box.up(provider=provider, timeout=120)
     try:
-        entry["seed"] = seed(box, provider, n, workdir)
-        current = entry["seed"]["rotated_to"]
-        entry["before"] = not_current(box, current)
+        entry['seed'] = seed(box, provider, n, workdir)
+        current = entry['seed']['rotated_to']
+        entry['before'] = not_current(box, current)
         warm(box)
-        entry["reencrypt"] = reencrypt(box, env, workdir, args.parallel, f"{provider}-{n}")
-        entry["reencrypt"]["verify"] = verify_after(box, env)
-        entry["reencrypt"]["not_current"] = not_current(box, current)
+        entry['reencrypt'] = reencrypt(box, env, workdir, args.parallel, f'{provider}-{n}')
+        entry['reencrypt']['verify'] = verify_after(box, env)
+        entry['reencrypt']['not_current'] = not_current(box, current)
     finally:
         box.down()
-        shutil.rmtree(workdir / f"{provider}-{n}-reencrypt", ignore_errors=True)
+        shutil.rmtree(workdir / f'{provider}-{n}-reencrypt', ignore_errors=True)
     if not args.no_kubectl:
-        box = Sandbox(str(workdir / f"{provider}-{n}-kubectl"))
+        box = Sandbox(str(workdir / f'{provider}-{n}-kubectl'))
         box.up(provider=provider, timeout=120)
         try:
-            current = seed(box, provider, n, workdir)["rotated_to"]
+            current = seed(box, provider, n, workdir)['rotated_to']
             warm(box)
-            entry["kubectl"] = kubectl_replace(box)
-            entry["kubectl"]["verify"] = verify_after(box, env)
-            entry["kubectl"]["not_current"] = not_current(box, current)
+            entry['kubectl'] = kubectl_replace(box)
+            entry['kubectl']['verify'] = verify_after(box, env)
+            entry['kubectl']['not_current'] = not_current(box, current)
         finally:
             box.down()
-            shutil.rmtree(workdir / f"{provider}-{n}-kubectl", ignore_errors=True)
+            shutil.rmtree(workdir / f'{provider}-{n}-kubectl', ignore_errors=True)
     return entry
 
 
 def sweep(values: list[int], n: int, env: dict, workdir: Path) -> list[dict]:
     """Every secret of one KMS v2 sandbox rewritten with each --parallel (a rotation before each run)."""
-    box = Sandbox(str(workdir / "sweep"))
-    box.up(provider="kms-v2", timeout=120)
+    box = Sandbox(str(workdir / 'sweep'))
+    box.up(provider='kms-v2', timeout=120)
     rows = []
     try:
-        _bulk(box, "s-", n)
+        _bulk(box, 's-', n)
         warm(box)
         for parallel in values:
-            box.kms("rotate")
+            box.kms('rotate')
             _touch(box)
-            run = reencrypt(box, env, workdir, parallel, f"sweep-{parallel}")
-            rows.append({"parallel": parallel, "load": os.getloadavg()[0], **run})
+            run = reencrypt(box, env, workdir, parallel, f'sweep-{parallel}')
+            rows.append({'parallel': parallel, 'load': os.getloadavg()[0], **run})
             print(f"  --parallel {parallel}: {run['written']} writes, "
                   f"{run['writes_per_second'] or 0:.0f} writes/s", file=sys.stderr, flush=True)
     finally:
         box.down()
-        shutil.rmtree(workdir / "sweep", ignore_errors=True)
+        shutil.rmtree(workdir / 'sweep', ignore_errors=True)
     return rows
 
 
@@ -316,118 +316,118 @@ def sweep(values: list[int], n: int, env: dict, workdir: Path) -> list[dict]:
 
 
 def _mb(v):
-    return f"{v / 1e6:.1f} MB" if v is not None else "-"
+    return f'{v / 1e6:.1f} MB' if v is not None else '-'
 
 
 def _s(v):
-    return f"{v:.2f} s" if v is not None else "-"
+    return f'{v:.2f} s' if v is not None else '-'
 
 
 def _rate(v):
-    return f"{v:.0f}/s" if v else "-"
+    return f'{v:.0f}/s' if v else '-'
 
 
 def _left(counts: dict) -> str:
     total = sum(counts.values())
     if not total:
-        return "0"
-    return f"{total} (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])) + ")"
+        return '0'
+    return f'{total} (' + ', '.join(f'{n} {k}' for k, n in sorted(counts.items(), key=lambda kv: -kv[1])) + ')'
 
 
 def table(report: dict) -> str:
     rows = [
-        ("secrets seeded (N)", lambda e: f"{e['n']:,}"),
-        ("  old key / plaintext", lambda e: f"{e['seed']['old']:,} / {e['seed']['plaintext']:,}"),
-        ("not KMS under current key, before", lambda e: _left(e["before"])),
-        ("reencrypt wall", lambda e: _s(e["reencrypt"]["wall"])),
-        ("  targets / written", lambda e: f"{e['reencrypt']['targets']:,} / {e['reencrypt']['written']:,}"),
-        ("  rewrite window (etcd)", lambda e: _s(e["reencrypt"]["rewrite_window"])),
-        ("  writes/s, rewriting", lambda e: _rate(e["reencrypt"]["writes_per_second"])),
-        ("  writes/s, whole command", lambda e: _rate(e["reencrypt"]["command_writes_per_second"])),
-        ("  vs target 200/s",
+        ('secrets seeded (N)', lambda e: f"{e['n']:,}"),
+        ('  old key / plaintext', lambda e: f"{e['seed']['old']:,} / {e['seed']['plaintext']:,}"),
+        ('not KMS under current key, before', lambda e: _left(e['before'])),
+        ('reencrypt wall', lambda e: _s(e['reencrypt']['wall'])),
+        ('  targets / written', lambda e: f"{e['reencrypt']['targets']:,} / {e['reencrypt']['written']:,}"),
+        ('  rewrite window (etcd)', lambda e: _s(e['reencrypt']['rewrite_window'])),
+        ('  writes/s, rewriting', lambda e: _rate(e['reencrypt']['writes_per_second'])),
+        ('  writes/s, whole command', lambda e: _rate(e['reencrypt']['command_writes_per_second'])),
+        ('  vs target 200/s',
          lambda e: f"{(e['reencrypt']['writes_per_second'] or 0) / TARGET_WRITES_PER_SECOND:.2f}x"),
-        ("  vs k3s ~5/s", lambda e: f"{(e['reencrypt']['writes_per_second'] or 0) / K3S_WRITES_PER_SECOND:.0f}x"),
-        ("  peak RSS of az", lambda e: _mb(e["reencrypt"]["peak_rss"])),
-        ("  verify --fail-on-stale after", lambda e: "exit {exit_code}: {failing} failing, {stale} stale".format(
-            **e["reencrypt"]["verify"])),
-        ("  etcd: not under current key", lambda e: _left(e["reencrypt"]["not_current"])),
-        ("kubectl get | replace wall", lambda e: _s(e.get("kubectl", {}).get("wall"))),
-        ("  verify --fail-on-stale after", lambda e: "exit {exit_code}: {failing} failing, {stale} stale".format(
-            **e["kubectl"]["verify"]) if "verify" in e.get("kubectl", {}) else "-"),
-        ("  etcd: not under current key", lambda e: _left(e["kubectl"]["not_current"])
-         if "not_current" in e.get("kubectl", {}) else "-"),
-        ("kubectl wall / reencrypt wall", lambda e: f"{e['kubectl']['wall'] / e['reencrypt']['wall']:.1f}x"
-         if "wall" in e.get("kubectl", {}) else "-"),
+        ('  vs k3s ~5/s', lambda e: f"{(e['reencrypt']['writes_per_second'] or 0) / K3S_WRITES_PER_SECOND:.0f}x"),
+        ('  peak RSS of az', lambda e: _mb(e['reencrypt']['peak_rss'])),
+        ('  verify --fail-on-stale after', lambda e: 'exit {exit_code}: {failing} failing, {stale} stale'.format(
+            **e['reencrypt']['verify'])),
+        ('  etcd: not under current key', lambda e: _left(e['reencrypt']['not_current'])),
+        ('kubectl get | replace wall', lambda e: _s(e.get('kubectl', {}).get('wall'))),
+        ('  verify --fail-on-stale after', lambda e: 'exit {exit_code}: {failing} failing, {stale} stale'.format(
+            **e['kubectl']['verify']) if 'verify' in e.get('kubectl', {}) else '-'),
+        ('  etcd: not under current key', lambda e: _left(e['kubectl']['not_current'])
+         if 'not_current' in e.get('kubectl', {}) else '-'),
+        ('kubectl wall / reencrypt wall', lambda e: f"{e['kubectl']['wall'] / e['reencrypt']['wall']:.1f}x"
+         if 'wall' in e.get('kubectl', {}) else '-'),
     ]
-    entries = report["runs"]
-    header = ["", *(f"{e['provider']} N={e['n']:,}" for e in entries)]
+    entries = report['runs']
+    header = ['', *(f"{e['provider']} N={e['n']:,}" for e in entries)]
     body = [[label, *(fmt(e) for e in entries)] for label, fmt in rows]
     widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    lines = ['  '.join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in [header] + body]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.insert(1, '  '.join('-' * w for w in widths))
     extra = []
-    for provider in report["providers"]:
-        sizes = sorted((e for e in entries if e["provider"] == provider), key=lambda e: e["n"])
+    for provider in report['providers']:
+        sizes = sorted((e for e in entries if e['provider'] == provider), key=lambda e: e['n'])
         if len(sizes) > 1:
             small, big = sizes[0], sizes[-1]
             extra.append(f"{provider}: peak RSS N={big['n']:,} / N={small['n']:,} = "
                          f"{big['reencrypt']['peak_rss'] / small['reencrypt']['peak_rss']:.2f} "
                          f"({_mb(small['reencrypt']['peak_rss'])} -> {_mb(big['reencrypt']['peak_rss'])})")
-    for row in report.get("sweep") or []:
+    for row in report.get('sweep') or []:
         extra.append(f"sweep, N={report['sweep_n']:,} KMS v2 targets: --parallel {row['parallel']:>2}: "
                      f"{_rate(row['writes_per_second'])} rewriting ({_rate(row['command_writes_per_second'])} whole "
                      f"command, wall {_s(row['wall'])}, peak RSS {_mb(row['peak_rss'])}, load {row['load']:.1f})")
-    if report.get("sweep"):
-        best = max(report["sweep"], key=lambda r: r["writes_per_second"] or 0)
+    if report.get('sweep'):
+        best = max(report['sweep'], key=lambda r: r['writes_per_second'] or 0)
         extra.append(f"best --parallel: {best['parallel']} ({_rate(best['writes_per_second'])})")
-    return "\n".join(lines + [""] + extra)
+    return '\n'.join(lines + [''] + extra)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=20000, help="secrets to seed (default 20000)")
-    parser.add_argument("--small", type=int, default=2000, help="the smaller size for the memory ratio "
-                                                                 "(default 2000; 0 to skip)")
-    parser.add_argument("--providers", default="kms-v2,kms-v1", help="comma-separated (default kms-v2,kms-v1)")
-    parser.add_argument("--parallel", type=int, default=None, help="--parallel for reencrypt (default: its own)")
-    parser.add_argument("--no-kubectl", action="store_true", help="skip the kubectl pipeline")
-    parser.add_argument("--sweep", default="", help="also rewrite --sweep-n KMS v2 secrets with each of these "
-                                                    "--parallel values, e.g. 4,8,16,32")
-    parser.add_argument("--sweep-n", type=int, default=4000, help="secrets of the --sweep sandbox (default 4000)")
-    parser.add_argument("--dir", help="working folder (default: a temporary one, removed afterwards)")
-    parser.add_argument("--json", help="also write the figures to this file")
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--n', type=int, default=20000, help='secrets to seed (default 20000)')
+    parser.add_argument('--small', type=int, default=2000, help='the smaller size for the memory ratio '
+                                                                 '(default 2000; 0 to skip)')
+    parser.add_argument('--providers', default='kms-v2,kms-v1', help='comma-separated (default kms-v2,kms-v1)')
+    parser.add_argument('--parallel', type=int, default=None, help='--parallel for reencrypt (default: its own)')
+    parser.add_argument('--no-kubectl', action='store_true', help='skip the kubectl pipeline')
+    parser.add_argument('--sweep', default='', help='also rewrite --sweep-n KMS v2 secrets with each of these '
+                                                    '--parallel values, e.g. 4,8,16,32')
+    parser.add_argument('--sweep-n', type=int, default=4000, help='secrets of the --sweep sandbox (default 4000)')
+    parser.add_argument('--dir', help='working folder (default: a temporary one, removed afterwards)')
+    parser.add_argument('--json', help='also write the figures to this file')
     args = parser.parse_args(argv)
     if not AZ.exists():
-        parser.error(f"{AZ} not found: run `make install` first (or set KMSVERIFY_BENCH_AZ)")
-    workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-reencrypt-"))
+        parser.error(f'{AZ} not found: run `make install` first (or set KMSVERIFY_BENCH_AZ)')
+    workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix='bench-reencrypt-'))
     workdir.mkdir(parents=True, exist_ok=True)
-    env = _az_env(workdir / "azure-config")
-    providers = [p for p in args.providers.split(",") if p]
-    report = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(), "providers": providers,
-              "parallel": args.parallel, "runs": []}
+    env = _az_env(workdir / 'azure-config')
+    providers = [p for p in args.providers.split(',') if p]
+    report = {'date': time.strftime('%Y-%m-%d %H:%M:%S %Z'), 'machine': machine(), 'providers': providers,
+              'parallel': args.parallel, 'runs': []}
     try:
         for provider in providers:
             for n in sorted({n for n in (args.small, args.n) if n > 0}):
-                print(f"{provider} N = {n:,}: seeding and measuring ...", file=sys.stderr, flush=True)
-                report["runs"].append(bench_one(provider, n, args, env, workdir))
-                print(f"  load average {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
+                print(f'{provider} N = {n:,}: seeding and measuring ...', file=sys.stderr, flush=True)
+                report['runs'].append(bench_one(provider, n, args, env, workdir))
+                print(f'  load average {os.getloadavg()[0]:.2f}', file=sys.stderr, flush=True)
         if args.sweep:
-            print(f"sweep of --parallel at N = {args.sweep_n:,} ...", file=sys.stderr, flush=True)
-            report["sweep_n"] = args.sweep_n
-            report["sweep"] = sweep([int(v) for v in args.sweep.split(",")], args.sweep_n, env, workdir)
-        report["machine"]["load_after"] = os.getloadavg()
+            print(f'sweep of --parallel at N = {args.sweep_n:,} ...', file=sys.stderr, flush=True)
+            report['sweep_n'] = args.sweep_n
+            report['sweep'] = sweep([int(v) for v in args.sweep.split(',')], args.sweep_n, env, workdir)
+        report['machine']['load_after'] = os.getloadavg()
     finally:
         if not args.dir:
             shutil.rmtree(workdir, ignore_errors=True)
-    m = report["machine"]
+    m = report['machine']
     print(f"machine: {m['cpu']}, {m['nproc']} cores, {m['ram_gib']} GiB; load average before "
           f"{m['load_before'][0]:.2f}, after {m['load_after'][0]:.2f}")
     print(table(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(report, indent=2) + '\n')
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

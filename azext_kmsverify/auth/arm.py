@@ -12,12 +12,11 @@ policies and azure-mgmt-core's ``ARMPolling``, with ``logging_enable=False`` on 
 from __future__ import annotations
 
 import base64
-import time
 
 from knack.log import get_logger
 
 from azext_kmsverify import defaults
-from azext_kmsverify.auth.entra import get_arm_token
+from azext_kmsverify.auth.armclient import arm_client
 from azext_kmsverify.auth.kubeconfig import parse_kubeconfig
 from azext_kmsverify.errors import make
 from azext_kmsverify.text import truncate
@@ -40,14 +39,13 @@ def fetch_kubeconfig(cli_ctx, resource_group, cluster_name, admin, deadline, *, 
     from azure.core.polling import LROPoller
     from azure.core.rest import HttpRequest
     from azure.mgmt.core.polling.arm_polling import ARMPolling
-    subscription = subscription or _subscription_id(cli_ctx)
+    client, subscription = arm_client(cli_ctx, deadline, subscription)
     action = 'listAdminKubeconfig' if admin else 'listUserKubeconfig'
     path = (f'{cluster_resource_id(subscription, resource_group, cluster_name)}'
             f'/providers/Microsoft.HybridContainerService/provisionedClusterInstances/default/{action}')
     url = f"{cli_ctx.cloud.endpoints.resource_manager.rstrip('/')}{path}?api-version={defaults.HYBRIDAKS_API_VERSION}"
     context = _ArmContext(cli_ctx, subscription=subscription, resource_group=resource_group,
                           cluster_name=cluster_name, admin=admin, action=action, deadline=deadline)
-    client = _pipeline_client(cli_ctx, get_arm_token(cli_ctx, subscription), deadline)
     # logging_enable=False on every request of the operation: the answer is a kubeconfig (with a client key for
     # --admin), which az's network trace would print with --debug.
     options = {'logging_enable': False, 'connection_timeout': deadline.bound(30), 'read_timeout': deadline.bound(60)}
@@ -80,54 +78,6 @@ def fetch_kubeconfig(cli_ctx, resource_group, cluster_name, admin, deadline, *, 
     if not poller.done():
         raise context.timeout_error()
     return _kubeconfig_from_result(context.json(final.http_response), context)
-
-
-def _pipeline_client(cli_ctx, token, deadline):
-    """An azure-core pipeline with az's own policies (user agent, headers, telemetry hooks, proxy and TLS
-    settings), a bearer token from the az login, and retries bounded by the run's deadline."""
-    from azure.cli.core.commands.client_factory import _prepare_client_kwargs_track2
-    from azure.core.credentials import AccessToken
-    from azure.core.pipeline import policies
-    from azure.core.pipeline.transport import RequestsTransport
-    from azure.mgmt.core import ARMPipelineClient
-
-    class _Token:  # pylint: disable=too-few-public-methods  # an azure-core credential needs get_token only
-        """The token already taken from the az login (Profile.get_raw_token), as an azure-core credential."""
-
-        def get_token(self, *_scopes, **_kwargs):
-            return AccessToken(token, int(time.time()) + 300)
-
-    kwargs = _prepare_client_kwargs_track2(cli_ctx)
-    scope = cli_ctx.cloud.endpoints.active_directory_resource_id.rstrip('/') + '/.default'
-    pipeline = [
-        policies.HeadersPolicy(kwargs['headers']),
-        kwargs['user_agent_policy'],
-        policies.RequestIdPolicy(),
-        policies.BearerTokenCredentialPolicy(_Token(), scope),
-        policies.RetryPolicy(retry_total=2, timeout=max(deadline.remaining(), 1)),
-        # az adds custom_hook_policy from 2.61 on (absent on 2.60: the oldest az this extension claims).
-        kwargs.get('custom_hook_policy'),
-        kwargs['logging_policy'],
-    ]
-    pipeline = [policy for policy in pipeline if policy is not None]
-    transport = RequestsTransport(connection_verify=kwargs.get('connection_verify', True))
-    return ARMPipelineClient(base_url=cli_ctx.cloud.endpoints.resource_manager, policies=pipeline,
-                             transport=transport)
-
-
-def _subscription_id(cli_ctx):
-    """The az login's current subscription; not signed in (no azureProfile) is an authentication error."""
-    from azure.cli.core.azclierror import AuthenticationError
-    from azure.cli.core.commands.client_factory import get_subscription_id
-    from knack.util import CLIError
-    try:
-        return get_subscription_id(cli_ctx)
-    except CLIError as ex:
-        message = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
-        raise make(AuthenticationError, f'Could not find an Azure subscription in the az login: {message}',
-                   "Sign in with 'az login' and select the cluster's subscription with 'az account set "
-                   "--subscription ID' (in pipelines, use an AzureCLI task with a service connection), "
-                   'then retry.') from None
 
 
 class _ArmContext:

@@ -24,13 +24,6 @@ def get_arm_token(cli_ctx, subscription):
                   'Azure Resource Manager')
 
 
-def get_entra_token(cli_ctx, server_id):
-    """A token for the cluster's Entra server application from the az login (what kubelogin -l azurecli does)."""
-    from azure.cli.core._profile import Profile
-    return _token(lambda: Profile(cli_ctx=cli_ctx).get_raw_token(resource=server_id),
-                  f'the cluster (Entra server id {server_id})')
-
-
 def _token(get, audience):
     from azure.cli.core.azclierror import AuthenticationError, AzCLIError
     from knack.util import CLIError
@@ -90,8 +83,3 @@ def sign_in(cli_ctx, kubeconfig: Kubeconfig) -> tuple[Kubeconfig, dict]:
                  source.login, ' (PoP)' if source.pop else '')
     source.authorization()  # sign in now: a failure is the sign-in's, not the first request's
     return kubeconfig.with_token_source(source), source.describe()
-
-
-def replace_kubelogin(cli_ctx, kubeconfig: Kubeconfig) -> Kubeconfig:
-    """:func:`sign_in` without the description (kept for callers that need only the kubeconfig)."""
-    return sign_in(cli_ctx, kubeconfig)[0]

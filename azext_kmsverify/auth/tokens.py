@@ -11,18 +11,18 @@ error's first line or type, never a token.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import sys
-import threading
 import time
 from typing import NoReturn
 
 from knack.log import get_logger
 
+from azext_kmsverify.auth.certificates import certificate_credential
 from azext_kmsverify.auth.kubelogin import AUTHORITY_HOSTS, KubeloginArgs
 from azext_kmsverify.auth.pop import PopKey
+from azext_kmsverify.auth.quiet import quiet
 from azext_kmsverify.errors import make
 from azext_kmsverify.text import printable, truncate
 
@@ -211,7 +211,7 @@ class IdentitySource(TokenSource):
             import msal
             options = self._options()
             self._msal = msal.ConfidentialClientApplication(
-                args.client_id, client_credential=args.client_secret or _certificate_credential(
+                args.client_id, client_credential=args.client_secret or certificate_credential(
                     args.client_certificate, args.client_certificate_password),
                 authority=f"{options['authority']}/{args.tenant_id}",
                 instance_discovery=not options['disable_instance_discovery'])
@@ -270,46 +270,3 @@ def _subscription_of(arm_id: str | None) -> str | None:
     """The subscription id of an ARM id (``/subscriptions/<id>/...``), lower case; None for anything else."""
     parts = (arm_id or '').strip('/').split('/')
     return parts[1].lower() if len(parts) > 1 and parts[0].lower() == 'subscriptions' and parts[1] else None
-
-
-@contextlib.contextmanager
-def quiet():
-    """No log record while a token is fetched: azure-identity logs failures with their traceback at WARNING (az
-    prints them), and MSAL's, azure-core's and az's own debug records describe the request. The failure itself
-    is reported in one line. Counted, so that the clusters of a fleet fetching tokens at once (threads) keep
-    logging off until the last of them is done."""
-    import logging
-    with _QUIET_LOCK:
-        if _QUIET['depth'] == 0:
-            _QUIET['previous'] = logging.root.manager.disable
-            logging.disable(logging.CRITICAL)
-        _QUIET['depth'] += 1
-    try:
-        yield
-    finally:
-        with _QUIET_LOCK:
-            _QUIET['depth'] -= 1
-            if _QUIET['depth'] == 0:
-                logging.disable(_QUIET['previous'])
-
-
-_QUIET_LOCK = threading.Lock()
-_QUIET = {'depth': 0, 'previous': 0}
-
-
-def _certificate_credential(path: str, password: str | None) -> dict:
-    """msal's certificate credential from a PEM or PKCS#12 file (kubelogin takes a pfx)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.serialization import pkcs12
-    with open(path, 'rb') as handle:
-        data = handle.read()
-    if b'-----BEGIN' in data:
-        key = serialization.load_pem_private_key(data, password.encode() if password else None)
-        cert = x509.load_pem_x509_certificate(data)
-    else:
-        key, cert, _ = pkcs12.load_key_and_certificates(data, password.encode() if password else None)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    return {'private_key': pem, 'thumbprint': cert.fingerprint(hashes.SHA1()).hex(),  # x5t is SHA-1
-            'public_certificate': cert.public_bytes(serialization.Encoding.PEM).decode()}

@@ -28,10 +28,8 @@ def find_clusters(cli_ctx, subscriptions, resource_group, tags, deadline) -> lis
     """Every AKS Arc cluster the login can see in ``subscriptions``, paged with ``$skipToken``."""
     from azure.cli.core.azclierror import AzureResponseError
 
-    from azext_kmsverify.auth.arm import _pipeline_client, _subscription_id
-    from azext_kmsverify.auth.entra import get_arm_token
-    token = get_arm_token(cli_ctx, _subscription_id(cli_ctx))
-    client = _pipeline_client(cli_ctx, token, deadline)
+    from azext_kmsverify.auth.armclient import arm_client
+    client, _ = arm_client(cli_ctx, deadline)
     url = (f"{cli_ctx.cloud.endpoints.resource_manager.rstrip('/')}/providers/Microsoft.ResourceGraph/resources"
            f'?api-version={defaults.RESOURCE_GRAPH_API_VERSION}')
     query = graph_query(resource_group, tags)

@@ -3,7 +3,7 @@
 # --------------------------------------------------------------------------------------------
 """Minimal bounds-checked protobuf wire-format reader (standard library only).
 
-Shared by ``storage`` (KMS v2 ``EncryptedObject``) and ``etcd`` (``RangeResponse``). Input is
+Shared by ``verdict.classify`` (KMS v2 ``EncryptedObject``) and ``etcd`` (``RangeResponse``). Input is
 untrusted: every read is bounds-checked, the only exception raised is :class:`ProtoWireError`,
 and error messages carry offsets and field numbers only, never payload bytes.
 

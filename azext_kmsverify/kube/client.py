@@ -20,7 +20,7 @@ from azext_kmsverify import defaults
 from azext_kmsverify.auth.kubeconfig import Kubeconfig
 from azext_kmsverify.auth.memfiles import MemoryFiles
 from azext_kmsverify.errors import argument_error, make
-from azext_kmsverify.kube.compat import load_configuration
+from azext_kmsverify.kube.compat import LoadedKubeconfig, load
 from azext_kmsverify.kube.errors import KubeErrors
 from azext_kmsverify.text import printable
 
@@ -35,14 +35,13 @@ class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per par
     def __init__(self, kubeconfig: Kubeconfig, deadline, credential: str = 'kubeconfig'):
         self.deadline = deadline
         self.credential = credential
-        self.kubeconfig = kubeconfig
         self._files = MemoryFiles()
         try:
-            self._configuration = load_configuration(kubeconfig, self._files.add)
-            self.server = self._configuration.host.rstrip('/')
-            self.ssl_context = _ssl_context(self._configuration, kubeconfig)
-            self.proxy = kubeconfig.cluster.get('proxy-url') or _environment_proxy(self.server)
-            self.tls_server_name = kubeconfig.cluster.get('tls-server-name') or None
+            self.loaded = load(kubeconfig, self._files.add)
+            self.server = self.loaded.server
+            self.ssl_context = _ssl_context(self.loaded)
+            self.proxy = self.loaded.proxy_url or _environment_proxy(self.server)
+            self.tls_server_name = self.loaded.tls_server_name
             self._pool = self._pool_manager()
         except BaseException:
             self._files.close()
@@ -74,27 +73,22 @@ class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per par
 
     def auth_headers(self) -> dict:
         """The Authorization header (refreshing an expiring exec-plugin token as the kubernetes client does)."""
-        source = self.kubeconfig.token_source
-        if source is not None:
-            return {'Authorization': source.authorization()}
-        configuration = self._configuration
-        # kubernetes < 35 keeps the token under 'authorization', later releases under 'BearerToken'; both call
-        # the loader's refresh hook (an expiring exec-plugin token) through get_api_key_with_prefix.
-        key = next((k for k in ('authorization', 'BearerToken') if (configuration.api_key or {}).get(k)), None)
-        token = configuration.get_api_key_with_prefix(key) if key else None
+        loaded = self.loaded
+        if loaded.token_source is not None:
+            return {'Authorization': loaded.token_source.authorization()}
+        token = loaded.token()
         if token:
             scheme, _, value = token.strip().partition(' ')
             value = value.strip()  # kubectl trims token files: `echo "$TOKEN" > file` ends in a newline
             if not value or not all(ord(c) in _TOKEN_OK for c in value):
-                raise argument_error(make(_invalid_kubeconfig_class(), f'{self.kubeconfig.source} is not usable: '
-                                          f"the token of user '{printable(self.kubeconfig.user_name)}' has characters "
+                raise argument_error(make(_invalid_kubeconfig_class(), f'{loaded.source} is not usable: '
+                                          f"the token of user '{printable(loaded.user_name)}' has characters "
                                           'an HTTP header cannot carry.',
                                           'Fix the token in the kubeconfig (a token is one line of printable '
                                           'characters).'))
             return {'Authorization': f'{scheme or "Bearer"} {value}'}
-        if getattr(configuration, 'username', None) and getattr(configuration, 'password', None):
-            return {'Authorization': configuration.get_basic_auth_token()}
-        return {}
+        basic = loaded.basic_auth()
+        return {'Authorization': basic} if basic else {}
 
     def url(self, path: str, query=None) -> str:
         return self.server + path + (('?' + urlencode(list(query))) if query else '')
@@ -148,27 +142,27 @@ class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per par
         return b''.join(chunks)
 
 
-def _ssl_context(configuration, kubeconfig: Kubeconfig) -> ssl.SSLContext:
+def _ssl_context(loaded: LoadedKubeconfig) -> ssl.SSLContext:
     """The TLS context of the kubeconfig; a CA or key that does not load is a kubeconfig problem."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    where, what = kubeconfig.source, 'certificate-authority'
+    where, what = loaded.source, 'certificate-authority'
     try:
-        if not getattr(configuration, 'verify_ssl', True):
+        if not loaded.verify_tls:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
             logger.warning('The kubeconfig skips TLS verification (insecure-skip-tls-verify): the API server %s is '
-                           'not authenticated.', printable(configuration.host))
-        elif configuration.ssl_ca_cert:
-            context.load_verify_locations(cafile=configuration.ssl_ca_cert)
+                           'not authenticated.', printable(loaded.server))
+        elif loaded.ca_file:
+            context.load_verify_locations(cafile=loaded.ca_file)
         else:
             try:
                 import certifi
                 context.load_verify_locations(cafile=certifi.where())
             except ImportError:
                 pass
-        if configuration.cert_file:
+        if loaded.cert_file:
             what = 'client-certificate/client-key'
-            context.load_cert_chain(configuration.cert_file, configuration.key_file or None)
+            context.load_cert_chain(loaded.cert_file, loaded.key_file)
     except (ssl.SSLError, OSError, ValueError):
         raise argument_error(make(_invalid_kubeconfig_class(), f'{where} is not usable: its {what} is not a PEM '
                                   'certificate (and matching key).',

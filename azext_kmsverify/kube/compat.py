@@ -18,7 +18,7 @@ import re
 from knack.log import get_logger
 
 from azext_kmsverify.auth.kubeconfig import Kubeconfig
-from azext_kmsverify.auth.tokens import quiet
+from azext_kmsverify.auth.quiet import quiet
 from azext_kmsverify.errors import argument_error, make
 from azext_kmsverify.text import truncate
 
@@ -57,8 +57,40 @@ def kubernetes_client():
     return kubernetes
 
 
-def load_configuration(kubeconfig: Kubeconfig, add_file):
-    """A ``kubernetes.client.Configuration`` for the kubeconfig's context (runs its exec plugin, if any)."""
+class LoadedKubeconfig:  # pylint: disable=too-many-instance-attributes  # one field per part of the transport
+    """The kubeconfig's context as the kubernetes loader resolved it (server, CA, client certificate, token from
+    the file or an exec plugin), with what the loader does not carry (``proxy-url``, ``tls-server-name``, the
+    token source that replaces kubelogin): the one thing the API client reads."""
+
+    def __init__(self, kubeconfig: Kubeconfig, configuration):
+        self.source, self.user_name = kubeconfig.source, kubeconfig.user_name
+        self.server = configuration.host.rstrip('/')
+        self.proxy_url = kubeconfig.cluster.get('proxy-url') or None
+        self.tls_server_name = kubeconfig.cluster.get('tls-server-name') or None
+        self.token_source = kubeconfig.token_source
+        self.verify_tls = getattr(configuration, 'verify_ssl', True)
+        self.ca_file, self.cert_file, self.key_file = (configuration.ssl_ca_cert, configuration.cert_file,
+                                                       configuration.key_file or None)
+        self._configuration = configuration
+
+    def token(self) -> str | None:
+        """The kubeconfig's token with its scheme ('Bearer ...'), refreshing an expiring exec-plugin token as the
+        kubernetes client does; None when it has none."""
+        configuration = self._configuration
+        # kubernetes < 35 keeps the token under 'authorization', later releases under 'BearerToken'; both call
+        # the loader's refresh hook (an expiring exec-plugin token) through get_api_key_with_prefix.
+        key = next((k for k in ('authorization', 'BearerToken') if (configuration.api_key or {}).get(k)), None)
+        return configuration.get_api_key_with_prefix(key) if key else None
+
+    def basic_auth(self) -> str | None:
+        configuration = self._configuration
+        if getattr(configuration, 'username', None) and getattr(configuration, 'password', None):
+            return configuration.get_basic_auth_token()
+        return None
+
+
+def load(kubeconfig: Kubeconfig, add_file) -> LoadedKubeconfig:
+    """The kubeconfig's context, loaded by the kubernetes client (runs its exec plugin, if any)."""
     kubernetes_client()
     from kubernetes.client import Configuration
     from kubernetes.config.config_exception import ConfigException
@@ -98,4 +130,4 @@ def load_configuration(kubeconfig: Kubeconfig, add_file):
                                         'token nor a client certificate).',
                    f"Run it as kubectl would ('{os.path.basename(plugin['command'])}' with the args in the kubeconfig) "
                    'to see why, then retry.')
-    return configuration
+    return LoadedKubeconfig(kubeconfig, configuration)

@@ -1,66 +1,51 @@
 # --------------------------------------------------------------------------------------------
 # Copyright (c) kmsverify contributors. Licensed under the MIT License.
 # --------------------------------------------------------------------------------------------
-"""``az aksarc kms verify --ids ... | --all-clusters``: many clusters, one verdict.
+"""Many clusters, one verdict (``az aksarc kms verify --ids ... | --all-clusters``), for any command's per-cluster
+body (``body(run, session) -> result``: ``verify.verify_cluster``, chosen in ``custom.py``; this module imports no
+other command's).
 
-clusters (--ids, or Resource Graph) -> shard -> each connected cluster verified exactly as one ``-g/-n`` run,
-``--max-parallel`` at a time, from one az sign-in (each with its own kubeconfig and PoP key) -> one result.
-One cluster's failure is its own outcome and never hides another's.
+clusters (--ids, or Resource Graph) -> shard -> each connected cluster run exactly as one ``-g/-n`` run (a child
+:class:`~azext_kmsverify.operations.run.Run` with its own deadline), ``--max-parallel`` at a time, from one az
+sign-in (each with its own kubeconfig and PoP key) -> one result. One cluster's failure is its own outcome and
+never hides another's.
 """
 
 from __future__ import annotations
 
-import signal
-import sys
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
-from azure.cli.core.azclierror import AzCLIError
 from knack.log import get_logger
 
-from azext_kmsverify.deadline import Deadline
 from azext_kmsverify.discovery.graph import find_clusters, login_subscriptions
 from azext_kmsverify.discovery.select import in_shard, parse_cluster_id
-from azext_kmsverify.errors import EXIT_COULD_NOT_VERIFY, EXIT_VERIFICATION_FAILED
-from azext_kmsverify.operations.verify import fail, report, sign_in, verify
+from azext_kmsverify.errors import COULD_NOT_VERIFY, FAILED, NOT_VERIFIABLE, PASSED
+from azext_kmsverify.operations.run import Run
 from azext_kmsverify.options import ClusterOptions, VerifyOptions
 from azext_kmsverify.text import printable
 
 logger = get_logger(__name__)
 
-PASSED, FAILED, COULD_NOT_VERIFY, NOT_VERIFIABLE = 'passed', 'failed', 'couldNotVerify', 'notVerifiable'
+
+def main(cli_ctx, options: VerifyOptions, body) -> dict:
+    """The fleet: ``body(run, session)`` on every cluster found; the result, its reports and its exit code (the
+    worst cluster outcome wins)."""
+    return Run(cli_ctx, options).execute(lambda run: run_fleet(run, body))
 
 
-def main(cli_ctx, options: VerifyOptions) -> dict:
-
-    try:
-        clusters = _clusters(cli_ctx, options)
-    except AzCLIError as error:
-        fail(error, options.junit_xml)
-    return report(cli_ctx, options.junit_xml, run(cli_ctx, options, clusters), fleet_exit_code)
-
-
-def fleet_exit_code(result: dict, could_not_report: bool = False) -> int:
-    """The worst outcome wins: 1 if any cluster could not be verified, else 4 if any found a problem, else 0."""
-    outcomes = {c.get('outcome') for c in result['clusters']}
-    if outcomes & {COULD_NOT_VERIFY, NOT_VERIFIABLE} or could_not_report:
-        return EXIT_COULD_NOT_VERIFY
-    if FAILED in outcomes:
-        return EXIT_VERIFICATION_FAILED
-    return 0
-
-
-def _clusters(cli_ctx, options: VerifyOptions) -> list[dict]:
-    if options.ids:
-        clusters = [parse_cluster_id(value) for value in options.ids]
-        for cluster in clusters:
-            cluster['connectivityStatus'] = None  # not asked: the cluster itself will tell
-    else:
-        subscriptions = list(options.subscriptions) or login_subscriptions(cli_ctx)
-        clusters = find_clusters(cli_ctx, subscriptions, options.cluster.resource_group, options.tags,
-                                 Deadline(options.timeout))
+def _clusters(run: Run) -> list[dict]:
+    options, cli_ctx = run.options, run.cli_ctx
+    with run.step('finding the clusters'):
+        if options.ids:
+            clusters = [parse_cluster_id(value) for value in options.ids]
+            for cluster in clusters:
+                cluster['connectivityStatus'] = None  # not asked: the cluster itself will tell
+        else:
+            subscriptions = list(options.subscriptions) or login_subscriptions(cli_ctx)
+            clusters = find_clusters(cli_ctx, subscriptions, options.cluster.resource_group, options.tags,
+                                     run.deadline)
     unique = {}
     for cluster in clusters:
         unique.setdefault(cluster['id'].lower(), cluster)
@@ -70,69 +55,45 @@ def _clusters(cli_ctx, options: VerifyOptions) -> list[dict]:
     return chosen
 
 
-def run(cli_ctx, options: VerifyOptions, clusters: list[dict]) -> dict:
-    """Verify ``clusters`` in parallel, in two overlapping phases of at most ``--max-parallel`` clusters each:
-    signing in (the ARM credential operation, mostly waiting on ARM) and verifying (health, etcd reads). Ctrl-C
-    or SIGTERM ends every cluster's waits and still deletes every probe secret already created (each cluster's
-    own way out), then stops."""
+def run_fleet(run: Run, body) -> dict:
+    """Run ``body`` on the clusters in parallel, in two overlapping phases of at most ``--max-parallel`` clusters
+    each: signing in (the ARM credential operation, mostly waiting on ARM) and the body (health, etcd reads).
+    Ctrl-C or SIGTERM ends every cluster's waits (``run.cancel``) and still deletes every probe secret already
+    created (each cluster's own way out), then stops."""
 
+    options = run.options
+    clusters = _clusters(run)
     started = time.monotonic()
-    deadlines = []
-    lock = threading.Lock()
-
-    def sign(cluster):
-        deadline = Deadline(options.timeout)
-        with lock:
-            deadlines.append(deadline)
-        return _sign_in_one(cli_ctx, options, cluster, deadline)
-
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        def _terminate(_signum, _frame):
-            raise KeyboardInterrupt
-        previous = signal.signal(signal.SIGTERM, _terminate)
-    progress = None
-    if sys.stderr.isatty() and not cli_ctx.only_show_errors:
-        progress = cli_ctx.get_progress_controller(det=True)
-        progress.begin(message=f'Verifying {len(clusters)} clusters')
     results = {}
     workers = max(1, min(options.max_parallel, len(clusters) or 1))
     signing = ThreadPoolExecutor(max_workers=workers, thread_name_prefix='kmsverify-sign-in')
     verifying = ThreadPoolExecutor(max_workers=workers, thread_name_prefix='kmsverify-cluster')
-    try:
-        for cluster in clusters:
-            if not _connected(cluster):
-                results[cluster['id']] = _entry(cluster, NOT_VERIFIABLE, error=(
-                    f"its connectivity status is {cluster.get('connectivityStatus')}, not Connected: it was not "
-                    'contacted'))
-        pending = {signing.submit(sign, cluster): ('sign', cluster) for cluster in clusters if _connected(cluster)}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                phase, cluster = pending.pop(future)
-                outcome = future.result()
-                if phase == 'sign' and 'signedIn' in outcome:
-                    pending[verifying.submit(_verify_one, cli_ctx, options, cluster, outcome)] = ('verify', cluster)
-                    continue
-                results[cluster['id']] = outcome
-                if progress is not None:
-                    progress.add(message=f'Verified {len(results)} of {len(clusters)} clusters', value=len(results),
-                                 total_val=len(clusters))
-    except KeyboardInterrupt:
-        logger.warning("Interrupted: ending every cluster's run (probe secrets already created are deleted).")
-        with lock:
-            for deadline in deadlines:
-                deadline.cancel()
-        signing.shutdown(wait=True, cancel_futures=True)
-        verifying.shutdown(wait=True, cancel_futures=True)
-        raise
-    finally:
-        signing.shutdown(wait=True, cancel_futures=True)
-        verifying.shutdown(wait=True, cancel_futures=True)
-        if progress is not None:
-            progress.end()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with run.interrupts(), run.progress(f'Verifying {len(clusters)} clusters') as progress:
+        try:
+            for cluster in clusters:
+                if not _connected(cluster):
+                    results[cluster['id']] = _entry(cluster, NOT_VERIFIABLE, error=(
+                        f"its connectivity status is {cluster.get('connectivityStatus')}, not Connected: it was not "
+                        'contacted'))
+            pending = {signing.submit(_sign_in_one, run, cluster): ('sign', cluster)
+                       for cluster in clusters if _connected(cluster)}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    phase, cluster = pending.pop(future)
+                    outcome = future.result()
+                    if phase == 'sign' and 'session' in outcome:
+                        pending[verifying.submit(_run_one, body, cluster, outcome)] = ('run', cluster)
+                        continue
+                    results[cluster['id']] = outcome
+                    progress(len(results), len(clusters), f'Verified {len(results)} of {len(clusters)} clusters')
+        except KeyboardInterrupt:
+            logger.warning("Interrupted: ending every cluster's run (probe secrets already created are deleted).")
+            run.cancel()
+            raise
+        finally:
+            signing.shutdown(wait=True, cancel_futures=True)
+            verifying.shutdown(wait=True, cancel_futures=True)
     ordered = [results[c['id']] for c in clusters]
     summary = {}
     for entry in ordered:
@@ -150,45 +111,62 @@ def _connected(cluster: dict) -> bool:
 def _single(options: VerifyOptions, cluster: dict) -> VerifyOptions:
     target = ClusterOptions(resource_group=cluster['resourceGroup'], name=cluster['name'],
                             subscription=cluster['subscriptionId'], admin=options.cluster.admin)
-    return replace(options, cluster=target, ids=(), all_clusters=False, progress=False, junit_xml=None)
+    return replace(options, cluster=target, ids=(), all_clusters=False, junit_xml=None)
 
 
-def _sign_in_one(cli_ctx, options: VerifyOptions, cluster: dict, deadline) -> dict:
-    """Phase one: the cluster's kubeconfig and token source, or its outcome when signing in fails."""
+def _sign_in_one(run: Run, cluster: dict) -> dict:
+    """Phase one: the cluster's child run and signed-in session, or its outcome when signing in fails."""
 
     started = time.monotonic()
+    child = run.child(_single(run.options, cluster))
+    session = child.session(child.options.cluster, child.options.etcd)
     try:
-        signed_in = sign_in(cli_ctx, _single(options, cluster).cluster, deadline)
-    except AzCLIError as error:
-        return _entry(cluster, COULD_NOT_VERIFY, error=error.error_msg, started=started)
-    except Exception as ex:  # pylint: disable=broad-except  # one cluster's crash is its own outcome, never str(ex)
-        return _entry(cluster, COULD_NOT_VERIFY, error=f'failed unexpectedly while signing in ({type(ex).__name__})',
-                      started=started)
-    return {'signedIn': signed_in, 'deadline': deadline, 'started': started}
+        session.sign_in()
+    except Exception as ex:  # pylint: disable=broad-except  # one cluster's failure is its own outcome
+        return _entry(cluster, COULD_NOT_VERIFY, error=child.one_line(ex), started=started)
+    return {'run': child, 'session': session, 'started': started}
 
 
-def _verify_one(cli_ctx, options: VerifyOptions, cluster: dict, signed: dict) -> dict:
-    """Phase two: the cluster verified exactly as a single -g/-n run, with what phase one signed in."""
+def _run_one(body, cluster: dict, signed: dict) -> dict:
+    """Phase two: the body on the cluster, exactly as a single -g/-n run, with what phase one signed in."""
 
-    started = signed['started']
-    step = ['starting']
+    started, child = signed['started'], signed['run']
     try:
-        result = verify(cli_ctx, _single(options, cluster), step, deadline=signed['deadline'],
-                        signed_in=signed['signedIn'])
-    except AzCLIError as error:
-        return _entry(cluster, COULD_NOT_VERIFY, error=error.error_msg, started=started)
-    except Exception as ex:  # pylint: disable=broad-except  # one cluster's crash is its own outcome, never str(ex)
-        return _entry(cluster, COULD_NOT_VERIFY, error=f'failed unexpectedly while {step[0]} ({type(ex).__name__})',
-                      started=started)
-    return dict(result, **_entry(cluster, PASSED if result['passed'] else FAILED, started=started))
+        result = body(child, signed['session'])
+    except Exception as ex:  # pylint: disable=broad-except  # one cluster's failure is its own outcome
+        return _entry(cluster, COULD_NOT_VERIFY, error=child.one_line(ex), started=started)
+    return _entry(cluster, PASSED if result['passed'] else FAILED, started=started, result=result)
 
 
-def _entry(cluster: dict, outcome: str, error: str | None = None, started: float | None = None) -> dict:
-    entry = {'id': cluster['id'], 'outcome': outcome,
-             'durationSeconds': round(time.monotonic() - started, 3) if started is not None else 0.0}
-    if error is not None:
-        entry.update(passed=False, error=printable(error),
-                     cluster={'source': 'azure', 'name': cluster['name'], 'resourceGroup': cluster['resourceGroup'],
-                              'subscriptionId': cluster['subscriptionId'],
-                              'connectivityStatus': cluster.get('connectivityStatus')})
-    return entry
+@dataclass
+class ClusterOutcome:
+    """One cluster of a fleet: its outcome, and its single-cluster result (``result``) or why there is none
+    (``error``). ``cluster`` is the ARM row (``id``, ``name``, ``resourceGroup``, ``subscriptionId``,
+    ``connectivityStatus``)."""
+
+    cluster: dict
+    outcome: str
+    started: float | None = None
+    error: str | None = None
+    result: dict | None = None
+    duration: float = field(init=False)
+
+    def __post_init__(self):
+        self.duration = round(time.monotonic() - self.started, 3) if self.started is not None else 0.0
+
+    def to_dict(self) -> dict:
+        """The cluster's entry in ``clusters`` (its single-cluster result, with ``id``, ``outcome``, ``error``,
+        ``durationSeconds``)."""
+        entry = {'id': self.cluster['id'], 'outcome': self.outcome, 'durationSeconds': self.duration}
+        if self.error is not None:
+            cluster = self.cluster
+            entry.update(passed=False, error=printable(self.error),
+                         cluster={'source': 'azure', 'name': cluster['name'], 'resourceGroup': cluster['resourceGroup'],
+                                  'subscriptionId': cluster['subscriptionId'],
+                                  'connectivityStatus': cluster.get('connectivityStatus')})
+        return dict(self.result, **entry) if self.result is not None else entry
+
+
+def _entry(cluster: dict, outcome: str, error: str | None = None, started: float | None = None,
+           result: dict | None = None) -> dict:
+    return ClusterOutcome(cluster, outcome, started, error, result).to_dict()

@@ -1,13 +1,15 @@
 # --------------------------------------------------------------------------------------------
 # Copyright (c) kmsverify contributors. Licensed under the MIT License.
 # --------------------------------------------------------------------------------------------
-"""Step 5, checks and report: pass/fail rules and the result dict. Pure: no I/O.
+"""The checks of a verification: pass/fail rules and the result dict. Pure: no I/O.
 
 A check is ``{"name", "target", "status": Passed|Failed|Warning|Skipped, "detail"}``. The result passes
 when no check failed; warnings do not fail it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from azext_kmsverify.verdict.readyz import kms_checks, parse_readyz
 
@@ -17,8 +19,6 @@ KMS_HEALTH = 'KmsProviderHealth'
 SECRET_ENCRYPTED = 'SecretEncryptedWithKms'
 KMS_V1_DEPRECATED = 'KmsV1Deprecated'
 PROBE_CLEANUP = 'ProbeSecretDeleted'
-
-SECRET_FIELDS = ('namespace', 'name', 'etcdKey', 'storage', 'kmsVersion', 'provider', 'keyId', 'encrypted')
 
 
 def check(name, status, detail, target=None):
@@ -50,50 +50,69 @@ def failing_kms_check_names(readyz_body):
     return [c['name'] for c in kms_checks(parse_readyz(readyz_body)) if c['status'] == 'failed']
 
 
-def secret_entry(namespace, name, etcd_key, classification, *, probe=False, mod_revision=None):
-    """One row of ``secrets``: the classification of its etcd value, never the value."""
-    entry = {'namespace': namespace, 'name': name, 'etcdKey': etcd_key}
-    for field in SECRET_FIELDS[3:]:
-        entry[field] = classification.get(field)
-    entry['malformed'] = classification.get('malformed')  # used by the verdict; not part of the result
-    entry['probe'] = probe
-    entry['modRevision'] = mod_revision
-    return entry
+@dataclass(frozen=True)
+class SecretEntry:  # pylint: disable=too-many-instance-attributes  # one field per reported column
+    """One secret read by name (``--secret``, the probe): the classification of its etcd value, never the value."""
+
+    namespace: str
+    name: str
+    etcd_key: str
+    storage: str | None
+    kms_version: str | None = None
+    provider: str | None = None
+    key_id: str | None = None
+    encrypted: bool | None = None
+    malformed: str | None = None  # used by the verdict; not part of the result
+    probe: bool = False
+    mod_revision: int | None = None
+
+    def to_dict(self) -> dict:
+        """The row of ``secrets`` as ``-o json`` shows it."""
+        return {'namespace': self.namespace, 'name': self.name, 'etcdKey': self.etcd_key, 'storage': self.storage,
+                'kmsVersion': self.kms_version, 'provider': self.provider, 'keyId': self.key_id,
+                'encrypted': self.encrypted}
 
 
-def encryption_verdict(entry):
+def secret_entry(namespace, name, etcd_key, classification, *, probe=False, mod_revision=None) -> SecretEntry:
+    """One row of ``secrets``, from the classification of its etcd value (``verdict.classify``)."""
+    return SecretEntry(namespace, name, etcd_key, classification.get('storage'), classification.get('kmsVersion'),
+                       classification.get('provider'), classification.get('keyId'), classification.get('encrypted'),
+                       classification.get('malformed'), probe, mod_revision)
+
+
+def encryption_verdict(storage, *, kms_version=None, provider=None, key_id=None, malformed=None):
     """(status, detail) of one stored secret: passes only when stored with KMS."""
-    storage = entry.get('storage')
-    if storage == 'kms' and entry.get('malformed'):
+    if storage == 'kms' and malformed:
         # The prefix says KMS but the payload does not have the shape the API server writes: it cannot be
         # decrypted, so it does not count as encrypted.
-        return FAILED, f"KMS {entry.get('kmsVersion')} prefix but a malformed payload ({entry['malformed']})"
+        return FAILED, f'KMS {kms_version} prefix but a malformed payload ({malformed})'
     if storage == 'kms':
-        detail = f"stored with KMS {entry.get('kmsVersion')} provider {entry.get('provider')}"
-        if entry.get('keyId'):
-            detail += f", key id {entry['keyId']}"
+        detail = f'stored with KMS {kms_version} provider {provider}'
+        if key_id:
+            detail += f', key id {key_id}'
         return PASSED, detail
     if storage in ('aescbc', 'aesgcm', 'secretbox'):
-        return FAILED, f"encrypted with a local key, not KMS ({storage} key {entry.get('provider')})"
+        return FAILED, f'encrypted with a local key, not KMS ({storage} key {provider})'
     if storage == 'identity':
         return FAILED, 'stored in plaintext (identity)'
     return FAILED, 'stored in an unrecognised format, not KMS'
 
 
-def secret_check(entry):
-    status, detail = encryption_verdict(entry)
-    if entry.get('probe'):
+def secret_check(entry: SecretEntry):
+    status, detail = encryption_verdict(entry.storage, kms_version=entry.kms_version, provider=entry.provider,
+                                        key_id=entry.key_id, malformed=entry.malformed)
+    if entry.probe:
         detail = 'probe secret ' + detail
-    return check(SECRET_ENCRYPTED, status, detail, target=f"{entry['namespace']}/{entry['name']}")
+    return check(SECRET_ENCRYPTED, status, detail, target=f'{entry.namespace}/{entry.name}')
 
 
 def kms_v1_warning(entries, scanned_by_version=None):
     """KMS v1 is deprecated (1.28) and off by default (1.29): warn, do not fail."""
-    v1 = [e for e in entries if e.get('storage') == 'kms' and e.get('kmsVersion') == 'v1']
+    v1 = [e for e in entries if e.storage == 'kms' and e.kms_version == 'v1']
     scanned = (scanned_by_version or {}).get('v1', 0)
     if not v1 and not scanned:
         return None
-    where = f"provider {', '.join(sorted({e.get('provider') or '?' for e in v1}))}" if v1 else f'{scanned} secrets'
+    where = f"provider {', '.join(sorted({e.provider or '?' for e in v1}))}" if v1 else f'{scanned} secrets'
     return check(KMS_V1_DEPRECATED, WARNING, f'KMS v1 in use ({where}): deprecated since Kubernetes 1.28 and off by '
                                              'default since 1.29; KMS v2 is recommended')
 
@@ -105,7 +124,7 @@ def build_result(cluster, checks, entries, etcd_pod=None, scan=None):
         'cluster': cluster,
         'etcdPod': etcd_pod,
         'checks': checks,
-        'secrets': [{k: e.get(k) for k in SECRET_FIELDS} for e in entries],
+        'secrets': [e.to_dict() for e in entries],
     }
     if scan is not None:
         result['scan'] = scan

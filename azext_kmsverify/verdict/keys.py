@@ -52,3 +52,40 @@ def current_key_hash(metrics_text: str) -> tuple[str | None, str]:
     if best[LAST_USED][0]:
         return best[LAST_USED][0], 'the key id of its latest encryption'
     return None, 'the API server publishes no KMS v2 key id hash (KMS v1, or nothing encrypted yet)'
+
+
+HASH_PREFIX = 'sha256:'  # a current key known only by its /metrics hash (key_id_hash)
+
+
+def hash_only_current_key(key_hash: str | None, found_key_id: str | None, known_key_id: str | None = None):
+    """The /metrics hash, standing for the current key id, when /metrics names the current key but no stored value
+    carries a key id with that hash (``found_key_id`` None: nothing was written since the rotation) and nothing
+    else (``known_key_id``, e.g. the probe's) names it: every KMS v2 value is then under an older key. Falling back
+    to the latest write would take the old key for the current one. None otherwise."""
+    if key_hash and found_key_id is None and known_key_id is None:
+        return key_hash
+    return None
+
+
+# Where the current key comes from, as ``scan.currentKeyIdSource`` and ``reencrypt``'s ``currentKeyIdSource`` say.
+SOURCE_METRICS = 'metrics'
+SOURCE_PROBE = 'probe'
+SOURCE_LATEST_WRITE = 'latestWrite'
+
+
+def decide_current_key(*, given=None, given_source=None, found=None, found_source=None, probe=None,
+                       probe_source=SOURCE_PROBE, latest_write=None):
+    """``(current key id, its source)``, from the strongest evidence there is: the key id the caller gives
+    (``given``: the /metrics hash standing for a key nothing is stored under yet, see :func:`hash_only_current_key`),
+    else the key the scan found (``found``: the stored key id whose hash /metrics publishes, or the probe's
+    known up front), else the probe secret's key id (``probe``, kept when /metrics was asked first), else the key
+    id of the most recent write (``latest_write``); ``(None, None)`` when there is none."""
+    if given is not None:
+        return given, given_source or SOURCE_PROBE
+    if found is not None:
+        return found, found_source or SOURCE_PROBE
+    if probe is not None:
+        return probe, probe_source or SOURCE_PROBE
+    if latest_write is not None:
+        return latest_write, SOURCE_LATEST_WRITE
+    return None, None

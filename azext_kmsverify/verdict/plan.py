@@ -11,17 +11,62 @@ before the last rotation).
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
+from enum import Enum
 
 from azext_kmsverify import defaults
-from azext_kmsverify.verdict.keys import key_id_hash
+from azext_kmsverify.names import is_namespace, is_secret_name
+from azext_kmsverify.text import printable
+from azext_kmsverify.verdict.keys import HASH_PREFIX, key_id_hash
 
 ONLY = defaults.REENCRYPT_ONLY
 LOCAL_KEYS = ('aescbc', 'aesgcm', 'secretbox')
-REENCRYPTED, ALREADY_CURRENT, SKIPPED, FAILED, PLANNED = 'reencrypted', 'alreadyCurrent', 'skipped', 'failed', 'planned'
-HASH_PREFIX = 'sha256:'  # a current key known only by its /metrics hash (verdict.keys.key_id_hash)
-_LABEL = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?')
-_SUBDOMAIN = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')
+
+
+class Outcome(str, Enum):
+    """What happened to one target (``targets[].outcome``)."""
+
+    PLANNED = 'planned'  # --dry-run, or nothing rewritten yet
+    WRITTEN = 'written'  # the PUT was answered; etcd has not been read again yet
+    REENCRYPTED = 'reencrypted'  # etcd shows it stored with KMS under the current key
+    ALREADY_CURRENT = 'alreadyCurrent'  # someone else rewrote it meanwhile
+    DELETED = 'deleted'  # deleted meanwhile: nothing left under the old key
+    SKIPPED = 'skipped'
+    FAILED = 'failed'
+
+
+DONE = (Outcome.REENCRYPTED, Outcome.ALREADY_CURRENT, Outcome.DELETED)  # nothing left under an old key
+
+
+@dataclass
+class Target:  # pylint: disable=too-many-instance-attributes  # one field per reported column
+    """One secret to rewrite, and what happened to it. ``namespace`` and ``name`` are raw (from the etcd key)."""
+
+    namespace: str
+    name: str
+    kind: str
+    storage: str | None
+    kms_version: str | None = None
+    key_id: str | None = None
+    plan_reason: str | None = None
+    outcome: Outcome | None = None
+    reason: str | None = None
+    mod_revision_before: int | None = None
+    mod_revision_after: int | None = None
+    storage_after: str | None = None
+    key_id_after: str | None = None
+    throttled: int | None = None
+
+    def end(self, outcome: Outcome, reason: str | None) -> None:
+        self.outcome, self.reason = outcome, reason
+
+    def to_dict(self) -> dict:
+        """The target as ``-o json`` shows it (camelCase; names escaped for any output)."""
+        return {'namespace': printable(self.namespace), 'name': printable(self.name), 'kind': self.kind,
+                'storage': self.storage, 'kmsVersion': self.kms_version, 'keyId': self.key_id,
+                'outcome': self.outcome.value if self.outcome else None, 'reason': self.reason,
+                'modRevisionBefore': self.mod_revision_before, 'modRevisionAfter': self.mod_revision_after,
+                'storageAfter': self.storage_after, 'keyIdAfter': self.key_id_after, 'throttled': self.throttled}
 
 
 def kind_of(storage: str | None, stale: bool) -> str:
@@ -34,7 +79,7 @@ def kind_of(storage: str | None, stale: bool) -> str:
     return 'other'  # unknown or malformed: only --only all rewrites it (the API usually cannot read it)
 
 
-def targets(scan: dict, only: str = 'all', namespaces=(), secrets=()) -> list[dict]:
+def targets(scan: dict, only: str = 'all', namespaces=(), secrets=()) -> list[Target]:
     """The secrets to rewrite, in key order, from a finished scan (``ScanSummary.finish``)."""
     wanted_ns, wanted = set(namespaces), set(map(tuple, secrets))
     found = []
@@ -45,29 +90,28 @@ def targets(scan: dict, only: str = 'all', namespaces=(), secrets=()) -> list[di
         namespace, name = entry['namespace'], entry['name']
         if (wanted_ns and namespace not in wanted_ns) or (wanted and (namespace, name) not in wanted):
             continue
-        found.append({'namespace': namespace, 'name': name, 'kind': kind,
-                      'storage': entry.get('storage', 'kms' if stale else None), 'kmsVersion': entry.get('kmsVersion'),
-                      'keyId': entry.get('keyId'), 'planReason': entry.get('reason')})
-    found.sort(key=lambda t: (t['namespace'], t['name']))
+        found.append(Target(namespace, name, kind, entry.get('storage', 'kms' if stale else None),
+                            kms_version=entry.get('kmsVersion'), key_id=entry.get('keyId'),
+                            plan_reason=entry.get('reason')))
+    found.sort(key=lambda t: (t.namespace, t.name))
     return found
 
 
 def addressable(namespace: str, name: str) -> bool:
     """Whether the API can name this secret (a key in etcd can be anything; the API's names cannot)."""
-    return (len(namespace) <= 63 and bool(_LABEL.fullmatch(namespace)) and len(name) <= 253
-            and bool(_SUBDOMAIN.fullmatch(name)))
+    return is_namespace(namespace) and is_secret_name(name)
 
 
-def force_write(target: dict, current_key_id: str | None = None) -> bool:
+def force_write(target: Target, current_key_id: str | None = None) -> bool:
     """Whether the rewrite must change something (add the annotation).
 
     KMS v1 values are not stale after a key rotation, so an unchanged PUT would not be written. A value not
     stored with KMS is stale and written anyway, but where no KMS v2 key is current (a KMS v1 cluster) it is
     stored as KMS v1, whose age check reads the last write from managedFields: an unchanged PUT adds no entry,
     so a secret from 2023 would still look written before the rotation. Annotate both."""
-    if target.get('kmsVersion') == 'v1':
+    if target.kms_version == 'v1':
         return True
-    return target.get('storage') != 'kms' and not current_key_id
+    return target.storage != 'kms' and not current_key_id
 
 
 def is_current_key(key_id: str | None, current_key_id: str | None) -> bool:
@@ -81,7 +125,7 @@ def is_current_key(key_id: str | None, current_key_id: str | None) -> bool:
             and key_id_hash(key_id) == current_key_id)
 
 
-def verdict_after(_target: dict, classification: dict | None, mod_revision: int | None, current_key_id: str | None,
+def verdict_after(classification: dict | None, mod_revision: int | None, current_key_id: str | None,
                   before: int | None) -> tuple[bool, str]:
     """Whether the value now in etcd is stored with KMS under the current key, with the reason when not."""
     if classification is None:

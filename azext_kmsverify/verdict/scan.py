@@ -14,15 +14,18 @@ from datetime import datetime, timedelta, timezone
 
 from azext_kmsverify import defaults
 from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, WARNING, check, encryption_verdict
-from azext_kmsverify.verdict.keys import key_id_hash
+from azext_kmsverify.verdict.keys import (
+    SOURCE_LATEST_WRITE,
+    SOURCE_METRICS,
+    SOURCE_PROBE,
+    decide_current_key,
+    key_id_hash,
+)
 
 ALL_SECRETS_ENCRYPTED = 'AllSecretsEncrypted'
 KMS_V2_CURRENT_KEY = 'KmsV2CurrentKey'
 KMS_V1_ROTATION = 'KmsV1WrittenBeforeRotation'
 
-SOURCE_METRICS = 'metrics'
-SOURCE_PROBE = 'probe'
-SOURCE_LATEST_WRITE = 'latestWrite'
 _SOURCE_TEXT = {SOURCE_METRICS: "from the API server's /metrics", SOURCE_PROBE: 'from the probe secret',
                 SOURCE_LATEST_WRITE: 'from the most recently written secret'}
 
@@ -153,16 +156,12 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
         """
         if current_key_id is not None and self._known_key is not None and current_key_id != self._known_key:
             raise ValueError('finish() got a different current key id than the one the scan started with')
-        if current_key_id is None and self._known_key is not None:
-            current_key_id, current_key_source = self._known_key, current_key_source or self._known_source
-        if current_key_id is None and self._fallback and self._fallback[0]:
-            current_key_id, current_key_source = self._fallback
-        if current_key_id is not None:
-            current_key_source = current_key_source or SOURCE_PROBE
-        elif self._latest is not None:
-            current_key_id, current_key_source = self._latest[1], SOURCE_LATEST_WRITE
-        else:
-            current_key_source = None
+        current_key_id, current_key_source = decide_current_key(
+            given=current_key_id, given_source=current_key_source, found=self._known_key,
+            found_source=current_key_source or self._known_source,
+            probe=self._fallback[0] if self._fallback else None,
+            probe_source=self._fallback[1] if self._fallback else None,
+            latest_write=self._latest[1] if self._latest is not None else None)
         now = _utc(now) if now is not None else datetime.now(timezone.utc)
         stale_status = FAILED if fail_on_stale else WARNING
 
@@ -181,8 +180,7 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
 
         failing = []
         for namespace, name, storage, provider, malformed, version in sorted(self._failing, key=lambda f: (f[0], f[1])):
-            verdict = encryption_verdict({'storage': storage, 'provider': provider, 'malformed': malformed,
-                                          'kmsVersion': version})
+            verdict = encryption_verdict(storage, provider=provider, malformed=malformed, kms_version=version)
             failing.append({'namespace': namespace, 'name': name, 'storage': storage, 'provider': provider,
                             'reason': verdict[1]})
         stale.sort(key=lambda s: (s['namespace'], s['name']))

@@ -46,17 +46,17 @@ class StandinCommandsLoader(AzCommandsLoader):
 
 COMMAND_LOADER_CLS = StandinCommandsLoader
 '''
-STANDIN_CUSTOM = '''\
+STANDIN_CUSTOM = """\
 def standin_version():
     import kubernetes
     return kubernetes.__version__
-'''
-STANDIN_METADATA = '''\
+"""
+STANDIN_METADATA = """\
 Metadata-Version: 2.1
 Name: aksarc
 Version: 1.0.0
 Summary: Stand-in for the aksarc extension (kmsverify tests only), bundling kubernetes {version}
-'''
+"""
 STANDIN_AZEXT = '{"azext.minCliCoreVersion": "2.60.0"}\n'
 
 

@@ -166,7 +166,7 @@ def test_arm_synchronous_answer_works(arm_az, box):
 
 def test_not_signed_in_recommends_az_login_exit_1(az):
     result = az('aksarc', 'kms', 'verify', '-g', 'sandbox-rg', '-n', 'sandbox-cluster')
-    assert_error(result, 1, ['Could not find an Azure subscription in the az login', "az login"], "'az login'")
+    assert_error(result, 1, ['Could not find an Azure subscription in the az login', 'az login'], "'az login'")
 
 
 def test_token_request_failing_recommends_az_login_exit_1(user_az, box, tmp_path):
@@ -241,7 +241,7 @@ def test_unknown_context_is_a_bad_argument_exit_2(az, box):
 def test_named_secret_that_does_not_exist_exit_3(az, box):
     result = verify(az, box.kubeconfig, '--secret', 'default/no-such-secret')
     assert_error(result, 3, 'Secret default/no-such-secret was not found.',
-                 "kubectl get secret -n default no-such-secret")
+                 'kubectl get secret -n default no-such-secret')
 
 
 # --- etcd pods and exec ------------------------------------------------------------------------------------------

@@ -197,7 +197,7 @@ def test_a_key_no_argv_can_carry_at_every_page_boundary_is_read(az, box):
 
 @pytest.mark.parametrize('args, message', [
     (['--etcd-key', '/a\x01b'], '--etcd-key must be an absolute path'),
-    (['--secret', 'default/x\n'], "is not a valid secret name"),
+    (['--secret', 'default/x\n'], 'is not a valid secret name'),
     (['--probe-namespace', 'default\n'], 'is not a valid namespace name'),
     (['--etcd-endpoint', ''], "--etcd-endpoint '' is not valid"),
     (['--etcd-container', 'etcd\x1b[2J'], '--etcd-container'),

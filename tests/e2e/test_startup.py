@@ -7,7 +7,7 @@ from tests.conftest import AZ, EXTENSION_DIR
 
 HEAVY = ('kubernetes', 'azure.identity', 'cryptography', 'websocket', 'yaml', 'requests', 'urllib3', 'grpc')
 
-PROBE = '''
+PROBE = """
 import json, sys
 sys.path.insert(0, {ext!r})
 from azure.cli.core.mock import DummyCli
@@ -18,7 +18,7 @@ loader.load_command_table(None)
 loader.load_arguments("aksarc kms verify")
 print(json.dumps({{"file": ext.__file__, "new": sorted(set(sys.modules) - before),
                   "commands": sorted(loader.command_table)}}))
-'''
+"""
 
 
 def test_loading_the_command_table_imports_nothing_heavy(installed):
@@ -35,7 +35,8 @@ def test_loading_the_command_table_imports_nothing_heavy(installed):
     # custom.py load only when the command runs.
     assert set(ours) <= {'azext_kmsverify', 'azext_kmsverify._help', 'azext_kmsverify.commands',
                          'azext_kmsverify._params', 'azext_kmsverify._validators', 'azext_kmsverify.errors',
-                         'azext_kmsverify.defaults', 'azext_kmsverify.text', 'azext_kmsverify.report',
+                         'azext_kmsverify.defaults', 'azext_kmsverify.text', 'azext_kmsverify.names',
+                         'azext_kmsverify.report',
                          'azext_kmsverify.report.table'}, ours
 
 

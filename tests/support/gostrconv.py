@@ -14,7 +14,7 @@ _TOKEN = re.compile(
     r'([^\\"\n]+)'
     r'|\\(?:x([0-9a-fA-F]{2})|([0-7]{3})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|([abfnrtv\\"\']))'
 )
-_SIMPLE_ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, "\\": 92, '"': 34, "'": 39}
+_SIMPLE_ESCAPES = {'a': 7, 'b': 8, 'f': 12, 'n': 10, 'r': 13, 't': 9, 'v': 11, '\\': 92, '"': 34, "'": 39}
 
 
 def go_unquote(quoted: str) -> bytes:
@@ -25,7 +25,7 @@ def go_unquote(quoted: str) -> bytes:
     double-quoted strings (``%q`` never emits it). Raises ValueError naming the offset only.
     """
     if len(quoted) < 2 or quoted[0] != '"' or quoted[-1] != '"':
-        raise ValueError("not a double-quoted string")
+        raise ValueError('not a double-quoted string')
     end = len(quoted) - 1
     pos = 1
     out = bytearray()
@@ -33,29 +33,29 @@ def go_unquote(quoted: str) -> bytes:
     while pos < end:
         m = match(quoted, pos, end)
         if m is None:
-            raise ValueError(f"invalid escape or unescaped character at offset {pos}")
+            raise ValueError(f'invalid escape or unescaped character at offset {pos}')
         literal, hex2, octal, u4, u8, simple = m.groups()
         if literal is not None:
             try:
-                encoded = literal.encode("utf-8")
+                encoded = literal.encode('utf-8')
             except UnicodeEncodeError:  # lone surrogates; raised outside so no chained data
                 encoded = None
             if encoded is None:
-                raise ValueError(f"unencodable character in literal text at offset {pos}")
+                raise ValueError(f'unencodable character in literal text at offset {pos}')
             out += encoded
         elif hex2 is not None:
             out.append(int(hex2, 16))
         elif octal is not None:
             byte = int(octal, 8)
             if byte > 0xFF:
-                raise ValueError(f"octal escape out of range at offset {pos}")
+                raise ValueError(f'octal escape out of range at offset {pos}')
             out.append(byte)
         elif simple is not None:
             out.append(_SIMPLE_ESCAPES[simple])
         else:
             rune = int(u4 if u4 is not None else u8, 16)
             if rune > 0x10FFFF or 0xD800 <= rune <= 0xDFFF:
-                raise ValueError(f"invalid Unicode code point escape at offset {pos}")
-            out += chr(rune).encode("utf-8")
+                raise ValueError(f'invalid Unicode code point escape at offset {pos}')
+            out += chr(rune).encode('utf-8')
         pos = m.end()
     return bytes(out)

@@ -3,4 +3,4 @@
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
-FIXTURES = PROJECT / "tests" / "fixtures"
+FIXTURES = PROJECT / 'tests' / 'fixtures'

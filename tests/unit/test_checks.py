@@ -80,7 +80,7 @@ def test_a_secret_passes_only_when_stored_with_kms(name):
         assert result['status'] == checks.FAILED and 'encrypted with a local key, not KMS' in result['detail']
     assert result['target'] == 'fixtures/' + name
     if expected['canary']:
-        assert expected['canary'] not in json.dumps(entry) + json.dumps(result)
+        assert expected['canary'] not in json.dumps(entry.to_dict()) + repr(entry) + json.dumps(result)
 
 
 def test_kms_v1_warns_but_does_not_fail():

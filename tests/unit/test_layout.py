@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / 'azext_kmsverify'
 # A module may import modules of its own layer and of the layers before it, never after.
 LAYERS = [
-    {'defaults', 'errors', 'text', 'deadline', 'options'},
+    {'defaults', 'errors', 'names', 'text', 'deadline', 'options'},
     {'etcd'},
     {'verdict'},
     {'report'},
@@ -23,9 +23,12 @@ LAYERS = [
     {'custom'},
 ]
 WIRING = {'__init__', 'commands', '_params', '_help', '_validators', 'custom'}
+# operations/: the frame (run: steps, failures, interrupts, progress, reports, exit code; session: sign-in and the
+# connection stack) and one module per command, which may use the frame but never another command's module.
+FRAME = {'run', 'session'}
 # Steps that must stay pure: no network, no subprocess, no az runtime beyond error classes.
 # (report/junit writes its file and names the host: it is the one report module with I/O.)
-PURE = {'etcd', 'verdict', 'report/table', 'report/exitcode', 'text', 'defaults', 'options', 'deadline'}
+PURE = {'etcd', 'verdict', 'report/table', 'names', 'text', 'defaults', 'options', 'deadline'}
 IO_MODULES = {'socket', 'ssl', 'subprocess', 'urllib3', 'requests', 'websocket', 'kubernetes', 'http', 'select'}
 
 
@@ -74,7 +77,7 @@ def test_pure_steps_do_no_io(path, parts):
 def test_wiring_stays_flat_and_thin():
     flat = {p.stem for p in PACKAGE.glob('*.py')}
     assert WIRING <= flat
-    assert flat - WIRING <= {'defaults', 'errors', 'text', 'deadline', 'options'}, flat - WIRING
+    assert flat - WIRING <= {'defaults', 'errors', 'names', 'text', 'deadline', 'options'}, flat - WIRING
     custom = (PACKAGE / 'custom.py').read_text()
     assert len(custom.splitlines()) < 60, 'custom.py only wires'
 
@@ -97,3 +100,33 @@ def test_the_repository_stands_on_its_own():
         text = path.read_text(encoding='utf-8', errors='replace')
         for marker in outside:
             assert marker not in text, f'{path.relative_to(project)} mentions {marker!r}'
+
+
+def _operations_imported(path):
+    """The operations modules ``path`` imports, also as ``from azext_kmsverify.operations import verify``."""
+    for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f'{node.module}.{alias.name}' for alias in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split('.')
+            if parts[:2] == ['azext_kmsverify', 'operations'] and len(parts) > 2:
+                yield parts[2]
+
+
+def test_no_command_module_imports_another():
+    operations = PACKAGE / 'operations'
+    commands = {p.stem for p in operations.glob('*.py')} - FRAME - {'__init__'}
+    assert {'verify', 'reencrypt', 'fleet'} <= commands
+    for path in sorted(operations.glob('*.py')):
+        for module in _operations_imported(path):
+            assert module in FRAME, f'operations/{path.name} imports operations.{module}: only the frame is shared'
+
+
+def test_the_frame_imports_no_command():
+    for stem in FRAME:
+        for module in _operations_imported(PACKAGE / 'operations' / f'{stem}.py'):
+            assert module in FRAME, f'operations/{stem}.py imports operations.{module}'

@@ -1,0 +1,247 @@
+# --------------------------------------------------------------------------------------------
+# Copyright (c) kmsverify contributors. Licensed under the MIT License.
+# --------------------------------------------------------------------------------------------
+"""The frame of one command run, shared by every command: the step being run, the one handler that turns any
+failure into one line, the deadline (``--timeout``), the cluster session, interrupts, the progress bar, the
+reports and the exit code. A command is a body that takes the :class:`Run`::
+
+    def main(cli_ctx, options):
+        return Run(cli_ctx, options).execute(body)
+
+    def body(run):
+        with run.session(run.options.cluster, run.options.etcd) as session:   # signs in, builds the client once
+            with run.step('reading /readyz'):                                  # names the step for a failure
+                ...
+            return result                                                      # a dict: what az prints
+
+``execute`` writes every report asked for (:data:`REPORTS`), then sets the exit code from the result's
+outcome (``errors.EXIT_CODES``) after az printed it; a failure is raised as az reports it, in one line.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
+
+from azure.cli.core.azclierror import AzCLIError, CLIInternalError, FileOperationError
+from knack.log import get_logger
+
+from azext_kmsverify.deadline import Deadline
+from azext_kmsverify.errors import (
+    COULD_NOT_REPORT,
+    COULD_NOT_VERIFY,
+    FAILED,
+    NOT_VERIFIABLE,
+    PASSED,
+    exit_code,
+    exit_with,
+    make,
+    own_exit_code,
+)
+from azext_kmsverify.operations.session import ClusterSession
+from azext_kmsverify.report.junit import write_junit_xml
+from azext_kmsverify.text import printable
+from azext_kmsverify.verdict import checks as rules
+
+logger = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A report a run writes when its option names a file: ``write(path, result)``, the result being the dict az
+    prints (or, when the run could not verify, a one-check result saying why)."""
+
+    option: str  # the options field (and, with dashes, the argument) that names the file: junit_xml, --junit-xml
+    write: Callable[[str, dict], None]
+    what: str  # for messages: 'JUnit report'
+
+    @property
+    def hint(self) -> str:
+        return f"Give --{self.option.replace('_', '-')} a path in a writable folder."
+
+
+# Every report format. Adding one is one line here (and its option in _params.py, options.py, _validators.py).
+REPORTS = (
+    Report('junit_xml', write_junit_xml, 'JUnit report'),
+)
+
+
+class Run:  # pylint: disable=too-many-instance-attributes  # the state of one run, in one place
+    """One command run. ``options`` is the command's frozen options (``options.py``); ``deadline`` is the run's
+    one ``Deadline`` of ``--timeout``: every wait of the run (the session's, a fleet's clusters' through
+    :meth:`child`) is bounded by it or by one of its children, and :meth:`cancel` ends them all."""
+
+    def __init__(self, cli_ctx, options, *, progress: bool = True, deadline: Deadline | None = None):
+        self.cli_ctx = cli_ctx
+        self.options = options
+        self.deadline = deadline or Deadline(options.timeout)
+        self.show_progress = progress
+        self._step = 'starting'
+        self._failed_step = None
+        self._children: list[Run] = []
+        self._lock = threading.Lock()
+
+    # --- steps and failures -------------------------------------------------------------------------------
+
+    @contextmanager
+    def step(self, name: str):
+        """``with run.step('reading /readyz'):``, the step a failure inside names."""
+        previous, self._step = self._step, name
+        try:
+            yield
+        except BaseException:
+            self._failed_step = self._failed_step or name
+            raise
+        finally:
+            self._step = previous
+
+    @property
+    def current_step(self) -> str:
+        return self._failed_step or self._step
+
+    def one_line(self, error: BaseException) -> str:
+        """What went wrong, in one line: an azclierror's message, else the step and the exception's type only
+        (an unknown exception's text may carry what it was handed: a token, a file's content)."""
+        if isinstance(error, AzCLIError):
+            return error.error_msg
+        return f'failed unexpectedly while {self.current_step} ({type(error).__name__})'
+
+    def as_error(self, error: BaseException) -> AzCLIError:
+        if isinstance(error, AzCLIError):
+            return error
+        return make(CLIInternalError, f'kmsverify {self.one_line(error)}.',
+                    'Retry with --debug for the step; please report it at '
+                    'https://github.com/Azure/azure-cli-extensions/issues.')
+
+    # --- what a body uses ---------------------------------------------------------------------------------
+
+    def session(self, cluster, etcd, signed_in=None) -> ClusterSession:
+        """The cluster session of this run (a context manager): signs in, builds the API client, the etcd exec and
+        the etcd reader once, each under its step, all bounded by this run's deadline."""
+        return ClusterSession(self.cli_ctx, cluster, etcd, self.deadline, step=self.step, signed_in=signed_in)
+
+    def child(self, options) -> Run:
+        """A run inside this one (a fleet's cluster): its own deadline of ``options.timeout``, no progress bar,
+        no reports; cancelled with this run."""
+        child = Run(self.cli_ctx, options, progress=False)
+        with self._lock:
+            self._children.append(child)
+        return child
+
+    def cancel(self) -> None:
+        """End every wait of this run and of its children now (Ctrl-C, SIGTERM)."""
+        with self._lock:
+            children = list(self._children)
+        self.deadline.cancel()
+        for child in children:
+            child.cancel()
+
+    @contextmanager
+    def interrupts(self):
+        """Inside, SIGTERM is handled as SIGINT is: a ``KeyboardInterrupt`` in the main thread (the one hook)."""
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            def _terminate(_signum, _frame):
+                raise KeyboardInterrupt
+            previous = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            yield
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    @contextmanager
+    def progress(self, message: str):
+        """az's progress bar, only for a person watching (stderr a terminal, not --only-show-errors, not a
+        fleet's cluster): ``with run.progress('Reading') as bar: bar(value, total, message)``."""
+        if not self.show_progress or not sys.stderr.isatty() or self.cli_ctx.only_show_errors:
+            yield _no_progress
+            return
+        controller = self.cli_ctx.get_progress_controller(det=True)
+        controller.begin(message=message)
+        try:
+            yield lambda value, total, text: controller.add(message=text, value=value, total_val=total)
+        finally:
+            controller.end()
+
+    # --- the way out --------------------------------------------------------------------------------------
+
+    def execute(self, body) -> dict:
+        """``body(self)``'s result, reported; or its failure, as az reports it (with a report saying why)."""
+        try:
+            result = body(self)
+        except Exception as ex:  # pylint: disable=broad-except  # every failure leaves in one line
+            self.fail(self.as_error(ex))
+        return self.finish(result)
+
+    def finish(self, result: dict) -> dict:
+        """Write the reports (one that cannot be written is an error line, and the run exits 1), then exit with
+        the code of the result's outcome once az printed it."""
+        ends = [outcome_of(result)]
+        for report, path in self.reports():
+            try:
+                _write(report, path, result)
+            except AzCLIError as error:
+                logger.error('%s %s', error.error_msg, report.hint)
+                ends.append(COULD_NOT_REPORT)
+        exit_after_output(self.cli_ctx, exit_code(*ends))
+        return result
+
+    def reports(self) -> list[tuple[Report, str]]:
+        """The reports this run's options ask for, with their paths."""
+        return [(r, getattr(self.options, r.option)) for r in REPORTS if getattr(self.options, r.option, None)]
+
+    def fail(self, error: AzCLIError):
+        """Raise ``error`` as az reports it; a pipeline asking for reports still gets them, saying why."""
+        failure = rules.build_result(None, [rules.check('Verification', rules.FAILED,
+                                                        'could not verify: ' + error.error_msg)], [])
+        for report, path in self.reports():
+            try:
+                report.write(path, failure)
+            except Exception:  # pylint: disable=broad-except
+                logger.warning('Could not write the %s to %s.', report.what, printable(path))
+        if own_exit_code(error):
+            exit_with(error)
+        raise error from None
+
+
+def outcome_of(result: dict) -> str:
+    """The outcome of a result: a fleet's worst cluster outcome, else passed or failed."""
+    clusters = result.get('clusters')
+    if isinstance(clusters, list):
+        outcomes = {c.get('outcome') for c in clusters}
+        return next((worst for worst in (COULD_NOT_VERIFY, NOT_VERIFIABLE, FAILED) if worst in outcomes), PASSED)
+    return PASSED if result.get('passed') else FAILED
+
+
+def _no_progress(_value, _total, _text):
+    return None
+
+
+def _write(report: Report, path: str, result: dict) -> None:
+    try:
+        report.write(path, result)
+    except OSError as ex:
+        raise make(FileOperationError, f"Could not write the {report.what} '{printable(path)}': "
+                                       f'{ex.strerror or type(ex).__name__}.') from None
+
+
+def exit_after_output(cli_ctx, code: int) -> None:
+    """Exit with ``code`` (if not 0) once az has printed the result.
+
+    A command's return value cannot set the exit code; knack prints the result (honouring -o and --query)
+    and then raises EVENT_CLI_SUCCESSFUL_EXECUTE, so a one-shot handler of that event exits.
+    """
+    if not code:
+        return
+    from knack.events import EVENT_CLI_SUCCESSFUL_EXECUTE
+
+    def _exit(_cli_ctx, **_kwargs):
+        cli_ctx.unregister_event(EVENT_CLI_SUCCESSFUL_EXECUTE, _exit)
+        raise SystemExit(code)
+
+    cli_ctx.register_event(EVENT_CLI_SUCCESSFUL_EXECUTE, _exit)
