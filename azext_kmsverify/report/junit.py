@@ -19,11 +19,9 @@ written as ``\\xNN``/``\\uNNNN``. Nothing here sees a secret value: the result n
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import socket
-import tempfile
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 
@@ -197,33 +195,9 @@ def _properties(suite, result):
 
 
 def write_junit_xml(path, result, **kwargs):
-    """Write :func:`to_junit_xml` to ``path``. A regular file (or none) is replaced atomically, so a reader never
-    sees half a report; anything else there (a symlink, /dev/null, /dev/stdout) is written through, never
-    replaced: as root, a rename over /dev/null would remove the device."""
-    import stat
-    data = to_junit_xml(result, **kwargs)
-    path = os.path.abspath(os.fspath(path))
-    try:
-        existing = os.lstat(path).st_mode
-    except FileNotFoundError:
-        existing = None
-    if existing is not None and not stat.S_ISREG(existing):
-        with open(path, 'wb') as handle:
-            handle.write(data)
-        return path
-    folder, base = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{base}.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the report holds nothing secret and CI must read it
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    """Write :func:`to_junit_xml` to ``path`` (``report.files.write_report``: atomic, never through a FIFO)."""
+    from azext_kmsverify.report.files import write_report
+    if 'timestamp' not in kwargs and result.get('startedAt'):
+        kwargs['timestamp'] = datetime.strptime(result['startedAt'], '%Y-%m-%dT%H:%M:%S.%fZ')
+    kwargs.setdefault('duration', result.get('durationSeconds'))
+    return write_report(path, to_junit_xml(result, **kwargs))
