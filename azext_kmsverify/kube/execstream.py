@@ -92,6 +92,16 @@ def exec_in_pod(client, namespace: str, pod: str, container: str, argv: list[str
         if 'CERTIFICATE_VERIFY_FAILED' in str(ex):
             raise ExecError(client.errors.transport(ex, doing), True) from None
         raise ExecError(client.errors.transport(ex, f'opening an exec stream to pod {pod}')) from None
+    response = getattr(sock, 'handshake_response', None)
+    if response is not None and 300 <= (response.status or 0) < 400:
+        # websocket-client before 1.9 (az's own copy comes first on sys.path) returns a redirect as connected
+        try:
+            sock.close(timeout=0.2)
+        finally:
+            if registry is not None:
+                registry.remove(sock)
+        raise ExecError(client.errors.redirect(response.status, (response.headers or {}).get('location'),
+                                               f'opening the exec stream to pod {pod}'), True)
     try:
         if registry is not None and client.proxy:
             registry.add(sock, sock.sock)  # through a proxy: watched from the first frame on

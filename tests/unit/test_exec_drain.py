@@ -207,3 +207,16 @@ def test_a_redirect_of_the_exec_is_refused_and_named(monkeypatch):
     message = info.value.error.error_msg
     assert info.value.fatal and 'answered 302 (a redirect to ws://evil.example/x\\x1b)' in message
     assert 'opening the exec stream to pod etcd-node' in message and 'not followed' in message
+
+
+def test_a_redirect_returned_as_connected_is_refused(monkeypatch):
+    """websocket-client 1.8 (az's own copy) returns a redirect with redirect_limit=0 as a connection."""
+    class Redirected(FakeWebSocket):
+        def connect(self, url, **options):
+            self.handshake_response = type('R', (), {'status': 307, 'headers': {'location': 'wss://other/x'}})()
+    FakeWebSocket.next_frames = []
+    monkeypatch.setattr(websocket, 'WebSocket', Redirected)
+    monkeypatch.setattr(execstream, '_open_socket', lambda *args: None)
+    with pytest.raises(ExecError) as info:
+        exec_in_pod(FakeClient(), 'kube-system', 'etcd-node', 'etcd', ['etcdctl'])
+    assert 'answered 307 (a redirect to wss://other/x)' in info.value.error.error_msg and info.value.fatal
