@@ -328,6 +328,8 @@ class HostileServer:
     @staticmethod
     async def _trickle(writer, data, interval):
         for index in range(len(data)):
+            if writer.is_closing():
+                return
             writer.write(data[index:index + 1])
             await writer.drain()
             await asyncio.sleep(interval)
@@ -337,7 +339,7 @@ class HostileServer:
         writer.write(f'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n'.encode())
         chunk = b'[' + b'0,' * (512 * 1024)
         sent = 0
-        while sent < size:
+        while sent < size and not writer.is_closing():
             piece = chunk[:size - sent]
             writer.write(piece)
             await writer.drain()
@@ -348,7 +350,7 @@ class HostileServer:
         writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n')
         piece = b'{"items":[' + b'{"metadata":{"name":"x"}},' * 2000
         chunk = f'{len(piece):x}\r\n'.encode() + piece + b'\r\n'
-        while True:
+        while not writer.is_closing():
             writer.write(chunk)
             await writer.drain()
 
@@ -440,9 +442,10 @@ class HostileServer:
         if frames_behaviour == 'endless':  # continuation frames, never a final one
             writer.write(ws_frame(0x2, b'\x01' + b'A' * 65535, fin=False))
             piece = ws_frame(0x0, b'A' * 65536, fin=False)
-            while True:
+            while not writer.is_closing():
                 writer.write(piece)
                 await writer.drain()
+            return False
         if frames_behaviour == 'trickle-frame':  # one 64 KiB frame, a byte every interval
             frame = ws_frame(0x2, b'\x01' + b'A' * 65535)
             writer.write(frame[:4])
