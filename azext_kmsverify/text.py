@@ -23,8 +23,8 @@ _UNSAFE_CATEGORIES = frozenset({'Cc', 'Cf', 'Cs', 'Zl', 'Zp'})
 
 
 def truncate(text: object, limit: int = LINE_MAX) -> str:
-    """``text`` on one line (whitespace runs become one space), at most ``limit`` characters."""
-    text = ' '.join(str(text).split())
+    """``text`` on one line (whitespace runs become one space), :func:`printable`, at most ``limit`` characters."""
+    text = printable(' '.join(str(text).split()))
     return text if len(text) <= limit else text[:limit - 3] + '...'
 
 

@@ -82,3 +82,16 @@ def test_log_records_are_sanitised_at_the_handler():
     text = stream.getvalue()
     assert '\x1b' not in text and '\u2028' not in text
     assert text.splitlines() == ['pod etcd\\x1b[2J said line\\u2028forged', 'plain 3']
+
+
+def test_every_error_message_and_recommendation_is_sanitised():
+    from azure.cli.core.azclierror import AzureResponseError
+
+    from azext_kmsverify.errors import make
+    from azext_kmsverify.etcd.stderr import explain_etcdctl_error
+    from azext_kmsverify.text import truncate
+    error = make(AzureResponseError, 'Entra said: \x1b[2Jcode\u2028x\u202e', 'Check pod etcd\x9b31m.\nThen retry.')
+    assert error.error_msg == 'Entra said: \\x1b[2Jcode x\\u202e'  # U+2028 is whitespace to split(): one space
+    assert error.recommendations == ['Check pod etcd\\x9b31m.\nThen retry.']
+    assert '\x1b' not in explain_etcdctl_error(b'Error: bad key \x1b]0;owned\x07 \xc2\x9b31m\n')
+    assert truncate('a\x1bb' * 200, 20) == 'a\\x1bba\\x1bba\\x1b...'
