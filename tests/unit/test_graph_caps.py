@@ -10,7 +10,7 @@ from azext_kmsverify.discovery import graph
 
 
 class Cloud:
-    class endpoints:  # noqa: N801  # az's shape
+    class endpoints:  # az's shape
         resource_manager = 'https://management.example/'
 
 
