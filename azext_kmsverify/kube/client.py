@@ -82,11 +82,20 @@ class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per par
         manager.pool_classes_by_scheme = _watched_pools(self.sockets)
         return manager
 
-    def auth_headers(self) -> dict:
-        """The Authorization header (refreshing an expiring exec-plugin token as the kubernetes client does)."""
+    def auth_headers(self, deadline=None) -> dict:
+        """The Authorization header (refreshing an expiring exec-plugin token as the kubernetes client does).
+        A token request (azure-identity, msal, az) has no socket to give the watchdog: it runs in a worker that
+        is no longer waited for at the deadline."""
         source = self.kubeconfig.token_source
         if source is not None:
-            return {'Authorization': source.authorization()}
+            deadline = deadline or self.deadline
+            if not hasattr(deadline, 'call'):
+                return {'Authorization': source.authorization()}
+            from azext_kmsverify.deadline import DeadlineExpired
+            try:
+                return {'Authorization': deadline.call(source.authorization, doing='requesting a token')}
+            except DeadlineExpired:
+                raise self.errors.timeout('requesting an Entra ID token for the cluster') from None
         configuration = self._configuration
         # kubernetes < 35 keeps the token under 'authorization', later releases under 'BearerToken'; both call
         # the loader's refresh hook (an expiring exec-plugin token) through get_api_key_with_prefix.
@@ -136,7 +145,7 @@ class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per par
             raise self.errors.timeout(doing)
         limit = deadline.bound(timeout)
         logger.debug('%s %s', method, printable(path))  # the path names objects only; never query or body
-        headers = {'Accept': accept, 'User-Agent': defaults.USER_AGENT, **self.auth_headers()}
+        headers = {'Accept': accept, 'User-Agent': defaults.USER_AGENT, **self.auth_headers(deadline)}
         data = None
         if body is not None:
             headers['Content-Type'] = 'application/json'
