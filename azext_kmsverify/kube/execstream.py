@@ -218,7 +218,7 @@ def _read(client, sock, pod: str, container: str, argv: list[str], *, max_bytes:
         raise ExecError(_stream_cut(pod, f'a frame of more than {max_bytes // (1024 * 1024)} MiB'), True) from None
     except (EOFError, OSError, ssl.SSLError) as ex:
         if _cut(deadline):
-            raise ExecError(client.errors.timeout(f'reading the exec stream of {pod}'), True) from None
+            raise ExecError(client.errors.timeout(f'exec into {pod} produced no end of output'), True) from None
         if isinstance(ex, TimeoutError):
             raise ExecError(_stream_cut(pod, 'a frame stopped arriving midway')) from None
         if isinstance(ex, EOFError):

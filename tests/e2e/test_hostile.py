@@ -62,8 +62,8 @@ SLOW = [
     ('pods', 'stall', 'listing pods in kube-system'),
     ('secret-create', 'trickle', 'creating a probe secret'),
     ('exec', 'trickle', 'exec into etcd-hostile'),
-    ('exec-frames', 'trickle-frame', 'reading the exec stream of etcd-hostile'),
-    ('exec-frames', 'stall', 'reading the exec stream of etcd-hostile'),
+    ('exec-frames', 'trickle-frame', 'exec into etcd-hostile produced no end of output'),
+    ('exec-frames', 'stall', 'exec into etcd-hostile produced no end of output'),
 ]
 
 
