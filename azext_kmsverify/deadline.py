@@ -30,7 +30,7 @@ class DeadlineExpired(Exception):
         self.doing = doing
 
 
-class Deadline:
+class Deadline:  # pylint: disable=too-many-instance-attributes  # the budget and its watchdog
     """Seconds left of ``--timeout``; every network wait is bounded by ``bound`` and by the watchdog.
 
     ``watch(stop)`` registers a stopper (called once, from the watchdog thread, at expiry or cancel; at once when

@@ -255,7 +255,7 @@ def _watched_pools(registry: SocketRegistry) -> dict:
     from urllib3.connection import HTTPConnection, HTTPSConnection
 
     def watched(base):
-        class Watched(base):
+        class Watched(base):  # pylint: disable=too-few-public-methods  # urllib3's, with two hooks
             def _new_conn(self):
                 sock = super()._new_conn()
                 registry.add(self, sock)

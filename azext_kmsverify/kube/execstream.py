@@ -138,7 +138,7 @@ def _open_socket(client, url: str, registry, owner):
         raise
 
 
-class _Frames:
+class _Frames:  # pylint: disable=too-few-public-methods  # one frame at a time
     """WebSocket frames read straight from the socket, each read bounded (the watchdog cuts it at the deadline),
     each frame's length checked before a byte of it is read."""
 
