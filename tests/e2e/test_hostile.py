@@ -89,6 +89,33 @@ def test_a_trickling_probe_delete_is_bounded_by_the_grace(az, hostile):
     assert 'delete it with: kubectl delete secret -n default kmsverify-probe-' in result.stderr, result
 
 
+def _start(hostile, tmp_path, *args):
+    env = dict(os.environ, AZURE_CONFIG_DIR=str(tmp_path / 'azure'), AZURE_EXTENSION_DIR=str(EXTENSION_DIR),
+               AZURE_CORE_COLLECT_TELEMETRY='false', PYTHONSAFEPATH='1')
+    return subprocess.Popen([str(AZ), 'aksarc', 'kms', 'verify', '--kubeconfig', hostile.kubeconfig(), *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True)
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
+def test_a_signal_during_a_trickling_probe_delete_is_honoured_within_the_grace(hostile, tmp_path, sig):
+    hostile.set('exec-frames', 'inject').set('secret-delete', 'trickle')
+    proc = _start(hostile, tmp_path, '--timeout', '60')
+    try:
+        assert wait_for(lambda: any(p == 'secret-delete' for p, *_ in hostile.requests), 60), hostile.requests
+        proc.send_signal(sig)
+        started = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        ended = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert ended <= GRACE + 3, f'{ended:.1f} s'
+    assert proc.returncode != 0, err
+    assert 'Interrupted: deleting the probe secret default/kmsverify-probe-' in err, err
+    assert 'Traceback' not in err, err
+
+
 def test_a_second_signal_during_the_probe_delete_ends_the_run_at_once(hostile, tmp_path):
     hostile.set('exec-frames', 'inject').set('secret-delete', 'stall')
     env = dict(os.environ, AZURE_CONFIG_DIR=str(tmp_path / 'azure'), AZURE_EXTENSION_DIR=str(EXTENSION_DIR),
