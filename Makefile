@@ -33,7 +33,7 @@ VERSION := $(shell sed -n "s/^VERSION = '\(.*\)'/\1/p" setup.py)
 WHEEL := $(DIST)/kmsverify-$(VERSION)-py3-none-any.whl
 SOURCES := setup.py README.md HISTORY.rst $(shell find azext_kmsverify -name '*.py' -o -name '*.json')
 
-.PHONY: demo test lint bench bench-install system-deps install clean
+.PHONY: demo test lint bench bench-install system-deps install clean dist
 
 $(AZ_BIN)/.installed: requirements-az.txt
 	test -x $(AZ_BIN)/python || $(PY) -m venv $(AZ_VENV)
@@ -63,6 +63,15 @@ $(WHEEL): $(BIN)/.installed $(SOURCES)
 	rm -rf $(DIST) && mkdir -p $(DIST)
 	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(DIST) .
 
+# What a release publishes: the wheel and an extension index (azure-cli-extensions' index.json format) naming it at
+# DIST_URL, so `az config set extension.index_url=<DIST_URL>/index.json` then `az extension add --name kmsverify`
+# and later `az extension update --name kmsverify` work by name. DIST_INDEX=an-index-already-published keeps its
+# older entries.
+DIST_URL ?= https://github.com/kmsverify/kmsverify/releases/download/v$(VERSION)
+dist: $(WHEEL) $(AZ_BIN)/.installed
+	$(AZ_BIN)/python scripts/make_index.py --base-url $(DIST_URL) --out $(DIST)/index.json \
+		$(if $(DIST_INDEX),--merge $(DIST_INDEX)) $(WHEEL)
+
 install: $(AZURE_EXTENSION_DIR)/.installed
 $(AZURE_EXTENSION_DIR)/.installed: $(WHEEL) $(AZ_BIN)/.installed
 	$(AZ) extension remove --name kmsverify --only-show-errors >/dev/null 2>&1 || true
@@ -75,6 +84,28 @@ demo: install
 test: install system-deps
 	$(BIN)/ruff check azext_kmsverify tests bench
 	$(BIN)/python -m pytest tests -q
+	$(MAKE) --no-print-directory test-az-min
+
+# The oldest azure-cli the extension claims (azext.minCliCoreVersion), in a virtualenv of its own with the wheel
+# in an extension folder of its own: the e2e tests of the paths that lean on az's internals (sign-in through az's
+# credential and ARM pipeline, verify, reencrypt, fleets through Resource Graph) run on it as well.
+AZ_MIN_VERSION := $(shell sed -n 's/^azure-cli==//p' requirements-az-min.txt)
+AZ_MIN_VENV := .venv-az-$(AZ_MIN_VERSION)
+AZ_MIN_EXT := $(CURDIR)/.az-$(AZ_MIN_VERSION)/extensions
+AZ_MIN_TESTS ?= tests/e2e/test_signin_e2e.py tests/e2e/test_verify_e2e.py tests/e2e/test_reencrypt_e2e.py \
+	tests/e2e/test_fleet_e2e.py
+.PHONY: test-az-min
+$(AZ_MIN_VENV)/bin/.installed: requirements-az-min.txt
+	test -x $(AZ_MIN_VENV)/bin/python || $(PY) -m venv $(AZ_MIN_VENV)
+	$(AZ_MIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(AZ_MIN_VENV)/bin/python -m pip install -q -r requirements-az-min.txt
+	touch $@
+test-az-min: $(WHEEL) $(AZ_MIN_VENV)/bin/.installed system-deps
+	AZURE_EXTENSION_DIR=$(AZ_MIN_EXT) $(AZ_MIN_VENV)/bin/az extension remove --name kmsverify --only-show-errors \
+		>/dev/null 2>&1 || true
+	AZURE_EXTENSION_DIR=$(AZ_MIN_EXT) $(AZ_MIN_VENV)/bin/az extension add --source $(WHEEL) --yes --only-show-errors
+	AZURE_EXTENSION_DIR=$(AZ_MIN_EXT) KMSVERIFY_TEST_AZ=$(CURDIR)/$(AZ_MIN_VENV)/bin/az \
+		$(BIN)/python -m pytest -q $(AZ_MIN_TESTS)
 
 # ruff (pyproject.toml) on everything; then pylint and flake8 on the package with azure-cli-extensions' settings
 # (.pylintrc, .flake8: what `azdev style` applies there). Any finding fails.
@@ -138,4 +169,4 @@ bench-install: $(WHEEL) $(AZ_BIN)/.installed
 	$(BIN)/python bench/bench_install.py --wheel $(WHEEL) $(BENCH_ARGS)
 
 clean:
-	rm -rf build dist *.egg-info .az .sandbox
+	rm -rf build dist *.egg-info .az .az-* .sandbox

@@ -6,8 +6,9 @@
 
 from setuptools import find_packages, setup
 
-# Keep equal to the top entry of HISTORY.rst.
-VERSION = '0.2.0'
+# Keep equal to the top entry of HISTORY.rst. A preview is a pre-release (1.0.0bN), as azure-cli's extension
+# versioning guidelines ask; the version alone makes az treat it as preview (no azext.isPreview flag).
+VERSION = '1.0.0b1'
 
 CLASSIFIERS = [
     'Development Status :: 4 - Beta',
@@ -15,10 +16,10 @@ CLASSIFIERS = [
     'Intended Audience :: System Administrators',
     'Programming Language :: Python',
     'Programming Language :: Python :: 3',
-    'Programming Language :: Python :: 3.9',
     'Programming Language :: Python :: 3.10',
     'Programming Language :: Python :: 3.11',
     'Programming Language :: Python :: 3.12',
+    'Programming Language :: Python :: 3.13',
     'License :: OSI Approved :: MIT License',
 ]
 
@@ -46,7 +47,8 @@ setup(
     author='kmsverify contributors',
     url='https://github.com/Azure/azure-cli-extensions',
     classifiers=CLASSIFIERS,
+    python_requires='>=3.10',
     packages=find_packages(include=['azext_kmsverify', 'azext_kmsverify.*']),
     install_requires=DEPENDENCIES,
-    package_data={'azext_kmsverify': ['azext_metadata.json']},
+    package_data={'azext_kmsverify': ['azext_metadata.json', 'schemas/*.json']},
 )

@@ -105,9 +105,11 @@ def _pipeline_client(cli_ctx, token, deadline):
         policies.RequestIdPolicy(),
         policies.BearerTokenCredentialPolicy(_Token(), scope),
         policies.RetryPolicy(retry_total=2, timeout=max(deadline.remaining(), 1)),
-        kwargs['custom_hook_policy'],
+        # az adds custom_hook_policy from 2.61 on (absent on 2.60: the oldest az this extension claims).
+        kwargs.get('custom_hook_policy'),
         kwargs['logging_policy'],
     ]
+    pipeline = [policy for policy in pipeline if policy is not None]
     transport = RequestsTransport(connection_verify=kwargs.get('connection_verify', True))
     return ARMPipelineClient(base_url=cli_ctx.cloud.endpoints.resource_manager, policies=pipeline,
                              transport=transport)

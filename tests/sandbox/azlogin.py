@@ -95,7 +95,14 @@ def az_login(directory, az=None, identity: str = "sp") -> str:
                  "--endpoint-microsoft-graph-resource-id", "https://graph.microsoft.com/",
                  "--skip-endpoint-discovery"]
     verb = "update" if _registered(config_dir) else "register"
-    _run(az, ["cloud", verb, "--name", CLOUD, *endpoints, "--only-show-errors"], env, f"az cloud {verb}")
+    try:
+        _run(az, ["cloud", verb, "--name", CLOUD, *endpoints, "--only-show-errors"], env, f"az cloud {verb}")
+    except AzLoginError as e:
+        if "unrecognized arguments" not in str(e):
+            raise
+        # An az older than the Microsoft Graph endpoint and --skip-endpoint-discovery (2.60): it discovers the
+        # cloud from the ARM emulator's /metadata/endpoints, and the arguments given still win.
+        _run(az, ["cloud", verb, "--name", CLOUD, *endpoints[:-3], "--only-show-errors"], env, f"az cloud {verb}")
     _run(az, ["cloud", "set", "--name", CLOUD, "--only-show-errors"], env, "az cloud set")
     _run(az, ["config", "set", "core.instance_discovery=false", "--only-show-errors"], env, "az config set")
     if identity == "sp":

@@ -19,12 +19,24 @@ REASON = ('kms-provider-0: failed to perform status section of the healthz check
 # file -> (overall status, KMS checks as (name, status))
 EXPECTED = {
     "aggregate-ok.txt": ("ok", [("kms-providers", "ok")]),
+    "aggregate-v2-no-reload-ok.txt": ("ok", [("kms-providers", "ok")]),
     "aggregate-failed.http500.txt": ("failed", [("kms-providers", "failed")]),
     "per-provider-ok.txt": ("ok", [("kms-provider-0", "ok"), ("kms-provider-1", "ok")]),
     "no-kms-ok.txt": ("ok", []),
     "nonverbose-ok.txt": ("ok", []),
+    # a real kube-apiserver v1.29.6 (see tests/fixtures/readyz/README.md)
+    "kas-1.29.6-v2-reload-ok.txt": ("ok", [("kms-providers", "ok")]),
+    "kas-1.29.6-v2-noreload-ok.txt": ("ok", [("kms-providers", "ok")]),
+    "kas-1.29.6-v2-noreload-plugin-down.http500.txt": ("failed", [("kms-providers", "failed")]),
+    "kas-1.29.6-v1-noreload-ok.txt": ("ok", [("kms-provider-0", "ok")]),
+    "kas-1.29.6-v1-reload-ok.txt": ("ok", [("kms-providers", "ok")]),
+    "kas-1.29.6-v2-v1-noreload.http500.txt": ("failed", [("kms-provider-0", "ok"), ("kms-provider-1", "ok")]),
 }
-CHECK_ERRORS = {"aggregate-failed.kms-providers.http500.txt": REASON}
+REAL_REASON = ('kms-provider-0: rpc error: code = DeadlineExceeded desc = latest balancer error: connection error: '
+               'desc = "transport: Error while dialing: dial unix /tmp/wt18-kas/kms.sock: connect: no such file or '
+               'directory"')
+CHECK_ERRORS = {"aggregate-failed.kms-providers.http500.txt": REASON,
+                "kas-1.29.6-kms-providers-plugin-down.http500.txt": REAL_REASON}
 
 
 def _body(name):
