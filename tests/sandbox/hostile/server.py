@@ -215,8 +215,12 @@ class HostileServer:
         return str(path)
 
     def close(self):
+        """Stop serving; a connection still being written to for ever is cancelled, not waited for."""
+        import concurrent.futures
         try:
-            self._loop.run(self._stop())
+            self._loop.run(self._stop(), timeout=10)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            pass  # the loop is stopped below; its thread is a daemon
         finally:
             self._loop.stop()
             self.recorder.close()
@@ -232,12 +236,13 @@ class HostileServer:
 
     async def _stop(self):
         self._server.close()
-        for writer in list(self._writers):
-            writer.close()
         tasks = [t for t in self._tasks if not t.done()]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for writer in list(self._writers):
+            writer.transport.abort()  # no flushing of what a stalled peer never read
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
 
     async def _serve(self, reader, writer):
         self._writers.add(writer)
