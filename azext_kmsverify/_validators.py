@@ -246,7 +246,7 @@ def _validate_fleet(ns):
             raise argument_error(InvalidArgumentValueError(f"--subscriptions '{_shorten(value)}' is not a "
                                                            'subscription id.', 'Give subscription ids (GUIDs).'))
     if ns.shard:
-        match = re.fullmatch(r'(\d{1,4})/(\d{1,4})', str(ns.shard))
+        match = re.fullmatch(r'([0-9]{1,4})/([0-9]{1,4})', str(ns.shard))  # ASCII digits only: not '١/٢'
         if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
             raise argument_error(InvalidArgumentValueError(f"--shard '{_shorten(str(ns.shard))}' is not I/N with "
                                                            '1 <= I <= N.', 'Give the slice as I/N, e.g. --shard '
