@@ -61,4 +61,7 @@ def test_failing_table_names_the_secrets_and_the_fix(az, sandbox_factory, count)
     assert bool(more) == (len(findings) > 10), result.stdout
     if more:
         assert f'and {len(findings) - 10} more' in more[0]
-    assert any(line.startswith('Remediation') and 'kubectl' in line for line in result.stdout.splitlines())
+    remediation = [line for line in result.stdout.splitlines() if line.startswith('Remediation')]
+    assert len(remediation) == 1 and 'az aksarc kms reencrypt' in remediation[0]
+    assert len(remediation[0].rstrip()) < 200, 'the remediation is one short line (the full text: -o json)'
+    assert 'kubectl replace' in body['scan']['remediation']
