@@ -11,22 +11,24 @@ A fleet (``--ids``, ``--all-clusters``) runs :func:`verify_cluster` per cluster 
 
 from __future__ import annotations
 
-from azure.cli.core.azclierror import AzCLIError, AzureResponseError, ResourceNotFoundError, UnauthorizedError
+from azure.cli.core.azclierror import AzureResponseError, ResourceNotFoundError
 from knack.log import get_logger
 
 from azext_kmsverify import defaults
 from azext_kmsverify.errors import make
-from azext_kmsverify.kube.health import readyz, readyz_check
+from azext_kmsverify.kube.access import CHECKING_ACCESS, require
+from azext_kmsverify.kube.health import read_health
 from azext_kmsverify.kube.metrics import current_key_hash
 from azext_kmsverify.kube.probe import ProbeSecret
 from azext_kmsverify.kube.secrets import old_writes, secret_exists
 from azext_kmsverify.operations.run import Run
 from azext_kmsverify.options import VerifyOptions
 from azext_kmsverify.text import printable
+from azext_kmsverify.verdict import access
 from azext_kmsverify.verdict import checks as rules
 from azext_kmsverify.verdict.classify import classify
 from azext_kmsverify.verdict.keys import SOURCE_METRICS, hash_only_current_key
-from azext_kmsverify.verdict.readyz import parse_check_error
+from azext_kmsverify.verdict.posture import with_posture
 from azext_kmsverify.verdict.scan import ScanSummary
 
 logger = get_logger(__name__)
@@ -45,6 +47,9 @@ def verify_cluster(run: Run, session) -> dict:
         with run.step('checking KMS health'):
             check_list = [kms_health(session.client)]
         client = session.client
+        with run.step(CHECKING_ACCESS):
+            require(client, _commands(options), probe_namespace=options.probe_namespace,
+                    secret_namespaces=[ns for ns, _ in options.secrets], etcd_pod=options.etcd.pod)
         session.open_etcd()
         entries = []
         with run.step('reading secrets from etcd'):
@@ -68,32 +73,27 @@ def verify_cluster(run: Run, session) -> dict:
         warning = rules.kms_v1_warning(entries, (scan or {}).get('byKmsVersion'))
         if warning:
             check_list.append(warning)
-        return rules.build_result(session.info, check_list, entries, etcd_pod=session.etcd_pod, scan=scan)
+        result = rules.build_result(session.info, check_list, entries, etcd_pod=session.etcd_pod, scan=scan)
+    # --fail-on-kms-v1: KMS v1 in use is a failure (the result then also names the KMS version; a fleet's rows always
+    # do, fleet.py).
+    return with_posture(result, True) if options.fail_on_kms_v1 else result
+
+
+def _commands(options) -> list[str]:
+    """The commands of ``verdict.access`` this run does (their permissions are checked first)."""
+    commands = [access.VERIFY_PROBE] if options.probe else []
+    if options.secrets:
+        commands.append(access.VERIFY_SECRETS)
+    if options.all_secrets:
+        commands.append(access.VERIFY_ALL_SECRETS)
+    return commands or [access.VERIFY_PROBE]
 
 
 def kms_health(client):
     """The KMS health check; readyz trouble is reported as a failed check and the etcd checks still run."""
-
-    try:
-        status, body = readyz(client)
-    except AzCLIError as error:
-        if client.deadline.expired():
-            raise
-        return rules.kms_health(None, None, {}, unreachable=error.error_msg)
-    if status == 401:
-        raise client.errors.api(status, body.encode(), 'reading /readyz')
-    if status not in (200, 500):
-        return rules.kms_health(None, None, {}, unreachable=f'HTTP {status}')
-    reasons = {}
-    for name in rules.failing_kms_check_names(body):
-        try:
-            check_status, check_body = readyz_check(client, name)
-        except AzCLIError as error:
-            if isinstance(error, UnauthorizedError) or client.deadline.expired():
-                raise
-            continue
-        if check_status != 200:
-            reasons[name] = printable(parse_check_error(check_body))
+    status, body, reasons, unreachable = read_health(client)
+    if unreachable:
+        return rules.kms_health(None, None, {}, unreachable=unreachable)
     return rules.kms_health(status, body, reasons)
 
 
