@@ -228,6 +228,9 @@ class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared s
             target.end(Outcome.FAILED, self.not_rewritten())
         elif outcome.status == rewriting.CONFLICT:
             target.end(Outcome.FAILED, f'{outcome.reason}, {rounds} times')
+        elif outcome.status == rewriting.REFUSED:
+            target.end(Outcome.REFUSED_BY_ADMISSION, outcome.reason)
+            target.admission = outcome.admission.to_dict()
         else:
             target.end(Outcome.SKIPPED if outcome.status == rewriting.SKIPPED else Outcome.FAILED, outcome.reason)
 
