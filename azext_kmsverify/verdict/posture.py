@@ -54,9 +54,10 @@ def kms_v1_check(version: str | None, source: str, fail_on_kms_v1: bool = False)
 
 def fleet_columns(result: dict) -> dict:
     """The posture columns of a fleet row: KMS version, the current key's minimum age, and how many required
-    permissions are missing (from a ``status`` result's ``keyAge`` and ``access``; None when not known)."""
+    permissions are missing (from a ``status`` result's ``keyAge`` and ``access``, or ``verify --all-secrets``'s
+    ``scan.keyAge``; None when not known)."""
     version, _ = kms_version(result)
-    age = (result.get('keyAge') or {}).get('minAgeDays')
+    age = (result.get('keyAge') or (result.get('scan') or {}).get('keyAge') or {}).get('minAgeDays')
     access = result.get('access')
     missing = sum(len(a.get('missing') or []) for a in access) if isinstance(access, list) else None
     return {'kmsVersion': version, 'keyMinAgeDays': age, 'missingPermissions': missing}

@@ -129,3 +129,8 @@ def test_fleet_rows_carry_the_posture_columns():
     entry.update(fleet_columns(entry))
     row = fleet_table_format({'clusters': [entry]})[0]
     assert (row['KmsVersion'], row['KeyMinAgeDays'], row['MissingPermissions']) == ('v2', 41.5, 2)
+
+
+def test_fleet_columns_take_the_key_age_of_a_verify_scan():
+    result = {'scan': {'byKmsVersion': {'v1': 0, 'v2': 2}, 'keyAge': {'minAgeDays': 61.0}}}
+    assert fleet_columns(result) == {'kmsVersion': 'v2', 'keyMinAgeDays': 61.0, 'missingPermissions': None}
