@@ -6,6 +6,7 @@
 another.
 
 az reads a command's arguments from its function's signature; defaults and help: ``_params.py``, ``defaults.py``.
+``from_args`` reads only its fields from ``locals()`` (``cmd`` is not one).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def verify_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False,
     # pylint: disable=unused-argument,too-many-locals  # one local per argument, each read through locals()
     from azext_kmsverify.operations import verify
     from azext_kmsverify.options import VerifyOptions
-    return _one_or_fleet(cmd, VerifyOptions.from_args(_args(locals())), verify.main, verify.verify_cluster)
+    return _one_or_fleet(cmd, VerifyOptions.from_args(locals()), verify.main, verify.verify_cluster)
 
 
 def status_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False, kubeconfig=None, context=None,
@@ -33,7 +34,7 @@ def status_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False,
     # pylint: disable=unused-argument,too-many-locals  # one local per argument, each read through locals()
     from azext_kmsverify.operations import status
     from azext_kmsverify.options import StatusOptions
-    return _one_or_fleet(cmd, StatusOptions.from_args(_args(locals())), status.main, status.status_cluster)
+    return _one_or_fleet(cmd, StatusOptions.from_args(locals()), status.main, status.status_cluster)
 
 
 def reencrypt_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False, kubeconfig=None, context=None,
@@ -45,10 +46,7 @@ def reencrypt_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=Fal
     # pylint: disable=unused-argument,too-many-locals  # one local per argument, each read through locals()
     from azext_kmsverify.operations.reencrypt import main
     from azext_kmsverify.options import ReencryptOptions
-    return main(cmd.cli_ctx, ReencryptOptions.from_args(_args(locals())))
-
-
-_args = lambda values: {k: v for k, v in values.items() if k != 'cmd'}  # noqa: E731  # the arguments, no cmd
+    return main(cmd.cli_ctx, ReencryptOptions.from_args(locals()))
 
 
 def _one_or_fleet(cmd, options, main, body):

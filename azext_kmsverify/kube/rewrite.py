@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from azext_kmsverify import defaults
 from azext_kmsverify.kube.errors import status_message
-from azext_kmsverify.verdict.admission import refusal
+from azext_kmsverify.verdict.admission import AdmissionRefusal, refusal
 
 ANNOTATION = defaults.REENCRYPTED_ANNOTATION
 WRITTEN, CONFLICT, SKIPPED, FAILED, DELETED = 'written', 'conflict', 'skipped', 'failed', 'deleted'
@@ -41,7 +41,7 @@ class Outcome:
     resource_version: str | None = None
     throttled: int = 0       # 429 answers honoured
     stopped: bool = False    # not written: ``stop`` was set while waiting out a 429
-    admission: object = None  # verdict.admission.AdmissionRefusal of a refused PUT
+    admission: AdmissionRefusal | None = None  # who refused the PUT (an admission webhook or policy)
 
 
 # pylint: disable-next=too-many-return-statements  # one return per outcome of the GET and the PUT

@@ -89,6 +89,18 @@ def test_status_never_execs_nor_writes(az, box):
     assert _secret_names(box) == before
 
 
+def test_status_as_the_restricted_user_reads_what_it_may(az, box):
+    # The emulator's restricted-user may not exec into kube-system nor write secrets; status needs neither. (With
+    # the real API server's RBAC this becomes: denied permissions listed per command, and leastPrivilegeGrant.)
+    result = az('aksarc', 'kms', 'status', '--kubeconfig', box.kubeconfig_restricted, '-o', 'json')
+    assert result.code == 0, result
+    body = result.json()
+    assert body['health']['value'] == 'healthy'
+    assert _check(body, 'KmsProviderHealth')['status'] == 'Passed'
+    assert all(a['canRun'] is None for a in body['access'])
+    assert_no_leak(result)
+
+
 def test_status_table(az, box):
     result = status(az, box, '-o', 'table')
     assert result.code == 0, result

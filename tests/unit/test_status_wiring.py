@@ -105,7 +105,8 @@ def test_posture_of_a_v2_cluster_adds_no_check():
     assert posture['kmsVersion'] == 'v2' and posture['passed'] is True and posture['checks'] == []
 
 
-READYZ = '[+]ping ok\n[+]kms-providers ok\n[+]poststarthook/start-kube-apiserver-admission-initializer ok\nreadyz check passed\n'
+READYZ = ('[+]ping ok\n[+]kms-providers ok\n[+]poststarthook/start-kube-apiserver-admission-initializer ok\n'
+          'readyz check passed\n')
 
 
 def test_status_table_shows_facts_with_sources_and_unknowns_with_why():
