@@ -231,3 +231,14 @@ def test_fleet_verify_names_each_clusters_kms_version(sign_in, fleet):
     assert rows['sandbox-2']['kmsVersion'] == 'v1' and rows['sandbox-2']['outcome'] == 'failed'
     assert result.code == 4, result
     assert json.dumps(result.json()).count(CANARY) == 0
+
+
+def test_status_help_lists_its_options_and_no_etcd_ones(az):
+    result = az('aksarc', 'kms', 'status', '--help')
+    assert result.code == 0, result
+    for option in ('--fail-on-kms-v1', '--fail-on-stale', '--rotation-days', '--junit-xml', '--all-clusters',
+                   '--ids', '--kubeconfig', '--admin'):
+        assert option in result.stdout, option
+    assert '--etcd-pod' not in result.stdout and '--secret ' not in result.stdout
+    verify_help = az('aksarc', 'kms', 'verify', '--help')
+    assert '--fail-on-kms-v1' in verify_help.stdout
