@@ -59,6 +59,9 @@ def load_arguments(self, _):
                    help='Path of the etcd client key inside the etcd pod.')
         c.argument('junit_xml', options_list=['--junit-xml'],
                    help='Also write the result as a JUnit XML report to this file (for PublishTestResults).')
+        c.argument('sarif', options_list=['--sarif'],
+                   help='Also write the result as a SARIF 2.1.0 file (for GitHub code scanning upload-sarif or Azure '
+                        'DevOps AdvancedSecurity-Publish): a rule per check, a result per failing check and secret.')
 
     with self.argument_context('aksarc kms verify') as c:
         c.argument('secrets', options_list=['--secret'], nargs='+', action=AppendValues, arg_group='Secrets',

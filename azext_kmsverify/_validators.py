@@ -207,8 +207,13 @@ def _validate_values(ns):
             raise argument_error(InvalidArgumentValueError(
                 f"--{option.replace('_', '-')} must be an absolute path inside the etcd pod.",
                 'For kubeadm-style clusters the files are under /etc/kubernetes/pki/etcd/.'))
-    if ns.junit_xml:
-        ns.junit_xml = _check_report_path(ns.junit_xml)
+    for option in ('junit_xml', 'sarif'):
+        if getattr(ns, option, None):
+            setattr(ns, option, _check_report_path(getattr(ns, option), '--' + option.replace('_', '-')))
+    if getattr(ns, 'junit_xml', None) and ns.junit_xml == getattr(ns, 'sarif', None):
+        from azure.cli.core.azclierror import MutuallyExclusiveArgumentError
+        raise argument_error(MutuallyExclusiveArgumentError('--junit-xml and --sarif name the same file.',
+                                                            'Give each report a file of its own.'))
 
 
 def _is_fleet(ns):
@@ -251,7 +256,7 @@ def _validate_fleet(ns):
             raise argument_error(InvalidArgumentValueError(f"--subscriptions '{_shorten(value)}' is not a "
                                                            'subscription id.', 'Give subscription ids (GUIDs).'))
     if ns.shard:
-        match = re.fullmatch(r'(\d{1,4})/(\d{1,4})', str(ns.shard))
+        match = re.fullmatch(r'([0-9]{1,4})/([0-9]{1,4})', str(ns.shard))  # ASCII digits only: not '١/٢'
         if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
             raise argument_error(InvalidArgumentValueError(f"--shard '{_shorten(str(ns.shard))}' is not I/N with "
                                                            '1 <= I <= N.', 'Give the slice as I/N, e.g. --shard '
@@ -267,9 +272,10 @@ def _validate_fleet(ns):
                                                                               'range.'))
 
 
-def _check_report_path(value):
-    """``--junit-xml`` checked before anything runs: an existing folder, FIFO, socket or block device there is a
-    bad argument; a character device (/dev/null, /dev/stdout) or a symlink is written through, never replaced."""
+def _check_report_path(value, option='--junit-xml'):
+    """A report path (``--junit-xml``, ``--sarif``) checked before anything runs: an existing folder, FIFO,
+    socket or block device there is a bad argument; a character device (/dev/null, /dev/stdout) or a symlink is
+    written through, never replaced."""
     import stat
 
     from azure.cli.core.azclierror import FileOperationError
@@ -280,20 +286,20 @@ def _check_report_path(value):
     except FileNotFoundError:
         mode = None
     except OSError as ex:
-        raise argument_error(FileOperationError(f"--junit-xml '{shown}' cannot be used: {ex.strerror}.",
+        raise argument_error(FileOperationError(f"{option} '{shown}' cannot be used: {ex.strerror}.",
                                                 'Give a path in an existing, writable folder.')) from None
     if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
         kind = 'a folder' if stat.S_ISDIR(mode) else 'not a regular file'
-        raise argument_error(FileOperationError(f"--junit-xml '{shown}' is {kind}.",
+        raise argument_error(FileOperationError(f"{option} '{shown}' is {kind}.",
                                                 'Give the path of a file to write the report to.'))
     if mode is None:
         parent = os.path.dirname(path)
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
             raise argument_error(FileOperationError(
-                f"--junit-xml: folder '{_shorten(parent, 200)}' does not exist or is not writable.",
+                f"{option}: folder '{_shorten(parent, 200)}' does not exist or is not writable.",
                 'Give a path in an existing, writable folder.'))
     elif not os.access(path, os.W_OK):
-        raise argument_error(FileOperationError(f"--junit-xml '{shown}' is not writable.",
+        raise argument_error(FileOperationError(f"{option} '{shown}' is not writable.",
                                                 'Check the permissions of the file.'))
     return path
 

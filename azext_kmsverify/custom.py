@@ -19,7 +19,7 @@ def verify_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False,
                fail_on_stale=False, fail_on_kms_v1=False, rotation_days=defaults.ROTATION_DAYS, etcd_pod=None,
                etcd_container=defaults.ETCD_CONTAINER, etcd_endpoint=defaults.ETCD_ENDPOINT,
                etcd_cacert=defaults.ETCD_CACERT, etcd_cert=defaults.ETCD_CERT, etcd_key=defaults.ETCD_KEY,
-               page_size=defaults.PAGE_SIZE, timeout=defaults.TIMEOUT_SECONDS, junit_xml=None, ids=None,
+               page_size=defaults.PAGE_SIZE, timeout=defaults.TIMEOUT_SECONDS, junit_xml=None, sarif=None, ids=None,
                all_clusters=False, subscriptions=None, tags=None, max_parallel=defaults.MAX_PARALLEL, shard=None):
     # pylint: disable=unused-argument,too-many-locals  # one local per argument, each read through locals()
     from azext_kmsverify.operations import verify
@@ -29,8 +29,9 @@ def verify_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False,
 
 def status_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False, kubeconfig=None, context=None,
                probe_namespace=defaults.PROBE_NAMESPACE, fail_on_stale=False, fail_on_kms_v1=False,
-               rotation_days=defaults.ROTATION_DAYS, timeout=defaults.TIMEOUT_SECONDS, junit_xml=None, ids=None,
-               all_clusters=False, subscriptions=None, tags=None, max_parallel=defaults.MAX_PARALLEL, shard=None):
+               rotation_days=defaults.ROTATION_DAYS, timeout=defaults.TIMEOUT_SECONDS, junit_xml=None, sarif=None,
+               ids=None, all_clusters=False, subscriptions=None, tags=None, max_parallel=defaults.MAX_PARALLEL,
+               shard=None):
     # pylint: disable=unused-argument,too-many-locals  # one local per argument, each read through locals()
     from azext_kmsverify.operations import status
     from azext_kmsverify.options import StatusOptions
@@ -42,7 +43,8 @@ def reencrypt_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=Fal
                   parallel=defaults.REENCRYPT_PARALLEL, max_per_second=0, rotation_days=defaults.ROTATION_DAYS,
                   etcd_pod=None, etcd_container=defaults.ETCD_CONTAINER, etcd_endpoint=defaults.ETCD_ENDPOINT,
                   etcd_cacert=defaults.ETCD_CACERT, etcd_cert=defaults.ETCD_CERT, etcd_key=defaults.ETCD_KEY,
-                  page_size=defaults.PAGE_SIZE, timeout=defaults.REENCRYPT_TIMEOUT_SECONDS, junit_xml=None):
+                  page_size=defaults.PAGE_SIZE, timeout=defaults.REENCRYPT_TIMEOUT_SECONDS, junit_xml=None,
+                  sarif=None):
     # pylint: disable=unused-argument,too-many-locals  # one local per argument, each read through locals()
     from azext_kmsverify.operations.reencrypt import main
     from azext_kmsverify.options import ReencryptOptions

@@ -54,4 +54,8 @@ METADATA_ONLY_ACCEPT = 'application/json;as=PartialObjectMetadata;g=meta.k8s.io;
 # Fleets (verify --ids / --all-clusters).
 RESOURCE_GRAPH_API_VERSION = '2022-10-01'
 RESOURCE_GRAPH_PAGE = 1000
+# Bounds on what Resource Graph may send, whatever it sends: rows (clusters) kept and pages read. Far above any
+# fleet (a subscription holds at most a few thousand connected clusters), so reaching one is an error.
+RESOURCE_GRAPH_MAX_ROWS = 50000
+RESOURCE_GRAPH_MAX_PAGES = 100
 MAX_PARALLEL = 8  # clusters verified at once

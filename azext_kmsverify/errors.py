@@ -78,8 +78,13 @@ def make(error_cls, message, recommendation=None):
     """Build an azclierror with a one-line message and a recommendation.
 
     By keyword: ``AuthenticationError``'s second positional parameter is ``msal_error``, not the recommendation.
+    Both pass through the sanitiser (text.printable): a message may quote a peer (an API server's Status, ARM's or
+    Entra's error, etcdctl's stderr), and no control or format character reaches the terminal.
     """
-    return error_cls(' '.join(str(message).split()), recommendation=recommendation)
+    from azext_kmsverify.text import printable
+    if isinstance(recommendation, str):  # its own line breaks kept, anything else escaped
+        recommendation = '\n'.join(printable(line) for line in recommendation.split('\n'))
+    return error_cls(printable(' '.join(str(message).split())), recommendation=recommendation)
 
 
 def exit_with(error):

@@ -56,6 +56,7 @@ class VerifyOptions:  # pylint: disable=too-many-instance-attributes  # one fiel
     rotation_days: int = defaults.ROTATION_DAYS
     timeout: int = defaults.TIMEOUT_SECONDS
     junit_xml: str | None = None
+    sarif: str | None = None
     # A fleet: ARM ids, or every cluster Resource Graph finds (narrowed by subscriptions, group and tags).
     ids: tuple[str, ...] = ()
     all_clusters: bool = False
@@ -111,6 +112,7 @@ class ReencryptOptions:  # pylint: disable=too-many-instance-attributes  # one f
     rotation_days: int = defaults.ROTATION_DAYS
     timeout: int = defaults.REENCRYPT_TIMEOUT_SECONDS
     junit_xml: str | None = None
+    sarif: str | None = None
 
     @classmethod
     def from_args(cls, args: dict) -> ReencryptOptions:

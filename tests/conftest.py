@@ -31,11 +31,28 @@ ENTRA_SERVER_ID = '6256c85f-0aad-4d50-b960-e6e9b21efe35'  # the AKS Arc Entra se
 JWT_MARK = 'eyJ'  # every JWT starts with this; no token may appear in any output
 
 
+def result_schema():
+    """The result contract's schema as the installed extension ships it (so the test also proves it ships)."""
+    import jsonschema
+    global _VALIDATOR
+    if _VALIDATOR is None:
+        shipped = EXTENSION_DIR / 'kmsverify' / 'azext_kmsverify' / 'schemas' / 'result-1.json'
+        schema = json.loads((shipped if shipped.is_file() else PROJECT / 'azext_kmsverify' / 'schemas' /
+                             'result-1.json').read_text(encoding='utf-8'))
+        jsonschema.Draft202012Validator.check_schema(schema)
+        _VALIDATOR = jsonschema.Draft202012Validator(schema)
+    return _VALIDATOR
+
+
+_VALIDATOR = None
+
+
 class AzResult:
-    def __init__(self, proc):
+    def __init__(self, proc, args=()):
         self.code = proc.returncode
         self.stdout = proc.stdout
         self.stderr = proc.stderr
+        self.args = tuple(args)
 
     @property
     def output(self):
@@ -43,9 +60,15 @@ class AzResult:
 
     def json(self):
         try:
-            return json.loads(self.stdout)
+            data = json.loads(self.stdout)
         except ValueError:
             raise AssertionError('stdout is not JSON (exit {}):\n{}\n{}'.format(self.code, self.stdout, self.stderr))
+        # Every result of the extension printed whole keeps to the contract's schema.
+        if self.args[:2] == ('aksarc', 'kms') and '--query' not in self.args and isinstance(data, dict):
+            errors = sorted(result_schema().iter_errors(data), key=lambda e: list(e.absolute_path))
+            assert not errors, 'the result breaks the schema: ' + '; '.join(
+                '{}: {}'.format('/'.join(map(str, e.absolute_path)), e.message[:200]) for e in errors[:5])
+        return data
 
     def __repr__(self):
         return '<az exit {}\nstdout: {}\nstderr: {}>'.format(self.code, self.stdout[-3000:], self.stderr[-3000:])
@@ -76,7 +99,7 @@ class Az:
         full_env.update(env or {})
         proc = subprocess.run([str(AZ)] + [str(a) for a in args], capture_output=True, text=True, env=full_env,
                               timeout=timeout, stdin=subprocess.DEVNULL)
-        return AzResult(proc)
+        return AzResult(proc, [str(a) for a in args])
 
 
 @pytest.fixture(scope='session')

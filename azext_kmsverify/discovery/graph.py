@@ -34,14 +34,24 @@ def find_clusters(cli_ctx, subscriptions, resource_group, tags, deadline) -> lis
            f'?api-version={defaults.RESOURCE_GRAPH_API_VERSION}')
     query = graph_query(resource_group, tags)
     logger.debug('Resource Graph: %s (subscriptions: %s)', query, len(subscriptions))
-    clusters, skip = [], None
+    clusters, skip, pages, rows = [], None, 0, 0
     while True:
         options = {'$top': defaults.RESOURCE_GRAPH_PAGE, 'resultFormat': 'objectArray'}
         if skip:
             options['$skipToken'] = skip
         body = {'subscriptions': list(subscriptions), 'query': query, 'options': options}
         page = _query_page(client, url, body, deadline)
-        for row in page.get('data') or []:
+        pages += 1
+        data = page.get('data') or []
+        rows += len(data) if isinstance(data, list) else 0
+        if rows > defaults.RESOURCE_GRAPH_MAX_ROWS or (page.get('$skipToken') and
+                                                       pages >= defaults.RESOURCE_GRAPH_MAX_PAGES):
+            raise make(AzureResponseError, f'Azure Resource Graph answered more than '
+                                           f'{min(rows, defaults.RESOURCE_GRAPH_MAX_ROWS)} rows in {pages} pages '
+                                           f'(the limits are {defaults.RESOURCE_GRAPH_MAX_ROWS} rows and '
+                                           f'{defaults.RESOURCE_GRAPH_MAX_PAGES} pages).',
+                       'Narrow the query (--subscriptions, -g, --tag) or name the clusters with --ids.')
+        for row in data if isinstance(data, list) else []:
             cluster = cluster_from_row(row) if isinstance(row, dict) else None
             if cluster:
                 clusters.append(cluster)

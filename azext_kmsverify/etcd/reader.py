@@ -145,14 +145,16 @@ def _page_start(key: bytes) -> tuple[str, bool]:
 
     argv is text (the exec API passes it through the container runtime as UTF-8), so a key with a byte of
     0x80 or more cannot be given as it is. The page then starts at the key's ASCII head followed by DEL (0x7f),
-    which sorts before every such byte and after the head's other keys; the keys up to ``key`` are read again
-    and dropped. ``exact`` means the page starts at ``key`` itself.
+    which sorts before every such byte and after the head's other keys; a key with a NUL (which argv cannot
+    carry either) starts the page at its head alone, which sorts before it. Either way the keys up to ``key``
+    are read again and dropped. ``exact`` means the page starts at ``key`` itself.
     """
     if not key:
         raise EtcdOutputError('etcdctl returned an empty key')
     for index, byte in enumerate(key):
         if not 0x01 <= byte <= 0x7E:
-            if byte == 0 or index == 0:
+            if index == 0:
                 raise EtcdOutputError('etcdctl returned a key that cannot start a page')
-            return key[:index].decode('ascii') + '\x7f', False
+            head = key[:index].decode('ascii')
+            return (head if byte == 0 else head + '\x7f'), False
     return key.decode('ascii'), True

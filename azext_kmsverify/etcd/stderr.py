@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 
-from azext_kmsverify.text import truncate
+from azext_kmsverify.text import printable, truncate
 
 
 def stderr_text(stderr: bytes | str) -> str:
@@ -105,5 +105,5 @@ def explain_etcdctl_error(stderr: str) -> str:
         m = pattern.search(text)
         if m:
             return hint.format(*(truncate(g, 120) for g in m.groups() if g)) if m.groups() else hint
-    summary = summarize_stderr(text)
-    return f'etcdctl failed: {summary}' if summary else 'etcdctl failed without an error message.'
+    summary = summarize_stderr(text)  # truncate() escapes what etcdctl (or a hostile pod) wrote
+    return f'etcdctl failed: {printable(summary)}' if summary else 'etcdctl failed without an error message.'

@@ -3,14 +3,19 @@
 # --------------------------------------------------------------------------------------------
 """HTTP to one API server, from one resolved kubeconfig: urllib3 with the kubeconfig's TLS, proxy and token.
 
-Every wait is bounded by the run's deadline, nothing is retried (a retry would double ``--timeout``), and every
-body read from the cluster is capped, so a hostile or broken server can neither hang nor exhaust the run.
+Every wait is bounded by the run's deadline, from outside: each connection's socket is registered with the
+deadline's watchdog, which shuts it down at expiry, so a peer that trickles bytes cannot stretch a read. Nothing
+is retried (a retry would double ``--timeout``), no redirect is followed (a credential goes only to the server it
+is for), and every body read from the cluster is capped, so a hostile or broken server can neither hang nor
+exhaust the run.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import ssl
+import threading
 import warnings
 from urllib.parse import urlencode, urlsplit
 
@@ -42,11 +47,13 @@ class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per par
             self.ssl_context = _ssl_context(self.loaded)
             self.proxy = self.loaded.proxy_url or _environment_proxy(self.server)
             self.tls_server_name = self.loaded.tls_server_name
+            self.sockets = SocketRegistry()
             self._pool = self._pool_manager()
         except BaseException:
             self._files.close()
             raise
         self.errors = KubeErrors(self.server, credential, deadline, self.proxy)
+        self._watch = deadline.watch(self.sockets.shutdown_all) if hasattr(deadline, 'watch') else None
 
     def __enter__(self) -> KubeClient:
         return self
@@ -56,8 +63,11 @@ class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per par
 
     def close(self) -> None:
         try:
+            if self._watch is not None:
+                self.deadline.unwatch(self._watch)
             self._pool.clear()
         finally:
+            self.sockets.close_all()
             self._files.close()
 
     def _pool_manager(self):
@@ -67,15 +77,25 @@ class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per par
                    'retries': False}
         if self.tls_server_name:
             options['server_hostname'] = self.tls_server_name
-        if self.proxy:
-            return urllib3.ProxyManager(self.proxy, **options)
-        return urllib3.PoolManager(**options)
+        manager = urllib3.ProxyManager(self.proxy, **options) if self.proxy else urllib3.PoolManager(**options)
+        manager.pool_classes_by_scheme = _watched_pools(self.sockets)
+        return manager
 
-    def auth_headers(self) -> dict:
-        """The Authorization header (refreshing an expiring exec-plugin token as the kubernetes client does)."""
+    def auth_headers(self, deadline=None) -> dict:
+        """The Authorization header (refreshing an expiring exec-plugin token as the kubernetes client does).
+        A token request (azure-identity, msal, az) has no socket to give the watchdog: it runs in a worker that
+        is no longer waited for at the deadline."""
         loaded = self.loaded
-        if loaded.token_source is not None:
-            return {'Authorization': loaded.token_source.authorization()}
+        source = loaded.token_source
+        if source is not None:
+            deadline = deadline or self.deadline
+            if not hasattr(deadline, 'call'):
+                return {'Authorization': source.authorization()}
+            from azext_kmsverify.deadline import DeadlineExpired
+            try:
+                return {'Authorization': deadline.call(source.authorization, doing='requesting a token')}
+            except DeadlineExpired:
+                raise self.errors.timeout('requesting an Entra ID token for the cluster') from None
         token = loaded.token()
         if token:
             scheme, _, value = token.strip().partition(' ')
@@ -96,17 +116,31 @@ class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per par
     def request(self, method: str, path: str, *, query=None, accept: str = 'application/json', body=None,
                 timeout: float = 30, max_bytes: int = defaults.BODY_MAX_BYTES, doing: str | None = None,
                 bounded: bool = True, headers_out: dict | None = None) -> tuple[int, bytes]:
-        """(status, body bytes). Raises azclierrors for transport failures and oversized answers only.
-        ``headers_out``, if given, receives the answer's headers (e.g. Retry-After)."""
+        """(status, body bytes). Raises azclierrors for transport failures, redirects and oversized answers.
+        ``headers_out``, if given, receives the answer's headers (e.g. Retry-After). ``bounded=False`` (the
+        probe's delete on the way out, when the run's deadline may be spent): the request gets a deadline of its
+        own of ``timeout`` seconds, enforced from outside like the run's."""
+        if bounded:
+            return self._request(method, path, self.deadline, query=query, accept=accept, body=body,
+                                 timeout=timeout, max_bytes=max_bytes, doing=doing, headers_out=headers_out)
+        from azext_kmsverify.deadline import Deadline
+        self.sockets.resume()
+        with Deadline(timeout) as own:
+            own.watch(self.sockets.shutdown_all)
+            return self._request(method, path, own, query=query, accept=accept, body=body, timeout=timeout,
+                                 max_bytes=max_bytes, doing=doing, headers_out=headers_out)
+
+    def _request(self, method: str, path: str, deadline, *, query, accept, body, timeout, max_bytes, doing,
+                 headers_out) -> tuple[int, bytes]:
         import json
 
         import urllib3
         doing = doing or f'{method} {path}'
-        if bounded and self.deadline.expired():
+        if deadline.expired():
             raise self.errors.timeout(doing)
-        limit = self.deadline.bound(timeout) if bounded else timeout
+        limit = deadline.bound(timeout)
         logger.debug('%s %s', method, printable(path))  # the path names objects only; never query or body
-        headers = {'Accept': accept, 'User-Agent': defaults.USER_AGENT, **self.auth_headers()}
+        headers = {'Accept': accept, 'User-Agent': defaults.USER_AGENT, **self.auth_headers(deadline)}
         data = None
         if body is not None:
             headers['Content-Type'] = 'application/json'
@@ -118,16 +152,20 @@ class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per par
                                               timeout=urllib3.Timeout(connect=limit, read=limit),
                                               preload_content=False, redirect=False)
             try:
-                content = self._read(response, max_bytes, doing, bounded)
+                if 300 <= response.status < 400 and response.status != 304:
+                    raise self.errors.redirect(response.status, response.headers.get('Location'), doing)
+                content = self._read(response, max_bytes, doing, deadline)
             finally:
                 response.release_conn()
             if headers_out is not None:
                 headers_out.update({k.lower(): v for k, v in response.headers.items()})
         except (urllib3.exceptions.HTTPError, OSError) as ex:
+            if getattr(deadline, 'fired', False) or deadline.expired():  # the watchdog cut the connection
+                raise self.errors.timeout(doing) from None
             raise self.errors.transport(ex, doing) from None
         return response.status, content
 
-    def _read(self, response, max_bytes: int, doing: str, bounded: bool) -> bytes:
+    def _read(self, response, max_bytes: int, doing: str, deadline) -> bytes:
         from azure.cli.core.azclierror import AzureResponseError
         chunks, size = [], 0
         for chunk in response.stream(64 * 1024, decode_content=True):
@@ -137,9 +175,101 @@ class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per par
                                                f'{max_bytes // (1024 * 1024)} MiB while {doing}.',
                            'Retry; if it persists, check what answers at that address.')
             chunks.append(chunk)
-            if bounded and self.deadline.expired():
+            if deadline.expired():
                 raise self.errors.timeout(doing)
+        if getattr(deadline, 'fired', False):  # a body the watchdog cut short is not a body
+            raise self.errors.timeout(doing)
         return b''.join(chunks)
+
+
+class SocketRegistry:
+    """The sockets of one client's connections, shut down together by the deadline's watchdog.
+
+    Holds a duplicate of each connection's socket (made before TLS, so the handshake is covered too): shutdown
+    acts on the connection, not the descriptor, so shutting the duplicate down ends every wait on the original,
+    and a descriptor number reused after a close can never be hit. The duplicate is closed with the connection.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._dups: dict[int, socket.socket] = {}
+        self._stopped = False
+
+    def add(self, owner, sock) -> None:
+        dup = sock.dup()
+        with self._lock:
+            previous = self._dups.pop(id(owner), None)
+            self._dups[id(owner)] = dup
+            stopped = self._stopped
+        _close(previous)
+        if stopped:
+            _shutdown(dup)
+
+    def remove(self, owner) -> None:
+        with self._lock:
+            dup = self._dups.pop(id(owner), None)
+        _close(dup)
+
+    def shutdown_all(self) -> None:
+        with self._lock:
+            self._stopped = True
+            dups = list(self._dups.values())
+        for dup in dups:
+            _shutdown(dup)
+
+    def resume(self) -> None:
+        """New connections are no longer shut down at once (a grace deadline of its own follows)."""
+        with self._lock:
+            self._stopped = False
+
+    def close_all(self) -> None:
+        with self._lock:
+            dups, self._dups = list(self._dups.values()), {}
+        for dup in dups:
+            _close(dup)
+
+
+def _shutdown(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _close(sock) -> None:
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+def _watched_pools(registry: SocketRegistry) -> dict:
+    """urllib3 pool classes whose connections register their socket with ``registry`` as it is made."""
+    from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+
+    def watched(base):
+        class Watched(base):  # pylint: disable=too-few-public-methods  # urllib3's, with two hooks
+            def _new_conn(self):
+                sock = super()._new_conn()
+                registry.add(self, sock)
+                return sock
+
+            def close(self):
+                try:
+                    super().close()
+                finally:
+                    registry.remove(self)
+        Watched.__name__ = f'Watched{base.__name__}'
+        return Watched
+
+    class Pool(HTTPConnectionPool):
+        ConnectionCls = watched(HTTPConnection)
+
+    class TlsPool(HTTPSConnectionPool):
+        ConnectionCls = watched(HTTPSConnection)
+    return {'http': Pool, 'https': TlsPool}
 
 
 def _ssl_context(loaded: LoadedKubeconfig) -> ssl.SSLContext:

@@ -35,13 +35,15 @@ class KubeErrors:
     def timeout(self, doing: str):
         from azure.cli.core.azclierror import AzureConnectionError
         return make(AzureConnectionError, f'Verification did not finish within the --timeout of '
-                                          f'{self.deadline.seconds} s ({doing}).', 'Retry with a larger --timeout.')
+                                          f'{self.deadline.seconds} s ({printable(doing)}).',
+                    'Retry with a larger --timeout.')
 
     def transport(self, reason: BaseException | str, doing: str):
         """A request that got no HTTP answer: TLS, timeout, refused, proxy."""
         from azure.cli.core.azclierror import AzureConnectionError
         text = str(reason)
         root = network_reason(reason)
+        doing = printable(doing)
         if 'CERTIFICATE_VERIFY_FAILED' in text or 'certificate verify failed' in text:
             return make(AzureConnectionError, f'The TLS certificate of the API server {self.server} is not trusted '
                                               'by the kubeconfig.',
@@ -61,6 +63,16 @@ class KubeErrors:
         return make(AzureConnectionError, f'Could not reach the API server {self.server}: {root}.',
                     f'Check network line of sight to the cluster ({NO_LINE_OF_SIGHT}), then retry.')
 
+    def redirect(self, status: int, location: str | None, doing: str):
+        """A redirect answer: never followed, a credential goes only to the server it is for."""
+        from azure.cli.core.azclierror import AzureResponseError
+        where = f' to {printable(truncate(location, 200))}' if location else ''
+        return make(AzureResponseError, f'The API server {self.server} answered {status} (a redirect{where}) while '
+                                        f'{printable(doing)}; redirects are not followed, so no credential leaves '
+                                        'the server it is for.',
+                    "Point the kubeconfig's server at the API server itself (not at a proxy or load balancer that "
+                    'redirects).')
+
     def api(self, status: int, body: bytes, doing: str, permission: str | None = None,
             not_found: tuple[str, str] | None = None):
         """An API error answer (a Kubernetes Status)."""
@@ -71,6 +83,7 @@ class KubeErrors:
             UnauthorizedError,
         )
         message = status_message(body)
+        doing = printable(doing)
         if status == 401:
             hint = ("Sign in again with 'az login'" if self.credential == 'user' else
                     'Fetch fresh credentials for the cluster')
@@ -80,7 +93,7 @@ class KubeErrors:
             return make(ForbiddenError, f"Forbidden while {doing}: {message or 'access denied'}",
                         f'Ask a cluster admin for Kubernetes RBAC permission to {permission or doing}.')
         if status == 404 and not_found:
-            return make(ResourceNotFoundError, not_found[0], not_found[1])
+            return make(ResourceNotFoundError, printable(not_found[0]), not_found[1])
         return make(AzureResponseError, f"The API server answered {status} while {doing}: "
                                         f"{message or 'no details'}",
                     'Retry; if it persists, check the API server logs.')

@@ -5,8 +5,11 @@
 
 The name is chosen before the POST and the secret is deleted once the POST was sent, whatever happens after
 (an answer lost to Ctrl-C, SIGTERM from a pipeline cancel, an error): the API may have committed it even when
-no answer arrived. A 404 on delete is fine. Only SIGKILL can leave one behind; it carries the label
-``app.kubernetes.io/managed-by=kmsverify`` so it can be found (README, "Leftovers").
+no answer arrived. A 404 on delete is fine. The delete has a deadline of its own (``PROBE_DELETE_GRACE``, enforced
+from outside like the run's). A first SIGINT or SIGTERM during it is honoured once it is done (within that grace);
+a second ends the process at once, saying that the probe may be left and how to find it. Only that and SIGKILL can
+leave one behind; it carries the label ``app.kubernetes.io/managed-by=kmsverify`` so it can be found (README,
+"Leftovers").
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ class ProbeSecret:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        blocked = _block_interrupts()  # a second Ctrl-C or SIGTERM waits until the delete is done
+        pending = _hold_interrupts(self.namespace, self.name)  # one signal waits for the delete; two end it now
         try:
             if self._sent and self.deleted is None:
                 self.deleted = delete_secret(self.client, self.namespace, self.name, defaults.PROBE_DELETE_GRACE)
@@ -76,8 +79,9 @@ class ProbeSecret:
                     logger.warning('Could not delete probe secret %s/%s; delete it with: kubectl delete secret -n %s '
                                    '%s', self.namespace, self.name, self.namespace, self.name)
         finally:
+            held = _release(pending)
             self._restore()
-            _unblock(blocked)
+            _deliver(held)
 
     def _restore(self) -> None:
         import signal
@@ -86,16 +90,50 @@ class ProbeSecret:
             self._previous_handler = None
 
 
-def _block_interrupts():
-    """Defer SIGINT and SIGTERM (main thread, POSIX) while the probe is deleted; they are delivered after."""
+def _hold_interrupts(namespace: str, name: str):
+    """While the probe is deleted (main thread): the first SIGINT or SIGTERM is held until the delete is done
+    (bounded by its own deadline); a second ends the process at once, naming the probe that may be left.
+    Returns what :func:`_release` needs, or None off the main thread."""
     import signal
     import threading
-    if not hasattr(signal, 'pthread_sigmask') or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    held: list[int] = []
+
+    def handler(signum, _frame):
+        if not held:
+            held.append(signum)
+            logger.warning('Interrupted: deleting the probe secret %s/%s first (at most %s s); interrupt again to '
+                           'stop now.', namespace, name, defaults.PROBE_DELETE_GRACE)
+            return
+        import os
+        import sys
+        sys.stderr.write(f'Stopped before the probe secret {namespace}/{name} was deleted: it may be left. Find '
+                         f'leftovers with: kubectl get secrets -A -l {defaults.PROBE_LABEL}='
+                         f'{defaults.PROBE_LABEL_VALUE}; delete it with: kubectl delete secret -n {namespace} '
+                         f'{name}\n')
+        sys.stderr.flush()
+        os._exit(128 + signum)  # at once: no cleanup may wait on the peer any more
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return previous, held
 
 
-def _unblock(previous) -> None:
+def _release(pending) -> int | None:
+    """Restore the handlers; the signal held meanwhile, if any."""
     import signal
-    if previous is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    if pending is None:
+        return None
+    previous, held = pending
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    return held[0] if held else None
+
+
+def _deliver(signum: int | None) -> None:
+    """The held signal, as the interrupt or termination it was."""
+    import signal
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    if signum is not None:
+        raise SystemExit(128 + signum)

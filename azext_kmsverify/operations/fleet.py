@@ -112,7 +112,8 @@ def _connected(cluster: dict) -> bool:
 def _single(options: VerifyOptions, cluster: dict) -> VerifyOptions:
     target = ClusterOptions(resource_group=cluster['resourceGroup'], name=cluster['name'],
                             subscription=cluster['subscriptionId'], admin=options.cluster.admin)
-    return replace(options, cluster=target, ids=(), all_clusters=False, junit_xml=None)
+    return replace(options, cluster=target, ids=(), all_clusters=False, junit_xml=None,
+                   sarif=None)
 
 
 def _sign_in_one(run: Run, cluster: dict) -> dict:
@@ -166,7 +167,8 @@ class ClusterOutcome:
         if self.error is not None:
             cluster = self.cluster
             entry.update(passed=False, error=printable(self.error),
-                         cluster={'source': 'azure', 'name': cluster['name'], 'resourceGroup': cluster['resourceGroup'],
+                         cluster={'source': 'azure', 'id': cluster['id'], 'name': cluster['name'],
+                                  'resourceGroup': cluster['resourceGroup'],
                                   'subscriptionId': cluster['subscriptionId'],
                                   'connectivityStatus': cluster.get('connectivityStatus')})
         return dict(self.result, **entry) if self.result is not None else entry

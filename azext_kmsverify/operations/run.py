@@ -23,8 +23,10 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Callable
 
 from azure.cli.core.azclierror import AzCLIError, CLIInternalError, FileOperationError
@@ -43,7 +45,9 @@ from azext_kmsverify.errors import (
     own_exit_code,
 )
 from azext_kmsverify.operations.session import ClusterSession
+from azext_kmsverify.report.contract import envelope
 from azext_kmsverify.report.junit import write_junit_xml
+from azext_kmsverify.report.sarif import write_sarif
 from azext_kmsverify.text import printable
 from azext_kmsverify.verdict import checks as rules
 
@@ -67,6 +71,7 @@ class Report:
 # Every report format. Adding one is one line here (and its option in _params.py, options.py, _validators.py).
 REPORTS = (
     Report('junit_xml', write_junit_xml, 'JUnit report'),
+    Report('sarif', write_sarif, 'SARIF report'),
 )
 
 
@@ -79,6 +84,8 @@ class Run:  # pylint: disable=too-many-instance-attributes  # the state of one r
         self.cli_ctx = cli_ctx
         self.options = options
         self.deadline = deadline or Deadline(options.timeout)
+        self.started_at = datetime.now(timezone.utc)
+        self._started = time.monotonic()
         self.show_progress = progress
         self._step = 'starting'
         self._failed_step = None
@@ -178,9 +185,20 @@ class Run:  # pylint: disable=too-many-instance-attributes  # the state of one r
             self.fail(self.as_error(ex))
         return self.finish(result)
 
+    @property
+    def command(self) -> str:
+        """The command's name, from its options' class (``VerifyOptions``: verify)."""
+        return type(self.options).__name__.removesuffix('Options').lower()
+
+    def contract(self, result: dict) -> dict:
+        """``result`` with the contract's fields (``contract.py``): what every command's JSON carries."""
+        return envelope(result, command=self.command, started=self.started_at, finished=datetime.now(timezone.utc),
+                        seconds=time.monotonic() - self._started)
+
     def finish(self, result: dict) -> dict:
         """Write the reports (one that cannot be written is an error line, and the run exits 1), then exit with
         the code of the result's outcome once az printed it."""
+        result = self.contract(result)
         ends = [outcome_of(result)]
         for report, path in self.reports():
             try:
@@ -197,8 +215,8 @@ class Run:  # pylint: disable=too-many-instance-attributes  # the state of one r
 
     def fail(self, error: AzCLIError):
         """Raise ``error`` as az reports it; a pipeline asking for reports still gets them, saying why."""
-        failure = rules.build_result(None, [rules.check('Verification', rules.FAILED,
-                                                        'could not verify: ' + error.error_msg)], [])
+        failure = self.contract(rules.build_result(None, [rules.check('Verification', rules.FAILED,
+                                                                      'could not verify: ' + error.error_msg)], []))
         for report, path in self.reports():
             try:
                 report.write(path, failure)

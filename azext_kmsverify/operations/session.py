@@ -23,7 +23,8 @@ from azure.cli.core.azclierror import AzureResponseError
 
 from azext_kmsverify import defaults
 from azext_kmsverify.auth import kubeconfig as kc
-from azext_kmsverify.auth.arm import fetch_kubeconfig
+from azext_kmsverify.auth.arm import cluster_resource_id, fetch_kubeconfig
+from azext_kmsverify.auth.armclient import current_subscription
 from azext_kmsverify.auth.entra import sign_in as entra_sign_in
 from azext_kmsverify.errors import make
 from azext_kmsverify.etcd.reader import EtcdReader
@@ -57,6 +58,8 @@ def sign_in(cli_ctx, cluster: ClusterOptions, deadline):
         info = {'source': 'azure', 'name': cluster.name, 'resourceGroup': cluster.resource_group}
         if cluster.subscription:
             info['subscriptionId'] = cluster.subscription
+        info['id'] = cluster_resource_id(cluster.subscription or current_subscription(cli_ctx),
+                                         cluster.resource_group, cluster.name)
     else:
         config = kc.load_kubeconfig_file(cluster.kubeconfig)
         resolved = kc.resolve(config, cluster.context, source=f"--kubeconfig '{printable(cluster.kubeconfig)}'",

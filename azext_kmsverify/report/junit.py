@@ -19,11 +19,9 @@ written as ``\\xNN``/``\\uNNNN``. Nothing here sees a secret value: the result n
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import socket
-import tempfile
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 
@@ -32,6 +30,7 @@ from azext_kmsverify.verdict.scan import ALL_SECRETS_ENCRYPTED, KMS_V1_ROTATION,
 
 SUITE_NAME = 'az aksarc kms verify'
 _CLASS_PREFIX = 'kmsverify.'
+_COULD_NOT_VERIFY = _CLASS_PREFIX + 'Verification'  # the check of a run (or a fleet's cluster) that verified nothing
 _SCAN_CHECK_OF_VERSION = {'v2': KMS_V2_CURRENT_KEY, 'v1': KMS_V1_ROTATION}
 # Everything outside the XML 1.0 Char production (control characters, lone surrogates, U+FFFE/U+FFFF).
 _NOT_XML_CHAR = re.compile('[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]')
@@ -144,6 +143,8 @@ def _suite(root, result, index, *, moment, host, duration):
     counts = {FAILED: 0, SKIPPED: 0, 'error': 0}
     for case in cases:
         status = case[2]
+        if case[0] == _COULD_NOT_VERIFY and status == FAILED:
+            status = 'error'  # nothing was verified: an error of the run, not a failed check
         key = status if status in (FAILED, SKIPPED) else ('error' if status not in (PASSED, WARNING) else None)
         if key:
             counts[key] += 1
@@ -157,7 +158,9 @@ def _suite(root, result, index, *, moment, host, duration):
     warnings = []
     for classname, case_name, status, message, text, stdout in cases:
         case = _sub(suite, 'testcase', classname=classname, name=case_name, time=_seconds(0))
-        if status == FAILED:
+        if status == FAILED and classname == _COULD_NOT_VERIFY:
+            _sub(case, 'error', text, message=message, type='CouldNotVerify')
+        elif status == FAILED:
             _sub(case, 'failure', text, message=message, type=classname[len(_CLASS_PREFIX):])
         elif status == SKIPPED:
             _sub(case, 'skipped', message=message)
@@ -165,7 +168,9 @@ def _suite(root, result, index, *, moment, host, duration):
             _sub(case, 'error', text, message=f'unknown check status {status!r}: {message}',
                  type='UnknownStatus')
         if status == WARNING:
-            warnings.append(f'Warning: {classname[len(_CLASS_PREFIX):]} {case_name}: {stdout}')
+            check_name = classname[len(_CLASS_PREFIX):]
+            about = check_name if case_name == check_name else f'{check_name} {case_name}'
+            warnings.append(f'Warning: {about}: {stdout}')
             _sub(case, 'system-out', 'Warning: ' + stdout)
         elif stdout and status == PASSED:
             _sub(case, 'system-out', stdout)
@@ -197,33 +202,9 @@ def _properties(suite, result):
 
 
 def write_junit_xml(path, result, **kwargs):
-    """Write :func:`to_junit_xml` to ``path``. A regular file (or none) is replaced atomically, so a reader never
-    sees half a report; anything else there (a symlink, /dev/null, /dev/stdout) is written through, never
-    replaced: as root, a rename over /dev/null would remove the device."""
-    import stat
-    data = to_junit_xml(result, **kwargs)
-    path = os.path.abspath(os.fspath(path))
-    try:
-        existing = os.lstat(path).st_mode
-    except FileNotFoundError:
-        existing = None
-    if existing is not None and not stat.S_ISREG(existing):
-        with open(path, 'wb') as handle:
-            handle.write(data)
-        return path
-    folder, base = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{base}.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the report holds nothing secret and CI must read it
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    """Write :func:`to_junit_xml` to ``path`` (``report.files.write_report``: atomic, never through a FIFO)."""
+    from azext_kmsverify.report.files import write_report
+    if 'timestamp' not in kwargs and result.get('startedAt'):
+        kwargs['timestamp'] = datetime.strptime(result['startedAt'], '%Y-%m-%dT%H:%M:%S.%fZ')
+    kwargs.setdefault('duration', result.get('durationSeconds'))
+    return write_report(path, to_junit_xml(result, **kwargs))

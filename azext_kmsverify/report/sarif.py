@@ -124,7 +124,7 @@ def _location(cluster, etcd_key=None):
     }
 
 
-def _result(rule_id, level, message, cluster, etcd_key=None, properties=None):
+def _result(rule_id, level, message, cluster, etcd_key=None, *, properties=None):
     digest = hashlib.sha256(f'{cluster}\n{etcd_key or ""}\n{rule_id}'.encode('utf-8', 'surrogatepass')).hexdigest()
     item = {
         'ruleId': rule_id,
@@ -162,13 +162,13 @@ def _cluster_results(result):
     for entry in scan.get('failing') or []:
         secrets.append(_result(ALL_SECRETS_ENCRYPTED, 'error',
                                f"{entry.get('namespace')}/{entry.get('name')}: {entry.get('reason') or ''}",
-                               cluster, _secret_key(entry), {'storage': entry.get('storage')}))
+                               cluster, _secret_key(entry), properties={'storage': entry.get('storage')}))
     for entry in scan.get('stale') or []:
         rule = KMS_V2_CURRENT_KEY if entry.get('kmsVersion') == 'v2' else KMS_V1_ROTATION
         level = 'error' if by_status.get(rule) == FAILED else 'warning'
         secrets.append(_result(rule, level, f"{entry.get('namespace')}/{entry.get('name')}: "
                                             f"{entry.get('reason') or 'under an older key'}",
-                               cluster, _secret_key(entry), {'keyId': entry.get('keyId')}))
+                               cluster, _secret_key(entry), properties={'keyId': entry.get('keyId')}))
     for target in result.get('targets') or []:
         outcome = target.get('outcome')
         level = {'failed': 'error', 'refused': 'error', 'skipped': 'warning', 'planned': 'note'}.get(outcome)
@@ -176,7 +176,7 @@ def _cluster_results(result):
             reason = target.get('reason') or ('planned: would be rewritten' if outcome == 'planned' else outcome)
             secrets.append(_result('SecretReencrypted', level,
                                    f"{target.get('namespace')}/{target.get('name')}: {reason}", cluster,
-                                   _secret_key(target), {'outcome': outcome}))
+                                   _secret_key(target), properties={'outcome': outcome}))
     # The per-secret checks of reencrypt duplicate its targets: keep the targets' results only.
     overall = [r for r in overall if not (r['ruleId'] == 'SecretReencrypted' and result.get('targets') is not None)]
     return overall, secrets
@@ -226,3 +226,26 @@ def to_sarif(result, *, version, exit_code=None, started=None, finished=None) ->
         'properties': {'clusters': len(results), 'secretResultsFolded': folded},
     }
     return {'$schema': SCHEMA, 'version': '2.1.0', 'runs': [run]}
+
+
+def _exit_code(result) -> int:
+    """The documented exit code the result stands for (the SARIF invocation's ``exitCode``)."""
+    clusters = result.get('clusters')
+    if isinstance(clusters, list):
+        outcomes = {c.get('outcome') for c in clusters}
+        if outcomes & {'couldNotVerify', 'notVerifiable'} or not clusters:
+            return 1
+        return 0 if result.get('passed') else 4
+    if any(c.get('name') == 'Verification' and c.get('status') == FAILED for c in result.get('checks') or []):
+        return 1
+    return 0 if result.get('passed') else 4
+
+
+def write_sarif(path, result) -> str:
+    """Write the SARIF log of ``result`` (the dict az prints, with the contract's fields) to ``path``."""
+    import json
+
+    from azext_kmsverify.report.files import write_report
+    log = to_sarif(result, version=result.get('extensionVersion') or 'unknown', exit_code=_exit_code(result),
+                   started=result.get('startedAt'), finished=result.get('finishedAt'))
+    return write_report(path, (json.dumps(log, indent=2, ensure_ascii=True) + '\n').encode('ascii'))

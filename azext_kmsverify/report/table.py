@@ -37,8 +37,14 @@ def verify_table_format(result):
             rows.append(_row('Secret', '', 'Info', f'and {len(findings) - defaults.FAILING_SHOWN} more '
                                                    '(all of them: -o json, scan.failing and scan.stale)'))
         if findings and scan.get('remediation'):
-            rows.append(_row('Remediation', '', 'Info', scan['remediation']))
+            rows.append(_row('Remediation', '', 'Info', REMEDIATION_LINE))
     return rows
+
+
+# The table's remediation: one short line with the exact command; the full text stays in -o json
+# (scan.remediation), where a pipeline reads it.
+REMEDIATION_LINE = ('az aksarc kms reencrypt <same cluster options> --dry-run, then --yes (why: -o json, '
+                    'scan.remediation)')
 
 
 def scan_summary(scan):
@@ -53,8 +59,11 @@ def scan_summary(scan):
 
 
 def reencrypt_table_format(result):
-    """The run, then each target that did not end current (the first ones), then what happened to all."""
-    rows = [_row(c.get('name'), c.get('target'), c.get('status'), c.get('detail'))
+    """The run, then each target that did not end current (the first ones), then what happened to all. In a dry
+    run nothing was attempted, so the rows say Planned (the JSON's outcome), not Failed or Skipped."""
+    dry = bool(result.get('dryRun'))
+    rows = [_row(c.get('name'), c.get('target'), 'Planned' if dry and c.get('status') != 'Passed' else c.get('status'),
+                 c.get('detail'))
             for c in (result.get('checks') or [])[:defaults.FAILING_SHOWN + 1]]
     rest = len(result.get('checks') or []) - defaults.FAILING_SHOWN - 1
     if rest > 0:

@@ -67,3 +67,9 @@ def test_unknown_argument_is_rejected_by_az_with_exit_2(az):
     result = az('aksarc', 'kms', 'verify', '--no-such-option')
     assert result.code == 2, result
     assert 'Traceback' not in result.output
+
+
+@pytest.mark.parametrize('shard', ['١/٢', '１/２', '1/２'])
+def test_shard_numbers_are_ascii_digits_only(az, shard):
+    _assert_clean_error(az('aksarc', 'kms', 'verify', '--all-clusters', '--shard', shard), 2,
+                        f"--shard '{shard}' is not I/N", 'Give the slice as I/N')

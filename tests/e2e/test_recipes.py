@@ -41,7 +41,7 @@ def _commands(doc):
 def _concrete(command, folder):
     """Pipeline variables replaced by values: paths by an existing folder, the shard by 1/4, the rest by a word."""
     command = re.sub(r'\$\(System\.JobPositionInPhase\)/\$\(System\.TotalJobsInPhase\)', '1/4', command)
-    command = re.sub(r'"?(\$\(Build\.ArtifactStagingDirectory\)|\$RUNNER_TEMP|\$\{\{ runner\.temp \}\})"?',
+    command = re.sub(r'\$\(Build\.ArtifactStagingDirectory\)|\$RUNNER_TEMP|\$\{\{ runner\.temp \}\}',
                      str(folder), command)
     command = re.sub(r'\$\([^)]*\)|\$\{\{[^}]*\}\}', 'x1', command)
     return shlex.split(command)

@@ -236,7 +236,7 @@ def test_fleet_verify_names_each_clusters_kms_version(sign_in, fleet):
 def test_status_help_lists_its_options_and_no_etcd_ones(az):
     result = az('aksarc', 'kms', 'status', '--help')
     assert result.code == 0, result
-    for option in ('--fail-on-kms-v1', '--fail-on-stale', '--rotation-days', '--junit-xml', '--all-clusters',
+    for option in ('--fail-on-kms-v1', '--fail-on-stale', '--rotation-days', '--junit-xml', '--sarif', '--all-clusters',
                    '--ids', '--kubeconfig', '--admin'):
         assert option in result.stdout, option
     assert '--etcd-pod' not in result.stdout and '--secret ' not in result.stdout

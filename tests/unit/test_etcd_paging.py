@@ -65,3 +65,16 @@ def test_without_page_bytes_pages_are_page_size():
 def test_page_bytes_must_be_positive(page_bytes):
     with pytest.raises(ValueError):
         EtcdReader(FakeEtcd({}), page_bytes=page_bytes, **TLS)
+
+
+@pytest.mark.parametrize('page_size', [1, 2, 3])
+def test_keys_with_a_nul_byte_at_every_page_boundary_are_paged_past(page_size):
+    """argv cannot carry NUL: a page after such a key starts at its head and the keys up to it are dropped."""
+    store = {(PREFIX + 'zz/a').encode(): b'k8s\x00v', (PREFIX + 'zz/a\x00').encode(): b'k8s\x00v',
+             (PREFIX + 'zz/a\x00\x00b').encode(): b'k8s\x00v', (PREFIX + 'zz/a\x00c').encode(): b'k8s\x00v',
+             (PREFIX + 'zz/a\x01').encode(): b'k8s\x00v', (PREFIX + 'zz/b\x00\xff').encode(): b'k8s\x00v',
+             (PREFIX + 'zz/c').encode(): b'k8s\x00v'}
+    fake = FakeEtcd(store)
+    keys = [kv.key for kv in EtcdReader(fake, page_size=page_size, **TLS).iter_prefix(PREFIX)]
+    assert keys == sorted(store)
+    assert all('\x00' not in arg for call in fake.calls for arg in call)

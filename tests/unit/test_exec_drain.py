@@ -2,8 +2,8 @@
 
 An earlier loop over the kubernetes client's WSClient lost the last stdout frames whenever the close arrived in
 the update a read of an empty channel ran (intermittent on pages of megabytes). The stream is now read frame by
-frame with websocket-client; these tests feed it frames as ``recv_data_frame`` returns them and check the
-request it sends (URL, subprotocols, headers) without a server.
+frame from the socket after websocket-client's handshake; these tests feed it the frames' bytes through a socket
+pair and check the request it sends (URL, subprotocols, headers) without a server.
 """
 
 import json
@@ -24,13 +24,14 @@ BINARY, TEXT, PING, CLOSE = (websocket.ABNF.OPCODE_BINARY, websocket.ABNF.OPCODE
                              websocket.ABNF.OPCODE_CLOSE)
 
 
-class Frame:
-    def __init__(self, data):
-        self.data = data
+def encode(opcode, data, fin=True):
+    """One server frame (unmasked), as an API server sends it."""
+    return websocket.ABNF(fin=int(fin), opcode=opcode, mask_value=0, data=data).format()
 
 
 class FakeWebSocket:
-    """websocket.WebSocket as execstream uses it: ``connect``, ``recv_data_frame``, a pollable ``sock``."""
+    """websocket.WebSocket as execstream uses it: ``connect`` (the handshake), then its ``sock``, which execstream
+    reads frame by frame; the peer writes ``next_frames`` (``(opcode, data)`` or raw bytes) and closes."""
 
     instances = []
 
@@ -38,19 +39,26 @@ class FakeWebSocket:
         self.sslopt = sslopt
         self.frames = list(FakeWebSocket.next_frames)
         self.sock, self._peer = socket.socketpair()
-        self._peer.send(b'x')  # always readable: each poll() says a frame is there
         self.connected_with = None
         self.closed = False
+        self.pongs = []
         FakeWebSocket.instances.append(self)
 
     def connect(self, url, **options):
+        import threading
         self.connected_with = (url, options)
 
-    def recv_data_frame(self, control_frame=False):
-        if not self.frames:
-            raise websocket.WebSocketConnectionClosedException('Connection to remote host was lost.')
-        opcode, data = self.frames.pop(0)
-        return opcode, Frame(data)
+        def write():
+            try:
+                for frame in self.frames:
+                    self._peer.sendall(frame if isinstance(frame, bytes) else encode(*frame))
+                self._peer.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        threading.Thread(target=write, daemon=True).start()
+
+    def pong(self, data):
+        self.pongs.append(data)
 
     def close(self, timeout=None):
         self.closed = True
@@ -83,6 +91,7 @@ def _run(monkeypatch, frames, argv=('etcdctl', 'get', '--', '/registry/secrets/'
     FakeWebSocket.next_frames = frames
     FakeWebSocket.instances = []
     monkeypatch.setattr(websocket, 'WebSocket', FakeWebSocket)
+    monkeypatch.setattr(execstream, '_open_socket', lambda *args: None)
     result = exec_in_pod(FakeClient(), 'kube-system', 'etcd-node', 'etcd', list(argv))
     [fake] = FakeWebSocket.instances
     assert fake.closed
@@ -128,6 +137,7 @@ def test_exec_output_is_capped(monkeypatch):
     FakeWebSocket.next_frames = frames
     FakeWebSocket.instances = []
     monkeypatch.setattr(websocket, 'WebSocket', FakeWebSocket)
+    monkeypatch.setattr(execstream, '_open_socket', lambda *args: None)
     with pytest.raises(ExecError) as info:
         exec_in_pod(FakeClient(), 'kube-system', 'etcd-node', 'etcd', ['etcdctl'], max_bytes=1024 * 1024)
     assert 'more than 1 MiB of output' in info.value.error.error_msg and info.value.fatal
@@ -141,7 +151,72 @@ def test_exec_handshake_refusal_names_the_permission(monkeypatch):
             raise websocket.WebSocketBadStatusException('Handshake status 403 Forbidden', 403, resp_body=body)
     FakeWebSocket.next_frames = []
     monkeypatch.setattr(websocket, 'WebSocket', Refusing)
+    monkeypatch.setattr(execstream, '_open_socket', lambda *args: None)
     with pytest.raises(ExecError) as info:
         exec_in_pod(FakeClient(), 'kube-system', 'etcd-node', 'etcd', ['etcdctl'])
     assert info.value.fatal
     assert any('get and create pods/exec' in r for r in info.value.error.recommendations)
+
+
+CONT = websocket.ABNF.OPCODE_CONT
+
+
+def test_a_message_split_in_continuation_frames_keeps_its_channel(monkeypatch):
+    frames = [encode(BINARY, b'\x01AB', fin=False), encode(PING, b'hi'), encode(CONT, b'CD', fin=False),
+              encode(CONT, b'EF'), encode(BINARY, b'\x02err'), encode(BINARY, b'\x03' + SUCCESS), encode(CLOSE, b'')]
+    result, fake = _run(monkeypatch, frames)
+    assert (result.stdout, result.stderr) == (b'ABCDEF', b'err') and fake.pongs == [b'hi']
+
+
+def test_a_message_that_never_ends_is_cut_at_the_cap_as_it_grows(monkeypatch):
+    """Continuation frames without a final one: stopped once the output passes the cap, not at the end."""
+    chunk = b'A' * (64 * 1024)
+    frames = [encode(BINARY, b'\x01' + chunk, fin=False)] + [encode(CONT, chunk, fin=False)] * 40
+    FakeWebSocket.next_frames = frames
+    FakeWebSocket.instances = []
+    monkeypatch.setattr(websocket, 'WebSocket', FakeWebSocket)
+    monkeypatch.setattr(execstream, '_open_socket', lambda *args: None)
+    with pytest.raises(ExecError) as info:
+        exec_in_pod(FakeClient(), 'kube-system', 'etcd-node', 'etcd', ['etcdctl'], max_bytes=1024 * 1024)
+    assert 'more than 1 MiB of output' in info.value.error.error_msg and info.value.fatal
+
+
+def test_a_frame_announcing_more_than_the_cap_is_refused_before_it_is_read(monkeypatch):
+    huge = bytes([0x82, 127]) + (1 << 40).to_bytes(8, 'big')  # a 1 TiB binary frame's header, nothing after
+    FakeWebSocket.next_frames = [huge]
+    FakeWebSocket.instances = []
+    monkeypatch.setattr(websocket, 'WebSocket', FakeWebSocket)
+    monkeypatch.setattr(execstream, '_open_socket', lambda *args: None)
+    with pytest.raises(ExecError) as info:
+        exec_in_pod(FakeClient(), 'kube-system', 'etcd-node', 'etcd', ['etcdctl'], max_bytes=1024 * 1024)
+    assert 'a frame of more than 1 MiB' in info.value.error.error_msg
+
+
+def test_a_redirect_of_the_exec_is_refused_and_named(monkeypatch):
+    class Redirecting(FakeWebSocket):
+        def connect(self, url, **options):
+            assert options['redirect_limit'] == 0
+            self.handshake_response = type('R', (), {'status': 302,
+                                                     'headers': {'location': 'ws://evil.example/x\x1b'}})()
+            raise websocket.WebSocketException('Redirect limit exhausted')
+    FakeWebSocket.next_frames = []
+    monkeypatch.setattr(websocket, 'WebSocket', Redirecting)
+    monkeypatch.setattr(execstream, '_open_socket', lambda *args: None)
+    with pytest.raises(ExecError) as info:
+        exec_in_pod(FakeClient(), 'kube-system', 'etcd-node', 'etcd', ['etcdctl'])
+    message = info.value.error.error_msg
+    assert info.value.fatal and 'answered 302 (a redirect to ws://evil.example/x\\x1b)' in message
+    assert 'opening the exec stream to pod etcd-node' in message and 'not followed' in message
+
+
+def test_a_redirect_returned_as_connected_is_refused(monkeypatch):
+    """websocket-client 1.8 (az's own copy) returns a redirect with redirect_limit=0 as a connection."""
+    class Redirected(FakeWebSocket):
+        def connect(self, url, **options):
+            self.handshake_response = type('R', (), {'status': 307, 'headers': {'location': 'wss://other/x'}})()
+    FakeWebSocket.next_frames = []
+    monkeypatch.setattr(websocket, 'WebSocket', Redirected)
+    monkeypatch.setattr(execstream, '_open_socket', lambda *args: None)
+    with pytest.raises(ExecError) as info:
+        exec_in_pod(FakeClient(), 'kube-system', 'etcd-node', 'etcd', ['etcdctl'])
+    assert 'answered 307 (a redirect to wss://other/x)' in info.value.error.error_msg and info.value.fatal

@@ -221,10 +221,19 @@ def test_schema_is_strict_enough_to_matter(schema):
 
 
 def test_could_not_verify_report(schema):
-    """What the command writes when it fails before any check: no cluster, one failed check."""
+    """What the command writes when it fails before any check: no cluster, one case that is an <error> (nothing
+    was verified), not a <failure> (a check that found a problem)."""
     result = build_result(None, [check('Verification', 'Failed', 'could not verify: etcdctl failed in etcd-x')], [])
     data = _xml(result)
     suite = _valid(schema, data)
-    _assert_counts(data, suite, {'tests': 1, 'failures': 1, 'errors': 0, 'skipped': 0})
+    _assert_counts(data, suite, {'tests': 1, 'failures': 0, 'errors': 1, 'skipped': 0})
     assert suite.get('name') == 'az aksarc kms verify'
-    assert suite.find('testcase').find('failure').get('message') == 'could not verify: etcdctl failed in etcd-x'
+    assert suite.find('testcase').find('failure') is None
+    assert suite.find('testcase').find('error').get('message') == 'could not verify: etcdctl failed in etcd-x'
+
+
+def test_a_warning_names_its_check_once(schema):
+    result = build_result(None, [check('KmsV2CurrentKey', 'Warning', '1 secret under an older key')], [])
+    data = _xml(result)
+    suite = _valid(schema, data)
+    assert suite.find('system-out').text == 'Warning: KmsV2CurrentKey: 1 secret under an older key'
