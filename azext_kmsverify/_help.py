@@ -40,7 +40,13 @@ long-summary: >
 
     Permissions: "Azure Kubernetes Service Arc Cluster User Role" (or "... Admin Role" with --admin) on the
     cluster, and Kubernetes RBAC for get and create on pods/exec in kube-system, list pods in kube-system, get secrets
-    (and create/delete secrets in the probe namespace for the probe).
+    (and create/delete secrets in the probe namespace for the probe). They are asked first (SelfSubjectAccessReview):
+    a missing one stops the run before anything is written or exec'd, naming verb, resource and namespace;
+    `az aksarc kms status` prints the Role/ClusterRole that grants them.
+
+    --all-secrets on KMS v2 also dates the current key from etcd (the earliest secret written once under it) and
+    warns (KmsKeyRotation; a failure with --fail-on-stale) when it is older than --rotation-days plus 7 days.
+    KMS v1 in use is a KmsV1Deprecated warning; a failure with --fail-on-kms-v1.
 examples:
   - name: Verify a cluster with a probe secret, signed in with az (Entra ID).
     text: az aksarc kms verify --resource-group myResourceGroup --name myCluster -o table
@@ -52,6 +58,38 @@ examples:
     text: az aksarc kms verify --kubeconfig ~/.kube/config --context my-cluster-admin --secret default/db-user-pass
   - name: Only print whether verification passed.
     text: az aksarc kms verify -g myResourceGroup -n myCluster --query passed
+"""
+
+helps['aksarc kms status'] = """
+type: command
+short-summary: Show what the API server says of its KMS encryption, and what this identity may run. Reads only.
+long-summary: >
+    Signs in as verify does, then reads /readyz (the KMS health checks, with each failing check's reason),
+    /metrics (providers and KMS versions, the current KMS v2 key id hash and when it was last used and reported,
+    automatic reload), who this identity is (SelfSubjectReview) and what it may do (SelfSubjectAccessReview) for
+    verify, verify --all-secrets, reencrypt and status. Each fact says where it came from, or why it is unknown
+    (forbidden, not served, not published). It never execs into a pod and never writes: an identity that can read
+    only /readyz gets the health and an answer for everything else.
+
+    For each command the identity cannot run, the result names each missing permission (verb, resource,
+    namespace) and leastPrivilegeGrant holds the Role/ClusterRole and bindings that would grant exactly those
+    (-o json, or --query leastPrivilegeGrant -o tsv | kubectl apply -f -, reviewed first).
+
+    KmsKeyRotation from /metrics alone can only bound the current key's age by the API server's uptime: it is a
+    warning when that bound exceeds --rotation-days plus 7 days of grace (a failure with --fail-on-stale), else
+    Skipped with why; verify --all-secrets dates the key from etcd. KMS v1 in use is a KmsV1Deprecated warning
+    (a failure with --fail-on-kms-v1).
+
+    Several clusters: --ids or --all-clusters, one row per cluster (health, KMS version, key age, missing
+    permissions). Exit codes as verify's: 0 passed, 4 a check failed, 1 could not read the cluster, 2 bad
+    arguments, 3 not found.
+examples:
+  - name: Status of a cluster, as a table.
+    text: az aksarc kms status -g myResourceGroup -n myCluster -o table
+  - name: Print the least-privilege RBAC this identity lacks.
+    text: az aksarc kms status -g myResourceGroup -n myCluster --query leastPrivilegeGrant -o tsv
+  - name: KMS posture of every cluster, failing on KMS v1 and on a stalled key rotation.
+    text: az aksarc kms status --all-clusters --fail-on-kms-v1 --fail-on-stale --junit-xml kms-status.xml -o table
 """
 
 helps['aksarc kms reencrypt'] = """

@@ -32,8 +32,9 @@ def load_arguments(self, _):
 
         c.argument('rotation_days',
                    default=defaults.ROTATION_DAYS, options_list=['--rotation-days'], type=int, arg_group='Scan',
-                   help='KMS v1 key rotation period in days: secrets last written longer ago are reported '
-                        'as written before the last rotation.')
+                   help='Key rotation period in days (AKS Arc: 30). KMS v1: secrets last written longer ago are '
+                        'reported as written before the last rotation. KMS v2: a current key in use for longer '
+                        '(plus 7 days of grace) is reported by the KmsKeyRotation check.')
         c.argument('page_size',
                    default=defaults.PAGE_SIZE, options_list=['--page-size'], type=int, arg_group='Scan',
                    help='At most this many keys per etcdctl call when scanning (pages are also kept near '
@@ -71,30 +72,39 @@ def load_arguments(self, _):
         c.argument('probe', options_list=['--probe'], arg_type=get_three_state_flag(), arg_group='Secrets',
                    help='Create, verify and delete a probe secret. Default: only when neither --secret nor '
                         '--all-secrets is given.')
-        c.argument('probe_namespace',
-                   default=defaults.PROBE_NAMESPACE, options_list=['--probe-namespace'], arg_group='Secrets',
-                   help='Namespace of the probe secret.')
-        c.argument('fail_on_stale', options_list=['--fail-on-stale'], arg_type=get_three_state_flag(),
-                   arg_group='Scan', help='Fail (instead of warn) when secrets were written under an older key.')
-        c.argument('timeout',
-                   default=defaults.TIMEOUT_SECONDS, options_list=['--timeout'], type=int,
-                   help="Seconds the whole verification may take (with several clusters: each cluster's).")
-        c.argument('ids', options_list=['--ids'], nargs='+', action=AppendValues, arg_group='Fleet',
-                   help='Full ARM ids of AKS Arc clusters (connected clusters), verified in parallel with one verdict.')
-        c.argument('all_clusters', options_list=['--all-clusters'], arg_type=get_three_state_flag(),
-                   arg_group='Fleet', help='Every AKS Arc cluster the sign-in can see, found with Azure Resource '
-                                           'Graph (narrow it with --subscriptions, -g and --tag).')
-        c.argument('subscriptions', options_list=['--subscriptions'], nargs='+', action=AppendValues,
-                   arg_group='Fleet', help='With --all-clusters: these subscriptions only. Default: every '
-                                           'subscription of the az login (in its tenant).')
-        c.argument('tags', options_list=['--tag'], nargs='+', action=AppendValues, arg_group='Fleet',
-                   help='With --all-clusters: only clusters with this tag, as KEY or KEY=VALUE. Repeat to require '
-                        'several.')
-        c.argument('max_parallel', options_list=['--max-parallel'], type=int, default=defaults.MAX_PARALLEL,
-                   arg_group='Fleet', help='Clusters verified at once.')
-        c.argument('shard', options_list=['--shard'], arg_group='Fleet',
-                   help='I/N: verify only the I-th of N deterministic slices of the clusters (by ARM id), for N '
-                        'parallel pipeline jobs.')
+    for scope in ('aksarc kms verify', 'aksarc kms status'):
+        with self.argument_context(scope) as c:
+            c.argument('probe_namespace',
+                       default=defaults.PROBE_NAMESPACE, options_list=['--probe-namespace'], arg_group='Secrets',
+                       help='Namespace of the probe secret (status: the namespace whose access it checks for the '
+                            'probe).')
+            c.argument('fail_on_stale', options_list=['--fail-on-stale'], arg_type=get_three_state_flag(),
+                       arg_group='Scan', help='Fail (instead of warn) when secrets were written under an older key, '
+                                              'or the current KMS v2 key is older than --rotation-days plus 7 days '
+                                              '(KmsKeyRotation).')
+            c.argument('timeout',
+                       default=defaults.TIMEOUT_SECONDS, options_list=['--timeout'], type=int,
+                       help="Seconds the whole verification may take (with several clusters: each cluster's).")
+            c.argument('ids', options_list=['--ids'], nargs='+', action=AppendValues, arg_group='Fleet',
+                       help='Full ARM ids of AKS Arc clusters (connected clusters), verified in parallel with one '
+                            'verdict.')
+            c.argument('all_clusters', options_list=['--all-clusters'], arg_type=get_three_state_flag(),
+                       arg_group='Fleet', help='Every AKS Arc cluster the sign-in can see, found with Azure Resource '
+                                               'Graph (narrow it with --subscriptions, -g and --tag).')
+            c.argument('subscriptions', options_list=['--subscriptions'], nargs='+', action=AppendValues,
+                       arg_group='Fleet', help='With --all-clusters: these subscriptions only. Default: every '
+                                               'subscription of the az login (in its tenant).')
+            c.argument('tags', options_list=['--tag'], nargs='+', action=AppendValues, arg_group='Fleet',
+                       help='With --all-clusters: only clusters with this tag, as KEY or KEY=VALUE. Repeat to require '
+                            'several.')
+            c.argument('max_parallel', options_list=['--max-parallel'], type=int, default=defaults.MAX_PARALLEL,
+                       arg_group='Fleet', help='Clusters verified at once.')
+            c.argument('shard', options_list=['--shard'], arg_group='Fleet',
+                       help='I/N: verify only the I-th of N deterministic slices of the clusters (by ARM id), for N '
+                            'parallel pipeline jobs.')
+            c.argument('fail_on_kms_v1', options_list=['--fail-on-kms-v1'], arg_type=get_three_state_flag(),
+                       arg_group='Posture', help='Fail (instead of warn) when the cluster uses KMS v1 (deprecated '
+                                                 'since Kubernetes 1.28, off by default since 1.29).')
 
     with self.argument_context('aksarc kms reencrypt') as c:
         c.argument('secrets', options_list=['--secret'], nargs='+', action=AppendValues, arg_group='Targets',

@@ -56,6 +56,11 @@ def validate_verify(namespace):
     _exit_2_on(_validate, namespace)
 
 
+def validate_status(namespace):
+    """Command-level validation of ``az aksarc kms status``; argument errors exit with code 2."""
+    _exit_2_on(_validate, namespace)
+
+
 def validate_reencrypt(namespace):
     """Command-level validation of ``az aksarc kms reencrypt``; argument errors exit with code 2."""
     _exit_2_on(_validate, namespace)
@@ -165,12 +170,13 @@ def _validate(namespace):
 def _validate_values(ns):
     """What names the secrets, the probe's namespace, the ranges, the etcd options and --junit-xml."""
     from azure.cli.core.azclierror import InvalidArgumentValueError
-    refs = []
-    for value in ns.secrets or []:
-        ref = parse_secret_ref(value)
-        if ref not in refs:
-            refs.append(ref)
-    ns.secrets = refs
+    if hasattr(ns, 'secrets'):  # not on status
+        refs = []
+        for value in ns.secrets or []:
+            ref = parse_secret_ref(value)
+            if ref not in refs:
+                refs.append(ref)
+        ns.secrets = refs
     if getattr(ns, 'probe_namespace', None) is not None and not is_namespace(ns.probe_namespace or ''):
         raise argument_error(InvalidArgumentValueError(
             f"--probe-namespace '{_shorten(ns.probe_namespace or '')}' is not a valid namespace name.",
@@ -178,12 +184,14 @@ def _validate_values(ns):
 
     for option, value, low, high in (('--timeout', ns.timeout, 1, 86400),
                                      ('--rotation-days', ns.rotation_days, 1, 3650),
-                                     ('--page-size', ns.page_size, 1, 100000)):
+                                     ('--page-size', getattr(ns, 'page_size', None), 1, 100000)):
         if value is not None and not low <= value <= high:
             raise argument_error(InvalidArgumentValueError(
                 f'{option} must be between {low} and {high}, not {value}.',
                 f'Give {option} a value in that range.'))
     for option in ('etcd_container', 'etcd_endpoint'):
+        if not hasattr(ns, option):  # status reads no etcd
+            continue
         value = getattr(ns, option)
         if not value or _CONTROL.search(value) or (
                 option == 'etcd_endpoint' and not re.fullmatch(r'(https?|unix|unixs)://[^\s]+', value)):
@@ -192,6 +200,8 @@ def _validate_values(ns):
                 'Give a container name (kubeadm: etcd).' if option == 'etcd_container' else
                 'Give the etcd client URL as seen inside the etcd pod, for example https://127.0.0.1:2379.'))
     for option in ('etcd_cacert', 'etcd_cert', 'etcd_key'):
+        if not hasattr(ns, option):
+            continue
         value = getattr(ns, option)
         if not value or not value.startswith('/') or _CONTROL.search(value):
             raise argument_error(InvalidArgumentValueError(

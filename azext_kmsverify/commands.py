@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
-from azext_kmsverify._validators import validate_reencrypt, validate_verify
-from azext_kmsverify.report.table import reencrypt_table_format, verify_table_format
+from azext_kmsverify._validators import validate_reencrypt, validate_status, validate_verify
+from azext_kmsverify.report.table import reencrypt_table_format, status_table_format, verify_table_format
 
 
 def load_command_table(self, _):
@@ -18,3 +18,4 @@ def load_command_table(self, _):
         g.custom_command('verify', 'verify_kms', validator=validate_verify, table_transformer=verify_table_format)
         g.custom_command('reencrypt', 'reencrypt_kms', validator=validate_reencrypt,
                          table_transformer=reencrypt_table_format)
+        g.custom_command('status', 'status_kms', validator=validate_status, table_transformer=status_table_format)

@@ -5,8 +5,8 @@
 (which runs in the frame of ``operations/run.py``); a fleet is dispatched here, so no command module imports
 another.
 
-The parameters are listed because az reads a command's arguments from its function's signature; their
-defaults and help live in ``_params.py`` and ``defaults.py``.
+az reads a command's arguments from its function's signature; defaults and help: ``_params.py``, ``defaults.py``.
+``from_args`` reads only its fields from ``locals()`` (``cmd`` is not one).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from azext_kmsverify import defaults
 
 def verify_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False, kubeconfig=None, context=None,
                secrets=None, all_secrets=False, probe=None, probe_namespace=defaults.PROBE_NAMESPACE,
-               fail_on_stale=False, rotation_days=defaults.ROTATION_DAYS, etcd_pod=None,
+               fail_on_stale=False, fail_on_kms_v1=False, rotation_days=defaults.ROTATION_DAYS, etcd_pod=None,
                etcd_container=defaults.ETCD_CONTAINER, etcd_endpoint=defaults.ETCD_ENDPOINT,
                etcd_cacert=defaults.ETCD_CACERT, etcd_cert=defaults.ETCD_CERT, etcd_key=defaults.ETCD_KEY,
                page_size=defaults.PAGE_SIZE, timeout=defaults.TIMEOUT_SECONDS, junit_xml=None, sarif=None, ids=None,
@@ -24,13 +24,18 @@ def verify_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False,
     # pylint: disable=unused-argument,too-many-locals  # one local per argument, each read through locals()
     from azext_kmsverify.operations import verify
     from azext_kmsverify.options import VerifyOptions
-    args = dict(locals())
-    args.pop('cmd')
-    options = VerifyOptions.from_args(args)
-    if options.fleet:  # many clusters: the fleet runs verify's per-cluster body on each
-        from azext_kmsverify.operations import fleet
-        return fleet.main(cmd.cli_ctx, options, verify.verify_cluster)
-    return verify.main(cmd.cli_ctx, options)
+    return _one_or_fleet(cmd, VerifyOptions.from_args(locals()), verify.main, verify.verify_cluster)
+
+
+def status_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False, kubeconfig=None, context=None,
+               probe_namespace=defaults.PROBE_NAMESPACE, fail_on_stale=False, fail_on_kms_v1=False,
+               rotation_days=defaults.ROTATION_DAYS, timeout=defaults.TIMEOUT_SECONDS, junit_xml=None, sarif=None,
+               ids=None, all_clusters=False, subscriptions=None, tags=None, max_parallel=defaults.MAX_PARALLEL,
+               shard=None):
+    # pylint: disable=unused-argument,too-many-locals  # one local per argument, each read through locals()
+    from azext_kmsverify.operations import status
+    from azext_kmsverify.options import StatusOptions
+    return _one_or_fleet(cmd, StatusOptions.from_args(locals()), status.main, status.status_cluster)
 
 
 def reencrypt_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False, kubeconfig=None, context=None,
@@ -43,6 +48,12 @@ def reencrypt_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=Fal
     # pylint: disable=unused-argument,too-many-locals  # one local per argument, each read through locals()
     from azext_kmsverify.operations.reencrypt import main
     from azext_kmsverify.options import ReencryptOptions
-    args = dict(locals())
-    args.pop('cmd')
-    return main(cmd.cli_ctx, ReencryptOptions.from_args(args))
+    return main(cmd.cli_ctx, ReencryptOptions.from_args(locals()))
+
+
+def _one_or_fleet(cmd, options, main, body):
+    """Many clusters: the fleet runs the command's per-cluster ``body`` on each; else the command's ``main``."""
+    if options.fleet:
+        from azext_kmsverify.operations import fleet
+        return fleet.main(cmd.cli_ctx, options, body)
+    return main(cmd.cli_ctx, options)

@@ -52,6 +52,7 @@ class VerifyOptions:  # pylint: disable=too-many-instance-attributes  # one fiel
     probe: bool = True
     probe_namespace: str = defaults.PROBE_NAMESPACE
     fail_on_stale: bool = False
+    fail_on_kms_v1: bool = False
     rotation_days: int = defaults.ROTATION_DAYS
     timeout: int = defaults.TIMEOUT_SECONDS
     junit_xml: str | None = None
@@ -85,6 +86,16 @@ class VerifyOptions:  # pylint: disable=too-many-instance-attributes  # one fiel
                               'subscriptions': tuple(args.get('subscriptions') or ()),
                               'tags': tuple(tuple(t) for t in args.get('tags') or ()),
                               'shard': tuple(args['shard']) if args.get('shard') else None})
+
+
+@dataclass(frozen=True)
+class StatusOptions(VerifyOptions):
+    """``az aksarc kms status``: verify's cluster, sign-in and fleet options; it reads no secret and writes nothing
+    (``probe`` is always False; ``probe_namespace`` is only the namespace the access preflight asks about)."""
+
+    @classmethod
+    def from_args(cls, args: dict) -> StatusOptions:
+        return super().from_args(dict(args, probe=False))
 
 
 @dataclass(frozen=True)

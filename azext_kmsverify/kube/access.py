@@ -102,6 +102,33 @@ def preflight(client, command: str, **kwargs) -> CommandAccess:
     return assess(command, needs, review_all(client, needs))
 
 
+def preflight_many(client, commands, **kwargs) -> CommandAccess:
+    """:func:`preflight` for a run that does what several ``commands`` do (``verify`` with the probe and
+    ``--all-secrets``): their permissions combined, each asked once, judged as one command named by all."""
+    from azext_kmsverify.verdict.access import combine
+    needs = combine(*(requirements(command, **kwargs) for command in commands))
+    return assess(' and '.join(commands), needs, review_all(client, needs))
+
+
+CHECKING_ACCESS = 'checking the permissions of this identity (SelfSubjectAccessReview)'
+
+
+def require(client, commands, **kwargs) -> CommandAccess:
+    """Before anything is exec'd or written: a required permission the API server denies raises
+    :func:`missing_error` (verb, resource, namespace; exit 1, as the 403 it would meet later); one it does not
+    answer for (no SelfSubjectAccessReview, an authorizer that cannot decide) is logged and the run goes on."""
+    from knack.log import get_logger
+    found = preflight_many(client, commands, **kwargs)
+    if found.missing:
+        raise missing_error(found)
+    unknown = [a for a in found.unknown if a.permission.required]
+    if unknown:
+        get_logger(__name__).info('Permissions not checked first (%s): %s',
+                                  '; '.join(sorted({a.reason for a in unknown})),
+                                  ', '.join(a.permission.describe() for a in unknown))
+    return found
+
+
 def preflight_all(client, probe_namespace: str) -> list[CommandAccess]:
     """For ``status``: what each command a user may run next lacks, asking each distinct permission once."""
     per_command = preflight_commands(probe_namespace)

@@ -9,11 +9,9 @@ from __future__ import annotations
 from azext_kmsverify import defaults
 
 
-def current_key_hash(client) -> tuple[str | None, str]:
-    """``(hash, how)`` of the KMS v2 key the API server encrypts with now, or ``(None, why not)``."""
+def metrics_page(client) -> tuple[str | None, str]:
+    """``(text, '')`` of the API server's ``/metrics`` page, or ``(None, why it could not be read)``."""
     from azure.cli.core.azclierror import AzCLIError
-
-    from azext_kmsverify.verdict.keys import current_key_hash as parse
     try:
         status, body = client.request('GET', '/metrics', accept='text/plain', timeout=20,
                                       max_bytes=defaults.METRICS_MAX_BYTES, doing='reading /metrics')
@@ -25,4 +23,13 @@ def current_key_hash(client) -> tuple[str | None, str]:
         return None, "/metrics is not allowed (it needs 'get' on the non-resource URL /metrics)"
     if status != 200:
         return None, f'/metrics answered HTTP {status}'
-    return parse(body.decode('utf-8', 'replace'))
+    return body.decode('utf-8', 'replace'), ''
+
+
+def current_key_hash(client) -> tuple[str | None, str]:
+    """``(hash, how)`` of the KMS v2 key the API server encrypts with now, or ``(None, why not)``."""
+    from azext_kmsverify.verdict.keys import current_key_hash as parse
+    text, why = metrics_page(client)
+    if text is None:
+        return None, why
+    return parse(text)

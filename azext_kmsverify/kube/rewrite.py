@@ -23,9 +23,11 @@ from urllib.parse import quote
 
 from azext_kmsverify import defaults
 from azext_kmsverify.kube.errors import status_message
+from azext_kmsverify.verdict.admission import AdmissionRefusal, refusal
 
 ANNOTATION = defaults.REENCRYPTED_ANNOTATION
 WRITTEN, CONFLICT, SKIPPED, FAILED, DELETED = 'written', 'conflict', 'skipped', 'failed', 'deleted'
+REFUSED = 'refused'  # by an admission webhook or policy (``Outcome.admission`` names it)
 # 429 answers honoured per secret before it is given up (client-go's rest client retries 10 times). Each waits
 # its Retry-After; --timeout and Ctrl-C end the waits sooner. A throttled flow rejects a share of requests
 # whatever the client does, so a low bound fails secrets that the next round would have written.
@@ -39,6 +41,7 @@ class Outcome:
     resource_version: str | None = None
     throttled: int = 0       # 429 answers honoured
     stopped: bool = False    # not written: ``stop`` was set while waiting out a 429
+    admission: AdmissionRefusal | None = None  # who refused the PUT (an admission webhook or policy)
 
 
 # pylint: disable-next=too-many-return-statements  # one return per outcome of the GET and the PUT
@@ -94,6 +97,10 @@ def rewrite(client, namespace: str, name: str, force: bool, stop=None) -> Outcom
             continue
         if status == 404:
             return Outcome(DELETED, 'deleted since the plan was made', throttled=throttled)
+        # A webhook's or policy's refusal (often 403 or 400) is its own outcome, naming who refused: not RBAC's 403.
+        refused = refusal(status, answer)
+        if refused is not None:
+            return Outcome(REFUSED, refused.describe(), throttled=throttled, admission=refused)
         if status in (401, 403):
             raise client.errors.api(status, answer, f'rewriting secret {namespace}/{name}',
                                     permission='update secrets in all namespaces')

@@ -25,6 +25,7 @@ from azext_kmsverify.errors import COULD_NOT_VERIFY, FAILED, NOT_VERIFIABLE, PAS
 from azext_kmsverify.operations.run import Run
 from azext_kmsverify.options import ClusterOptions, VerifyOptions
 from azext_kmsverify.text import printable
+from azext_kmsverify.verdict.posture import fleet_columns, with_posture
 
 logger = get_logger(__name__)
 
@@ -136,6 +137,10 @@ def _run_one(body, cluster: dict, signed: dict) -> dict:
         result = body(child, signed['session'])
     except Exception as ex:  # pylint: disable=broad-except  # one cluster's failure is its own outcome
         return _entry(cluster, COULD_NOT_VERIFY, error=child.one_line(ex), started=started)
+    # The cluster's KMS posture: its KMS version (KmsV1Deprecated, a failure with --fail-on-kms-v1), key age and
+    # missing permissions (status), as columns of its row.
+    result = with_posture(result, getattr(child.options, 'fail_on_kms_v1', False))
+    result.update(fleet_columns(result))
     return _entry(cluster, PASSED if result['passed'] else FAILED, started=started, result=result)
 
 

@@ -24,11 +24,13 @@ from knack.prompting import prompt_y_n
 from azext_kmsverify import defaults
 from azext_kmsverify.errors import argument_error, make
 from azext_kmsverify.kube import rewrite as rewriting
+from azext_kmsverify.kube.access import CHECKING_ACCESS, require
 from azext_kmsverify.kube.metrics import current_key_hash
 from azext_kmsverify.kube.secrets import old_writes
 from azext_kmsverify.operations.run import Run
 from azext_kmsverify.options import ReencryptOptions
 from azext_kmsverify.text import printable
+from azext_kmsverify.verdict.access import REENCRYPT, REENCRYPT_DRY_RUN
 from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, check
 from azext_kmsverify.verdict.classify import classify
 from azext_kmsverify.verdict.keys import HASH_PREFIX, SOURCE_METRICS, hash_only_current_key
@@ -47,6 +49,8 @@ def reencrypt(run: Run) -> dict:
     options = run.options
     started = time.monotonic()
     with run.session(options.cluster, options.etcd) as session:
+        with run.step(CHECKING_ACCESS):
+            require(session.client, [REENCRYPT_DRY_RUN if options.dry_run else REENCRYPT], etcd_pod=options.etcd.pod)
         with run.step('planning from etcd'):
             plan = _plan(run, session)
         targets = plan.targets
@@ -224,6 +228,9 @@ class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared s
             target.end(Outcome.FAILED, self.not_rewritten())
         elif outcome.status == rewriting.CONFLICT:
             target.end(Outcome.FAILED, f'{outcome.reason}, {rounds} times')
+        elif outcome.status == rewriting.REFUSED:
+            target.end(Outcome.REFUSED_BY_ADMISSION, outcome.reason)
+            target.admission = outcome.admission.to_dict()
         else:
             target.end(Outcome.SKIPPED if outcome.status == rewriting.SKIPPED else Outcome.FAILED, outcome.reason)
 

@@ -44,6 +44,8 @@ class StoredSecret:
     name: str
     value: bytes
     mod_revision: int
+    create_revision: int = 0
+    version: int = 0  # etcd's count of writes to the key since its creation (1: written once)
 
 
 def sign_in(cli_ctx, cluster: ClusterOptions, deadline):
@@ -137,9 +139,10 @@ class ClusterSession:  # pylint: disable=too-many-instance-attributes  # one per
         prefix = len(defaults.ETCD_SECRETS_PREFIX)
         for kv in self.reader.iter_prefix(defaults.ETCD_SECRETS_PREFIX):
             namespace, _, name = kv.key[prefix:].decode('utf-8', 'replace').partition('/')
-            yield StoredSecret(namespace, name, kv.value, kv.mod_revision)
+            yield StoredSecret(namespace, name, kv.value, kv.mod_revision, kv.create_revision, kv.version)
 
     def secret(self, namespace: str, name: str) -> StoredSecret | None:
         """One secret as etcd stores it, or None when etcd has no such key."""
         kv = self.reader.get(f'{defaults.ETCD_SECRETS_PREFIX}{namespace}/{name}')
-        return None if kv is None else StoredSecret(namespace, name, kv.value, kv.mod_revision)
+        return None if kv is None else StoredSecret(namespace, name, kv.value, kv.mod_revision, kv.create_revision,
+                                                    kv.version)

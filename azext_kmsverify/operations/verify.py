@@ -11,22 +11,28 @@ A fleet (``--ids``, ``--all-clusters``) runs :func:`verify_cluster` per cluster 
 
 from __future__ import annotations
 
-from azure.cli.core.azclierror import AzCLIError, AzureResponseError, ResourceNotFoundError, UnauthorizedError
+from datetime import datetime, timezone
+
+from azure.cli.core.azclierror import AzureResponseError, ResourceNotFoundError
 from knack.log import get_logger
 
 from azext_kmsverify import defaults
 from azext_kmsverify.errors import make
-from azext_kmsverify.kube.health import readyz, readyz_check
+from azext_kmsverify.kube.access import CHECKING_ACCESS, require
+from azext_kmsverify.kube.health import read_health
+from azext_kmsverify.kube.keyage import key_age
 from azext_kmsverify.kube.metrics import current_key_hash
 from azext_kmsverify.kube.probe import ProbeSecret
 from azext_kmsverify.kube.secrets import old_writes, secret_exists
 from azext_kmsverify.operations.run import Run
 from azext_kmsverify.options import VerifyOptions
 from azext_kmsverify.text import printable
+from azext_kmsverify.verdict import access
 from azext_kmsverify.verdict import checks as rules
 from azext_kmsverify.verdict.classify import classify
 from azext_kmsverify.verdict.keys import SOURCE_METRICS, hash_only_current_key
-from azext_kmsverify.verdict.readyz import parse_check_error
+from azext_kmsverify.verdict.posture import with_posture
+from azext_kmsverify.verdict.rotation import EarliestWrites, rotation_check
 from azext_kmsverify.verdict.scan import ScanSummary
 
 logger = get_logger(__name__)
@@ -45,6 +51,9 @@ def verify_cluster(run: Run, session) -> dict:
         with run.step('checking KMS health'):
             check_list = [kms_health(session.client)]
         client = session.client
+        with run.step(CHECKING_ACCESS):
+            require(client, _commands(options), probe_namespace=options.probe_namespace,
+                    secret_namespaces=[ns for ns, _ in options.secrets], etcd_pod=options.etcd.pod)
         session.open_etcd()
         entries = []
         with run.step('reading secrets from etcd'):
@@ -68,32 +77,27 @@ def verify_cluster(run: Run, session) -> dict:
         warning = rules.kms_v1_warning(entries, (scan or {}).get('byKmsVersion'))
         if warning:
             check_list.append(warning)
-        return rules.build_result(session.info, check_list, entries, etcd_pod=session.etcd_pod, scan=scan)
+        result = rules.build_result(session.info, check_list, entries, etcd_pod=session.etcd_pod, scan=scan)
+    # --fail-on-kms-v1: KMS v1 in use is a failure (the result then also names the KMS version; a fleet's rows always
+    # do, fleet.py).
+    return with_posture(result, True) if options.fail_on_kms_v1 else result
+
+
+def _commands(options) -> list[str]:
+    """The commands of ``verdict.access`` this run does (their permissions are checked first)."""
+    commands = [access.VERIFY_PROBE] if options.probe else []
+    if options.secrets:
+        commands.append(access.VERIFY_SECRETS)
+    if options.all_secrets:
+        commands.append(access.VERIFY_ALL_SECRETS)
+    return commands or [access.VERIFY_PROBE]
 
 
 def kms_health(client):
     """The KMS health check; readyz trouble is reported as a failed check and the etcd checks still run."""
-
-    try:
-        status, body = readyz(client)
-    except AzCLIError as error:
-        if client.deadline.expired():
-            raise
-        return rules.kms_health(None, None, {}, unreachable=error.error_msg)
-    if status == 401:
-        raise client.errors.api(status, body.encode(), 'reading /readyz')
-    if status not in (200, 500):
-        return rules.kms_health(None, None, {}, unreachable=f'HTTP {status}')
-    reasons = {}
-    for name in rules.failing_kms_check_names(body):
-        try:
-            check_status, check_body = readyz_check(client, name)
-        except AzCLIError as error:
-            if isinstance(error, UnauthorizedError) or client.deadline.expired():
-                raise
-            continue
-        if check_status != 200:
-            reasons[name] = printable(parse_check_error(check_body))
+    status, body, reasons, unreachable = read_health(client)
+    if unreachable:
+        return rules.kms_health(None, None, {}, unreachable=unreachable)
     return rules.kms_health(status, body, reasons)
 
 
@@ -106,13 +110,18 @@ def scan_all(run: Run, session, current_key_id):
     key_hash, how = current_key_hash(client)
     logger.info('Current KMS v2 key from /metrics: %s', how)
     summary = ScanSummary(current_key_id=current_key_id, current_key_hash=key_hash)
+    writes = EarliestWrites()  # per KMS v2 key id, the oldest and newest value written once: dates the current key
     count = 0
     with run.progress('Reading secrets from etcd') as progress:
         for secret in session.secrets():
             # Names come from etcd keys, which anyone with etcd access can set to anything: escaped for every
             # output (a terminal, a tsv row), as JSON and JUnit would escape them anyway.
-            summary.add(printable(secret.namespace), printable(secret.name), classify(secret.value),
-                        secret.mod_revision)
+            classification = classify(secret.value)
+            summary.add(printable(secret.namespace), printable(secret.name), classification, secret.mod_revision)
+            if classification.get('storage') == 'kms' and classification.get('kmsVersion') == 'v2':
+                # raw names: the API is asked for the object's creationTimestamp by them (kube.keyage)
+                writes.add(classification.get('keyId'), secret.namespace, secret.name, secret.create_revision,
+                           secret.version)
             count += 1
             if count % 500 == 0:
                 progress(count, max(reader.total or count, count), f'Reading secrets {count} of {reader.total}')
@@ -126,12 +135,29 @@ def scan_all(run: Run, session, current_key_id):
                                   write_times=write_times, age_skip_reason=skip_reason,
                                   rotation_days=options.rotation_days, fail_on_stale=options.fail_on_stale,
                                   revision=reader.revision)
+    checks.append(_rotation(run, client, writes, scan))
     if hash_only:
         scan['currentKeyIdNote'] = ('the current key is known by the hash /metrics publishes: no secret in etcd is '
                                     'stored under it yet')
     elif scan.get('currentKeyIdSource') != SOURCE_METRICS and scan['byKmsVersion'].get('v2'):
         scan['currentKeyIdNote'] = f'/metrics not used: {how}'
     return scan, checks
+
+
+def _rotation(run: Run, client, writes: EarliestWrites, scan: dict) -> dict:
+    """``KmsKeyRotation`` from etcd: the current KMS v2 key has been in use at least since the earliest secret
+    written once under it was created (``kube.keyage``); KMS v1 stores no key id (Skipped, with why)."""
+    options = run.options
+    versions = [v for v, n in (scan.get('byKmsVersion') or {}).items() if n]
+    age, why = None, ''
+    if 'v2' in versions:
+        with run.step('dating the current KMS v2 key'):
+            age, why = key_age(client, writes, scan.get('currentKeyId'))
+    found = rotation_check(kms_versions=versions, age=age, unknown_why=why or 'no secret is stored with KMS v2',
+                           rotation_days=options.rotation_days, fail_on_stale=options.fail_on_stale)
+    if age is not None:
+        scan['keyAge'] = age.to_dict(datetime.now(timezone.utc))
+    return found
 
 
 def read_secret(session, namespace, name, probe=False):

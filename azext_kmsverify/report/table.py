@@ -88,5 +88,42 @@ def fleet_table_format(result):
             ('ResourceGroup', printable(cluster.get('resourceGroup') or '')),
             ('Outcome', entry.get('outcome')),
             ('FailingChecks', printable(', '.join(sorted(set(failing)))) or printable(entry.get('error') or '')),
-            ('SecretsFailing', secrets), ('Duration', f"{entry.get('durationSeconds') or 0:.1f}s")]))
+            ('SecretsFailing', secrets), ('KmsVersion', printable(entry.get('kmsVersion') or '-')),
+            ('KeyMinAgeDays', _or_dash(entry.get('keyMinAgeDays'))),
+            ('MissingPermissions', _or_dash(entry.get('missingPermissions'))),
+            ('Duration', f"{entry.get('durationSeconds') or 0:.1f}s")]))
+    return rows
+
+
+def _or_dash(value):
+    return '-' if value is None else value
+
+
+def status_table_format(result):
+    """``status``: one row per check, then one per fact (its value and source, or why it is unknown), then one per
+    command that cannot run or may not. For a fleet, one row per cluster."""
+    if isinstance(result.get('clusters'), list):
+        return fleet_table_format(result)
+    rows = [_row(c.get('name'), c.get('target'), c.get('status'), c.get('detail')) for c in result.get('checks') or []]
+    for label, key in (('Health', 'health'), ('KmsVersions', 'kmsVersions'), ('AutomaticReload', 'automaticReload'),
+                       ('CurrentKeyIdHash', 'currentKeyIdHash'), ('CurrentKeyLastUsed', 'currentKeyLastUsed'),
+                       ('Identity', 'identity')):
+        fact = result.get(key) or {}
+        value = fact.get('value')
+        if isinstance(value, list):
+            value = ', '.join(str(v) for v in value)
+        elif isinstance(value, dict):
+            value = value.get('username')
+        known = value is not None
+        rows.append(_row(label, str(value) if known else '', 'Info' if known else 'Unknown',
+                         fact.get('source') if known else fact.get('unknownReason')))
+    for access in result.get('access') or []:
+        if access.get('missing'):
+            detail = 'missing: ' + '; '.join(a.get('description') or a.get('verb', '') for a in access['missing'])
+            rows.append(_row('Access', access.get('command'), 'Missing', detail))
+        elif access.get('canRun') is None:
+            reasons = sorted({a.get('reason') or '' for a in access.get('unknown') or []})
+            rows.append(_row('Access', access.get('command'), 'Unknown', '; '.join(reasons)))
+        else:
+            rows.append(_row('Access', access.get('command'), 'Allowed', ''))
     return rows

@@ -33,6 +33,7 @@ class Outcome(str, Enum):
     DELETED = 'deleted'  # deleted meanwhile: nothing left under the old key
     SKIPPED = 'skipped'
     FAILED = 'failed'
+    REFUSED_BY_ADMISSION = 'refusedByAdmission'  # an admission webhook or policy refused the rewrite (``admission``)
 
 
 DONE = (Outcome.REENCRYPTED, Outcome.ALREADY_CURRENT, Outcome.DELETED)  # nothing left under an old key
@@ -56,6 +57,7 @@ class Target:  # pylint: disable=too-many-instance-attributes  # one field per r
     storage_after: str | None = None
     key_id_after: str | None = None
     throttled: int | None = None
+    admission: dict | None = None  # verdict.admission.AdmissionRefusal.to_dict() of a refused rewrite
 
     def end(self, outcome: Outcome, reason: str | None) -> None:
         self.outcome, self.reason = outcome, reason
@@ -66,7 +68,8 @@ class Target:  # pylint: disable=too-many-instance-attributes  # one field per r
                 'storage': self.storage, 'kmsVersion': self.kms_version, 'keyId': self.key_id,
                 'outcome': self.outcome.value if self.outcome else None, 'reason': self.reason,
                 'modRevisionBefore': self.mod_revision_before, 'modRevisionAfter': self.mod_revision_after,
-                'storageAfter': self.storage_after, 'keyIdAfter': self.key_id_after, 'throttled': self.throttled}
+                'storageAfter': self.storage_after, 'keyIdAfter': self.key_id_after, 'throttled': self.throttled,
+                **({'admission': self.admission} if self.admission else {})}
 
 
 def kind_of(storage: str | None, stale: bool) -> str:

@@ -54,9 +54,29 @@ def kms_v1_check(version: str | None, source: str, fail_on_kms_v1: bool = False)
 
 def fleet_columns(result: dict) -> dict:
     """The posture columns of a fleet row: KMS version, the current key's minimum age, and how many required
-    permissions are missing (from a ``status`` result's ``keyAge`` and ``access``; None when not known)."""
+    permissions are missing (from a ``status`` result's ``keyAge`` and ``access``, or ``verify --all-secrets``'s
+    ``scan.keyAge``; None when not known)."""
     version, _ = kms_version(result)
-    age = (result.get('keyAge') or {}).get('minAgeDays')
+    age = (result.get('keyAge') or (result.get('scan') or {}).get('keyAge') or {}).get('minAgeDays')
     access = result.get('access')
     missing = sum(len(a.get('missing') or []) for a in access) if isinstance(access, list) else None
     return {'kmsVersion': version, 'keyMinAgeDays': age, 'missingPermissions': missing}
+
+
+def with_posture(result: dict, fail_on_kms_v1: bool = False) -> dict:
+    """``result`` (a single cluster's, ``verify`` or ``status``) with its ``kmsVersion`` and ``kmsVersionSource``,
+    and its ``KmsV1Deprecated`` check: a warning the result already has is kept (a failure with
+    ``fail_on_kms_v1``); one is added when the posture shows KMS v1 and the result has none."""
+    version, source = kms_version(result)
+    checks = list(result.get('checks') or [])
+    found = next((i for i, c in enumerate(checks) if c.get('name') == KMS_V1_DEPRECATED), None)
+    if found is None:
+        added = kms_v1_check(version, source, fail_on_kms_v1)
+        if added is not None:
+            checks.append(added)
+    elif fail_on_kms_v1:
+        checks[found] = dict(checks[found], status=FAILED)
+    posture = dict(result, kmsVersion=version, kmsVersionSource=source, checks=checks)
+    if any(c.get('status') == FAILED for c in checks if c.get('name') == KMS_V1_DEPRECATED):
+        posture['passed'] = False
+    return posture

@@ -27,7 +27,7 @@ def test_loading_the_command_table_imports_nothing_heavy(installed):
                          capture_output=True, text=True, check=True).stdout
     report = json.loads(out)
     assert report['file'].startswith(str(EXTENSION_DIR)), 'the installed wheel must be the code under test'
-    assert report['commands'] == ['aksarc kms reencrypt', 'aksarc kms verify']
+    assert report['commands'] == ['aksarc kms reencrypt', 'aksarc kms status', 'aksarc kms verify']
     loaded_heavy = [m for m in report['new'] if m.split('.')[0] in HEAVY or m.startswith(HEAVY)]
     assert not loaded_heavy, 'loading the command table imported: {}'.format(loaded_heavy)
     ours = [m for m in report['new'] if m.startswith('azext_kmsverify')]
