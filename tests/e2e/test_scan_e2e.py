@@ -416,9 +416,10 @@ def test_junit_is_written_with_the_error_when_verification_cannot_run(az, v2box,
     assert result.code == 1, result
     suite = _junit(schema, path)
     [case] = suite.findall('testcase')
-    failure = case.find('failure')
-    assert failure is not None and 'could not verify' in failure.get('message')
-    assert result.stderr.strip().splitlines()[0].split(': ', 1)[-1][:40] in failure.get('message')
+    error = case.find('error')  # nothing was verified: an error, not a failed check
+    assert case.find('failure') is None and suite.get('errors') == '1' and suite.get('failures') == '0'
+    assert error is not None and 'could not verify' in error.get('message')
+    assert result.stderr.strip().splitlines()[0].split(': ', 1)[-1][:40] in error.get('message')
 
 
 # --- progress -----------------------------------------------------------------------------------------------
