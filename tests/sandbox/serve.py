@@ -195,22 +195,43 @@ async def serve(directory: Path) -> None:
     api = APIServer(cfg)
     await api.start()
     ports = cfg.get("ports") or {}  # a resumed sandbox asks for its former ports again
-    api_sock, arm_sock, ctl_sock = (_listen(ports.get(site, 0)) for site in ("apiserver", "arm", "control"))
-    api.port = api_sock.getsockname()[1]
+    real = cfg.get("real_apiserver")
+    if real:  # the real kube-apiserver listens there (control.py starts it once this process serves)
+        api_sock = None
+        arm_sock, ctl_sock = (_listen(ports.get(site, 0)) for site in ("arm", "control"))
+        api.port = real["port"]
+    else:
+        api_sock, arm_sock, ctl_sock = (_listen(ports.get(site, 0)) for site in ("apiserver", "arm", "control"))
+        api.port = api_sock.getsockname()[1]
     api_url = f"https://127.0.0.1:{api.port}"
     entra, entra_socks = _entra(cfg, ports)
     arm = ARM(cfg["arm"], api_url, Path(pki["ca_cert"]).read_bytes(), Path(pki["admin_cert"]).read_bytes(),
               Path(pki["admin_key"]).read_bytes(), entra=entra)
     arm.url = f"https://127.0.0.1:{arm_sock.getsockname()[1]}"
     control = Control(api, directory, entra)
-    api_app = api.app()
-    sites = [(api_app, api_sock, apiserver_ssl(pki)), (arm.app(), arm_sock, arm_ssl(pki)),
-             (control.app(), ctl_sock, None)]
-    if entra is not None:
-        from .auth import EntraAuthn, install_entra
-        install_entra(api_app, EntraAuthn(entra.verifier(), entra.cluster_id, entra.enforce_pop))
+    sites = [(arm.app(), arm_sock, arm_ssl(pki)), (control.app(), ctl_sock, None)]
     ready = {"pid": os.getpid(), "apiserver_port": api.port, "arm_port": arm_sock.getsockname()[1],
              "control_port": ctl_sock.getsockname()[1]}
+    authn = None
+    if entra is not None:
+        from .auth import EntraAuthn
+        authn = EntraAuthn(entra.verifier(), entra.cluster_id, entra.enforce_pop)
+    if real:
+        # The token webhook (guard) and the nodes' kubelet endpoint; a broken node's kubelet port refuses.
+        from .guard import Guard
+        from .kubelet import Kubelet
+        hook_sock, kubelet_sock = _listen(ports.get("webhook", 0)), _listen(ports.get("kubelet", 0))
+        refused = _refusing(ports.get("refused", 0))
+        sites += [(Guard(authn).app(), hook_sock, apiserver_ssl(pki)),
+                  (Kubelet(api).app(), kubelet_sock, apiserver_ssl(pki))]
+        ready.update(webhook_port=hook_sock.getsockname()[1], kubelet_port=kubelet_sock.getsockname()[1],
+                     refused_port=refused.getsockname()[1])
+    else:
+        api_app = api.app()
+        sites.insert(0, (api_app, api_sock, apiserver_ssl(pki)))
+        if authn is not None:
+            from .auth import install_entra
+            install_entra(api_app, authn)
     logging.info("serving: apiserver %s, arm %s, control http://127.0.0.1:%s", api_url, arm.url,
                  ready["control_port"])
     await _run(directory, sites, ready, entra, entra_socks, pki, [api])
