@@ -56,6 +56,13 @@ _NO_FLAGS = {"entra": "--no-entra", "enforce_pop": "--no-enforce-pop"}
 READ_KEYS = "read-keys.json"  # local keys the API server added for reading (write_secret "with"), kept for a resume
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
 def _port_free(port: int) -> bool:
     import socket
     with socket.socket() as s:
@@ -408,6 +415,10 @@ class Sandbox:
             "real_apiserver": real,
         }
         if real:
+            # Local keys for reading, configured from the start: kube-apiserver reads its configuration once, and
+            # ctl write_secret "with" a local kind writes with these (store.local_reader finds them).
+            _write_json(self.dir / READ_KEYS, {k: base64.b64encode(os.urandom(32)).decode()
+                                               for k in ("aescbc", "aesgcm", "secretbox") if k != provider})
             serve_cfg["kubernetes_version"] = real["version"]
             serve_cfg["broken_nodes"] = [p[len("etcd-"):] for p in broken]
         _write_json(self.dir / "serve.json", serve_cfg)
@@ -559,13 +570,31 @@ class Sandbox:
         kms = serve_cfg.get("kms") or {}
         files = kubeapiserver.write_files(self.dir, serve_cfg["pki"], serve_cfg["provider"], serve_cfg["local_key"],
                                           kms.get("socket"),
-                                          f"https://127.0.0.1:{ports['webhook_port']}/tokenreview")
+                                          f"https://127.0.0.1:{ports['webhook_port']}/tokenreview",
+                                          _read_json(self.dir / READ_KEYS))
         cmd = kubeapiserver.command(Path(real["binaries"]) / "kube-apiserver", real["version"], real["port"],
                                     serve_cfg["etcd"], serve_cfg["pki"], files, serve_cfg["provider"])
         proc = spawn(cmd, self.dir / "logs" / "kube-apiserver.log", cwd=self.dir,
                      banner=f"--- kube-apiserver {real['version']} {time.strftime('%Y-%m-%dT%H:%M:%SZ')}")
         self._procs["kube_apiserver"] = proc
         self._partial["pids"]["kube_apiserver"] = proc.pid
+
+    def _restart_kube_apiserver(self, timeout: float = 60.0) -> None:
+        """Stop the real kube-apiserver and start it again on the same port (it reads its plugin's key id anew)."""
+        info = self.info
+        pid = info["pids"].get("kube_apiserver")
+        own = self._procs.get("kube_apiserver")
+        if own is not None and own.pid == pid:
+            terminate(own, 10)
+        else:
+            stop_pid(pid, str(self.dir))
+        serve_cfg = json.loads((self.dir / "serve.json").read_text())
+        ports = json.loads((self.dir / "serve-ready.json").read_text())
+        if not getattr(self, "_partial", None):
+            self._partial = {"pids": dict(info["pids"]), "kms_dir": info.get("kms_dir")}
+        self._start_kube_apiserver(serve_cfg, ports, timeout)
+        update_info(self.dir, pids={"kube_apiserver": self._partial["pids"]["kube_apiserver"]})
+        self._wait_ready(timeout)
 
     def _bootstrap(self, serve_cfg: dict, ports: dict) -> None:
         """RBAC, Nodes and mirror pods in the real server (idempotent)."""
@@ -687,7 +716,9 @@ class Sandbox:
                                                                        time.gmtime(time.time() - 45 * 86400))}})
                 hist["old_key"].append("legacy/api-token-before-rotation")
                 seeded.append("legacy/api-token-before-rotation")
-                hist["rotated_to"] = self.kms("rotate")
+                hist["rotated_to"] = self.kms("rotate", wait=False)
+                if self.info.get("apiserver_mode") == "real":
+                    self._restart_kube_apiserver()  # takes the new key id at once (else at its next Status poll)
         for ns, name, data, type_, manager in _base_seeds(_token_id()):
             self.create_secret(ns, name, data, type_=type_, field_manager=manager)
             seeded.append(f"{ns}/{name}")
@@ -761,9 +792,13 @@ class Sandbox:
         return KMSPluginProcess(info["kms_socket"], info["provider"].split("-")[1], info["kms_state"],
                                 log_path=self.dir / "logs" / "kms-plugin.log")
 
-    def kms(self, action: str):
+    def kms(self, action: str, wait: bool = True):
         """``stop`` (clean shutdown: the socket disappears), ``kill`` (crash: the socket stays), ``start``,
-        ``rotate`` (new current key; returns its id), ``unhealthy``/``healthy`` (v2 Status healthz)."""
+        ``rotate`` (new current key; returns its id), ``unhealthy``/``healthy`` (v2 Status healthz).
+
+        On the real kube-apiserver with KMS v2, ``rotate`` waits (unless ``wait=False``) until the server has
+        taken the new key id: it polls its plugin's Status about once a minute and writes under the old key id
+        until then (:meth:`wait_key_id`)."""
         from .kms_plugin import rotate_running, rotate_state, set_healthz
         info = self.info
         plugin = self._kms_process(info)
@@ -786,14 +821,32 @@ class Sandbox:
         if action == "rotate":
             if pid and is_alive(pid):
                 try:
-                    return rotate_running(pid, Path(info["kms_state"]), timeout=10)
+                    key_id = rotate_running(pid, Path(info["kms_state"]), timeout=10)
                 except TimeoutError:
                     raise SandboxError("the KMS plugin did not rotate its key within 10s") from None
+                if wait and info.get("apiserver_mode") == "real" and info["provider"] == "kms-v2":
+                    self.wait_key_id(key_id)
+                return key_id
             return rotate_state(Path(info["kms_state"]))
         if action in ("unhealthy", "healthy"):
             set_healthz(Path(info["kms_state"]), "ok" if action == "healthy" else "unhealthy: key vault unreachable")
             return None
         raise SandboxError(f"unknown kms action {action!r} (stop, kill, start, rotate, unhealthy, healthy)")
+
+    def wait_key_id(self, key_id: str, timeout: float = 90.0) -> float:
+        """Wait until the real kube-apiserver's /metrics shows ``key_id`` from its KMS v2 plugin's Status (the key
+        id its next write uses); returns the seconds waited."""
+        import hashlib
+        want = 'key_id_hash="sha256:' + hashlib.sha256(key_id.encode()).hexdigest() + '"'
+        started = time.monotonic()
+        while True:
+            status, page = self.api("GET", "/metrics", timeout=30)
+            if status == 200 and any(line.startswith("apiserver_envelope_encryption_key_id_hash_status_last_timestamp")
+                                     and want in line for line in str(page).splitlines()):
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise SandboxError(f"kube-apiserver did not take the KMS key id {key_id} within {timeout:.0f}s")
+            time.sleep(1)
 
     def ctl(self, body: dict, timeout: float = 60.0) -> dict:
         """POST fault-injection JSON to the control port (see the README); returns the server's answer."""

@@ -98,6 +98,20 @@ class Control:
         return {"exec_faults": dict(self.api.exec_faults), "readyz": self.api.readyz_fault,
                 "etcd_pods": etcd_pod_names(self.api.pods)}
 
+    async def _real_namespace(self, ns: str) -> None:
+        """With the real kube-apiserver, a namespace the sandbox writes secrets into straight in etcd exists there
+        too (as the API server's namespace, created through it as the admin)."""
+        import aiohttp
+        pki = self.api.cfg["pki"]
+        ctx = ssl.create_default_context(cafile=pki["ca_cert"])
+        ctx.load_cert_chain(pki["admin_cert"], pki["admin_key"])
+        url = f"https://127.0.0.1:{self.api.port}/api/v1/namespaces"
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+                                    ssl=ctx) as resp:
+                if resp.status not in (201, 409):
+                    raise ValueError(f"could not create namespace {ns}: HTTP {resp.status} {await resp.text()}")
+
     async def h_state(self, request):
         return web.json_response(self.state())
 
@@ -174,6 +188,9 @@ class Control:
             if body["etcd"] not in ("stop", "start"):
                 raise ValueError("etcd must be 'stop' or 'start'")
             result["etcd"] = await asyncio.to_thread(control.etcd_action, self.dir, body["etcd"])
+        for key in ("write_secret", "seed"):
+            if key in body and self.api.cfg.get("real_apiserver"):
+                await self._real_namespace(body[key].get("namespace", "bench"))
         if "write_secret" in body:
             spec = body["write_secret"]
             result["write_secret"] = await self.api.write_secret_as(
