@@ -573,7 +573,8 @@ class Sandbox:
                                           f"https://127.0.0.1:{ports['webhook_port']}/tokenreview",
                                           _read_json(self.dir / READ_KEYS))
         cmd = kubeapiserver.command(Path(real["binaries"]) / "kube-apiserver", real["version"], real["port"],
-                                    serve_cfg["etcd"], serve_cfg["pki"], files, serve_cfg["provider"])
+                                    serve_cfg["etcd"], serve_cfg["pki"], files, serve_cfg["provider"],
+                                    serve_cfg.get("readyz_style", "aggregate"))
         proc = spawn(cmd, self.dir / "logs" / "kube-apiserver.log", cwd=self.dir,
                      banner=f"--- kube-apiserver {real['version']} {time.strftime('%Y-%m-%dT%H:%M:%SZ')}")
         self._procs["kube_apiserver"] = proc

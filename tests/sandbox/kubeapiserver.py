@@ -19,7 +19,6 @@ objects and kubeadm's mirror pods (etcd, kube-apiserver) in kube-system with a R
 
 from __future__ import annotations
 
-import base64
 import datetime
 import json
 import os
@@ -170,8 +169,12 @@ def write_files(directory: Path, pki: dict, provider: str, local_key: str | None
     return {k: str(v) for k, v in files.items()}
 
 
-def command(binary: Path, version: str, port: int, etcd: dict, pki: dict, files: dict, provider: str) -> list[str]:
-    """kube-apiserver's command line (kubeadm's flags where they apply)."""
+def command(binary: Path, version: str, port: int, etcd: dict, pki: dict, files: dict, provider: str,
+            readyz_style: str = "aggregate") -> list[str]:
+    """kube-apiserver's command line (kubeadm's flags where they apply). ``readyz_style`` ``aggregate`` turns on
+    the encryption config's automatic reload (one ``kms-providers`` check and the reload poststarthook);
+    ``per-provider`` leaves it off (1.29: ``kms-provider-<n>`` checks for KMS v1, still ``kms-providers`` for v2
+    alone)."""
     gates = []
     minor = int(version.split(".")[1])
     if provider == "kms-v1":
@@ -194,6 +197,8 @@ def command(binary: Path, version: str, port: int, etcd: dict, pki: dict, files:
            f"--kubelet-client-certificate={files['kubelet_cert']}", f"--kubelet-client-key={files['kubelet_key']}",
            "--kubelet-preferred-address-types=InternalIP", "--enable-bootstrap-token-auth=true",
            "--profiling=false", "--v=1"]
+    if readyz_style == "aggregate":
+        cmd.append("--encryption-provider-config-automatic-reload=true")
     if gates:
         cmd.append("--feature-gates=" + ",".join(gates))
     return cmd
@@ -249,9 +254,9 @@ def pod_object(pod: dict) -> tuple[dict, dict]:
         keep["annotations"] = dict(meta.get("annotations") or {})
         keep["annotations"].setdefault("kubernetes.io/config.mirror", keep["annotations"].get(
             "kubernetes.io/config.hash", "mirror"))
-    else:
-        keep.pop("ownerReferences", None)  # no ReplicaSet in the sandbox
     spec = json.loads(json.dumps(pod["spec"]))
+    if not spec.get("hostNetwork"):
+        spec["serviceAccountName"] = "coredns"  # CoreDNS's (no controller runs its ReplicaSet: created as is)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": keep, "spec": spec}, pod["status"]
 
 
@@ -277,9 +282,24 @@ def bootstrap(api, nodes: list[dict], pods: list[dict], kubelet_ports: dict[str,
                         {**api("GET", f"/api/v1/nodes/{obj['metadata']['name']}")[1], "status": status})
         if code != 200:
             raise RuntimeError(f"node status: HTTP {code} {out}")
+    bootstrap_pods(api, pods)
+
+
+def bootstrap_pods(api, pods: list[dict]) -> None:
+    """Create the mirror pods among ``pods`` (idempotent) and mark them Running."""
+    def create(path: str, body: dict) -> None:
+        status, obj = api("POST", path, body)
+        if status not in (200, 201, 409):
+            raise RuntimeError(f"POST {path} {body['metadata']['name']}: HTTP {status} {obj}")
+
+    if any(not p["spec"].get("hostNetwork") for p in pods):
+        create("/api/v1/namespaces/kube-system/serviceaccounts", {"apiVersion": "v1", "kind": "ServiceAccount",
+                                                                  "metadata": {"name": "coredns",
+                                                                               "namespace": "kube-system"}})
+        code, dns = api("GET", "/api/v1/namespaces/kube-system/pods?labelSelector=k8s-app%3Dkube-dns")
+        if code == 200 and dns.get("items"):  # a resume: CoreDNS's pods (random names) are there already
+            pods = [p for p in pods if p["spec"].get("hostNetwork")]
     for p in pods:
-        if p["spec"].get("hostNetwork") is False:
-            continue  # CoreDNS: needs a service account and a scheduler; the sandbox has neither
         body, status = pod_object(p)
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         create(f"/api/v1/namespaces/{ns}/pods", body)
@@ -291,5 +311,44 @@ def bootstrap(api, nodes: list[dict], pods: list[dict], kubelet_ports: dict[str,
             raise RuntimeError(f"pod status {ns}/{name}: HTTP {code} {out}")
 
 
-def b64(path) -> str:
-    return base64.b64encode(Path(path).read_bytes()).decode()
+def admin_api(pki: dict, port: int):
+    """A ``api(method, path, body) -> (status, parsed JSON)`` function for the admin (client certificate)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+    ctx = ssl.create_default_context(cafile=str(pki["ca_cert"]))
+    ctx.load_cert_chain(str(pki["admin_cert"]), str(pki["admin_key"]))
+
+    def api(method: str, path: str, body: dict | None = None):
+        req = urllib.request.Request(f"https://127.0.0.1:{port}{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            status, raw = e.code, e.read()
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode(errors="replace")
+    return api
+
+
+def set_kubelet_port(api, node: str, port: int) -> None:
+    """Point the Node's kubelet endpoint at ``port`` (a refusing port: the node's kubelet is down)."""
+    code, obj = api("GET", f"/api/v1/nodes/{node}")
+    if code != 200:
+        raise RuntimeError(f"node {node}: HTTP {code} {obj}")
+    obj["status"]["daemonEndpoints"] = {"kubeletEndpoint": {"Port": port}}
+    code, out = api("PUT", f"/api/v1/nodes/{node}/status", obj)
+    if code != 200:
+        raise RuntimeError(f"node {node} status: HTTP {code} {out}")
+
+
+def delete_pods(api, pods: list[dict]) -> None:
+    for p in pods:
+        meta = p["metadata"]
+        code, out = api("DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}?gracePeriodSeconds=0")
+        if code not in (200, 404):
+            raise RuntimeError(f"deleting pod {meta['name']}: HTTP {code} {out}")

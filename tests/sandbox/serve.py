@@ -87,6 +87,7 @@ class Control:
         self.dir = directory
         self.entra = entra
         self.hidden_pods: list = []
+        self.real: dict | None = None  # with the real kube-apiserver: its admin api and the kubelet ports
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -158,6 +159,12 @@ class Control:
             for pod in targets:
                 if pod not in pods:
                     raise ValueError(f"no etcd pod {pod!r} (pods: {', '.join(pods)})")
+                if self.real is not None and "broken" in (mode, self.api.exec_faults.get(pod)):
+                    # the real server dials the pod's node's kubelet: a broken node's kubelet port refuses
+                    from .kubeapiserver import set_kubelet_port
+                    node = pod[len("etcd-"):]
+                    port = self.real["refused_port"] if mode == "broken" else self.real["kubelet_port"]
+                    await asyncio.to_thread(set_kubelet_port, self.real["api"], node, port)
                 if mode is None:
                     self.api.exec_faults.pop(pod, None)
                 else:
@@ -172,9 +179,16 @@ class Control:
                 raise ValueError("etcd_pods must be 'hidden' or 'visible'")
             if body["etcd_pods"] == "hidden":
                 names = set(etcd_pod_names(self.api.pods))
-                self.hidden_pods += [p for p in self.api.pods if p["metadata"]["name"] in names]
+                hiding = [p for p in self.api.pods if p["metadata"]["name"] in names]
+                if self.real is not None:
+                    from .kubeapiserver import delete_pods
+                    await asyncio.to_thread(delete_pods, self.real["api"], hiding)
+                self.hidden_pods += hiding
                 self.api.pods = [p for p in self.api.pods if p["metadata"]["name"] not in names]
             else:
+                if self.real is not None and self.hidden_pods:
+                    from .kubeapiserver import bootstrap_pods
+                    await asyncio.to_thread(bootstrap_pods, self.real["api"], self.hidden_pods)
                 self.api.pods = sorted(self.api.pods + self.hidden_pods,
                                        key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"]))
                 self.hidden_pods = []
@@ -243,6 +257,9 @@ async def serve(directory: Path) -> None:
                   (Kubelet(api).app(), kubelet_sock, apiserver_ssl(pki))]
         ready.update(webhook_port=hook_sock.getsockname()[1], kubelet_port=kubelet_sock.getsockname()[1],
                      refused_port=refused.getsockname()[1])
+        from .kubeapiserver import admin_api
+        control.real = {"api": admin_api(pki, api.port), "kubelet_port": ready["kubelet_port"],
+                        "refused_port": ready["refused_port"]}
     else:
         api_app = api.app()
         sites.insert(0, (api_app, api_sock, apiserver_ssl(pki)))
