@@ -8,7 +8,8 @@ with the data in ``expected.json``) and ``expected.json``, ``readyz/*.txt`` (``a
 reload on, ``aggregate-failed.http500`` and its ``/readyz/kms-providers`` body with the KMS plugin killed,
 ``per-provider-ok`` with reload off and KMS v1, ``no-kms-ok`` for identity with reload off, ``no-kms-reload-ok``
 for aescbc with reload on, ``nonverbose-ok``), and ``metrics/kms-v2.txt``, ``metrics/kms-v1.txt`` (the KMS and
-storage families of the pages after two creates, a list, a key rotation taken by the server, and two updates). ``VERSION`` holds the server's ``gitVersion``.
+storage families of the pages after two creates, a list, a key rotation taken by the server, and two updates).
+``VERSION`` holds the server's ``gitVersion``.
 """
 
 from __future__ import annotations
