@@ -306,6 +306,9 @@ def bootstrap_pods(api, pods: list[dict]) -> None:
         current = api("GET", f"/api/v1/namespaces/{ns}/pods/{name}")[1]
         if current.get("status", {}).get("phase") == "Running":
             continue
+        status = dict(status)
+        if current.get("status", {}).get("qosClass"):  # set by the server at create, immutable from 1.32 on
+            status["qosClass"] = current["status"]["qosClass"]
         code, out = api("PUT", f"/api/v1/namespaces/{ns}/pods/{name}/status", {**current, "status": status})
         if code != 200:
             raise RuntimeError(f"pod status {ns}/{name}: HTTP {code} {out}")
