@@ -286,6 +286,21 @@ def fresh_sandbox(tmp_path, **options):
     return box
 
 
+def wait_kms_health(box, healthy, timeout=90):
+    """Wait until the API server's /readyz/kms-providers passes (healthy) or fails. A real kube-apiserver caches
+    its KMS health (a healthy answer for 20s, the KMS v2 key id until the next Status call), so a plugin stopped
+    or started shows there only some seconds later; returns the last (status, body)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status, body = box.api('GET', '/readyz/kms-providers', timeout=10)
+        except OSError as e:
+            status, body = None, str(e)
+        if (status == 200) == healthy or time.monotonic() > deadline:
+            return status, body
+        time.sleep(1)
+
+
 def which_kubectl():
     return shutil.which('kubectl')
 

@@ -28,6 +28,11 @@ logger = get_logger(__name__)
 
 STDOUT, STDERR, ERROR = 1, 2, 3
 _PROTOCOLS = ['v5.channel.k8s.io', 'v4.channel.k8s.io']
+# kube-apiserver >= 1.30 (1.29 with TranslateStreamCloseWebsocketRequests) upgrades the WebSocket before it dials
+# the kubelet, so a kubelet it cannot reach comes as an InternalError Status on the error channel whose message
+# quotes the kubelet's exec URL (the whole argv) before the cause.
+_KUBELET_UNREACHABLE = re.compile(r'error (?:sending request|dialing backend)')
+_QUOTED_URL = re.compile(r'"https?://[^"]*"')
 
 
 @dataclass(repr=False)
@@ -277,6 +282,11 @@ def _exit_status(pod: str, argv: list[str], frame: bytes, container: str) -> int
                                                  f'({printable(cause.group(0)) if cause else message}).',
                              'Give the etcd pod with --etcd-pod and its etcd container with --etcd-container '
                              '(kubeadm: etcd); the etcd image must ship etcdctl.'))
+    if status.get('reason') == 'InternalError' and _KUBELET_UNREACHABLE.search(full):
+        cause = printable(truncate(_QUOTED_URL.sub('<kubelet>', full)))
+        raise ExecError(make(AzureResponseError, f'The API server could not reach the kubelet of pod {pod}: {cause}',
+                             f"Check the node that runs pod {pod} and its kubelet ('kubectl get nodes'); with "
+                             'several control-plane nodes, name a healthy etcd pod with --etcd-pod.'))
     raise ExecError(make(AzureResponseError, f'exec into pod {pod} failed: {message}',
                          f'Check the pod with kubectl describe pod -n kube-system {pod}.'))
 

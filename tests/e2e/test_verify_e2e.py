@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from tests.conftest import verify, Az, assert_no_leak, copy_of, make_secret, probe_secrets_left
+from tests.conftest import verify, Az, assert_no_leak, copy_of, make_secret, probe_secrets_left, wait_kms_health
 
 CANARY = 'canary-value-7f3a9c1e'
 
@@ -36,7 +36,8 @@ def test_kms_cluster_passes_with_exact_fields(az, sandbox_factory, provider, ver
 @pytest.mark.parametrize('provider, storage, detail', [('aescbc', 'aescbc', 'encrypted with a local key, not KMS'),
                                                        ('identity', 'identity', 'stored in plaintext')])
 def test_non_kms_cluster_fails_with_exit_4_and_the_full_result(az, sandbox_factory, provider, storage, detail):
-    box = sandbox_factory(provider=provider)
+    # automatic reload off: with it on, kube-apiserver 1.29 shows [+]kms-providers ok with no KMS provider at all
+    box = sandbox_factory(provider=provider, readyz_style='per-provider')
     make_secret(box, 'default', 'app-secret', {'password': CANARY})
     result = verify(az, box, '--secret', 'default/app-secret', '-o', 'json')
     assert result.code == 4, result
@@ -88,6 +89,7 @@ def test_stopped_kms_plugin_fails_health_with_the_real_reason(az, tmp_path):
     box = fresh_sandbox(tmp_path, provider='kms-v2')
     try:
         box.kms('stop')
+        assert wait_kms_health(box, healthy=False)[0] == 500
         result = verify(az, box, '--secret', 'default/db-user-pass', '-o', 'json')
         assert result.code == 4, result
         health = next(c for c in result.json()['checks'] if c['name'] == 'KmsProviderHealth')
@@ -96,6 +98,7 @@ def test_stopped_kms_plugin_fails_health_with_the_real_reason(az, tmp_path):
         assert 'kms-providers' in health['detail'] and ('connect' in health['detail'] or 'Unavailable' in
                                                          health['detail']), health
         box.kms('start')
+        assert wait_kms_health(box, healthy=True)[0] == 200
         healed = verify(az, box, '--secret', 'default/db-user-pass', '-o', 'json')
         assert healed.code == 0, healed
     finally:

@@ -24,7 +24,7 @@ import argparse
 import json
 import sys
 
-from .control import DEFAULTS, PROVIDERS, READYZ_STYLES, Sandbox, SandboxError
+from .control import APISERVERS, DEFAULTS, PROVIDERS, READYZ_STYLES, Sandbox, SandboxError
 
 
 def main(argv=None) -> int:
@@ -47,6 +47,10 @@ def main(argv=None) -> int:
     up.add_argument("--enforce-pop", action=argparse.BooleanOptionalAction, default=None,
                     help="with the Entra emulator: the API server accepts only PoP tokens (default); "
                          "--no-enforce-pop also accepts bearer tokens (still checked against the emulator's keys)")
+    up.add_argument("--apiserver", choices=APISERVERS,
+                    help=f"default {DEFAULTS['apiserver']}: the kube-apiserver `make kube-apiserver` builds "
+                         "(tests/sandbox/kubeapiserver.py); emulator: the Python API server emulator (fault injection "
+                         "with ctl; a fleet always runs on it)")
     up.add_argument("--clusters", type=int, metavar="N",
                     help="a fleet of N clusters (sandbox-1 ... sandbox-N, and other-1 in a second subscription)")
     up.add_argument("--providers", metavar="LIST",
@@ -86,7 +90,8 @@ def main(argv=None) -> int:
         if a.command == "up":
             info = box.up(provider=a.provider, etcdctl=a.etcdctl, nodes=a.nodes, broken_node=a.broken_node,
                           readyz_style=a.readyz_style, history=a.history, entra=a.entra, enforce_pop=a.enforce_pop,
-                          clusters=a.clusters, providers=a.providers, disconnected=a.disconnected)
+                          clusters=a.clusters, providers=a.providers, disconnected=a.disconnected,
+                          apiserver=a.apiserver)
             print(json.dumps({k: v for k, v in info.items() if k != "pki"}, indent=2))
             if box.resumed:
                 print(f"resumed the stopped sandbox in {box.dir} (its data, certificates and keys)", file=sys.stderr)

@@ -200,7 +200,8 @@ def _decode_managed_field(buf: bytes) -> dict:
 def encode_object_meta(meta: dict, omit_empty: bool = False) -> bytes:
     """ObjectMeta in gogo field order: 1 name, 2 generateName, 3 namespace, 4 selfLink, 5 uid,
     6 resourceVersion, 7 generation, 8 creationTimestamp, 11 labels, 12 annotations, 13 ownerReferences,
-    14 finalizers, 15 clusterName (deprecated, still written empty), 17 managedFields."""
+    14 finalizers, 17 managedFields. Field 15 (clusterName) was removed in 1.25: kube-apiserver v1.29.6 writes
+    none (checked byte for byte against it, tests/sandbox/tests/test_sandbox_realserver.py)."""
     out = _s(1, meta.get("name", ""), omit_empty)
     out += _s(2, meta.get("generateName", ""), omit_empty)
     out += _s(3, meta.get("namespace", ""), omit_empty)
@@ -220,7 +221,6 @@ def encode_object_meta(meta: dict, omit_empty: bool = False) -> bytes:
         out += field_bytes(13, _encode_owner_reference(ref))
     for finalizer in meta.get("finalizers") or []:
         out += field_bytes(14, str(finalizer).encode())
-    out += _s(15, meta.get("clusterName", ""), omit_empty)
     for entry in meta.get("managedFields") or []:
         out += field_bytes(17, _encode_managed_field(entry))
     return out

@@ -39,6 +39,7 @@ import yaml
 from .proc import StartError, is_alive, is_ours, kill_process, spawn_python, stop_pid, terminate, wait_ready
 
 PROVIDERS = ("kms-v1", "kms-v2", "aescbc", "aesgcm", "secretbox", "identity")
+APISERVERS = ("real", "emulator")
 READYZ_STYLES = ("aggregate", "per-provider")
 SUBSCRIPTION = "00000000-0000-0000-0000-00000000c0de"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -47,11 +48,36 @@ CLUSTER = "sandbox-cluster"
 KUBERNETES_VERSION = "v1.30.4"
 UNIX_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
 DEFAULTS = {"provider": "kms-v2", "etcdctl": "3.5", "nodes": 1, "broken_node": False, "readyz_style": "aggregate",
-            "history": False, "entra": True, "enforce_pop": True}
-_FLAGS = {"provider": "--provider", "etcdctl": "--etcdctl", "nodes": "--nodes", "broken_node": "--broken-node",
+            "history": False, "entra": True, "enforce_pop": True, "apiserver": "real"}
+_FLAGS = {"apiserver": "--apiserver",
+          "provider": "--provider", "etcdctl": "--etcdctl", "nodes": "--nodes", "broken_node": "--broken-node",
           "readyz_style": "--readyz-style", "history": "--history", "entra": "--entra", "enforce_pop": "--enforce-pop"}
 _NO_FLAGS = {"entra": "--no-entra", "enforce_pop": "--no-enforce-pop"}
 READ_KEYS = "read-keys.json"  # local keys the API server added for reading (write_secret "with"), kept for a resume
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def _port_free(port: int) -> bool:
+    import socket
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _binary_version(folder: str) -> str:
+    """The gitVersion of the kube-apiserver in ``folder`` (``kube-apiserver --version``: ``Kubernetes v1.29.6``)."""
+    out = subprocess.run([str(Path(folder) / "kube-apiserver"), "--version"], capture_output=True, text=True,
+                         timeout=30).stdout.split()
+    return out[-1] if out else "unknown"
 
 
 class SandboxError(RuntimeError):
@@ -146,6 +172,8 @@ def _json_safe(paths: dict) -> dict:
 def _check_options(asked: dict) -> None:
     """SandboxError for an option ``up`` cannot honour (None: not given)."""
     provider, etcdctl, nodes, readyz_style = (asked[k] for k in ("provider", "etcdctl", "nodes", "readyz_style"))
+    if asked.get("apiserver") is not None and asked["apiserver"] not in APISERVERS:
+        raise SandboxError(f"apiserver must be one of {', '.join(APISERVERS)}, not {asked['apiserver']!r}")
     if provider is not None and provider not in PROVIDERS:
         raise SandboxError(f"unknown provider {provider!r} (expected one of {', '.join(PROVIDERS)})")
     if etcdctl is not None and etcdctl not in ("3.5", "3.4"):
@@ -229,7 +257,7 @@ class Sandbox:
     def up(self, provider: str | None = None, etcdctl: str | None = None, nodes: int | None = None,
            broken_node: bool | None = None, readyz_style: str | None = None, history: bool | None = None,
            entra: bool | None = None, enforce_pop: bool | None = None, timeout: float = 60.0,
-           clusters: int | None = None, providers=None, disconnected=None) -> dict:
+           clusters: int | None = None, providers=None, disconnected=None, apiserver: str | None = None) -> dict:
         """Start everything, wait until ``/readyz`` passes, seed secrets; return sandbox.json's content.
 
         Options left as None take their defaults (kms-v2, etcdctl 3.5, 1 node, no broken node, aggregate readyz,
@@ -247,7 +275,8 @@ class Sandbox:
         a dict name -> status) not connected; the other options apply to every cluster."""
         from . import fleet
         asked = {"provider": provider, "etcdctl": etcdctl, "nodes": nodes, "broken_node": broken_node,
-                 "readyz_style": readyz_style, "history": history, "entra": entra, "enforce_pop": enforce_pop}
+                 "readyz_style": readyz_style, "history": history, "entra": entra, "enforce_pop": enforce_pop,
+                 "apiserver": apiserver}
         _check_options(asked)
         fleet_asked = {"clusters": clusters, "providers": fleet.parse_providers(providers),
                        "disconnected": fleet.parse_disconnected(disconnected)}
@@ -285,7 +314,8 @@ class Sandbox:
         try:
             return self._up(options["provider"], options["etcdctl"], options["nodes"], options["broken_node"],
                             options["readyz_style"], options["history"], timeout,
-                            entra=options["enforce_pop"] if options["entra"] else None)
+                            entra=options["enforce_pop"] if options["entra"] else None,
+                            apiserver=options["apiserver"])
         except BaseException as e:
             self._teardown(self._partial)
             if isinstance(e, SandboxError):
@@ -327,12 +357,22 @@ class Sandbox:
         raise SandboxError(f"no cluster {name!r} in the fleet in {self.dir} (clusters: "
                            f"{', '.join(c['name'] for c in info['clusters'])})")
 
-    def _up(self, provider, etcdctl, n_nodes, broken_node, readyz_style, history, timeout, entra=None) -> dict:
-        """``entra``: None for no Entra emulator, else its enforce_pop."""
+    def _up(self, provider, etcdctl, n_nodes, broken_node, readyz_style, history, timeout, entra=None,
+            apiserver="emulator") -> dict:
+        """``entra``: None for no Entra emulator, else its enforce_pop. ``apiserver``: ``real`` (the built
+        kube-apiserver, tests/sandbox/kubeapiserver.py) or ``emulator``."""
         from .etcdproc import EtcdProcess, etcdctl_env, find_etcdctl
         from .pki import make_pki
 
         find_etcdctl(etcdctl)  # fail early, with the install hint
+        real = None
+        if apiserver == "real":
+            from . import kubeapiserver
+            try:
+                real = {"binaries": str(kubeapiserver.binaries()), "port": kubeapiserver.free_port()}
+            except kubeapiserver.BinaryMissing as e:
+                raise SandboxError(str(e)) from None
+            real["version"] = _binary_version(real["binaries"])
         logs = self.dir / "logs"
         logs.mkdir(exist_ok=True)
         nodes = _node_names(n_nodes)
@@ -372,16 +412,26 @@ class Sandbox:
             "exec_faults": {p: "broken" for p in broken},
             "read_keys": str(self.dir / READ_KEYS),
             "entra": entra_cfg.result() if entra_cfg is not None else None,
+            "real_apiserver": real,
         }
+        if real:
+            # Local keys for reading, configured from the start: kube-apiserver reads its configuration once, and
+            # ctl write_secret "with" a local kind writes with these (store.local_reader finds them).
+            _write_json(self.dir / READ_KEYS, {k: base64.b64encode(os.urandom(32)).decode()
+                                               for k in ("aescbc", "aesgcm", "secretbox") if k != provider})
+            serve_cfg["kubernetes_version"] = real["version"]
+            serve_cfg["broken_nodes"] = [p[len("etcd-"):] for p in broken]
         _write_json(self.dir / "serve.json", serve_cfg)
         ports = self._start_server(timeout)
+        if real:
+            self._start_kube_apiserver(serve_cfg, ports, timeout)
 
         api_url = self._write_kubeconfigs(ports, pki)
         etcd_env = etcdctl_env(pki, etcd.endpoint)
         (self.dir / "etcd.env").write_text("".join(f"{k}={v}\n" for k, v in etcd_env.items()))
         info = {
             "dir": str(self.dir), "provider": provider, "etcdctl_version": etcdctl, "readyz_style": readyz_style,
-            "kubernetes_version": KUBERNETES_VERSION,
+            "kubernetes_version": serve_cfg["kubernetes_version"], "apiserver_mode": apiserver,
             **_urls(ports, api_url),
             "etcd": {"endpoint": etcd.endpoint, "port": etcd.client_port, "peer_port": etcd.peer_port},
             "ca_bundle": str(pki["ca_bundle"]),
@@ -402,6 +452,8 @@ class Sandbox:
         }
         _write_json(self.dir / "sandbox.json", info)
         self._wait_ready(timeout)
+        if real:
+            self._bootstrap(serve_cfg, ports)
         seeded, hist = self._seed(provider, history)
         return update_info(self.dir, seeded=seeded, history=hist)
 
@@ -418,7 +470,8 @@ class Sandbox:
         stored = {"provider": info["provider"], "etcdctl": info["etcdctl_version"], "nodes": len(info["nodes"]),
                   "broken_node": bool(info.get("broken_pods")), "readyz_style": info.get("readyz_style", "aggregate"),
                   "history": info.get("history") is not None, "entra": bool(info.get("entra")),
-                  "enforce_pop": (info.get("entra") or {}).get("enforce_pop", True)}
+                  "enforce_pop": (info.get("entra") or {}).get("enforce_pop", True),
+                  "apiserver": info.get("apiserver_mode", "emulator")}
         differ = []
         for k, v in asked.items():
             if v is None or v == stored[k] or (k == "history" and v is False):  # no history asked: none seeded
@@ -467,12 +520,26 @@ class Sandbox:
                               "control": int(info["control"]["url"].rsplit(":", 1)[1])}
         if info.get("entra"):
             serve_cfg["ports"].update(entra=info["entra"]["port"], msi=info["entra"]["msi_port"])
+        real = serve_cfg.get("real_apiserver")
+        if real:
+            from . import kubeapiserver
+            try:
+                real["binaries"] = str(kubeapiserver.binaries())
+            except kubeapiserver.BinaryMissing as e:
+                raise SandboxError(str(e)) from None
+            if not _port_free(real["port"]):
+                real["port"] = kubeapiserver.free_port()
+            serve_cfg["ports"]["apiserver"] = real["port"]
         _write_json(self.dir / "serve.json", serve_cfg)
         ports = self._start_server(timeout)
+        if real:
+            self._start_kube_apiserver(serve_cfg, ports, timeout)
         api_url = self._write_kubeconfigs(ports, _pki_from_info(info))
         update_info(self.dir, **_urls(ports, api_url), pids=dict(self._partial["pids"]),
                     entra=_entra_info(serve_cfg, ports, info["ca_bundle"]))
         self._wait_ready(timeout)
+        if real:
+            self._bootstrap(serve_cfg, ports)
         seeded = self._seed_missing(list(info.get("seeded") or []))
         return update_info(self.dir, seeded=seeded)
 
@@ -493,6 +560,57 @@ class Sandbox:
         self._procs["kms_plugin"] = kms.proc
         self._partial["pids"]["kms_plugin"] = kms.pid
         return kms_socket
+
+    def _start_kube_apiserver(self, serve_cfg: dict, ports: dict, timeout: float) -> None:
+        """Write the real kube-apiserver's files and start it (its token webhook and kubelet endpoint are already
+        served by the server process, at ``ports``); its /readyz is awaited by :meth:`_wait_ready`."""
+        from . import kubeapiserver
+        from .proc import spawn
+        real = serve_cfg["real_apiserver"]
+        kms = serve_cfg.get("kms") or {}
+        files = kubeapiserver.write_files(self.dir, serve_cfg["pki"], serve_cfg["provider"], serve_cfg["local_key"],
+                                          kms.get("socket"),
+                                          f"https://127.0.0.1:{ports['webhook_port']}/tokenreview",
+                                          _read_json(self.dir / READ_KEYS))
+        cmd = kubeapiserver.command(Path(real["binaries"]) / "kube-apiserver", real["version"], real["port"],
+                                    serve_cfg["etcd"], serve_cfg["pki"], files, serve_cfg["provider"],
+                                    serve_cfg.get("readyz_style", "aggregate"))
+        proc = spawn(cmd, self.dir / "logs" / "kube-apiserver.log", cwd=self.dir,
+                     banner=f"--- kube-apiserver {real['version']} {time.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        self._procs["kube_apiserver"] = proc
+        self._partial["pids"]["kube_apiserver"] = proc.pid
+
+    def _restart_kube_apiserver(self, timeout: float = 60.0) -> None:
+        """Stop the real kube-apiserver and start it again on the same port (it reads its plugin's key id anew)."""
+        info = self.info
+        pid = info["pids"].get("kube_apiserver")
+        own = self._procs.get("kube_apiserver")
+        if own is not None and own.pid == pid:
+            terminate(own, 10)
+        else:
+            stop_pid(pid, str(self.dir))
+        serve_cfg = json.loads((self.dir / "serve.json").read_text())
+        ports = json.loads((self.dir / "serve-ready.json").read_text())
+        if not getattr(self, "_partial", None):
+            self._partial = {"pids": dict(info["pids"]), "kms_dir": info.get("kms_dir")}
+        self._start_kube_apiserver(serve_cfg, ports, timeout)
+        update_info(self.dir, pids={"kube_apiserver": self._partial["pids"]["kube_apiserver"]})
+        self._wait_ready(timeout)
+
+    def _bootstrap(self, serve_cfg: dict, ports: dict) -> None:
+        """RBAC, Nodes and mirror pods in the real server (idempotent)."""
+        from . import kubeapiserver
+        from .pods import build_node, build_pods
+        started = serve_cfg.get("started", time.time())
+        nodes = [build_node(n, i, serve_cfg["kubernetes_version"], started) for i, n in enumerate(serve_cfg["nodes"])]
+        pods = build_pods(serve_cfg["nodes"], serve_cfg.get("etcdctl_version", "3.5"), started)
+        broken = set(serve_cfg.get("broken_nodes") or [])
+        kubelet_ports = {n: (ports["refused_port"] if n in broken else ports["kubelet_port"])
+                         for n in serve_cfg["nodes"]}
+        try:
+            kubeapiserver.bootstrap(self.api, nodes, pods, kubelet_ports)
+        except RuntimeError as e:
+            raise SandboxError(f"could not set up the cluster's objects in kube-apiserver: {e}") from None
 
     def _start_server(self, timeout: float) -> dict:
         """Start the server process (API server, ARM, control) on serve.json; returns its ports once it listens."""
@@ -555,6 +673,11 @@ class Sandbox:
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
+            real = self._procs.get("kube_apiserver")
+            if real is not None and real.poll() is not None:
+                from .proc import tail
+                raise SandboxError(f"kube-apiserver exited with code {real.returncode}:\n"
+                                   f"{tail(self.dir / 'logs' / 'kube-apiserver.log')}")
             try:
                 last = self.api("GET", "/readyz?verbose", timeout=5)
                 if last[0] == 200:
@@ -594,7 +717,9 @@ class Sandbox:
                                                                        time.gmtime(time.time() - 45 * 86400))}})
                 hist["old_key"].append("legacy/api-token-before-rotation")
                 seeded.append("legacy/api-token-before-rotation")
-                hist["rotated_to"] = self.kms("rotate")
+                hist["rotated_to"] = self.kms("rotate", wait=False)
+                if self.info.get("apiserver_mode") == "real":
+                    self._restart_kube_apiserver()  # takes the new key id at once (else at its next Status poll)
         for ns, name, data, type_, manager in _base_seeds(_token_id()):
             self.create_secret(ns, name, data, type_=type_, field_manager=manager)
             seeded.append(f"{ns}/{name}")
@@ -637,7 +762,7 @@ class Sandbox:
 
     def _teardown(self, state: dict) -> None:
         pids = state.get("pids") or {}
-        for name in ("server", "kms_plugin", "etcd"):
+        for name in ("kube_apiserver", "server", "kms_plugin", "etcd"):
             pid = pids.get(name)
             own = self._procs.get(name)
             if own is not None and own.pid == pid:
@@ -668,9 +793,13 @@ class Sandbox:
         return KMSPluginProcess(info["kms_socket"], info["provider"].split("-")[1], info["kms_state"],
                                 log_path=self.dir / "logs" / "kms-plugin.log")
 
-    def kms(self, action: str):
+    def kms(self, action: str, wait: bool = True):
         """``stop`` (clean shutdown: the socket disappears), ``kill`` (crash: the socket stays), ``start``,
-        ``rotate`` (new current key; returns its id), ``unhealthy``/``healthy`` (v2 Status healthz)."""
+        ``rotate`` (new current key; returns its id), ``unhealthy``/``healthy`` (v2 Status healthz).
+
+        On the real kube-apiserver with KMS v2, ``rotate`` waits (unless ``wait=False``) until the server has
+        taken the new key id: it polls its plugin's Status about once a minute and writes under the old key id
+        until then (:meth:`wait_key_id`)."""
         from .kms_plugin import rotate_running, rotate_state, set_healthz
         info = self.info
         plugin = self._kms_process(info)
@@ -693,14 +822,32 @@ class Sandbox:
         if action == "rotate":
             if pid and is_alive(pid):
                 try:
-                    return rotate_running(pid, Path(info["kms_state"]), timeout=10)
+                    key_id = rotate_running(pid, Path(info["kms_state"]), timeout=10)
                 except TimeoutError:
                     raise SandboxError("the KMS plugin did not rotate its key within 10s") from None
+                if wait and info.get("apiserver_mode") == "real" and info["provider"] == "kms-v2":
+                    self.wait_key_id(key_id)
+                return key_id
             return rotate_state(Path(info["kms_state"]))
         if action in ("unhealthy", "healthy"):
             set_healthz(Path(info["kms_state"]), "ok" if action == "healthy" else "unhealthy: key vault unreachable")
             return None
         raise SandboxError(f"unknown kms action {action!r} (stop, kill, start, rotate, unhealthy, healthy)")
+
+    def wait_key_id(self, key_id: str, timeout: float = 90.0) -> float:
+        """Wait until the real kube-apiserver's /metrics shows ``key_id`` from its KMS v2 plugin's Status (the key
+        id its next write uses); returns the seconds waited."""
+        import hashlib
+        want = 'key_id_hash="sha256:' + hashlib.sha256(key_id.encode()).hexdigest() + '"'
+        started = time.monotonic()
+        while True:
+            status, page = self.api("GET", "/metrics", timeout=30)
+            if status == 200 and any(line.startswith("apiserver_envelope_encryption_key_id_hash_status_last_timestamp")
+                                     and want in line for line in str(page).splitlines()):
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise SandboxError(f"kube-apiserver did not take the KMS key id {key_id} within {timeout:.0f}s")
+            time.sleep(1)
 
     def ctl(self, body: dict, timeout: float = 60.0) -> dict:
         """POST fault-injection JSON to the control port (see the README); returns the server's answer."""

@@ -132,6 +132,9 @@ def check_options(asked: dict) -> None:
     if asked.get("provider") is not None:
         raise SandboxError("--provider is for one cluster: give a fleet its providers with --providers "
                            "kms-v2,kms-v1,... (assigned to the clusters in turn)")
+    if asked.get("apiserver") == "real":
+        raise SandboxError("--apiserver real is for one cluster: a fleet's clusters run on the API server emulator "
+                           "(tests/sandbox/README.md)")
     if asked.get("broken_node"):
         raise SandboxError("--broken-node is for one cluster, not a fleet (break a node of one cluster with its ctl "
                            "exec_fault)")

@@ -87,6 +87,7 @@ class Control:
         self.dir = directory
         self.entra = entra
         self.hidden_pods: list = []
+        self.real: dict | None = None  # with the real kube-apiserver: its admin api and the kubelet ports
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -97,6 +98,20 @@ class Control:
     def state(self) -> dict:
         return {"exec_faults": dict(self.api.exec_faults), "readyz": self.api.readyz_fault,
                 "etcd_pods": etcd_pod_names(self.api.pods)}
+
+    async def _real_namespace(self, ns: str) -> None:
+        """With the real kube-apiserver, a namespace the sandbox writes secrets into straight in etcd exists there
+        too (as the API server's namespace, created through it as the admin)."""
+        import aiohttp
+        pki = self.api.cfg["pki"]
+        ctx = ssl.create_default_context(cafile=pki["ca_cert"])
+        ctx.load_cert_chain(pki["admin_cert"], pki["admin_key"])
+        url = f"https://127.0.0.1:{self.api.port}/api/v1/namespaces"
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+                                    ssl=ctx) as resp:
+                if resp.status not in (201, 409):
+                    raise ValueError(f"could not create namespace {ns}: HTTP {resp.status} {await resp.text()}")
 
     async def h_state(self, request):
         return web.json_response(self.state())
@@ -144,6 +159,12 @@ class Control:
             for pod in targets:
                 if pod not in pods:
                     raise ValueError(f"no etcd pod {pod!r} (pods: {', '.join(pods)})")
+                if self.real is not None and "broken" in (mode, self.api.exec_faults.get(pod)):
+                    # the real server dials the pod's node's kubelet: a broken node's kubelet port refuses
+                    from .kubeapiserver import set_kubelet_port
+                    node = pod[len("etcd-"):]
+                    port = self.real["refused_port"] if mode == "broken" else self.real["kubelet_port"]
+                    await asyncio.to_thread(set_kubelet_port, self.real["api"], node, port)
                 if mode is None:
                     self.api.exec_faults.pop(pod, None)
                 else:
@@ -158,9 +179,16 @@ class Control:
                 raise ValueError("etcd_pods must be 'hidden' or 'visible'")
             if body["etcd_pods"] == "hidden":
                 names = set(etcd_pod_names(self.api.pods))
-                self.hidden_pods += [p for p in self.api.pods if p["metadata"]["name"] in names]
+                hiding = [p for p in self.api.pods if p["metadata"]["name"] in names]
+                if self.real is not None:
+                    from .kubeapiserver import delete_pods
+                    await asyncio.to_thread(delete_pods, self.real["api"], hiding)
+                self.hidden_pods += hiding
                 self.api.pods = [p for p in self.api.pods if p["metadata"]["name"] not in names]
             else:
+                if self.real is not None and self.hidden_pods:
+                    from .kubeapiserver import bootstrap_pods
+                    await asyncio.to_thread(bootstrap_pods, self.real["api"], self.hidden_pods)
                 self.api.pods = sorted(self.api.pods + self.hidden_pods,
                                        key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"]))
                 self.hidden_pods = []
@@ -174,6 +202,9 @@ class Control:
             if body["etcd"] not in ("stop", "start"):
                 raise ValueError("etcd must be 'stop' or 'start'")
             result["etcd"] = await asyncio.to_thread(control.etcd_action, self.dir, body["etcd"])
+        for key in ("write_secret", "seed"):
+            if key in body and self.api.cfg.get("real_apiserver"):
+                await self._real_namespace(body[key].get("namespace", "bench"))
         if "write_secret" in body:
             spec = body["write_secret"]
             result["write_secret"] = await self.api.write_secret_as(
@@ -195,22 +226,46 @@ async def serve(directory: Path) -> None:
     api = APIServer(cfg)
     await api.start()
     ports = cfg.get("ports") or {}  # a resumed sandbox asks for its former ports again
-    api_sock, arm_sock, ctl_sock = (_listen(ports.get(site, 0)) for site in ("apiserver", "arm", "control"))
-    api.port = api_sock.getsockname()[1]
+    real = cfg.get("real_apiserver")
+    if real:  # the real kube-apiserver listens there (control.py starts it once this process serves)
+        api_sock = None
+        arm_sock, ctl_sock = (_listen(ports.get(site, 0)) for site in ("arm", "control"))
+        api.port = real["port"]
+    else:
+        api_sock, arm_sock, ctl_sock = (_listen(ports.get(site, 0)) for site in ("apiserver", "arm", "control"))
+        api.port = api_sock.getsockname()[1]
     api_url = f"https://127.0.0.1:{api.port}"
     entra, entra_socks = _entra(cfg, ports)
     arm = ARM(cfg["arm"], api_url, Path(pki["ca_cert"]).read_bytes(), Path(pki["admin_cert"]).read_bytes(),
               Path(pki["admin_key"]).read_bytes(), entra=entra)
     arm.url = f"https://127.0.0.1:{arm_sock.getsockname()[1]}"
     control = Control(api, directory, entra)
-    api_app = api.app()
-    sites = [(api_app, api_sock, apiserver_ssl(pki)), (arm.app(), arm_sock, arm_ssl(pki)),
-             (control.app(), ctl_sock, None)]
-    if entra is not None:
-        from .auth import EntraAuthn, install_entra
-        install_entra(api_app, EntraAuthn(entra.verifier(), entra.cluster_id, entra.enforce_pop))
+    sites = [(arm.app(), arm_sock, arm_ssl(pki)), (control.app(), ctl_sock, None)]
     ready = {"pid": os.getpid(), "apiserver_port": api.port, "arm_port": arm_sock.getsockname()[1],
              "control_port": ctl_sock.getsockname()[1]}
+    authn = None
+    if entra is not None:
+        from .auth import EntraAuthn
+        authn = EntraAuthn(entra.verifier(), entra.cluster_id, entra.enforce_pop)
+    if real:
+        # The token webhook (guard) and the nodes' kubelet endpoint; a broken node's kubelet port refuses.
+        from .guard import Guard
+        from .kubelet import Kubelet
+        hook_sock, kubelet_sock = _listen(ports.get("webhook", 0)), _listen(ports.get("kubelet", 0))
+        refused = _refusing(ports.get("refused", 0))
+        sites += [(Guard(authn).app(), hook_sock, apiserver_ssl(pki)),
+                  (Kubelet(api).app(), kubelet_sock, apiserver_ssl(pki))]
+        ready.update(webhook_port=hook_sock.getsockname()[1], kubelet_port=kubelet_sock.getsockname()[1],
+                     refused_port=refused.getsockname()[1])
+        from .kubeapiserver import admin_api
+        control.real = {"api": admin_api(pki, api.port), "kubelet_port": ready["kubelet_port"],
+                        "refused_port": ready["refused_port"]}
+    else:
+        api_app = api.app()
+        sites.insert(0, (api_app, api_sock, apiserver_ssl(pki)))
+        if authn is not None:
+            from .auth import install_entra
+            install_entra(api_app, authn)
     logging.info("serving: apiserver %s, arm %s, control http://127.0.0.1:%s", api_url, arm.url,
                  ready["control_port"])
     await _run(directory, sites, ready, entra, entra_socks, pki, [api])

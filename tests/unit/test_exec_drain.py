@@ -220,3 +220,17 @@ def test_a_redirect_returned_as_connected_is_refused(monkeypatch):
     with pytest.raises(ExecError) as info:
         exec_in_pod(FakeClient(), 'kube-system', 'etcd-node', 'etcd', ['etcdctl'])
     assert 'answered 307 (a redirect to wss://other/x)' in info.value.error.error_msg and info.value.fatal
+def test_a_kubelet_the_api_server_cannot_reach_after_the_upgrade_names_the_node_and_keeps_the_cause():
+    """kube-apiserver 1.29.6 (translation gate on, as 1.30+ by default) answered a dead kubelet with this Status on
+    the error channel (captured from the sandbox's real server): the kubelet URL goes, the cause stays."""
+    url = ('https://127.0.0.1:37519/exec/kube-system/etcd-moc-a/etcd?command=etcdctl' +
+           '&command=--cacert%3D%2Fetc%2Fkubernetes%2Fpki%2Fetcd%2Fca.crt' * 8)
+    message = (f'error sending request: Post "{url}": dial tcp 127.0.0.1:37519: connect: connection refused')
+    frame = json.dumps({'metadata': {}, 'status': 'Failure', 'message': f'Internal error occurred: {message}',
+                        'reason': 'InternalError', 'details': {'causes': [{'message': message}]}, 'code': 500})
+    with pytest.raises(ExecError) as raised:
+        execstream._exit_status('etcd-moc-a', ['etcdctl'], frame.encode(), 'etcd')
+    error = raised.value.error
+    assert 'could not reach the kubelet of pod etcd-moc-a' in error.error_msg
+    assert 'connect: connection refused' in error.error_msg and '/exec/' not in error.error_msg
+    assert 'Check the node that runs pod etcd-moc-a' in error.recommendations[0]

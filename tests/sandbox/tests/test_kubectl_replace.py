@@ -70,7 +70,7 @@ def rewritten(before: dict, after: dict) -> set:
 @pytest.fixture(params=["kms-v1", "kms-v2"])
 def box(request, tmp_path):
     sandbox = Sandbox(tmp_path / request.param)
-    sandbox.up(provider=request.param)
+    sandbox.up(provider=request.param)  # the real kube-apiserver: its GuaranteedUpdate, not the model of it
     yield sandbox
     sandbox.down()
 

@@ -41,7 +41,7 @@ def _az() -> Path | None:
 @pytest.fixture(scope="module")
 def box(tmp_path_factory):
     sandbox = Sandbox(tmp_path_factory.mktemp("entra"))
-    sandbox.up(provider="identity", entra=True)
+    sandbox.up(provider="identity", entra=True, apiserver="emulator")
     yield sandbox
     sandbox.down()
 
@@ -50,7 +50,7 @@ def box(tmp_path_factory):
 def lax(tmp_path_factory):
     """A sandbox whose API server does not enforce PoP (bearer tokens, still checked against the JWKS)."""
     sandbox = Sandbox(tmp_path_factory.mktemp("entra-nopop"))
-    sandbox.up(provider="identity", entra=True, enforce_pop=False)
+    sandbox.up(provider="identity", entra=True, enforce_pop=False, apiserver="emulator")
     yield sandbox
     sandbox.down()
 

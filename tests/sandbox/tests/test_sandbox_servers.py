@@ -54,7 +54,8 @@ def fixture(name: str) -> str:
 @pytest.fixture(scope="module")
 def box(tmp_path_factory):
     sandbox = Sandbox(tmp_path_factory.mktemp("servers"))
-    sandbox.up(provider="kms-v2", entra=False)  # the unsigned-token path (test_bearer_tokens, ARM)
+    # the emulator itself (its bodies against upstream); the unsigned-token path (test_bearer_tokens, ARM)
+    sandbox.up(provider="kms-v2", entra=False, apiserver="emulator")
     yield sandbox
     pids = dict(sandbox.info["pids"])
     sandbox.down()
@@ -150,8 +151,8 @@ def test_readyz_shapes_per_provider_and_without_kms(tmp_path):
     per = Sandbox(tmp_path / "per")
     plain = Sandbox(tmp_path / "plain")
     try:
-        per.up(provider="kms-v1", readyz_style="per-provider")
-        plain.up(provider="aescbc")
+        per.up(provider="kms-v1", readyz_style="per-provider", apiserver="emulator")
+        plain.up(provider="aescbc", apiserver="emulator")
         expected = [line for line in fixture("per-provider-ok.txt").splitlines() if line != "[+]kms-provider-1 ok"]
         assert get(http(per), "/readyz?verbose").text.splitlines() == expected
         assert get(http(per), "/readyz/kms-provider-0").text == "ok"
@@ -644,7 +645,7 @@ def test_readyz_faults(box):
 def test_three_nodes_with_a_broken_one_and_etcdctl_34(tmp_path):
     box3 = Sandbox(tmp_path / "three")
     try:
-        box3.up(provider="identity", nodes=3, broken_node=True, etcdctl="3.4")
+        box3.up(provider="identity", nodes=3, broken_node=True, etcdctl="3.4", apiserver="emulator")
         info = box3.info
         assert len(info["nodes"]) == 3 and len(info["etcd_pods"]) == 3
         assert info["broken_pods"] == [info["etcd_pods"][0]] and info["etcdctl_version"] == "3.4"

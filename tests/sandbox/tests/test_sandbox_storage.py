@@ -74,7 +74,7 @@ def test_codec_fixture_is_proto3_minimal_not_apiserver_canonical():
     canonical = codec.encode_secret(obj)
     assert canonical != value
     meta = (b"\x0a\x0cdb-user-pass" b"\x12\x00" b"\x1a\x07default" b"\x22\x00\x2a\x00\x32\x00"
-            b"\x38\x00" b"\x42\x00" b"\x7a\x00")
+            b"\x38\x00" b"\x42\x00")  # no field 15 (clusterName, removed in 1.25)
     raw = (b"\x0a" + bytes([len(meta)]) + meta + b"\x12\x1e\x0a\x08password\x12\x12shared-canary-5d1c"
            b"\x1a\x06Opaque")
     assert canonical == b"k8s\x00\x0a\x0c\x0a\x02v1\x12\x06Secret\x12" + bytes([len(raw)]) + raw + b"\x1a\x00\x22\x00"

@@ -42,7 +42,7 @@ IMMUTABLE = "Forbidden: field is immutable when `immutable` is set"
 
 def _box(tmp_path_factory, provider):
     box = Sandbox(tmp_path_factory.mktemp(provider))
-    box.up(provider=provider)
+    box.up(provider=provider, apiserver="emulator")
     return box
 
 
