@@ -256,7 +256,7 @@ class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared s
         timer.start()
         interrupted = False
         pool = ThreadPoolExecutor(max_workers=self.options.parallel, thread_name_prefix='kmsverify-rewrite')
-        with self.frame.interrupts(), self.frame.progress('Rewriting secrets') as progress:
+        with self.frame.interrupts(cancel=False), self.frame.progress('Rewriting secrets') as progress:
             try:
                 interrupted = self._drive(pool, targets, progress)
             finally:

@@ -141,6 +141,27 @@ def test_a_second_signal_during_the_probe_delete_ends_the_run_at_once(hostile, t
     assert 'kubectl delete secret -n default kmsverify-probe-' in err, err
 
 
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
+def test_a_signal_outside_the_probe_ends_every_wait_within_the_grace(hostile, tmp_path, sig):
+    """No probe (--secret): the run frame's one hook cancels the run's deadline, so a stalled exec ends at once."""
+    hostile.set('exec-frames', 'stall')
+    proc = _start(hostile, tmp_path, '--secret', 'default/s1', '--timeout', '60')
+    try:
+        assert wait_for(lambda: any(p == 'exec' for p, *_ in hostile.requests), 60), hostile.requests
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        started = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        ended = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert ended <= GRACE, f'{ended:.1f} s'
+    assert proc.returncode > 0, (proc.returncode, err)
+    assert 'Interrupted: ending the run (at most 10 s)' in err, err
+    assert 'Traceback' not in err, err
+
+
 # --- a credential never leaves its host -----------------------------------------------------------------------------
 
 
