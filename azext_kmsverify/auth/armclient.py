@@ -25,7 +25,7 @@ def arm_client(cli_ctx, deadline, subscription=None):
     """(an ARM pipeline client with a token of the az login for ``subscription``, that subscription); the az
     login's current subscription when None. Retries are bounded by the run's ``deadline``."""
     subscription = subscription or current_subscription(cli_ctx)
-    return _pipeline_client(cli_ctx, get_arm_token(cli_ctx, subscription), deadline), subscription
+    return _pipeline_client(cli_ctx, get_arm_token(cli_ctx, subscription, deadline), deadline), subscription
 
 
 def current_subscription(cli_ctx):

@@ -3,10 +3,12 @@ stalls, redirects, sends endless or oversized answers or hostile characters; eve
 the documented grace, with one line naming the phase, no credential at a redirect target, and nothing raw in any
 output."""
 
+import json
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -139,6 +141,37 @@ def test_a_second_signal_during_the_probe_delete_ends_the_run_at_once(hostile, t
     assert proc.returncode == 128 + signal.SIGINT, err
     assert 'it may be left' in err and 'kubectl get secrets -A -l app.kubernetes.io/managed-by=kmsverify' in err
     assert 'kubectl delete secret -n default kmsverify-probe-' in err, err
+
+
+def spn_kubeconfig(server):
+    """The harness's kubeconfig whose user signs in with kubelogin's spn mode (azure-identity, no kubelogin), and the
+    environment that points its authority host at the harness."""
+    config = json.loads(Path(server.kubeconfig()).read_text())
+    config['users'][0]['user'] = {'exec': {
+        'apiVersion': 'client.authentication.k8s.io/v1beta1', 'command': 'kubelogin',
+        'args': ['get-token', '--server-id', '6dae42f8-4368-4678-94ff-3960e28e3630', '--login', 'spn', '--client-id',
+                 '11111111-1111-4111-8111-111111111111', '--tenant-id', '22222222-2222-4222-8222-222222222222']}}
+    path = server.directory / 'spn-kubeconfig'
+    path.write_text(json.dumps(config))
+    return str(path), {'AZURE_AUTHORITY_HOST': server.url(), 'AAD_SERVICE_PRINCIPAL_CLIENT_SECRET': 'not-a-secret',
+                       'REQUESTS_CA_BUNDLE': str(server.tls_files[0])}
+
+
+@pytest.mark.parametrize('behaviour', ['stall', 'trickle'])
+def test_a_slow_entra_token_endpoint_cannot_stretch_the_timeout(az, hostile, behaviour):
+    """kubelogin spn (azure-identity and msal, whose sockets the watchdog cannot reach): the token request at
+    sign-in runs under the deadline, and its error line is printed (the abandoned request stays quiet alone)."""
+    hostile.set('entra-token', behaviour)
+    kubeconfig, env = spn_kubeconfig(hostile)
+    started = time.monotonic()
+    result = verify(az, kubeconfig, '--timeout', str(TIMEOUT), env=env, timeout=120)
+    elapsed = time.monotonic() - started
+    assert any(p == 'entra-token' for p, *_ in hostile.requests), hostile.requests
+    assert result.code == 1, result
+    assert elapsed <= TIMEOUT + GRACE + START, f'{elapsed:.1f} s\n{result!r}'
+    assert 'requesting an Entra ID token for the cluster' in error_line(result), result
+    assert_nothing_raw(result)
+    assert_no_leak(result, ['not-a-secret'])
 
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
