@@ -70,9 +70,15 @@ def _query_page(client, url, body, deadline) -> dict:
     from azure.cli.core.azclierror import AzureResponseError, ForbiddenError
     from azure.core.exceptions import AzureError
     from azure.core.rest import HttpRequest
-    try:
-        response = client.send_request(HttpRequest('POST', url, json=body), logging_enable=False,
-                                       connection_timeout=deadline.bound(30), read_timeout=deadline.bound(60))
+
+    from azext_kmsverify.deadline import DeadlineExpired
+    try:  # through the deadline: a trickling page cannot stretch it
+        response = deadline.call(client.send_request, HttpRequest('POST', url, json=body), logging_enable=False,
+                                 connection_timeout=deadline.bound(30), read_timeout=deadline.bound(60),
+                                 doing='querying Azure Resource Graph')
+    except DeadlineExpired:
+        raise make(AzureResponseError, 'Azure Resource Graph paging did not finish within the --timeout.',
+                   'Narrow the query (--subscriptions, -g, --tag) or retry with a larger --timeout.') from None
     except AzureError as ex:
         raise make(AzureResponseError, f'Could not query Azure Resource Graph: {type(ex).__name__}.',
                    'Check the network connection and proxy settings, then retry.') from None
