@@ -53,7 +53,8 @@ class ProbeSecret:
                           permission=f'create secrets in namespace {ns} (or verify existing secrets with '
                                      '--secret NAMESPACE/NAME or --all-secrets)',
                           not_found=(f"Namespace '{ns}' for the probe secret was not found.",
-                                     'Choose an existing namespace with --probe-namespace.'))
+                                     'Choose an existing namespace with --probe-namespace.'),
+                          refused=self._not_created)
         except BaseException:
             self._cleanup()
             raise
@@ -62,6 +63,10 @@ class ProbeSecret:
 
     def __exit__(self, *exc) -> None:
         self._cleanup()
+
+    def _not_created(self) -> None:
+        """The API refused the create (4xx): there is no probe to delete, nor to tell the user to delete."""
+        self._sent = False
 
     def _cleanup(self) -> None:
         pending = _hold_interrupts(self.namespace, self.name)  # one signal waits for the delete; two end it now

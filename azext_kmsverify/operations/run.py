@@ -39,6 +39,7 @@ from azext_kmsverify.errors import (
     COULD_NOT_REPORT,
     COULD_NOT_VERIFY,
     FAILED,
+    NOT_FOUND,
     NOT_VERIFIABLE,
     PASSED,
     exit_code,
@@ -250,9 +251,12 @@ class Run:  # pylint: disable=too-many-instance-attributes  # the state of one r
 
 
 def outcome_of(result: dict) -> str:
-    """The outcome of a result: a fleet's worst cluster outcome, else passed or failed."""
+    """The outcome of a result: a fleet's worst cluster outcome (not found when it has no cluster: nothing was
+    verified), else passed or failed."""
     clusters = result.get('clusters')
     if isinstance(clusters, list):
+        if not clusters:
+            return NOT_FOUND
         outcomes = {c.get('outcome') for c in clusters}
         return next((worst for worst in (COULD_NOT_VERIFY, NOT_VERIFIABLE, FAILED) if worst in outcomes), PASSED)
     return PASSED if result.get('passed') else FAILED

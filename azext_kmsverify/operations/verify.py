@@ -49,9 +49,19 @@ def verify_cluster(run: Run, session) -> dict:
         entries = []
         with run.step('reading secrets from etcd'):
             if options.probe:
-                with ProbeSecret(client, options.probe_namespace) as probe:
-                    entries.append(read_secret(session, options.probe_namespace, probe.name, probe=True))
-                if not probe.deleted:
+                probe = ProbeSecret(client, options.probe_namespace)
+                try:
+                    probe.__enter__()
+                except AzCLIError as error:
+                    # KMS down: the create fails (a 500, "failed to encrypt DEK"); the result says so, exit 4
+                    check_list.append(probe_not_written(check_list[0], error, run.deadline,
+                                                        f'{options.probe_namespace}/{probe.name}'))
+                else:
+                    try:
+                        entries.append(read_secret(session, options.probe_namespace, probe.name, probe=True))
+                    finally:
+                        probe.__exit__(None, None, None)
+                if probe.deleted is False:
                     target = f'{options.probe_namespace}/{probe.name}'
                     check_list.append(rules.check(
                         rules.PROBE_CLEANUP, rules.WARNING, 'could not delete the probe secret; delete it with '
@@ -69,6 +79,15 @@ def verify_cluster(run: Run, session) -> dict:
         if warning:
             check_list.append(warning)
         return rules.build_result(session.info, check_list, entries, etcd_pod=session.etcd_pod, scan=scan)
+
+
+def probe_not_written(health: dict, error: AzCLIError, deadline, target: str) -> dict:
+    """The probe's check when the probe could not be created while the KMS health check failed: a failed check
+    with the API's reason (the run then has a result, exit 4). Any other failure to create it is raised."""
+    if health.get('status') != rules.FAILED or deadline.expired() or isinstance(error, UnauthorizedError):
+        raise error
+    return rules.check(rules.SECRET_ENCRYPTED, rules.FAILED, 'the probe secret could not be written while the KMS '
+                       f'provider is unhealthy: {error.error_msg}', target=target)
 
 
 def kms_health(client):

@@ -304,6 +304,7 @@ def test_probe_forbidden_says_so_and_recommends_secret_exit_1(az, box):
     assert_error(result, 1, ['Forbidden while creating a probe secret in namespace default',
                              'cannot create resource "secrets"'], ['create secrets in namespace default',
                                                                     '--secret NAMESPACE/NAME'])
+    assert 'delete it with' not in result.stderr and 'Could not delete' not in result.stderr, result  # none made
     assert probe_secrets_left(box) == []
 
 

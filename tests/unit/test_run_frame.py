@@ -90,7 +90,8 @@ def test_the_run_owns_one_deadline_and_cancels_its_children():
 def test_outcome_of_results():
     assert frame.outcome_of({'passed': True}) == 'passed'
     assert frame.outcome_of({'passed': False}) == 'failed'
-    assert frame.outcome_of({'passed': False, 'clusters': []}) == 'passed'
+    assert frame.outcome_of({'passed': False, 'clusters': []}) == 'notFound'  # nothing verified: exit 3
+    assert exit_code('notFound') == 3 and exit_code('notFound', 'failed') == 3
     assert frame.outcome_of({'clusters': [{'outcome': 'failed'}, {'outcome': 'notVerifiable'}]}) == 'notVerifiable'
 
 
