@@ -60,12 +60,30 @@ def reencrypt(run: Run) -> dict:
                 target.outcome = Outcome.PLANNED
             return _finish(result, targets, started)
         _confirm(options, targets)
+        rewriter = _Rewriter(run, session, plan)
         with run.step('rewriting secrets'):
-            written, interrupted = _Rewriter(run, session, plan).run(targets)
-        with run.step('verifying from etcd'):
-            _verify_from_etcd(session, targets, plan.current_key_id)
+            written, interrupted = rewriter.run(targets)
+        if rewriter.fatal:  # a server failure: the result still says what was rewritten, what not, what is unknown
+            _ended_by(run, rewriter.fatal[0], session, targets, plan.current_key_id)
+        else:
+            with run.step('verifying from etcd'):
+                _verify_from_etcd(session, targets, plan.current_key_id)
         result['currentKeyId'] = _named_key(plan.current_key_id, targets)
         return _finish(result, targets, started, written, interrupted)
+
+
+def _ended_by(run: Run, error: AzCLIError, session, targets: list[Target], current_key_id) -> None:
+    """Rewriting stopped on ``error`` (the API server failed): one error line, then etcd is read again if it
+    can be; what was written but cannot be proved stays ``written`` with why. The run exits 1 with its result."""
+    logger.error('Rewriting stopped: %s The result says what was rewritten, what was not, and what is unknown.',
+                 error.error_msg)
+    run.incomplete()
+    try:
+        _verify_from_etcd(session, targets, current_key_id)
+    except AzCLIError as why:
+        for target in targets:
+            if target.outcome == Outcome.WRITTEN:
+                target.reason = f'rewritten (the API answered), not verified from etcd: {why.error_msg}'
 
 
 def _finish(result: dict, targets: list[Target], started: float, written: int | None = None,
@@ -207,8 +225,9 @@ class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared s
         self.pacer.wait(self.stop)
         try:
             outcome, rounds = self._rewrite(target)
-        except AzCLIError:
+        except AzCLIError as error:
             if not self.deadline.expired():
+                target.end(Outcome.FAILED, f'unknown whether rewritten: {error.error_msg}')
                 raise
             target.end(Outcome.FAILED, self.not_rewritten())
             return
@@ -267,9 +286,7 @@ class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared s
             if target.outcome is None:
                 target.end(Outcome.FAILED, self.not_rewritten() if interrupted or self.timed_out.is_set()
                            else 'not rewritten: stopped by an earlier error')
-        if self.fatal:
-            raise self.fatal[0]
-        return self.counter['written'], interrupted
+        return self.counter['written'], interrupted  # self.fatal: the caller reports what was done
 
     def _drive(self, pool, targets, progress) -> bool:
         """Feed the pool a bounded window of targets; True when interrupted."""

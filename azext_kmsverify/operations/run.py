@@ -96,6 +96,7 @@ class Run:  # pylint: disable=too-many-instance-attributes  # the state of one r
         self._children: list[Run] = []
         self._lock = threading.Lock()
         self._signals: list[int] = []  # the signals received, shared by nested interrupts() scopes
+        self._incomplete = False
 
     # --- steps and failures -------------------------------------------------------------------------------
 
@@ -181,6 +182,10 @@ class Run:  # pylint: disable=too-many-instance-attributes  # the state of one r
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def incomplete(self) -> None:
+        """The result will be printed but the run could not finish (a server failure mid-way): exit 1."""
+        self._incomplete = True
+
     @contextmanager
     def progress(self, message: str):
         """az's progress bar, only for a person watching (stderr a terminal, not --only-show-errors, not a
@@ -222,7 +227,7 @@ class Run:  # pylint: disable=too-many-instance-attributes  # the state of one r
         the code of the result's outcome once az printed it. The result passes the sanitiser here, once, before
         az formats it and before the report writers (JSON then holds escape text, never a raw control)."""
         result = sanitise(self.contract(result))
-        ends = [outcome_of(result)]
+        ends = [outcome_of(result)] + ([COULD_NOT_VERIFY] if self._incomplete else [])
         for report, path in self.reports():
             try:
                 _write(report, path, result)
@@ -259,6 +264,9 @@ def outcome_of(result: dict) -> str:
             return NOT_FOUND
         outcomes = {c.get('outcome') for c in clusters}
         return next((worst for worst in (COULD_NOT_VERIFY, NOT_VERIFIABLE, FAILED) if worst in outcomes), PASSED)
+    if any(c.get('name') == rules.SECRET_FOUND and c.get('status') == rules.FAILED
+           for c in result.get('checks') or () if isinstance(c, dict)):
+        return NOT_FOUND  # a named secret is missing: exit 3, the result (with what was verified) printed
     return PASSED if result.get('passed') else FAILED
 
 

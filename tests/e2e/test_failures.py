@@ -244,6 +244,18 @@ def test_named_secret_that_does_not_exist_exit_3(az, box):
                  'kubectl get secret -n default no-such-secret')
 
 
+def test_one_missing_secret_among_others_is_its_own_entry_exit_3(az, box):
+    result = verify(az, box.kubeconfig, '--secret', 'default/db-user-pass', '--secret', 'default/no-such-secret',
+                    '-o', 'json')
+    assert result.code == 3, result
+    checks = {(c['name'], c['target']): c for c in result.json()['checks']}
+    missing = checks[('SecretFound', 'default/no-such-secret')]
+    assert missing['status'] == 'Failed' and missing['detail'] == 'Secret default/no-such-secret was not found.'
+    assert ('SecretEncryptedWithKms', 'default/db-user-pass') in checks, checks  # the other one was verified
+    assert [s['name'] for s in result.json()['secrets']] == ['db-user-pass']
+    assert 'Traceback' not in result.output
+
+
 # --- etcd pods and exec ------------------------------------------------------------------------------------------
 
 

@@ -92,6 +92,9 @@ def test_outcome_of_results():
     assert frame.outcome_of({'passed': False}) == 'failed'
     assert frame.outcome_of({'passed': False, 'clusters': []}) == 'notFound'  # nothing verified: exit 3
     assert exit_code('notFound') == 3 and exit_code('notFound', 'failed') == 3
+    missing = {'passed': False, 'checks': [{'name': 'SecretEncryptedWithKms', 'status': 'Passed'},
+                                           {'name': 'SecretFound', 'status': 'Failed'}]}
+    assert frame.outcome_of(missing) == 'notFound'
     assert frame.outcome_of({'clusters': [{'outcome': 'failed'}, {'outcome': 'notVerifiable'}]}) == 'notVerifiable'
 
 
