@@ -12,7 +12,7 @@ from knack.log import get_logger
 
 from azext_kmsverify.auth.kubeconfig import Kubeconfig
 from azext_kmsverify.errors import make
-from azext_kmsverify.text import printable, truncate
+from azext_kmsverify.text import printable, truncate, with_support_ids
 
 logger = get_logger(__name__)
 
@@ -54,7 +54,12 @@ def _token(get, audience):
     except AzureConnectionError:
         raise  # the deadline's (under_deadline): already one line naming the phase
     except (AzCLIError, CLIError) as ex:
-        message = truncate(str(ex).splitlines()[0]) if str(ex) else type(ex).__name__
+        message = with_support_ids(str(ex).splitlines()[0], ex) if str(ex) else type(ex).__name__
+        if 'subscription' in message.lower() and 'not found' in message.lower():  # az: Subscription 'X' not found
+            raise make(AuthenticationError, f'Could not get an Entra ID token for {audience}: {message}',
+                       "The az login has no such subscription: list them with 'az account list -o table', then "
+                       "select the cluster's with 'az account set --subscription ID' or pass --subscription.") \
+                from None
         raise make(AuthenticationError, f'Could not get an Entra ID token for {audience}: {message}',
                    "Sign in with 'az login' (in pipelines, use an AzureCLI task with a service connection), "
                    "then retry.") from None

@@ -18,8 +18,16 @@ logger = get_logger(__name__)
 def login_subscriptions(cli_ctx) -> list[str]:
     """Every enabled subscription of the az login in the tenant of the current one."""
     from azure.cli.core._profile import Profile
+    from azure.cli.core.azclierror import AuthenticationError
+    from knack.util import CLIError
     profile = Profile(cli_ctx=cli_ctx)
-    current = profile.get_subscription()
+    try:
+        current = profile.get_subscription()
+    except CLIError as ex:  # az's own "Please run 'az login' to setup account."
+        message = truncate(str(ex).splitlines()[0]) if str(ex) else type(ex).__name__
+        raise make(AuthenticationError, f'--all-clusters needs the az login to list its subscriptions: {message}',
+                   "Sign in with 'az login' (in pipelines, use an AzureCLI task with a service connection), or "
+                   'name the clusters with --ids.') from None
     return [s['id'] for s in profile.load_cached_subscriptions()
             if s.get('tenantId') == current.get('tenantId') and str(s.get('state', 'Enabled')).lower() == 'enabled']
 

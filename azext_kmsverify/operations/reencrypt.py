@@ -115,9 +115,11 @@ def _plan(run: Run, session) -> _Plan:
     key_hash, how = current_key_hash(client)
     summary = ScanSummary(current_key_hash=key_hash)
     revisions = {}
+    namespaces = set()  # seen in etcd: a --namespace that matches none is said so, not a silent green
     count = 0
     with run.progress('Planning from etcd') as progress:
         for secret in session.secrets():
+            namespaces.add(secret.namespace)
             classification = classify(secret.value)
             summary.add(secret.namespace, secret.name, classification, secret.mod_revision)
             # Keep ModRevisions only of what can become a target (not KMS, KMS v1, KMS v2 not known current).
@@ -137,6 +139,7 @@ def _plan(run: Run, session) -> _Plan:
                              revision=reader.revision)
     if skip:
         logger.warning('KMS v1 secrets written before the last rotation cannot be found: %s', skip)
+    _namespaces_matched(options.namespaces, namespaces)
     chosen = select(scan, options.only, options.namespaces, options.secrets)
     for target in chosen:
         target.mod_revision_before = revisions.get((target.namespace, target.name))
@@ -145,6 +148,20 @@ def _plan(run: Run, session) -> _Plan:
     logger.info('Plan: %s of %s secrets to rewrite (current KMS v2 key: %s, %s)', len(chosen), scan['total'],
                 scan.get('currentKeyId'), how)
     return _Plan(chosen, scan['total'], reader.revision, scan.get('currentKeyId'), scan.get('currentKeyIdSource'))
+
+
+def _namespaces_matched(asked, seen: set) -> None:
+    """``--namespace`` values with no secret in etcd: none matched is a not-found error (exit 3); some is a
+    warning naming them."""
+    missing = [ns for ns in asked or () if ns not in seen]
+    if not missing:
+        return
+    names = ', '.join(printable(ns) for ns in missing)
+    if len(missing) == len(asked):
+        from azure.cli.core.azclierror import ResourceNotFoundError
+        raise make(ResourceNotFoundError, f'No secret in etcd is in namespace {names}: nothing matched --namespace.',
+                   "Check the namespace with 'kubectl get secrets -n NAMESPACE'.")
+    logger.warning('No secret in etcd is in namespace %s: nothing there to rewrite.', names)
 
 
 def _named_but_current(options, chosen):

@@ -174,6 +174,17 @@ def test_a_slow_entra_token_endpoint_cannot_stretch_the_timeout(az, hostile, beh
     assert_no_leak(result, ['not-a-secret'])
 
 
+def test_entras_trace_id_is_kept_whole_and_its_message_escaped(az, hostile):
+    hostile.set('entra-token', 'inject')
+    kubeconfig, env = spn_kubeconfig(hostile)
+    result = verify(az, kubeconfig, '--timeout', str(TIMEOUT), env=env, timeout=120)
+    assert result.code == 1, result
+    line = error_line(result)
+    assert 'Could not get an Entra ID token for the cluster' in line and 'AADSTS7000215' in line, line
+    assert 'Trace ID: 25c9a1b2-0000-4000-8000-00000000abcd' in line, line  # whole: support needs it
+    assert_nothing_raw(result)
+
+
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
 def test_a_signal_outside_the_probe_ends_every_wait_within_the_grace(hostile, tmp_path, sig):
     """No probe (--secret): the run frame's one hook cancels the run's deadline, so a stalled exec ends at once."""

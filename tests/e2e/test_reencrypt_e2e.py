@@ -793,6 +793,16 @@ def test_namespace_secret_and_only_narrow_the_plan(az, narrow, args, expected):
     assert etcd_revision(narrow) == revision
 
 
+def test_a_namespace_that_matches_nothing_is_not_a_silent_green(az, narrow):
+    result = _reencrypt(az, narrow, '--dry-run', '-o', 'json', '--namespace', 'does-not-exist')
+    assert result.code == 3, result
+    errors = [line for line in result.stderr.splitlines() if line.startswith('ERROR: ')]
+    assert errors == ['ERROR: No secret in etcd is in namespace does-not-exist: nothing matched --namespace.'], result
+    assert 'kubectl get secrets -n NAMESPACE' in result.stderr
+    some = _reencrypt(az, narrow, '--dry-run', '-o', 'json', '--namespace', 'team-a', '--namespace', 'nope')
+    assert some.code == 4 and 'WARNING: No secret in etcd is in namespace nope' in some.stderr, some
+
+
 def test_a_named_secret_that_needs_no_rewrite_is_said_so(az, narrow):
     result = _reencrypt(az, narrow, '--dry-run', '-o', 'json', '--secret', 'default/db-user-pass', 'team-a/plain')
     assert result.code == 4, result
