@@ -128,7 +128,7 @@ def test_arm_wrong_subscription_recommends_az_account_set_exit_1(arm_az, box):
                         '0000dead-0000-4000-8000-000000000bad')
     assert_error(result, 1, ['Could not get an Entra ID token for Azure Resource Manager',
                              '0000dead-0000-4000-8000-000000000bad'],
-                 ["az account set --subscription ID", '--subscription', 'az account list'])
+                 ['az account set --subscription ID', '--subscription', 'az account list'])
     assert "Sign in with 'az login'" not in result.stderr
 
 
