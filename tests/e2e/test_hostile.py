@@ -255,6 +255,39 @@ def test_an_endless_or_oversized_answer_is_cut_with_one_line(az, hostile, phase,
     assert_nothing_raw(result)
 
 
+def _peak_rss_mib(proc) -> float:
+    """The az process's peak resident memory (VmHWM), polled until it exits."""
+    peak = 0
+    while proc.poll() is None:
+        try:
+            with open(f'/proc/{proc.pid}/status') as status:
+                for line in status:
+                    if line.startswith('VmHWM:'):
+                        peak = max(peak, int(line.split()[1]))
+        except OSError:
+            break
+        time.sleep(0.02)
+    return peak / 1024
+
+
+def test_an_endless_exec_message_keeps_the_process_memory_bounded(hostile, tmp_path):
+    """Continuation frames without a final one: the message is capped as it grows (256 MiB of exec output), so the
+    az process's peak memory stays under the cap plus az's own (an unbounded buffer passes 1 GiB within the
+    --timeout of 60 s: the harness sends far faster)."""
+    hostile.set('exec-frames', 'endless')
+    proc = _start(hostile, tmp_path, '--secret', 'default/s1', '--timeout', '60')
+    try:
+        peak = _peak_rss_mib(proc)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert 'more than 256 MiB of output' in err, err
+    cap = 256 + 224  # defaults.EXEC_OUTPUT_MAX_BYTES in MiB, plus az and a copy of its last frame
+    assert 0 < peak <= cap, f'peak {peak:.0f} MiB, cap {cap:.0f} MiB'
+
+
 # --- nothing raw reaches a terminal ----------------------------------------------------------------------------------
 
 
