@@ -11,6 +11,8 @@ A fleet (``--ids``, ``--all-clusters``) runs :func:`verify_cluster` per cluster 
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 from azure.cli.core.azclierror import AzCLIError, AzureResponseError, ResourceNotFoundError, UnauthorizedError
 from knack.log import get_logger
 
@@ -50,17 +52,15 @@ def verify_cluster(run: Run, session) -> dict:
         with run.step('reading secrets from etcd'):
             if options.probe:
                 probe = ProbeSecret(client, options.probe_namespace)
-                try:
-                    probe.__enter__()
-                except AzCLIError as error:
-                    # KMS down: the create fails (a 500, "failed to encrypt DEK"); the result says so, exit 4
-                    check_list.append(probe_not_written(check_list[0], error, run.deadline,
-                                                        f'{options.probe_namespace}/{probe.name}'))
-                else:
+                with ExitStack() as stack:
                     try:
+                        stack.enter_context(probe)  # deleted on the way out once created
+                    except AzCLIError as error:
+                        # KMS down: the create fails (a 500, "failed to encrypt DEK"); the result says so, exit 4
+                        check_list.append(probe_not_written(check_list[0], error, run.deadline,
+                                                            f'{options.probe_namespace}/{probe.name}'))
+                    else:
                         entries.append(read_secret(session, options.probe_namespace, probe.name, probe=True))
-                    finally:
-                        probe.__exit__(None, None, None)
                 if probe.deleted is False:
                     target = f'{options.probe_namespace}/{probe.name}'
                     check_list.append(rules.check(
