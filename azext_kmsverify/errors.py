@@ -23,6 +23,7 @@ EXIT_VERIFICATION_FAILED = 4
 # A run's outcome (and a fleet cluster's).
 PASSED, FAILED, COULD_NOT_VERIFY, NOT_VERIFIABLE = 'passed', 'failed', 'couldNotVerify', 'notVerifiable'
 COULD_NOT_REPORT = 'couldNotReport'  # the result was printed, a report (--junit-xml) could not be written
+NOT_FOUND = 'notFound'  # the result was printed, but something it was asked about was not found (nothing verified)
 
 
 class BadArguments:  # pylint: disable=too-few-public-methods  # a marker: the class says "exit 2"
@@ -36,6 +37,7 @@ EXIT_CODES = (
     (COULD_NOT_VERIFY, EXIT_COULD_NOT_VERIFY),
     (NOT_VERIFIABLE, EXIT_COULD_NOT_VERIFY),
     (COULD_NOT_REPORT, EXIT_COULD_NOT_VERIFY),
+    (NOT_FOUND, EXIT_NOT_FOUND),
     (BadArguments, EXIT_BAD_ARGUMENTS),
     (ResourceNotFoundError, EXIT_NOT_FOUND),
     (BaseException, EXIT_COULD_NOT_VERIFY),

@@ -15,6 +15,7 @@ Idempotent: an escaped string is printable.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 #: Longest reason, message or name echoed in one line.
@@ -26,6 +27,18 @@ def truncate(text: object, limit: int = LINE_MAX) -> str:
     """``text`` on one line (whitespace runs become one space), :func:`printable`, at most ``limit`` characters."""
     text = printable(' '.join(str(text).split()))
     return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+_SUPPORT_IDS = re.compile(r'\b(Trace ID|Correlation ID): ?([0-9A-Fa-f]{8}-[0-9A-Fa-f-]{27})')
+
+
+def with_support_ids(first: str, whole: object, limit: int = LINE_MAX) -> str:
+    """``first`` (an error's first line) :func:`truncate`-d to ``limit``, followed by the Entra Trace ID and
+    Correlation ID found anywhere in ``whole`` (the whole error) that the short text does not hold whole: support
+    needs them entire."""
+    short = truncate(first, limit)
+    ids = [f'{name}: {value}' for name, value in _SUPPORT_IDS.findall(str(whole)) if value not in short]
+    return short + (f" ({', '.join(dict.fromkeys(ids))})" if ids else '')
 
 
 def unsafe(char: str) -> bool:

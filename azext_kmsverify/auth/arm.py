@@ -50,9 +50,12 @@ def fetch_kubeconfig(cli_ctx, resource_group, cluster_name, admin, deadline, *, 
     # --admin), which az's network trace would print with --debug.
     options = {'logging_enable': False, 'connection_timeout': deadline.bound(30), 'read_timeout': deadline.bound(60)}
     logger.debug('ARM POST %s', path)
-    try:
-        initial = client.send_request(HttpRequest('POST', url), stream=False, _return_pipeline_response=True,
-                                      **options)
+    from azext_kmsverify.deadline import DeadlineExpired
+    try:  # through the deadline: a trickling answer cannot stretch it (the poller's wait below is bounded too)
+        initial = deadline.call(client.send_request, HttpRequest('POST', url), stream=False,
+                                _return_pipeline_response=True, doing=f'running {action}', **options)
+    except DeadlineExpired:
+        raise context.timeout_error() from None
     except AzureError as ex:
         raise context.transport_error(ex) from None
     response = initial.http_response

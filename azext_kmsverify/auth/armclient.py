@@ -25,7 +25,7 @@ def arm_client(cli_ctx, deadline, subscription=None):
     """(an ARM pipeline client with a token of the az login for ``subscription``, that subscription); the az
     login's current subscription when None. Retries are bounded by the run's ``deadline``."""
     subscription = subscription or current_subscription(cli_ctx)
-    return _pipeline_client(cli_ctx, get_arm_token(cli_ctx, subscription), deadline), subscription
+    return _pipeline_client(cli_ctx, get_arm_token(cli_ctx, subscription, deadline), deadline), subscription
 
 
 def current_subscription(cli_ctx):
@@ -64,8 +64,10 @@ def _pipeline_client(cli_ctx, token, deadline):
             return AccessToken(token, int(time.time()) + 300)
 
     kwargs = az_client_kwargs(cli_ctx)
+    endpoint = cli_ctx.cloud.endpoints.resource_manager
     scope = cli_ctx.cloud.endpoints.active_directory_resource_id.rstrip('/') + '/.default'
     pipeline = [
+        on_arm_host_policy(endpoint),  # first: a URL elsewhere never reaches the token policy
         policies.HeadersPolicy(kwargs['headers']),
         kwargs['user_agent_policy'],
         policies.RequestIdPolicy(),
@@ -77,5 +79,33 @@ def _pipeline_client(cli_ctx, token, deadline):
     ]
     pipeline = [policy for policy in pipeline if policy is not None]
     transport = RequestsTransport(connection_verify=kwargs.get('connection_verify', True))
-    return ARMPipelineClient(base_url=cli_ctx.cloud.endpoints.resource_manager, policies=pipeline,
-                             transport=transport)
+    return ARMPipelineClient(base_url=endpoint, policies=pipeline, transport=transport)
+
+
+def on_arm_host_policy(endpoint: str):
+    """A pipeline policy that lets a request through only to ``endpoint``'s scheme and host: the ARM token goes
+    nowhere else. ARM names the URLs its long-running operations are polled at (``Azure-AsyncOperation``,
+    ``Location``); one elsewhere stops the run with one line, before any header is added."""
+    from azure.core.pipeline.policies import SansIOHTTPPolicy
+
+    class _OnArmHost(SansIOHTTPPolicy):
+        def on_request(self, request):
+            check_arm_url(request.http_request.url, endpoint)
+
+    return _OnArmHost()
+
+
+def check_arm_url(url: str, endpoint: str) -> None:
+    """Raise the one-line error unless ``url`` is on the ARM ``endpoint``'s scheme and host (https for Azure)."""
+    from urllib.parse import urlsplit
+
+    from azure.cli.core.azclierror import AzureResponseError
+
+    from azext_kmsverify.text import printable
+    want, got = urlsplit(endpoint), urlsplit(str(url))
+    if (got.scheme.lower(), (got.netloc or '').lower()) == (want.scheme.lower(), want.netloc.lower()):
+        return
+    raise make(AzureResponseError, f"Azure Resource Manager named a URL on another host or scheme "
+                                   f"('{printable(got.scheme)}://{printable(got.netloc)}', not {want.scheme}://"
+                                   f'{want.netloc}): not followed, and no token was sent there.',
+               'Retry; if it persists, check for a proxy that rewrites ARM answers, and open a support request.')

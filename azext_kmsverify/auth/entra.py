@@ -12,25 +12,54 @@ from knack.log import get_logger
 
 from azext_kmsverify.auth.kubeconfig import Kubeconfig
 from azext_kmsverify.errors import make
-from azext_kmsverify.text import printable, truncate
+from azext_kmsverify.text import printable, truncate, with_support_ids
 
 logger = get_logger(__name__)
 
 
-def get_arm_token(cli_ctx, subscription):
+def get_arm_token(cli_ctx, subscription, deadline=None):
+    """The az login's ARM token, requested under the run's ``deadline`` (az's token refresh has no socket to give
+    the watchdog: it runs through ``deadline.call``)."""
     from azure.cli.core._profile import Profile
     resource = cli_ctx.cloud.endpoints.active_directory_resource_id
-    return _token(lambda: Profile(cli_ctx=cli_ctx).get_raw_token(resource=resource, subscription=subscription),
-                  'Azure Resource Manager')
+    return _token(lambda: under_deadline(
+        deadline, lambda: Profile(cli_ctx=cli_ctx).get_raw_token(resource=resource, subscription=subscription),
+        'requesting an Entra ID token for Azure Resource Manager'), 'Azure Resource Manager')
+
+
+def under_deadline(deadline, fn, doing: str):
+    """``fn()`` bounded by ``deadline`` (``Deadline.call``: a token request of azure-identity, msal or az, whose
+    sockets the watchdog cannot reach); its expiry is the run's timeout error naming ``doing``."""
+    if deadline is None or not hasattr(deadline, 'call'):
+        return fn()
+    from azext_kmsverify.deadline import DeadlineExpired
+    try:
+        return deadline.call(fn, doing=doing)
+    except DeadlineExpired:
+        raise timeout_error(deadline, doing) from None
+
+
+def timeout_error(deadline, doing: str):
+    """The run's timeout error, naming the phase (as the API server's, kube/errors.py)."""
+    from azure.cli.core.azclierror import AzureConnectionError
+    return make(AzureConnectionError, f'Verification did not finish within the --timeout of {deadline.seconds} s '
+                                      f'({printable(doing)}).', 'Retry with a larger --timeout.')
 
 
 def _token(get, audience):
-    from azure.cli.core.azclierror import AuthenticationError, AzCLIError
+    from azure.cli.core.azclierror import AuthenticationError, AzCLIError, AzureConnectionError
     from knack.util import CLIError
     try:
         (_, token, _), _, _ = get()
+    except AzureConnectionError:
+        raise  # the deadline's (under_deadline): already one line naming the phase
     except (AzCLIError, CLIError) as ex:
-        message = truncate(str(ex).splitlines()[0]) if str(ex) else type(ex).__name__
+        message = with_support_ids(str(ex).splitlines()[0], ex) if str(ex) else type(ex).__name__
+        if 'subscription' in message.lower() and 'not found' in message.lower():  # az: Subscription 'X' not found
+            raise make(AuthenticationError, f'Could not get an Entra ID token for {audience}: {message}',
+                       "The az login has no such subscription: list them with 'az account list -o table', then "
+                       "select the cluster's with 'az account set --subscription ID' or pass --subscription.") \
+                from None
         raise make(AuthenticationError, f'Could not get an Entra ID token for {audience}: {message}',
                    "Sign in with 'az login' (in pipelines, use an AzureCLI task with a service connection), "
                    "then retry.") from None
@@ -41,7 +70,7 @@ def _token(get, audience):
     return token
 
 
-def sign_in(cli_ctx, kubeconfig: Kubeconfig) -> tuple[Kubeconfig, dict]:
+def sign_in(cli_ctx, kubeconfig: Kubeconfig, deadline=None) -> tuple[Kubeconfig, dict]:
     """The kubeconfig with its kubelogin exec plugin replaced by a token source (kubelogin is not needed), and
     ``{'login', 'pop'}`` saying how it signs in (``login`` None when the kubeconfig's own credentials are used).
 
@@ -81,5 +110,6 @@ def sign_in(cli_ctx, kubeconfig: Kubeconfig) -> tuple[Kubeconfig, dict]:
         return kubeconfig, {'login': None, 'pop': False}
     logger.debug('Signing in to Entra server id %s with %s%s instead of kubelogin', printable(args.server_id),
                  source.login, ' (PoP)' if source.pop else '')
-    source.authorization()  # sign in now: a failure is the sign-in's, not the first request's
+    # sign in now (a failure is the sign-in's, not the first request's), under the run's deadline
+    under_deadline(deadline, source.authorization, 'requesting an Entra ID token for the cluster')
     return kubeconfig.with_token_source(source), source.describe()

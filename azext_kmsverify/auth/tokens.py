@@ -24,7 +24,7 @@ from azext_kmsverify.auth.kubelogin import AUTHORITY_HOSTS, KubeloginArgs
 from azext_kmsverify.auth.pop import PopKey
 from azext_kmsverify.auth.quiet import quiet
 from azext_kmsverify.errors import make
-from azext_kmsverify.text import printable, truncate
+from azext_kmsverify.text import printable, truncate, with_support_ids
 
 logger = get_logger(__name__)
 _REFRESH_BEFORE = 120  # seconds before expiry an access token is fetched again
@@ -63,7 +63,8 @@ class TokenSource:
         from azure.cli.core.azclierror import AuthenticationError
         first = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
         raise make(AuthenticationError, f'Could not get an Entra ID token for the cluster (Entra server id '
-                                        f'{printable(self.server_id)}, {self.login} sign-in): {truncate(first, 240)}',
+                                        f'{printable(self.server_id)}, {self.login} sign-in): '
+                                        f'{with_support_ids(first, ex, 240)}',
                    hint) from None
 
 
@@ -217,7 +218,8 @@ class IdentitySource(TokenSource):
                 instance_discovery=not options['disable_instance_discovery'])
         result = self._msal.acquire_token_for_client([scope], data=self.pop_key.token_request_data())
         if 'access_token' not in result:
-            raise RuntimeError(truncate(result.get('error_description') or result.get('error') or 'no token', 240))
+            raise RuntimeError(with_support_ids(result.get('error_description') or result.get('error') or 'no token',
+                                                result.get('error_description'), 240))
         return result['access_token'], time.time() + float(result.get('expires_in') or 300)
 
     def _require_spn(self):

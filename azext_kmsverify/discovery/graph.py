@@ -18,8 +18,16 @@ logger = get_logger(__name__)
 def login_subscriptions(cli_ctx) -> list[str]:
     """Every enabled subscription of the az login in the tenant of the current one."""
     from azure.cli.core._profile import Profile
+    from azure.cli.core.azclierror import AuthenticationError
+    from knack.util import CLIError
     profile = Profile(cli_ctx=cli_ctx)
-    current = profile.get_subscription()
+    try:
+        current = profile.get_subscription()
+    except CLIError as ex:  # az's own "Please run 'az login' to setup account."
+        message = truncate(str(ex).splitlines()[0]) if str(ex) else type(ex).__name__
+        raise make(AuthenticationError, f'--all-clusters needs the az login to list its subscriptions: {message}',
+                   "Sign in with 'az login' (in pipelines, use an AzureCLI task with a service connection), or "
+                   'name the clusters with --ids.') from None
     return [s['id'] for s in profile.load_cached_subscriptions()
             if s.get('tenantId') == current.get('tenantId') and str(s.get('state', 'Enabled')).lower() == 'enabled']
 
@@ -70,9 +78,15 @@ def _query_page(client, url, body, deadline) -> dict:
     from azure.cli.core.azclierror import AzureResponseError, ForbiddenError
     from azure.core.exceptions import AzureError
     from azure.core.rest import HttpRequest
-    try:
-        response = client.send_request(HttpRequest('POST', url, json=body), logging_enable=False,
-                                       connection_timeout=deadline.bound(30), read_timeout=deadline.bound(60))
+
+    from azext_kmsverify.deadline import DeadlineExpired
+    try:  # through the deadline: a trickling page cannot stretch it
+        response = deadline.call(client.send_request, HttpRequest('POST', url, json=body), logging_enable=False,
+                                 connection_timeout=deadline.bound(30), read_timeout=deadline.bound(60),
+                                 doing='querying Azure Resource Graph')
+    except DeadlineExpired:
+        raise make(AzureResponseError, 'Azure Resource Graph paging did not finish within the --timeout.',
+                   'Narrow the query (--subscriptions, -g, --tag) or retry with a larger --timeout.') from None
     except AzureError as ex:
         raise make(AzureResponseError, f'Could not query Azure Resource Graph: {type(ex).__name__}.',
                    'Check the network connection and proxy settings, then retry.') from None

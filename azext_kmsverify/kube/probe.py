@@ -42,15 +42,10 @@ class ProbeSecret:
         self.name = defaults.PROBE_PREFIX + _random.token_hex(5)
         self.deleted: bool | None = None
         self._sent = False
-        self._previous_handler = None
 
     def __enter__(self) -> ProbeSecret:
-        import signal
-        import threading
-        if threading.current_thread() is threading.main_thread():
-            def _terminate(signum, _frame):
-                raise SystemExit(128 + signum)
-            self._previous_handler = signal.signal(signal.SIGTERM, _terminate)
+        # SIGINT and SIGTERM outside the delete: the run frame's one hook (Run.interrupts) ends the run's waits
+        # and raises KeyboardInterrupt here, so the way out below deletes the probe.
         ns = self.namespace
         try:
             self._sent = True  # from here on the API may hold it, answer or not
@@ -58,7 +53,8 @@ class ProbeSecret:
                           permission=f'create secrets in namespace {ns} (or verify existing secrets with '
                                      '--secret NAMESPACE/NAME or --all-secrets)',
                           not_found=(f"Namespace '{ns}' for the probe secret was not found.",
-                                     'Choose an existing namespace with --probe-namespace.'))
+                                     'Choose an existing namespace with --probe-namespace.'),
+                          refused=self._not_created)
         except BaseException:
             self._cleanup()
             raise
@@ -67,6 +63,10 @@ class ProbeSecret:
 
     def __exit__(self, *exc) -> None:
         self._cleanup()
+
+    def _not_created(self) -> None:
+        """The API refused the create (4xx): there is no probe to delete, nor to tell the user to delete."""
+        self._sent = False
 
     def _cleanup(self) -> None:
         pending = _hold_interrupts(self.namespace, self.name)  # one signal waits for the delete; two end it now
@@ -79,15 +79,17 @@ class ProbeSecret:
                     logger.warning('Could not delete probe secret %s/%s; delete it with: kubectl delete secret -n %s '
                                    '%s', self.namespace, self.name, self.namespace, self.name)
         finally:
-            held = _release(pending)
-            self._restore()
-            _deliver(held)
+            _deliver(_release(pending))
 
-    def _restore(self) -> None:
-        import signal
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None
+
+def leftover_hint(namespace: str | None = None, name: str | None = None) -> str:
+    """What a run stopped at once says (a second signal): a probe may be left, and how to find and delete it."""
+    find = (f'a probe secret may be left. Find leftovers with: kubectl get secrets -A -l '
+            f'{defaults.PROBE_LABEL}={defaults.PROBE_LABEL_VALUE}')
+    if namespace and name:
+        return (f'it may be left. Find leftovers with: kubectl get secrets -A -l {defaults.PROBE_LABEL}='
+                f'{defaults.PROBE_LABEL_VALUE}; delete it with: kubectl delete secret -n {namespace} {name}')
+    return find + '; delete each with: kubectl delete secret -n NAMESPACE NAME'
 
 
 def _hold_interrupts(namespace: str, name: str):
@@ -108,10 +110,8 @@ def _hold_interrupts(namespace: str, name: str):
             return
         import os
         import sys
-        sys.stderr.write(f'Stopped before the probe secret {namespace}/{name} was deleted: it may be left. Find '
-                         f'leftovers with: kubectl get secrets -A -l {defaults.PROBE_LABEL}='
-                         f'{defaults.PROBE_LABEL_VALUE}; delete it with: kubectl delete secret -n {namespace} '
-                         f'{name}\n')
+        sys.stderr.write(f'Stopped before the probe secret {namespace}/{name} was deleted: '
+                         f'{leftover_hint(namespace, name)}\n')
         sys.stderr.flush()
         os._exit(128 + signum)  # at once: no cleanup may wait on the peer any more
 

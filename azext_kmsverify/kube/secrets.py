@@ -27,11 +27,15 @@ def secret_exists(client, ns: str, name: str) -> bool:
     raise client.errors.api(status, body, doing, permission='get secrets in namespace ' + ns)
 
 
-def create_secret(client, ns: str, body: dict, doing: str, *, permission: str, not_found: tuple[str, str]) -> None:
-    """POST a secret; the answer is asked as metadata only, so the value does not come back."""
+def create_secret(client, ns: str, body: dict, doing: str, *, permission: str, not_found: tuple[str, str],
+                  refused=None) -> None:
+    """POST a secret; the answer is asked as metadata only, so the value does not come back. ``refused()`` is
+    called when the API answered 4xx (forbidden, invalid, namespace not found, conflict): nothing was created."""
     status, answer = client.request('POST', f'/api/v1/namespaces/{ns}/secrets', body=body, accept=METADATA_ONLY,
                                     timeout=30, doing=doing)
     if status not in (200, 201):
+        if refused is not None and 400 <= status < 500:
+            refused()
         raise client.errors.api(status, answer, doing, permission=permission, not_found=not_found)
 
 

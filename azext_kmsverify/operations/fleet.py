@@ -53,7 +53,22 @@ def _clusters(run: Run) -> list[dict]:
     chosen = [c for c in sorted(unique.values(), key=lambda c: c['id'].lower()) if in_shard(c['id'], options.shard)]
     if options.shard:
         logger.info('Shard %s/%s: %s of %s clusters', options.shard[0], options.shard[1], len(chosen), len(unique))
+    if not chosen:  # a pipeline gating on the exit code must not go green with nothing verified (exit 3)
+        logger.error('%s', _nothing_found(options, len(unique)))
     return chosen
+
+
+def _nothing_found(options, found: int) -> str:
+    """The one line of a fleet run that has no cluster to verify: why, and what to do."""
+    if options.shard:
+        return (f'No cluster verified: shard {options.shard[0]}/{options.shard[1]} holds none of the {found} '
+                'clusters found. Use fewer shards than clusters (each shard of a pipeline then has work).')
+    where = ', '.join(filter(None, [
+        f"subscriptions {', '.join(options.subscriptions)}" if options.subscriptions else "the login's subscriptions",
+        f'resource group {options.cluster.resource_group}' if options.cluster.resource_group else '',
+        'tags ' + ', '.join(k if v is None else f'{k}={v}' for k, v in options.tags) if options.tags else '']))
+    return (f'No cluster verified: Azure Resource Graph found no AKS Arc cluster in {printable(where)}. Check '
+            '--tag and -g for typos, and that the login has Reader on the subscriptions (or name clusters with --ids).')
 
 
 def run_fleet(run: Run, body) -> dict:

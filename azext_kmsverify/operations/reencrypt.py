@@ -64,12 +64,30 @@ def reencrypt(run: Run) -> dict:
                 target.outcome = Outcome.PLANNED
             return _finish(result, targets, started)
         _confirm(options, targets)
+        rewriter = _Rewriter(run, session, plan)
         with run.step('rewriting secrets'):
-            written, interrupted = _Rewriter(run, session, plan).run(targets)
-        with run.step('verifying from etcd'):
-            _verify_from_etcd(session, targets, plan.current_key_id)
+            written, interrupted = rewriter.run(targets)
+        if rewriter.fatal:  # a server failure: the result still says what was rewritten, what not, what is unknown
+            _ended_by(run, rewriter.fatal[0], session, targets, plan.current_key_id)
+        else:
+            with run.step('verifying from etcd'):
+                _verify_from_etcd(session, targets, plan.current_key_id)
         result['currentKeyId'] = _named_key(plan.current_key_id, targets)
         return _finish(result, targets, started, written, interrupted)
+
+
+def _ended_by(run: Run, error: AzCLIError, session, targets: list[Target], current_key_id) -> None:
+    """Rewriting stopped on ``error`` (the API server failed): one error line, then etcd is read again if it
+    can be; what was written but cannot be proved stays ``written`` with why. The run exits 1 with its result."""
+    logger.error('Rewriting stopped: %s The result says what was rewritten, what was not, and what is unknown.',
+                 error.error_msg)
+    run.incomplete()
+    try:
+        _verify_from_etcd(session, targets, current_key_id)
+    except AzCLIError as why:
+        for target in targets:
+            if target.outcome == Outcome.WRITTEN:
+                target.reason = f'rewritten (the API answered), not verified from etcd: {why.error_msg}'
 
 
 def _finish(result: dict, targets: list[Target], started: float, written: int | None = None,
@@ -101,9 +119,11 @@ def _plan(run: Run, session) -> _Plan:
     key_hash, how = current_key_hash(client)
     summary = ScanSummary(current_key_hash=key_hash)
     revisions = {}
+    namespaces = set()  # seen in etcd: a --namespace that matches none is said so, not a silent green
     count = 0
     with run.progress('Planning from etcd') as progress:
         for secret in session.secrets():
+            namespaces.add(secret.namespace)
             classification = classify(secret.value)
             summary.add(secret.namespace, secret.name, classification, secret.mod_revision)
             # Keep ModRevisions only of what can become a target (not KMS, KMS v1, KMS v2 not known current).
@@ -123,6 +143,7 @@ def _plan(run: Run, session) -> _Plan:
                              revision=reader.revision)
     if skip:
         logger.warning('KMS v1 secrets written before the last rotation cannot be found: %s', skip)
+    _namespaces_matched(options.namespaces, namespaces)
     chosen = select(scan, options.only, options.namespaces, options.secrets)
     for target in chosen:
         target.mod_revision_before = revisions.get((target.namespace, target.name))
@@ -131,6 +152,20 @@ def _plan(run: Run, session) -> _Plan:
     logger.info('Plan: %s of %s secrets to rewrite (current KMS v2 key: %s, %s)', len(chosen), scan['total'],
                 scan.get('currentKeyId'), how)
     return _Plan(chosen, scan['total'], reader.revision, scan.get('currentKeyId'), scan.get('currentKeyIdSource'))
+
+
+def _namespaces_matched(asked, seen: set) -> None:
+    """``--namespace`` values with no secret in etcd: none matched is a not-found error (exit 3); some is a
+    warning naming them."""
+    missing = [ns for ns in asked or () if ns not in seen]
+    if not missing:
+        return
+    names = ', '.join(printable(ns) for ns in missing)
+    if len(missing) == len(asked):
+        from azure.cli.core.azclierror import ResourceNotFoundError
+        raise make(ResourceNotFoundError, f'No secret in etcd is in namespace {names}: nothing matched --namespace.',
+                   "Check the namespace with 'kubectl get secrets -n NAMESPACE'.")
+    logger.warning('No secret in etcd is in namespace %s: nothing there to rewrite.', names)
 
 
 def _named_but_current(options, chosen):
@@ -211,8 +246,9 @@ class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared s
         self.pacer.wait(self.stop)
         try:
             outcome, rounds = self._rewrite(target)
-        except AzCLIError:
+        except AzCLIError as error:
             if not self.deadline.expired():
+                target.end(Outcome.FAILED, f'unknown whether rewritten: {error.error_msg}')
                 raise
             target.end(Outcome.FAILED, self.not_rewritten())
             return
@@ -263,7 +299,7 @@ class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared s
         timer.start()
         interrupted = False
         pool = ThreadPoolExecutor(max_workers=self.options.parallel, thread_name_prefix='kmsverify-rewrite')
-        with self.frame.interrupts(), self.frame.progress('Rewriting secrets') as progress:
+        with self.frame.interrupts(cancel=False), self.frame.progress('Rewriting secrets') as progress:
             try:
                 interrupted = self._drive(pool, targets, progress)
             finally:
@@ -274,9 +310,7 @@ class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared s
             if target.outcome is None:
                 target.end(Outcome.FAILED, self.not_rewritten() if interrupted or self.timed_out.is_set()
                            else 'not rewritten: stopped by an earlier error')
-        if self.fatal:
-            raise self.fatal[0]
-        return self.counter['written'], interrupted
+        return self.counter['written'], interrupted  # self.fatal: the caller reports what was done
 
     def _drive(self, pool, targets, progress) -> bool:
         """Feed the pool a bounded window of targets; True when interrupted."""

@@ -20,6 +20,8 @@ outcome (``errors.EXIT_CODES``) after az printed it; a failure is raised as az r
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import sys
 import threading
@@ -32,11 +34,12 @@ from typing import Callable
 from azure.cli.core.azclierror import AzCLIError, CLIInternalError, FileOperationError
 from knack.log import get_logger
 
-from azext_kmsverify.deadline import Deadline
+from azext_kmsverify.deadline import GRACE_SECONDS, Deadline
 from azext_kmsverify.errors import (
     COULD_NOT_REPORT,
     COULD_NOT_VERIFY,
     FAILED,
+    NOT_FOUND,
     NOT_VERIFIABLE,
     PASSED,
     exit_code,
@@ -44,11 +47,12 @@ from azext_kmsverify.errors import (
     make,
     own_exit_code,
 )
+from azext_kmsverify.kube.probe import leftover_hint
 from azext_kmsverify.operations.session import ClusterSession
 from azext_kmsverify.report.contract import envelope
 from azext_kmsverify.report.junit import write_junit_xml
 from azext_kmsverify.report.sarif import write_sarif
-from azext_kmsverify.text import printable
+from azext_kmsverify.text import printable, sanitise, sanitise_log_handlers
 from azext_kmsverify.verdict import checks as rules
 
 logger = get_logger(__name__)
@@ -91,6 +95,8 @@ class Run:  # pylint: disable=too-many-instance-attributes  # the state of one r
         self._failed_step = None
         self._children: list[Run] = []
         self._lock = threading.Lock()
+        self._signals: list[int] = []  # the signals received, shared by nested interrupts() scopes
+        self._incomplete = False
 
     # --- steps and failures -------------------------------------------------------------------------------
 
@@ -148,18 +154,37 @@ class Run:  # pylint: disable=too-many-instance-attributes  # the state of one r
             child.cancel()
 
     @contextmanager
-    def interrupts(self):
-        """Inside, SIGTERM is handled as SIGINT is: a ``KeyboardInterrupt`` in the main thread (the one hook)."""
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            def _terminate(_signum, _frame):
-                raise KeyboardInterrupt
-            previous = signal.signal(signal.SIGTERM, _terminate)
+    def interrupts(self, cancel: bool = True):
+        """The one signal hook of a run (main thread only; nested scopes share it). The first SIGINT or SIGTERM
+        ends every wait of the run (:meth:`cancel`, unless ``cancel`` is False: reencrypt finishes the rewrites in
+        flight and proves them) and is raised as a ``KeyboardInterrupt``: the run ends within
+        ``deadline.GRACE_SECONDS`` (a probe's delete on the way out holds it, bounded by its own grace). A second
+        ends the process at once, saying that a probe may be left and how to find it."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def _signal(signum, _frame):
+            self._signals.append(signum)
+            if len(self._signals) > 1:
+                sys.stderr.write(f'Stopped at once: {leftover_hint()}\n')
+                sys.stderr.flush()
+                os._exit(128 + signum)  # pylint: disable=protected-access  # at once: nothing may wait any more
+            logger.warning('Interrupted: ending the run (at most %s s); interrupt again to stop now.', GRACE_SECONDS)
+            if cancel:
+                self.cancel()
+            raise KeyboardInterrupt
+
+        previous = {sig: signal.signal(sig, _signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def incomplete(self) -> None:
+        """The result will be printed but the run could not finish (a server failure mid-way): exit 1."""
+        self._incomplete = True
 
     @contextmanager
     def progress(self, message: str):
@@ -179,8 +204,10 @@ class Run:  # pylint: disable=too-many-instance-attributes  # the state of one r
 
     def execute(self, body) -> dict:
         """``body(self)``'s result, reported; or its failure, as az reports it (with a report saying why)."""
+        sanitise_log_handlers(logging.getLogger())  # stderr, --debug and az's command log pass the sanitiser
         try:
-            result = body(self)
+            with self.interrupts():
+                result = body(self)
         except Exception as ex:  # pylint: disable=broad-except  # every failure leaves in one line
             self.fail(self.as_error(ex))
         return self.finish(result)
@@ -197,9 +224,10 @@ class Run:  # pylint: disable=too-many-instance-attributes  # the state of one r
 
     def finish(self, result: dict) -> dict:
         """Write the reports (one that cannot be written is an error line, and the run exits 1), then exit with
-        the code of the result's outcome once az printed it."""
-        result = self.contract(result)
-        ends = [outcome_of(result)]
+        the code of the result's outcome once az printed it. The result passes the sanitiser here, once, before
+        az formats it and before the report writers (JSON then holds escape text, never a raw control)."""
+        result = sanitise(self.contract(result))
+        ends = [outcome_of(result)] + ([COULD_NOT_VERIFY] if self._incomplete else [])
         for report, path in self.reports():
             try:
                 _write(report, path, result)
@@ -228,11 +256,17 @@ class Run:  # pylint: disable=too-many-instance-attributes  # the state of one r
 
 
 def outcome_of(result: dict) -> str:
-    """The outcome of a result: a fleet's worst cluster outcome, else passed or failed."""
+    """The outcome of a result: a fleet's worst cluster outcome (not found when it has no cluster: nothing was
+    verified), else passed or failed."""
     clusters = result.get('clusters')
     if isinstance(clusters, list):
+        if not clusters:
+            return NOT_FOUND
         outcomes = {c.get('outcome') for c in clusters}
         return next((worst for worst in (COULD_NOT_VERIFY, NOT_VERIFIABLE, FAILED) if worst in outcomes), PASSED)
+    if any(c.get('name') == rules.SECRET_FOUND and c.get('status') == rules.FAILED
+           for c in result.get('checks') or () if isinstance(c, dict)):
+        return NOT_FOUND  # a named secret is missing: exit 3, the result (with what was verified) printed
     return PASSED if result.get('passed') else FAILED
 
 

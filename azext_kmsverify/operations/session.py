@@ -66,7 +66,7 @@ def sign_in(cli_ctx, cluster: ClusterOptions, deadline):
                               base_dir=os.path.dirname(cluster.kubeconfig))
         credential = 'kubeconfig'
         info = {'source': 'kubeconfig', 'name': None, 'resourceGroup': None}
-    resolved, how = entra_sign_in(cli_ctx, resolved)
+    resolved, how = entra_sign_in(cli_ctx, resolved, deadline)
     info.update(context=resolved.context_name, credential={'type': credential, **how})
     return resolved, info
 

@@ -11,9 +11,10 @@ A fleet (``--ids``, ``--all-clusters``) runs :func:`verify_cluster` per cluster 
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from datetime import datetime, timezone
 
-from azure.cli.core.azclierror import AzureResponseError, ResourceNotFoundError
+from azure.cli.core.azclierror import AzCLIError, AzureResponseError, ResourceNotFoundError, UnauthorizedError
 from knack.log import get_logger
 
 from azext_kmsverify import defaults
@@ -58,16 +59,33 @@ def verify_cluster(run: Run, session) -> dict:
         entries = []
         with run.step('reading secrets from etcd'):
             if options.probe:
-                with ProbeSecret(client, options.probe_namespace) as probe:
-                    entries.append(read_secret(session, options.probe_namespace, probe.name, probe=True))
-                if not probe.deleted:
+                probe = ProbeSecret(client, options.probe_namespace)
+                with ExitStack() as stack:
+                    try:
+                        stack.enter_context(probe)  # deleted on the way out once created
+                    except AzCLIError as error:
+                        # KMS down: the create fails (a 500, "failed to encrypt DEK"); the result says so, exit 4
+                        check_list.append(probe_not_written(check_list[0], error, run.deadline,
+                                                            f'{options.probe_namespace}/{probe.name}'))
+                    else:
+                        entries.append(read_secret(session, options.probe_namespace, probe.name, probe=True))
+                if probe.deleted is False:
                     target = f'{options.probe_namespace}/{probe.name}'
                     check_list.append(rules.check(
                         rules.PROBE_CLEANUP, rules.WARNING, 'could not delete the probe secret; delete it with '
                         f'kubectl delete secret -n {options.probe_namespace} {probe.name}', target=target))
+            missing = []
             for namespace, name in options.secrets:
-                entries.append(read_secret(session, namespace, name))
+                try:
+                    entries.append(read_secret(session, namespace, name))
+                except ResourceNotFoundError as error:
+                    if len(options.secrets) == 1 and not options.probe and not options.all_secrets:
+                        raise  # the one thing asked: the error line (exit 3)
+                    # one of several: its own entry beside the verified ones; the run exits 3 (outcome_of)
+                    missing.append(rules.check(rules.SECRET_FOUND, rules.FAILED, error.error_msg,
+                                               target=f'{namespace}/{name}'))
         check_list.extend(rules.secret_check(e) for e in entries)
+        check_list.extend(missing)
         scan = None
         if options.all_secrets:
             with run.step('scanning every secret'):
@@ -91,6 +109,15 @@ def _commands(options) -> list[str]:
     if options.all_secrets:
         commands.append(access.VERIFY_ALL_SECRETS)
     return commands or [access.VERIFY_PROBE]
+
+
+def probe_not_written(health: dict, error: AzCLIError, deadline, target: str) -> dict:
+    """The probe's check when the probe could not be created while the KMS health check failed: a failed check
+    with the API's reason (the run then has a result, exit 4). Any other failure to create it is raised."""
+    if health.get('status') != rules.FAILED or deadline.expired() or isinstance(error, UnauthorizedError):
+        raise error
+    return rules.check(rules.SECRET_ENCRYPTED, rules.FAILED, 'the probe secret could not be written while the KMS '
+                       f'provider is unhealthy: {error.error_msg}', target=target)
 
 
 def kms_health(client):

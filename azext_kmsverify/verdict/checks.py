@@ -19,6 +19,7 @@ KMS_HEALTH = 'KmsProviderHealth'
 SECRET_ENCRYPTED = 'SecretEncryptedWithKms'
 KMS_V1_DEPRECATED = 'KmsV1Deprecated'
 PROBE_CLEANUP = 'ProbeSecretDeleted'
+SECRET_FOUND = 'SecretFound'  # a --secret that is not there (Failed: the run exits 3, not found)
 
 
 def check(name, status, detail, target=None):

@@ -123,6 +123,15 @@ def test_arm_missing_cluster_is_not_found_exit_3(arm_az, box):
                              'subscription'], ['--resource-group and --name', 'az account show'])
 
 
+def test_arm_wrong_subscription_recommends_az_account_set_exit_1(arm_az, box):
+    result = arm_verify(arm_az, box, box.info['arm']['cluster'], '--subscription',
+                        '0000dead-0000-4000-8000-000000000bad')
+    assert_error(result, 1, ['Could not get an Entra ID token for Azure Resource Manager',
+                             '0000dead-0000-4000-8000-000000000bad'],
+                 ['az account set --subscription ID', '--subscription', 'az account list'])
+    assert "Sign in with 'az login'" not in result.stderr
+
+
 @pytest.mark.parametrize('admin, action, role', [
     (False, 'listUserKubeconfig', 'Azure Kubernetes Service Arc Cluster User Role'),
     (True, 'listAdminKubeconfig', 'Azure Kubernetes Service Arc Cluster Admin Role')])
@@ -167,6 +176,12 @@ def test_arm_synchronous_answer_works(arm_az, box):
 def test_not_signed_in_recommends_az_login_exit_1(az):
     result = az('aksarc', 'kms', 'verify', '-g', 'sandbox-rg', '-n', 'sandbox-cluster')
     assert_error(result, 1, ['Could not find an Azure subscription in the az login', 'az login'], "'az login'")
+
+
+def test_all_clusters_not_signed_in_is_our_one_line_with_a_recommendation_exit_1(az):
+    result = az('aksarc', 'kms', 'verify', '--all-clusters')
+    assert_error(result, 1, ['--all-clusters needs the az login to list its subscriptions', 'az login'],
+                 ["'az login'", '--ids'])
 
 
 def test_token_request_failing_recommends_az_login_exit_1(user_az, box, tmp_path):
@@ -244,6 +259,18 @@ def test_named_secret_that_does_not_exist_exit_3(az, box):
                  'kubectl get secret -n default no-such-secret')
 
 
+def test_one_missing_secret_among_others_is_its_own_entry_exit_3(az, box):
+    result = verify(az, box.kubeconfig, '--secret', 'default/db-user-pass', '--secret', 'default/no-such-secret',
+                    '-o', 'json')
+    assert result.code == 3, result
+    checks = {(c['name'], c['target']): c for c in result.json()['checks']}
+    missing = checks[('SecretFound', 'default/no-such-secret')]
+    assert missing['status'] == 'Failed' and missing['detail'] == 'Secret default/no-such-secret was not found.'
+    assert ('SecretEncryptedWithKms', 'default/db-user-pass') in checks, checks  # the other one was verified
+    assert [s['name'] for s in result.json()['secrets']] == ['db-user-pass']
+    assert 'Traceback' not in result.output
+
+
 # --- etcd pods and exec ------------------------------------------------------------------------------------------
 
 
@@ -306,6 +333,7 @@ def test_probe_forbidden_says_so_and_recommends_secret_exit_1(az, box):
     assert_error(result, 1, ['Forbidden while creating a probe secret in namespace default',
                              'cannot create resource "secrets"'], ['create secrets in namespace default',
                                                                     '--secret NAMESPACE/NAME'])
+    assert 'delete it with' not in result.stderr and 'Could not delete' not in result.stderr, result  # none made
     assert probe_secrets_left(box) == []
 
 

@@ -383,3 +383,15 @@ def test_a_stalled_arm_ends_the_run_within_the_timeout(sign_in, box, tmp_path):
     assert result.code == 1, result
     assert elapsed <= 5 + START, f'{elapsed:.1f} s'
     assert 'did not finish within the --timeout of 5 s' in result.stderr, result
+
+
+def test_a_fleet_that_finds_no_cluster_exits_3_saying_why(sign_in, box):
+    """A --tag typo: Resource Graph finds nothing, so nothing was verified; a pipeline gating on the exit code must
+    not go green. The JSON is still printed (no cluster), with one error line saying why."""
+    az = sign_in(box)
+    result = az('aksarc', 'kms', 'verify', '--all-clusters', '--tag', 'env=no-such-env', '-o', 'json')
+    assert result.code == 3, result
+    assert result.json()['clusters'] == [] and result.json()['passed'] is False
+    errors = [line for line in result.stderr.splitlines() if line.startswith('ERROR: ')]
+    assert errors == [errors[0]] and 'No cluster verified: Azure Resource Graph found no AKS Arc cluster' in \
+        errors[0] and 'tags env=no-such-env' in errors[0], result

@@ -3,10 +3,12 @@ stalls, redirects, sends endless or oversized answers or hostile characters; eve
 the documented grace, with one line naming the phase, no credential at a redirect target, and nothing raw in any
 output."""
 
+import json
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -141,6 +143,69 @@ def test_a_second_signal_during_the_probe_delete_ends_the_run_at_once(hostile, t
     assert 'kubectl delete secret -n default kmsverify-probe-' in err, err
 
 
+def spn_kubeconfig(server):
+    """The harness's kubeconfig whose user signs in with kubelogin's spn mode (azure-identity, no kubelogin), and the
+    environment that points its authority host at the harness."""
+    config = json.loads(Path(server.kubeconfig()).read_text())
+    config['users'][0]['user'] = {'exec': {
+        'apiVersion': 'client.authentication.k8s.io/v1beta1', 'command': 'kubelogin',
+        'args': ['get-token', '--server-id', '6dae42f8-4368-4678-94ff-3960e28e3630', '--login', 'spn', '--client-id',
+                 '11111111-1111-4111-8111-111111111111', '--tenant-id', '22222222-2222-4222-8222-222222222222']}}
+    path = server.directory / 'spn-kubeconfig'
+    path.write_text(json.dumps(config))
+    return str(path), {'AZURE_AUTHORITY_HOST': server.url(), 'AAD_SERVICE_PRINCIPAL_CLIENT_SECRET': 'not-a-secret',
+                       'REQUESTS_CA_BUNDLE': str(server.tls_files[0])}
+
+
+@pytest.mark.parametrize('behaviour', ['stall', 'trickle'])
+def test_a_slow_entra_token_endpoint_cannot_stretch_the_timeout(az, hostile, behaviour):
+    """kubelogin spn (azure-identity and msal, whose sockets the watchdog cannot reach): the token request at
+    sign-in runs under the deadline, and its error line is printed (the abandoned request stays quiet alone)."""
+    hostile.set('entra-token', behaviour)
+    kubeconfig, env = spn_kubeconfig(hostile)
+    started = time.monotonic()
+    result = verify(az, kubeconfig, '--timeout', str(TIMEOUT), env=env, timeout=120)
+    elapsed = time.monotonic() - started
+    assert any(p == 'entra-token' for p, *_ in hostile.requests), hostile.requests
+    assert result.code == 1, result
+    assert elapsed <= TIMEOUT + GRACE + START, f'{elapsed:.1f} s\n{result!r}'
+    assert 'requesting an Entra ID token for the cluster' in error_line(result), result
+    assert_nothing_raw(result)
+    assert_no_leak(result, ['not-a-secret'])
+
+
+def test_entras_trace_id_is_kept_whole_and_its_message_escaped(az, hostile):
+    hostile.set('entra-token', 'inject')
+    kubeconfig, env = spn_kubeconfig(hostile)
+    result = verify(az, kubeconfig, '--timeout', str(TIMEOUT), env=env, timeout=120)
+    assert result.code == 1, result
+    line = error_line(result)
+    assert 'Could not get an Entra ID token for the cluster' in line and 'AADSTS7000215' in line, line
+    assert 'Trace ID: 25c9a1b2-0000-4000-8000-00000000abcd' in line, line  # whole: support needs it
+    assert_nothing_raw(result)
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
+def test_a_signal_outside_the_probe_ends_every_wait_within_the_grace(hostile, tmp_path, sig):
+    """No probe (--secret): the run frame's one hook cancels the run's deadline, so a stalled exec ends at once."""
+    hostile.set('exec-frames', 'stall')
+    proc = _start(hostile, tmp_path, '--secret', 'default/s1', '--timeout', '60')
+    try:
+        assert wait_for(lambda: any(p == 'exec' for p, *_ in hostile.requests), 60), hostile.requests
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        started = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        ended = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert ended <= GRACE, f'{ended:.1f} s'
+    assert proc.returncode > 0, (proc.returncode, err)
+    assert 'Interrupted: ending the run (at most 10 s)' in err, err
+    assert 'Traceback' not in err, err
+
+
 # --- a credential never leaves its host -----------------------------------------------------------------------------
 
 
@@ -188,6 +253,39 @@ def test_an_endless_or_oversized_answer_is_cut_with_one_line(az, hostile, phase,
     assert elapsed <= 60, f'{elapsed:.1f} s'
     assert names in error_line(result), result
     assert_nothing_raw(result)
+
+
+def _peak_rss_mib(proc) -> float:
+    """The az process's peak resident memory (VmHWM), polled until it exits."""
+    peak = 0
+    while proc.poll() is None:
+        try:
+            with open(f'/proc/{proc.pid}/status') as status:
+                for line in status:
+                    if line.startswith('VmHWM:'):
+                        peak = max(peak, int(line.split()[1]))
+        except OSError:
+            break
+        time.sleep(0.02)
+    return peak / 1024
+
+
+def test_an_endless_exec_message_keeps_the_process_memory_bounded(hostile, tmp_path):
+    """Continuation frames without a final one: the message is capped as it grows (256 MiB of exec output), so the
+    az process's peak memory stays under the cap plus az's own (an unbounded buffer passes 1 GiB within the
+    --timeout of 60 s: the harness sends far faster)."""
+    hostile.set('exec-frames', 'endless')
+    proc = _start(hostile, tmp_path, '--secret', 'default/s1', '--timeout', '60')
+    try:
+        peak = _peak_rss_mib(proc)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert 'more than 256 MiB of output' in err, err
+    cap = 256 + 224  # defaults.EXEC_OUTPUT_MAX_BYTES in MiB, plus az and a copy of its last frame
+    assert 0 < peak <= cap, f'peak {peak:.0f} MiB, cap {cap:.0f} MiB'
 
 
 # --- nothing raw reaches a terminal ----------------------------------------------------------------------------------

@@ -796,6 +796,16 @@ def test_namespace_secret_and_only_narrow_the_plan(az, narrow, args, expected):
     assert etcd_revision(narrow) == revision
 
 
+def test_a_namespace_that_matches_nothing_is_not_a_silent_green(az, narrow):
+    result = _reencrypt(az, narrow, '--dry-run', '-o', 'json', '--namespace', 'does-not-exist')
+    assert result.code == 3, result
+    errors = [line for line in result.stderr.splitlines() if line.startswith('ERROR: ')]
+    assert errors == ['ERROR: No secret in etcd is in namespace does-not-exist: nothing matched --namespace.'], result
+    assert 'kubectl get secrets -n NAMESPACE' in result.stderr
+    some = _reencrypt(az, narrow, '--dry-run', '-o', 'json', '--namespace', 'team-a', '--namespace', 'nope')
+    assert some.code == 4 and 'WARNING: No secret in etcd is in namespace nope' in some.stderr, some
+
+
 def test_a_named_secret_that_needs_no_rewrite_is_said_so(az, narrow):
     result = _reencrypt(az, narrow, '--dry-run', '-o', 'json', '--secret', 'default/db-user-pass', 'team-a/plain')
     assert result.code == 4, result
@@ -838,5 +848,52 @@ def test_v1_secret_without_managed_fields_converges(tmp_path, az):
         again = _reencrypt(az, box, '--yes', '-o', 'json')
         assert verify.code == 0, verify
         assert again.json()['plan']['targets'] == 0, again
+    finally:
+        box.down()
+
+
+# --- a server failure during the rewrites ---------------------------------------------------------------------
+
+
+def test_a_server_failure_mid_run_reports_what_was_rewritten_what_was_not_and_what_is_unknown(tmp_path, az):
+    """The API server dies during the rewrites: the result is printed (exit 1) with every target's outcome, and one
+    error line says why; nothing claims to be verified that was not."""
+    import signal
+
+    from tests.conftest import AZ, EXTENSION_DIR
+    box = Sandbox(str(tmp_path / 'sandbox'))
+    box.up(provider='kms-v2')
+    try:
+        assert box.ctl({'seed': {'namespace': 'bulk', 'count': 60, 'size': 64}})['ok']
+        box.kms('rotate')
+        box.ctl({'writes': {'throttle': {'share': 0.5, 'retry_after': 1}}})
+        env = dict(os.environ, AZURE_CONFIG_DIR=str(tmp_path / 'azure'), AZURE_EXTENSION_DIR=str(EXTENSION_DIR),
+                   AZURE_CORE_COLLECT_TELEMETRY='false', PYTHONSAFEPATH='1')
+        proc = subprocess.Popen([str(AZ), 'aksarc', 'kms', 'reencrypt', '--kubeconfig', box.kubeconfig, '--yes',
+                                 '--parallel', '2', '--timeout', '120', '-o', 'json'], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        try:
+            end = time.monotonic() + 90
+            while time.monotonic() < end and _throttle_state(box)['throttled'] < 4:
+                time.sleep(0.2)
+            os.kill(box.info['pids']['server'], signal.SIGKILL)
+            out, err = proc.communicate(timeout=150)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 1, (proc.returncode, err)
+        errors = [line for line in err.splitlines() if line.startswith('ERROR: ')]
+        assert len(errors) == 1 and errors[0].startswith('ERROR: Rewriting stopped: ') and \
+            'what was rewritten, what was not, and what is unknown' in errors[0], err
+        body = json.loads(out)
+        assert body['passed'] is False and len(body['targets']) >= 60
+        reasons = [t.get('reason') or '' for t in body['targets']]
+        outcomes = [t['outcome'] for t in body['targets']]
+        assert 'written' in outcomes or 'reencrypted' in outcomes, body['summary']  # some were rewritten
+        assert any(r.startswith('unknown whether rewritten: ') for r in reasons), reasons  # the one in flight
+        assert any(r == 'not rewritten: stopped by an earlier error' for r in reasons), reasons  # never started
+        assert all(r.startswith('rewritten (the API answered), not verified from etcd: ')
+                   for t, r in zip(body['targets'], reasons) if t['outcome'] == 'written'), body['targets']
+        assert 'Traceback' not in err
     finally:
         box.down()

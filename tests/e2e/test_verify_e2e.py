@@ -97,6 +97,17 @@ def test_stopped_kms_plugin_fails_health_with_the_real_reason(az, tmp_path):
         assert 'reason withheld' not in health['detail']
         assert 'kms-providers' in health['detail'] and ('connect' in health['detail'] or 'Unavailable' in
                                                          health['detail']), health
+        # the default probe mode: the probe cannot be written (the API server cannot encrypt it); a result, exit 4
+        probed = verify(az, box, '-o', 'json')
+        assert probed.code == 4, probed
+        checks = {c['name']: c for c in probed.json()['checks']}
+        assert checks['KmsProviderHealth']['status'] == 'Failed', checks
+        written = checks['SecretEncryptedWithKms']
+        assert written['status'] == 'Failed' and written['target'].startswith('default/kmsverify-probe-'), written
+        assert written['detail'].startswith('the probe secret could not be written while the KMS provider is '
+                                            'unhealthy: '), written
+        assert 'ERROR' not in probed.stderr and 'delete it with' not in probed.stderr, probed
+        assert probe_secrets_left(box) == []
         box.kms('start')
         assert wait_kms_health(box, healthy=True)[0] == 200
         healed = verify(az, box, '--secret', 'default/db-user-pass', '-o', 'json')

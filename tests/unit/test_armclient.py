@@ -37,3 +37,66 @@ def test_no_module_but_the_factory_names_a_private_az_name():
     users = [p.relative_to(package).as_posix() for p in package.rglob('*.py')
              if '_prepare_client_kwargs_track2' in p.read_text()]
     assert users == ['auth/armclient.py']
+
+
+class _Transport:
+    """An azure-core transport that records every request and answers the listUserKubeconfig POST with 202 and
+    an operation URL (``async_url``)."""
+
+    def __init__(self, async_url):
+        self.async_url = async_url
+        self.sent = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def open(self):
+        return None
+
+    def close(self):
+        return None
+
+    def send(self, request, **_kwargs):
+        from azure.core.pipeline.transport import HttpResponse
+        self.sent.append((request.method, request.url, request.headers.get('Authorization')))
+
+        class _Response(HttpResponse):
+            def body(self):
+                return b'{}'
+
+            def text(self, encoding=None):
+                return '{}'
+        response = _Response(request, None)
+        response.status_code, response.reason = 202, 'Accepted'
+        from azure.core.utils import CaseInsensitiveDict
+        response.headers = CaseInsensitiveDict({'Azure-AsyncOperation': self.async_url, 'Retry-After': '0',
+                                                'Content-Type': 'application/json'})
+        return response
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize('async_url', ['https://elsewhere.example/op', 'http://management.azure.com/op',
+                                       'https://management.azure.com.elsewhere.example/op'])
+def test_an_operation_url_elsewhere_stops_the_run_and_gets_no_token(monkeypatch, async_url):
+    from azure.cli.core.azclierror import AzureResponseError
+    from azure.core.pipeline import transport as transports
+
+    from azext_kmsverify.auth import arm
+    recorder = _Transport(async_url)
+    monkeypatch.setattr(armclient, 'get_arm_token', lambda *a, **k: 'arm-token-canary')
+    monkeypatch.setattr(transports, 'RequestsTransport', lambda **_kw: recorder)
+    with Deadline(20) as deadline, pytest.raises(AzureResponseError) as raised:
+        arm.fetch_kubeconfig(DummyCli(), 'rg', 'c1', False, deadline, subscription='sub')
+    assert 'not followed, and no token was sent there' in raised.value.error_msg
+    assert '\n' not in raised.value.error_msg
+    assert [url for _, url, _ in recorder.sent if not url.startswith('https://management.azure.com/')] == []
+    assert recorder.sent and recorder.sent[0][2] == 'Bearer arm-token-canary'  # the POST itself, on ARM's host
+
+
+def test_an_arm_url_on_the_endpoint_passes_the_check():
+    armclient.check_arm_url('https://Management.Azure.com/subscriptions/x?api-version=1', 'https://management.azure.com/')

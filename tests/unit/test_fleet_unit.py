@@ -51,7 +51,7 @@ def _entry(outcome, **extra):
 
 @pytest.mark.parametrize('outcomes, code', [
     (['passed', 'passed'], 0), (['passed', 'failed'], 4), (['failed', 'couldNotVerify'], 1),
-    (['passed', 'notVerifiable'], 1), ([], 0)])
+    (['passed', 'notVerifiable'], 1), ([], 3)])  # no cluster: nothing verified, not found
 def test_the_worst_outcome_is_the_exit_code(outcomes, code):
     assert exit_code(outcome_of({'clusters': [_entry(o) for o in outcomes]})) == code
 
@@ -72,3 +72,33 @@ def test_one_table_row_and_one_junit_suite_per_cluster():
     suites = root.findall('testsuite')
     assert len(suites) == 3
     assert int(root.get('failures')) == sum(int(s.get('failures')) for s in suites) >= 2
+
+
+@pytest.mark.parametrize('shard, found, says', [
+    (None, [], 'No cluster verified: Azure Resource Graph found no AKS Arc cluster in subscriptions sub-1, tags '
+               'env=prdo. Check --tag and -g for typos'),
+    ((1, 7), [ID], 'No cluster verified: shard 1/7 holds none of the 1 clusters found.'),
+], ids=['graph-empty', 'shard-empty'])
+def test_a_fleet_with_no_cluster_says_why_in_one_line_and_exits_3(monkeypatch, shard, found, says):
+    import logging
+
+    from azext_kmsverify.operations import fleet
+    from azext_kmsverify.operations.run import Run
+    from azext_kmsverify.options import VerifyOptions
+    monkeypatch.setattr(fleet, 'find_clusters', lambda *a: [parse_cluster_id(i) for i in found])
+    lines = []
+
+    class _Catch(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+    handler = _Catch(level=logging.ERROR)
+    logging.getLogger('cli.azext_kmsverify.operations.fleet').addHandler(handler)
+    try:
+        run = Run(None, VerifyOptions(all_clusters=True, subscriptions=('sub-1',), tags=(('env', 'prdo'),),
+                                      shard=shard, timeout=30))
+        result = fleet.run_fleet(run, lambda *_: None)
+    finally:
+        logging.getLogger('cli.azext_kmsverify.operations.fleet').removeHandler(handler)
+    assert result['clusters'] == [] and result['passed'] is False
+    assert exit_code(outcome_of(result)) == 3
+    assert len(lines) == 1 and lines[0].startswith(says) and '\n' not in lines[0], lines

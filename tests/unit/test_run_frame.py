@@ -1,6 +1,8 @@
 """The run frame (operations/run.py) and the exit-code table (errors.py): steps, one-line failures, outcomes,
 report writers, the run's deadline and its children."""
 
+import time
+
 import pytest
 from azure.cli.core.azclierror import (
     AzureConnectionError,
@@ -88,7 +90,11 @@ def test_the_run_owns_one_deadline_and_cancels_its_children():
 def test_outcome_of_results():
     assert frame.outcome_of({'passed': True}) == 'passed'
     assert frame.outcome_of({'passed': False}) == 'failed'
-    assert frame.outcome_of({'passed': False, 'clusters': []}) == 'passed'
+    assert frame.outcome_of({'passed': False, 'clusters': []}) == 'notFound'  # nothing verified: exit 3
+    assert exit_code('notFound') == 3 and exit_code('notFound', 'failed') == 3
+    missing = {'passed': False, 'checks': [{'name': 'SecretEncryptedWithKms', 'status': 'Passed'},
+                                           {'name': 'SecretFound', 'status': 'Failed'}]}
+    assert frame.outcome_of(missing) == 'notFound'
     assert frame.outcome_of({'clusters': [{'outcome': 'failed'}, {'outcome': 'notVerifiable'}]}) == 'notVerifiable'
 
 
@@ -117,3 +123,38 @@ def test_a_passed_run_exits_0_without_a_handler():
 
 def test_the_table_is_the_only_policy():
     assert [code for _, code in errors.EXIT_CODES].count(4) == 1
+
+
+def test_the_result_passes_the_sanitiser_once_at_the_edge_before_az_and_the_reports(monkeypatch):
+    written = []
+    monkeypatch.setattr(frame, 'REPORTS', (frame.Report('junit_xml', lambda p, r: written.append(r), 'JUnit'),))
+    run = frame.Run(_Ctx(), VerifyOptions(junit_xml='r.xml'))
+    result = run.finish({'passed': True, 'keyId': 'k\x1b[2J\u2028\x9b', 'checks': [{'name': 'n\u202e'}]})
+    assert result['keyId'] == 'k\\x1b[2J\\u2028\\x9b' and result['checks'][0]['name'] == 'n\\u202e'
+    assert written == [result]
+
+
+def test_the_first_signal_cancels_the_run_and_is_raised_as_an_interrupt():
+    import os
+    import signal
+    run = _run(timeout=60)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with run.interrupts():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):
+                time.sleep(0.01)
+    assert run.deadline.fired and run.deadline.expired()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_reencrypt_keeps_its_deadline_on_the_first_signal():
+    import os
+    import signal
+    run = _run(timeout=60)
+    with pytest.raises(KeyboardInterrupt):
+        with run.interrupts(cancel=False):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100):
+                time.sleep(0.01)
+    assert not run.deadline.fired and not run.deadline.expired()

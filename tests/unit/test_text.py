@@ -95,3 +95,14 @@ def test_every_error_message_and_recommendation_is_sanitised():
     assert error.recommendations == ['Check pod etcd\\x9b31m.\nThen retry.']
     assert '\x1b' not in explain_etcdctl_error(b'Error: bad key \x1b]0;owned\x07 \xc2\x9b31m\n')
     assert truncate('a\x1bb' * 200, 20) == 'a\\x1bba\\x1bba\\x1b...'
+
+
+def test_entra_trace_and_correlation_ids_are_kept_whole():
+    from azext_kmsverify.text import with_support_ids
+    trace, corr = '25c9a1b2-0000-4000-8000-00000000abcd', '0f1e2d3c-4b5a-4678-9abc-def012345678'
+    whole = f'AADSTS7000215: Invalid client secret provided. {"x" * 300} Trace ID: {trace}\r\nCorrelation ID: {corr}'
+    shown = with_support_ids(whole.splitlines()[0], whole, 240)
+    assert f'Trace ID: {trace}' in shown and f'Correlation ID: {corr}' in shown and len(shown) < 360
+    assert '\n' not in shown and '\r' not in shown
+    short = f'AADSTS7000215: bad secret. Trace ID: {trace}'
+    assert with_support_ids(short, short) == short  # already whole: not repeated
