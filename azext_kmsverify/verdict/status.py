@@ -207,7 +207,9 @@ class KmsStatus:  # pylint: disable=too-many-instance-attributes  # one field pe
             'metricsEvidence': self.metrics_evidence,
             'identity': self.identity.to_dict(),
             'access': [a.to_dict() for a in self.access],
-            'leastPrivilegeGrant': self.grant or None,
+            # Lines, not one string: the result's sanitiser escapes line breaks in strings, and a list prints as
+            # lines with -o tsv (--query leastPrivilegeGrant -o tsv | kubectl apply -f -).
+            'leastPrivilegeGrant': self.grant.splitlines() if self.grant else None,
             'checks': self.checks,
         }
 

@@ -1,9 +1,9 @@
 """``az aksarc kms status`` and the issue-18 wiring of verify/reencrypt, end to end through the installed wheel.
 
-On the sandbox's emulated API server (no SelfSubjectAccessReview/SelfSubjectReview endpoints: 404), every
-permission is unknown with why and the commands go on. What needs real RBAC (a restricted identity's status, the
-preflight refusing a missing permission before the probe is written, the printed grant) waits for the real
-kube-apiserver sandbox.
+Two API servers: the sandbox's real kube-apiserver (real RBAC, SelfSubjectAccessReview and SelfSubjectReview: the
+admin can do everything, the restricted identity is told what it lacks and the least-privilege grant), and the
+emulated one kept for what a real server cannot be made to do here: answer 404 to the access reviews (every
+permission unknown, with why, and the commands go on).
 
 The stalled-rotation case is made by seeding etcd: after a key rotation, a secret is written under the new key with a
 creationTimestamp 60 days ago (the sandbox's ``write_secret`` with ``written_at``), so the earliest write under the
@@ -45,7 +45,31 @@ def box(tmp_path_factory):
     box.down()
 
 
-def test_status_as_admin_reads_health_and_metrics_and_says_why_access_is_unknown(az, box):
+@pytest.fixture(scope='module')
+def emu(tmp_path_factory):
+    """The emulated API server: it serves no SelfSubjectAccessReview / SelfSubjectReview (404)."""
+    box = Sandbox(str(tmp_path_factory.mktemp('status-emulator')))
+    box.up(provider='kms-v2', apiserver='emulator')
+    yield box
+    box.down()
+
+
+def test_status_as_admin_on_the_real_server_can_run_everything(az, box):
+    box.create_secret('default', 'status-real', {'token': CANARY})
+    result = status(az, box, '-o', 'json')
+    assert result.code == 0, result
+    body = result.json()
+    assert body['command'] == 'status' and body['passed'] is True
+    assert body['identity']['value']['username'] == 'kubernetes-admin', body['identity']
+    assert {a['command'] for a in body['access']} == {'verify', 'verify --all-secrets', 'reencrypt', 'status'}
+    assert all(a['canRun'] is True and not a['missing'] for a in body['access']), body['access']
+    assert body['leastPrivilegeGrant'] is None
+    assert body['currentKeyIdHash']['value'] and body['kmsVersions']['value'] == ['v2']
+    assert_no_leak(result, [CANARY])
+
+
+def test_status_as_admin_reads_health_and_metrics_and_says_why_access_is_unknown(az, emu):
+    box = emu
     box.create_secret('default', 'status-canary', {'token': CANARY})  # a KMS v2 write: /metrics has its key hash
     result = status(az, box, '-o', 'json')
     assert result.code == 0, result
@@ -89,20 +113,36 @@ def test_status_never_execs_nor_writes(az, box):
     assert _secret_names(box) == before
 
 
-def test_status_as_the_restricted_user_reads_what_it_may(az, box):
-    # The emulator's restricted-user may not exec into kube-system nor write secrets; status needs neither. (With
-    # the real API server's RBAC this becomes: denied permissions listed per command, and leastPrivilegeGrant.)
+def test_status_as_the_restricted_user_names_what_it_lacks_and_the_grant(az, box):
+    # The real server's RBAC: the restricted identity may read /readyz, not exec into kube-system nor write secrets.
     result = az('aksarc', 'kms', 'status', '--kubeconfig', box.kubeconfig_restricted, '-o', 'json')
     assert result.code == 0, result
     body = result.json()
     assert body['health']['value'] == 'healthy'
     assert _check(body, 'KmsProviderHealth')['status'] == 'Passed'
-    assert all(a['canRun'] is None for a in body['access'])
+    by_command = {a['command']: a for a in body['access']}
+    assert by_command['status']['canRun'] is True
+    for command in ('verify', 'verify --all-secrets', 'reencrypt'):
+        assert by_command[command]['canRun'] is False and by_command[command]['missing'], by_command[command]
+    missing = json.dumps(by_command['verify']['missing'])
+    assert 'pods/exec' in missing or 'exec' in missing, missing
+    grant = '\n'.join(body['leastPrivilegeGrant'])  # lines: --query leastPrivilegeGrant -o tsv | kubectl apply -f -
+    assert 'kind: "Role"' in grant and 'pods/exec' in grant and 'kube-system' in grant, grant
+    assert 'name: "restricted-user"' in grant
     assert_no_leak(result)
 
 
-def test_status_table(az, box):
-    result = status(az, box, '-o', 'table')
+def test_verify_as_the_restricted_user_stops_before_the_probe_naming_the_permission(az, box):
+    before = _secret_names(box)
+    result = verify(az, box.kubeconfig_restricted, '-o', 'json')
+    assert result.code == 1, result
+    line = result.stderr.strip().splitlines()[0]
+    assert 'pods/exec' in line and 'kube-system' in line, result.stderr
+    assert _secret_names(box) == before and probe_secrets_left(box) == []
+
+
+def test_status_table(az, emu):
+    result = status(az, emu, '-o', 'table')
     assert result.code == 0, result
     lines = result.stdout.splitlines()
     assert lines[0].split() == ['Check', 'Target', 'Status', 'Detail']
@@ -110,7 +150,8 @@ def test_status_table(az, box):
     assert any(line.startswith('Access') and 'Unknown' in line for line in lines), result.stdout
 
 
-def test_status_with_the_kms_plugin_stopped_fails_with_the_reason(az, box, tmp_path):
+def test_status_with_the_kms_plugin_stopped_fails_with_the_reason(az, emu, tmp_path):
+    box = emu  # the real server caches KMS health for up to 20 s; its reasons are tested in the sandbox's tests
     box.kms('stop')
     try:
         report = tmp_path / 'status.xml'
@@ -134,11 +175,11 @@ def test_status_bad_arguments_exit_2(az, box):
     assert '--rotation-days' in result.stderr
 
 
-def test_verify_goes_on_when_the_server_cannot_answer_the_preflight(az, box):
-    result = verify(az, box, '-o', 'json', '--debug')
+def test_verify_goes_on_when_the_server_cannot_answer_the_preflight(az, emu):
+    result = verify(az, emu, '-o', 'json', '--debug')
     assert result.code == 0, result
     assert 'Permissions not checked first' in result.stderr
-    assert probe_secrets_left(box) == []
+    assert probe_secrets_left(emu) == []
 
 
 # --- stalled rotation, from etcd -------------------------------------------------------------------------------
