@@ -14,8 +14,13 @@ SARIF_SCHEMA = json.loads((Path(__file__).parents[1] / 'schemas' / 'sarif-schema
 
 
 @pytest.fixture(scope='module')
-def box(sandbox_factory):
-    return sandbox_factory(provider='kms-v2', history=True)
+def box(tmp_path_factory):
+    """A sandbox of this module's own: the shared ones are rewritten by other tests (reencrypt, rotations)."""
+    from tests.sandbox.control import Sandbox
+    box = Sandbox(str(tmp_path_factory.mktemp('sarif')))
+    box.up(provider='kms-v2', history=True)
+    yield box
+    box.down()
 
 
 def _sarif(path):
