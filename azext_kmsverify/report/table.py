@@ -76,10 +76,14 @@ def reencrypt_table_format(result):
 
 
 def fleet_table_format(result):
+    """One row per cluster (its KMS version and warnings too, so a KMS v1 cluster is not a plain "passed"), then a
+    summary row: the outcomes counted, the secrets failing and the KMS versions in all, the run's duration."""
     rows = []
     for entry in result.get('clusters') or []:
         cluster = entry.get('cluster') or {}
-        failing = [c.get('name') for c in entry.get('checks') or [] if c.get('status') == 'Failed']
+        checks = entry.get('checks') or []
+        failing = [c.get('name') for c in checks if c.get('status') == 'Failed']
+        warnings = [c.get('name') for c in checks if c.get('status') == 'Warning']
         scan = entry.get('scan') or {}
         secrets = len(scan.get('failing') or []) + len(scan.get('stale') or []) + sum(
             1 for s in entry.get('secrets') or [] if not s.get('encrypted') or s.get('storage') != 'kms')
@@ -88,11 +92,31 @@ def fleet_table_format(result):
             ('ResourceGroup', printable(cluster.get('resourceGroup') or '')),
             ('Outcome', entry.get('outcome')),
             ('FailingChecks', printable(', '.join(sorted(set(failing)))) or printable(entry.get('error') or '')),
+            ('Warnings', printable(', '.join(sorted(set(warnings)))) or '-'),
             ('SecretsFailing', secrets), ('KmsVersion', printable(entry.get('kmsVersion') or '-')),
             ('KeyMinAgeDays', _or_dash(entry.get('keyMinAgeDays'))),
             ('MissingPermissions', _or_dash(entry.get('missingPermissions'))),
             ('Duration', f"{entry.get('durationSeconds') or 0:.1f}s")]))
+    if rows:
+        rows.append(_fleet_summary(result, rows))
     return rows
+
+
+def _fleet_summary(result, rows):
+    counts = result.get('summary') or {}
+    versions = {}
+    for row in rows:
+        if row['KmsVersion'] != '-':
+            versions[row['KmsVersion']] = versions.get(row['KmsVersion'], 0) + 1
+    missing = [r['MissingPermissions'] for r in rows if isinstance(r['MissingPermissions'], int)]
+    return OrderedDict([
+        ('Name', 'Total'), ('ResourceGroup', f'{len(rows)} clusters'),
+        ('Outcome', ', '.join(f'{n} {outcome}' for outcome, n in sorted(counts.items()))),
+        ('FailingChecks', ''), ('Warnings', ''),
+        ('SecretsFailing', sum(r['SecretsFailing'] for r in rows)),
+        ('KmsVersion', ', '.join(f'{n} {v}' for v, n in sorted(versions.items())) or '-'),
+        ('KeyMinAgeDays', '-'), ('MissingPermissions', sum(missing) if missing else '-'),
+        ('Duration', f"{result.get('durationSeconds') or 0:.1f}s")])
 
 
 def _or_dash(value):

@@ -111,8 +111,12 @@ def test_shards_cover_every_cluster_exactly_once(fleet_az, fleet, count):
 def test_table_and_no_leak_with_debug(fleet_az, fleet):
     table = fleet_az('aksarc', 'kms', 'verify', '--all-clusters', '--subscriptions', SUBSCRIPTION, '-o', 'table')
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ['Name', 'ResourceGroup', 'Outcome', 'FailingChecks', 'SecretsFailing', 'KmsVersion',
-                                'KeyMinAgeDays', 'MissingPermissions', 'Duration']
+    assert lines[0].split() == ['Name', 'ResourceGroup', 'Outcome', 'FailingChecks', 'Warnings', 'SecretsFailing',
+                                'KmsVersion', 'KeyMinAgeDays', 'MissingPermissions', 'Duration']
+    total = lines[-1]
+    assert total.startswith('Total') and '4 clusters' in total, table.stdout
+    assert '1 failed, 1 notVerifiable, 2 passed' in total and '1 v1, 1 v2' in total, table.stdout
+    assert any(line.startswith('sandbox-2') and 'KmsV1Deprecated' in line and ' v1 ' in line for line in lines)
     assert any(line.startswith('sandbox-3') and 'failed' in line for line in lines), table
     assert any(line.startswith('sandbox-4') and 'notVerifiable' in line for line in lines), table
     debug = fleet_az('aksarc', 'kms', 'verify', '--all-clusters', '--all-secrets', '--debug', '-o', 'json')

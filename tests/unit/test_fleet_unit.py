@@ -65,7 +65,9 @@ def test_one_table_row_and_one_junit_suite_per_cluster():
         _entry('couldNotVerify', error='Could not reach the API server \x1b[2J'),
     ], 'summary': {}}
     rows = verify_table_format(result)
-    assert [r['Outcome'] for r in rows] == ['passed', 'failed', 'couldNotVerify']
+    *clusters, total = rows
+    assert [r['Outcome'] for r in clusters] == ['passed', 'failed', 'couldNotVerify']
+    assert total['Name'] == 'Total' and total['ResourceGroup'] == '3 clusters' and total['SecretsFailing'] == 1
     assert rows[1]['FailingChecks'] == 'AllSecretsEncrypted' and rows[1]['SecretsFailing'] == 1
     assert '\x1b' not in rows[2]['FailingChecks']
     root = ET.fromstring(to_junit_xml(result))
