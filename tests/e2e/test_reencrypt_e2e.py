@@ -862,7 +862,9 @@ def test_a_server_failure_mid_run_reports_what_was_rewritten_what_was_not_and_wh
 
     from tests.conftest import AZ, EXTENSION_DIR
     box = Sandbox(str(tmp_path / 'sandbox'))
-    box.up(provider='kms-v2')
+    # The emulated API server: the run must be caught mid-rewrite, which its APF throttle (429s on demand) makes
+    # certain, and its process is the API server to kill (tests/sandbox/README.md lists the emulator's tests).
+    box.up(provider='kms-v2', apiserver='emulator')
     try:
         assert box.ctl({'seed': {'namespace': 'bulk', 'count': 60, 'size': 64}})['ok']
         box.kms('rotate')
