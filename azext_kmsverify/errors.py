@@ -12,7 +12,10 @@ verify, 2 bad arguments, 3 not found. A run's outcome and an error's class both 
 
 from __future__ import annotations
 
-from azure.cli.core.azclierror import AzCLIError, ResourceNotFoundError
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the validators import this module while az loads the command table: azure.cli stays out
+    from azure.cli.core.azclierror import AzCLIError
 
 EXIT_PASSED = 0
 EXIT_COULD_NOT_VERIFY = 1
@@ -30,6 +33,18 @@ class BadArguments:  # pylint: disable=too-few-public-methods  # a marker: the c
     """Mixed into an azclierror class (by :func:`argument_error`): the arguments are wrong, exit 2."""
 
 
+class AzError:  # pylint: disable=too-few-public-methods  # a table key
+    """An azclierror class named in :data:`EXIT_CODES`, imported when a run ends, not when az loads the command
+    table."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def matches(self, end) -> bool:
+        from azure.cli.core import azclierror
+        return isinstance(end, getattr(azclierror, self.name))
+
+
 # Every exit code, and what earns it: outcomes first, then error classes (the first that matches wins).
 EXIT_CODES = (
     (PASSED, EXIT_PASSED),
@@ -39,7 +54,7 @@ EXIT_CODES = (
     (COULD_NOT_REPORT, EXIT_COULD_NOT_VERIFY),
     (NOT_FOUND, EXIT_NOT_FOUND),
     (BadArguments, EXIT_BAD_ARGUMENTS),
-    (ResourceNotFoundError, EXIT_NOT_FOUND),
+    (AzError('ResourceNotFoundError'), EXIT_NOT_FOUND),
     (BaseException, EXIT_COULD_NOT_VERIFY),
 )
 WORST_FIRST = (EXIT_COULD_NOT_VERIFY, EXIT_VERIFICATION_FAILED, EXIT_PASSED)
@@ -50,7 +65,8 @@ def exit_code(*ends) -> int:
     codes = set()
     for end in ends:
         for key, code in EXIT_CODES:
-            if end == key if isinstance(key, str) else isinstance(end, key):
+            if (end == key if isinstance(key, str) else
+                    key.matches(end) if isinstance(key, AzError) else isinstance(end, key)):
                 codes.add(code)
                 break
     for code in (EXIT_BAD_ARGUMENTS, EXIT_NOT_FOUND) + WORST_FIRST:
@@ -61,6 +77,7 @@ def exit_code(*ends) -> int:
 
 def own_exit_code(error: AzCLIError) -> bool:
     """Whether ``error`` exits with a code az would not give it (az gives 3 to ResourceNotFoundError, else 1)."""
+    from azure.cli.core.azclierror import ResourceNotFoundError
     return exit_code(error) != (EXIT_NOT_FOUND if isinstance(error, ResourceNotFoundError) else EXIT_COULD_NOT_VERIFY)
 
 

@@ -130,3 +130,26 @@ def test_the_frame_imports_no_command():
     for stem in FRAME:
         for module in _operations_imported(PACKAGE / 'operations' / f'{stem}.py'):
             assert module in FRAME, f'operations/{stem}.py imports operations.{module}'
+
+
+def test_the_command_table_loads_without_azure_cli_past_the_loader():
+    """The wiring (commands, _params, _help, _validators and what they import) needs nothing of azure.cli but the
+    loader class: az loads it for every command, and azclierror and the rest are imported when a command runs."""
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent("""
+        import importlib, importlib.abc, sys, types
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == 'azure.cli' or name.startswith('azure.cli.'):
+                    raise ModuleNotFoundError(name)
+        sys.meta_path.insert(0, Block())
+        core = types.ModuleType('azure.cli.core')
+        core.AzCommandsLoader = type('AzCommandsLoader', (), {})
+        sys.modules['azure.cli.core'] = core
+        for name in ('commands', '_params', '_help', '_validators'):
+            importlib.import_module('azext_kmsverify.' + name)
+    """)
+    done = subprocess.run([sys.executable, '-c', script], cwd=PACKAGE.parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
