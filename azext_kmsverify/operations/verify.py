@@ -84,7 +84,8 @@ def verify_cluster(run: Run, session) -> dict:
                     # one of several: its own entry beside the verified ones; the run exits 3 (outcome_of)
                     missing.append(rules.check(rules.SECRET_FOUND, rules.FAILED, error.error_msg,
                                                target=f'{namespace}/{name}'))
-        check_list.extend(rules.secret_check(e) for e in entries)
+        unhealthy = check_list[0]['status'] == rules.FAILED
+        check_list.extend(rules.secret_check(e, kms_unhealthy=unhealthy) for e in entries)
         check_list.extend(missing)
         scan = None
         if options.all_secrets:

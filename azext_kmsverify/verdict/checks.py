@@ -99,11 +99,22 @@ def encryption_verdict(storage, *, kms_version=None, provider=None, key_id=None,
     return FAILED, 'stored in an unrecognised format, not KMS'
 
 
-def secret_check(entry: SecretEntry):
+# A KMS v2 API server keeps encrypting with the DEK it holds for up to 3 minutes after the plugin last answered
+# (kmsv2PluginWriteDEKSourceMaxTTL in k8s.io/apiserver), then refuses writes: a probe written while KMS health
+# fails proves the cached key, not a working plugin. The sandbox's real kube-apiserver showed it.
+V2_COASTING = ('; written while the KMS provider is unhealthy: a KMS v2 API server keeps encrypting with its cached '
+               'key for up to 3 minutes after the plugin last answered, then refuses to write Secrets')
+
+
+def secret_check(entry: SecretEntry, kms_unhealthy: bool = False):
+    """The check of one stored secret; ``kms_unhealthy`` (the health check failed) qualifies a probe that was
+    still written under KMS v2."""
     status, detail = encryption_verdict(entry.storage, kms_version=entry.kms_version, provider=entry.provider,
                                         key_id=entry.key_id, malformed=entry.malformed)
     if entry.probe:
         detail = 'probe secret ' + detail
+        if kms_unhealthy and status == PASSED and entry.kms_version == 'v2':
+            detail += V2_COASTING
     return check(SECRET_ENCRYPTED, status, detail, target=f'{entry.namespace}/{entry.name}')
 
 

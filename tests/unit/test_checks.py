@@ -123,3 +123,16 @@ def test_a_kms_prefix_with_a_malformed_payload_fails():
     assert [f['name'] for f in scan['failing']] == ['broken']
     assert 'malformed' in scan['failing'][0]['reason']
     assert any(c['name'] == 'AllSecretsEncrypted' and c['status'] == checks.FAILED for c in scan_checks)
+
+
+def test_a_probe_written_under_kms_v2_while_health_fails_says_it_proves_the_cached_key():
+    v2 = classify((FIXTURES / 'etcd-values' / 'kms-v2-mock.bin').read_bytes())
+    v1 = classify((FIXTURES / 'etcd-values' / 'kms-v1-aksarc.bin').read_bytes())
+    probe = checks.secret_entry('default', 'p', 'k', v2, probe=True)
+    coasting = checks.secret_check(probe, kms_unhealthy=True)
+    assert coasting['status'] == checks.PASSED and coasting['detail'].endswith(checks.V2_COASTING)
+    assert checks.V2_COASTING not in checks.secret_check(probe)['detail']  # healthy: no qualification
+    named = checks.secret_entry('default', 's', 'k', v2)  # a --secret was written before; only the probe is new
+    assert checks.V2_COASTING not in checks.secret_check(named, kms_unhealthy=True)['detail']
+    v1_probe = checks.secret_entry('default', 'p', 'k', v1, probe=True)  # v1 calls the plugin on every write
+    assert checks.V2_COASTING not in checks.secret_check(v1_probe, kms_unhealthy=True)['detail']
