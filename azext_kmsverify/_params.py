@@ -69,6 +69,10 @@ def load_arguments(self, _):
                         '--all-secrets, a probe secret is created, verified and deleted.')
         c.argument('all_secrets', options_list=['--all-secrets'], arg_type=get_three_state_flag(),
                    arg_group='Scan', help='Scan every secret stored in etcd (read-only).')
+        c.argument('resources', options_list=['--resource'], nargs='+', action=AppendValues, arg_group='Scan',
+                   help='With --all-secrets: scan this resource instead of secrets, as RESOURCE or RESOURCE.GROUP '
+                        '(configmaps, widgets.example.com: any resource the API server encrypts, custom resources '
+                        'included). Repeat or give several; name secrets too to keep scanning them.')
         c.argument('probe', options_list=['--probe'], arg_type=get_three_state_flag(), arg_group='Secrets',
                    help='Create, verify and delete a probe secret. Default: only when neither --secret nor '
                         '--all-secrets is given.')
@@ -111,6 +115,10 @@ def load_arguments(self, _):
                    help='Only this secret, as NAMESPACE/NAME (if it needs a rewrite). Repeat or give several.')
         c.argument('namespaces', options_list=['--namespace'], nargs='+', action=AppendValues, arg_group='Targets',
                    help='Only secrets in this namespace. Repeat or give several.')
+        c.argument('resources', options_list=['--resource'], nargs='+', action=AppendValues, arg_group='Targets',
+                   help='Rewrite objects of this resource instead of secrets, as RESOURCE or RESOURCE.GROUP '
+                        '(configmaps, widgets.example.com; a custom resource is written in its storage version). '
+                        'Repeat or give several; name secrets too to keep rewriting them.')
         c.argument('only', options_list=['--only'], arg_type=get_enum_type(defaults.REENCRYPT_ONLY), default='all',
                    arg_group='Targets',
                    help='Which findings to fix: plaintext, local-key, stale (under an older key), or all (everything '

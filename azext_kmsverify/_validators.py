@@ -12,6 +12,7 @@ import re
 from azext_kmsverify.errors import BadArguments, argument_error, exit_with
 from azext_kmsverify.names import is_namespace, is_secret_name
 from azext_kmsverify.text import printable, truncate
+from azext_kmsverify.verdict.resources import prefixes
 
 _CONTROL = re.compile('[\x00-\x1f\x7f]')
 
@@ -54,6 +55,7 @@ def _shorten(text, limit=80):
 def validate_verify(namespace):
     """Command-level validation of ``az aksarc kms verify``; argument errors exit with code 2."""
     _exit_2_on(_validate, namespace)
+    _exit_2_on(_validate_resources, namespace)
 
 
 def validate_status(namespace):
@@ -65,6 +67,7 @@ def validate_reencrypt(namespace):
     """Command-level validation of ``az aksarc kms reencrypt``; argument errors exit with code 2."""
     _exit_2_on(_validate, namespace)
     _exit_2_on(_validate_reencrypt, namespace)
+    _exit_2_on(_validate_resources, namespace)
 
 
 def _exit_2_on(check, namespace):
@@ -96,6 +99,35 @@ def _validate_reencrypt(ns):
     if ns.dry_run and ns.yes:
         raise argument_error(MutuallyExclusiveArgumentError('--dry-run writes nothing, so --yes has nothing to '
                                                             'confirm.', 'Drop one of --dry-run and --yes.'))
+
+
+def _validate_resources(ns):
+    """``--resource``: RESOURCE or RESOURCE.GROUP, kubectl's spelling; only with a scan (``--all-secrets``, or
+    ``reencrypt``); ``--secret`` names secrets, so it needs secrets among them."""
+    from azure.cli.core.azclierror import (
+        InvalidArgumentValueError,
+        MutuallyExclusiveArgumentError,
+        RequiredArgumentMissingError,
+    )
+    values = getattr(ns, 'resources', None)
+    if not values:
+        return
+    if hasattr(ns, 'all_secrets') and not ns.all_secrets:
+        raise argument_error(RequiredArgumentMissingError(
+            '--resource applies to the scan of --all-secrets.',
+            'Add --all-secrets to scan every object of the resources named by --resource.'))
+    try:
+        chosen = [ref.name for ref, _ in prefixes(values)]
+    except ValueError as why:
+        raise argument_error(InvalidArgumentValueError(
+            f'--resource: {_shorten(str(why), 200)}',
+            'Give a resource as kubectl names it: RESOURCE or RESOURCE.GROUP, e.g. configmaps or '
+            'widgets.example.com (see kubectl api-resources).')) from None
+    if getattr(ns, 'secrets', None) and 'secrets' not in chosen:
+        raise argument_error(MutuallyExclusiveArgumentError(
+            '--secret names secrets, but --resource does not include secrets.',
+            'Add --resource secrets, or drop --secret.'))
+    ns.resources = chosen
 
 
 def _validate(namespace):

@@ -15,7 +15,7 @@ from azext_kmsverify import defaults
 
 
 def verify_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False, kubeconfig=None, context=None,
-               secrets=None, all_secrets=False, probe=None, probe_namespace=defaults.PROBE_NAMESPACE,
+               secrets=None, all_secrets=False, resources=None, probe=None, probe_namespace=defaults.PROBE_NAMESPACE,
                fail_on_stale=False, fail_on_kms_v1=False, rotation_days=defaults.ROTATION_DAYS, etcd_pod=None,
                etcd_container=defaults.ETCD_CONTAINER, etcd_endpoint=defaults.ETCD_ENDPOINT,
                etcd_cacert=defaults.ETCD_CACERT, etcd_cert=defaults.ETCD_CERT, etcd_key=defaults.ETCD_KEY,
@@ -39,7 +39,7 @@ def status_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False,
 
 
 def reencrypt_kms(cmd, *, resource_group_name=None, cluster_name=None, admin=False, kubeconfig=None, context=None,
-                  secrets=None, namespaces=None, only='all', dry_run=False, yes=False,
+                  secrets=None, namespaces=None, resources=None, only='all', dry_run=False, yes=False,
                   parallel=defaults.REENCRYPT_PARALLEL, max_per_second=0, rotation_days=defaults.ROTATION_DAYS,
                   etcd_pod=None, etcd_container=defaults.ETCD_CONTAINER, etcd_endpoint=defaults.ETCD_ENDPOINT,
                   etcd_cacert=defaults.ETCD_CACERT, etcd_cert=defaults.ETCD_CERT, etcd_key=defaults.ETCD_KEY,

@@ -49,6 +49,7 @@ class VerifyOptions:  # pylint: disable=too-many-instance-attributes  # one fiel
     etcd: EtcdOptions = field(default_factory=EtcdOptions)
     secrets: tuple[tuple[str, str], ...] = ()
     all_secrets: bool = False
+    resources: tuple[str, ...] = ()  # --resource (validated, kubectl's spelling); empty: secrets
     probe: bool = True
     probe_namespace: str = defaults.PROBE_NAMESPACE
     fail_on_stale: bool = False
@@ -80,8 +81,9 @@ class VerifyOptions:  # pylint: disable=too-many-instance-attributes  # one fiel
         if probe is None:  # read-only unless asked: the probe is the default only when nothing else is verified
             probe = not (secrets or args.get('all_secrets'))
         return _build(cls, dict(args, probe=probe), cluster=None, etcd=None, secrets=None, ids=None,
-                      subscriptions=None, tags=None, shard=None,
+                      subscriptions=None, tags=None, shard=None, resources=None,
                       _extra={'cluster': cluster, 'etcd': etcd, 'secrets': secrets,
+                              'resources': tuple(args.get('resources') or ()),
                               'ids': tuple(args.get('ids') or ()),
                               'subscriptions': tuple(args.get('subscriptions') or ()),
                               'tags': tuple(tuple(t) for t in args.get('tags') or ()),
@@ -104,6 +106,7 @@ class ReencryptOptions:  # pylint: disable=too-many-instance-attributes  # one f
     etcd: EtcdOptions = field(default_factory=EtcdOptions)
     secrets: tuple[tuple[str, str], ...] = ()
     namespaces: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()  # --resource (validated, kubectl's spelling); empty: secrets
     only: str = 'all'
     dry_run: bool = False
     yes: bool = False
@@ -117,8 +120,9 @@ class ReencryptOptions:  # pylint: disable=too-many-instance-attributes  # one f
     @classmethod
     def from_args(cls, args: dict) -> ReencryptOptions:
         common = VerifyOptions.from_args(dict(args, probe=False))
-        return _build(cls, args, cluster=None, etcd=None, secrets=None, namespaces=None,
+        return _build(cls, args, cluster=None, etcd=None, secrets=None, namespaces=None, resources=None,
                       _extra={'cluster': common.cluster, 'etcd': common.etcd, 'secrets': common.secrets,
+                              'resources': common.resources,
                               'namespaces': tuple(args.get('namespaces') or ())})
 
 

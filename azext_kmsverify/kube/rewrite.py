@@ -45,15 +45,19 @@ class Outcome:
 
 
 # pylint: disable-next=too-many-return-statements  # one return per outcome of the GET and the PUT
-def rewrite(client, namespace: str, name: str, force: bool, stop=None) -> Outcome:
-    """One GET + PUT. ``force``: add :data:`ANNOTATION` so an unchanged KMS v1 object is written."""
-    path = f"/api/v1/namespaces/{quote(namespace, safe='')}/secrets/{quote(name, safe='')}"
+def rewrite(client, namespace: str, name: str, force: bool, stop=None, *, path: str | None = None,
+            what: str = 'secret', resource: str = 'secrets') -> Outcome:
+    """One GET + PUT. ``force``: add :data:`ANNOTATION` so an unchanged KMS v1 object is written. ``path``: the
+    object's API path when it is not a secret (``verdict.resources.api_path``), ``what`` how messages name it,
+    ``resource`` how a missing permission names the resource."""
+    path = path or f"/api/v1/namespaces/{quote(namespace, safe='')}/secrets/{quote(name, safe='')}"
+    shown = f'{namespace}/{name}' if namespace else name
     throttled = 0
     while throttled < THROTTLED_ROUNDS:
         if throttled and stop is not None and stop.is_set():
             return Outcome(FAILED, 'not rewritten: stopped while throttled (429)', throttled=throttled, stopped=True)
         headers = {}
-        status, body = client.request('GET', path, timeout=30, doing=f'reading secret {namespace}/{name}',
+        status, body = client.request('GET', path, timeout=30, doing=f'reading {what} {shown}',
                                       headers_out=headers)
         if status == 429:
             throttled += 1
@@ -66,12 +70,12 @@ def rewrite(client, namespace: str, name: str, force: bool, stop=None) -> Outcom
             return Outcome(SKIPPED, f"the API cannot read it: {status_message(body) or f'HTTP {status}'}",
                            throttled=throttled)
         if status != 200:
-            raise client.errors.api(status, body, f'reading secret {namespace}/{name}',
-                                    permission='get secrets in all namespaces')
+            raise client.errors.api(status, body, f'reading {what} {shown}',
+                                    permission=f'get {resource} in all namespaces')
         try:
             obj = json.loads(body)
         except ValueError:
-            return Outcome(FAILED, 'the API answered with something that is not a Secret', throttled=throttled)
+            return Outcome(FAILED, f'the API answered with something that is not a {what}', throttled=throttled)
         finally:
             del body
         if force:
@@ -81,7 +85,7 @@ def rewrite(client, namespace: str, name: str, force: bool, stop=None) -> Outcom
             metadata['annotations'] = annotations
         headers = {}
         status, answer = client.request('PUT', path, body=obj, accept=defaults.METADATA_ONLY_ACCEPT, timeout=30,
-                                        doing=f'rewriting secret {namespace}/{name}', headers_out=headers)
+                                        doing=f'rewriting {what} {shown}', headers_out=headers)
         del obj
         if status in (200, 201):
             try:
@@ -102,8 +106,8 @@ def rewrite(client, namespace: str, name: str, force: bool, stop=None) -> Outcom
         if refused is not None:
             return Outcome(REFUSED, refused.describe(), throttled=throttled, admission=refused)
         if status in (401, 403):
-            raise client.errors.api(status, answer, f'rewriting secret {namespace}/{name}',
-                                    permission='update secrets in all namespaces')
+            raise client.errors.api(status, answer, f'rewriting {what} {shown}',
+                                    permission=f'update {resource} in all namespaces')
         return Outcome(FAILED, f"the API refused the rewrite: {status_message(answer) or f'HTTP {status}'}",
                        throttled=throttled)
     return Outcome(FAILED, f'still throttled after {throttled} answers 429 Too Many Requests', throttled=throttled)

@@ -26,6 +26,7 @@ from azext_kmsverify.errors import argument_error, make
 from azext_kmsverify.kube import rewrite as rewriting
 from azext_kmsverify.kube.access import CHECKING_ACCESS, require
 from azext_kmsverify.kube.metrics import current_key_hash
+from azext_kmsverify.kube.resources import SECRETS, Resource, resolve
 from azext_kmsverify.kube.secrets import old_writes
 from azext_kmsverify.operations.run import Run
 from azext_kmsverify.options import ReencryptOptions
@@ -36,6 +37,7 @@ from azext_kmsverify.verdict.classify import classify
 from azext_kmsverify.verdict.keys import HASH_PREFIX, SOURCE_METRICS, hash_only_current_key
 from azext_kmsverify.verdict.plan import DONE, Outcome, Target, addressable, force_write, is_current_key, verdict_after
 from azext_kmsverify.verdict.plan import targets as select
+from azext_kmsverify.verdict.resources import api_path
 from azext_kmsverify.verdict.scan import ScanSummary
 
 logger = get_logger(__name__)
@@ -51,39 +53,45 @@ def reencrypt(run: Run) -> dict:
     with run.session(options.cluster, options.etcd) as session:
         with run.step(CHECKING_ACCESS):
             require(session.client, [REENCRYPT_DRY_RUN if options.dry_run else REENCRYPT], etcd_pod=options.etcd.pod)
+        with run.step('reading the resources to rewrite'):
+            kinds = resolve(session.client, options.resources)
         with run.step('planning from etcd'):
-            plan = _plan(run, session)
+            plan = _plan(run, session, kinds)
         targets = plan.targets
         result = {'passed': False, 'dryRun': options.dry_run, 'interrupted': False, 'cluster': session.info,
                   'etcdPod': session.etcd_pod, 'currentKeyId': plan.current_key_id,
                   'currentKeyIdSource': plan.current_key_source,
                   'plan': {'scanned': plan.scanned, 'revision': plan.revision, 'targets': len(targets),
                            'byKind': _count(t.kind for t in targets)}}
+        if options.resources:
+            result['plan']['byResource'] = {k.name: {'scanned': plan.scanned_by.get(k.name, 0),
+                                                     'targets': sum(1 for t in targets if _of(t) == k.name)}
+                                            for k in kinds}
         if options.dry_run or not targets:
             for target in targets:
                 target.outcome = Outcome.PLANNED
             return _finish(result, targets, started)
         _confirm(options, targets)
         rewriter = _Rewriter(run, session, plan)
-        with run.step('rewriting secrets'):
+        with run.step('rewriting ' + _noun(kinds)):
             written, interrupted = rewriter.run(targets)
         if rewriter.fatal:  # a server failure: the result still says what was rewritten, what not, what is unknown
-            _ended_by(run, rewriter.fatal[0], session, targets, plan.current_key_id)
+            _ended_by(run, rewriter.fatal[0], session, targets, plan)
         else:
             with run.step('verifying from etcd'):
-                _verify_from_etcd(session, targets, plan.current_key_id)
+                _verify_from_etcd(session, targets, plan)
         result['currentKeyId'] = _named_key(plan.current_key_id, targets)
         return _finish(result, targets, started, written, interrupted)
 
 
-def _ended_by(run: Run, error: AzCLIError, session, targets: list[Target], current_key_id) -> None:
+def _ended_by(run: Run, error: AzCLIError, session, targets: list[Target], plan) -> None:
     """Rewriting stopped on ``error`` (the API server failed): one error line, then etcd is read again if it
     can be; what was written but cannot be proved stays ``written`` with why. The run exits 1 with its result."""
     logger.error('Rewriting stopped: %s The result says what was rewritten, what was not, and what is unknown.',
                  error.error_msg)
     run.incomplete()
     try:
-        _verify_from_etcd(session, targets, current_key_id)
+        _verify_from_etcd(session, targets, plan)
     except AzCLIError as why:
         for target in targets:
             if target.outcome == Outcome.WRITTEN:
@@ -104,54 +112,106 @@ def _finish(result: dict, targets: list[Target], started: float, written: int | 
 
 
 @dataclass
-class _Plan:
+class _Plan:  # pylint: disable=too-many-instance-attributes  # one field per figure of the plan
     targets: list[Target]
     scanned: int
     revision: int | None
     current_key_id: str | None
     current_key_source: str | None
+    kinds: dict  # resource name -> kube.resources.Resource
+    scanned_by: dict  # resource name -> objects scanned
 
 
-def _plan(run: Run, session) -> _Plan:
-    """The scan of ``verify --all-secrets`` (etcd is the source of truth), with the targets' ModRevisions."""
+def _of(target: Target) -> str:
+    return target.resource or SECRETS.name
 
-    options, client, reader = run.options, session.client, session.reader
-    key_hash, how = current_key_hash(client)
-    summary = ScanSummary(current_key_hash=key_hash)
-    revisions = {}
+
+def _noun(kinds) -> str:
+    return 'secrets' if [k.name for k in kinds] == [SECRETS.name] else 'objects'
+
+
+def _plan(run: Run, session, kinds: list[Resource]) -> _Plan:
+    """The scan of ``verify --all-secrets`` (etcd is the source of truth), with the targets' ModRevisions: secrets
+    first (their scan decides the current key), then each other ``--resource`` under the same key."""
+    options = run.options
+    key_hash, how = current_key_hash(session.client)
     namespaces = set()  # seen in etcd: a --namespace that matches none is said so, not a silent green
+    chosen, scanned_by, current = [], {}, (None, None)
+    for kind in sorted(kinds, key=lambda k: k is not SECRETS):
+        found, scan = _plan_one(run, session, kind, (key_hash, how), current, namespaces=namespaces)
+        if current[0] is None and scan.get('currentKeyId'):
+            current = (scan.get('currentKeyId'), scan.get('currentKeyIdSource'))
+        chosen.extend(found)
+        scanned_by[kind.name] = scan['total']
+    _namespaces_matched(options.namespaces, namespaces)
+    if options.secrets:
+        _named_but_current(options, chosen)
+    logger.info('Plan: %s of %s objects to rewrite (current KMS v2 key: %s, %s)', len(chosen),
+                sum(scanned_by.values()), current[0], how)
+    return _Plan(chosen, sum(scanned_by.values()), session.reader.revision, current[0], current[1],
+                 {k.name: k for k in kinds}, scanned_by)
+
+
+def _plan_one(run: Run, session, kind: Resource, metrics, current, *, namespaces: set):
+    """(targets, scan) of one resource. ``metrics``: (hash, how) of the current key from /metrics; ``current``:
+    (key id, source) decided by an earlier resource's scan, or (None, None)."""
+    options, reader = run.options, session.reader
+    key_hash, how = metrics
+    if kind is SECRETS:
+        summary = ScanSummary(current_key_hash=key_hash)
+    else:
+        summary = ScanSummary(current_key_id=current[0], current_key_source=current[1],
+                              current_key_hash=None if current[0] else key_hash, resource=kind.name,
+                              prefix=kind.prefix)
+    revisions = {}
     count = 0
-    with run.progress('Planning from etcd') as progress:
-        for secret in session.secrets():
-            namespaces.add(secret.namespace)
-            classification = classify(secret.value)
-            summary.add(secret.namespace, secret.name, classification, secret.mod_revision)
+    with run.progress(f'Planning from etcd: {kind.name}') as progress:
+        for stored in session.objects(kind.prefix, kind.namespaced):
+            namespaces.add(stored.namespace)
+            classification = classify(stored.value)
+            summary.add(stored.namespace, stored.name, classification, stored.mod_revision)
             # Keep ModRevisions only of what can become a target (not KMS, KMS v1, KMS v2 not known current).
             if classification.get('storage') != 'kms' or classification.get('kmsVersion') != 'v2' or \
                     classification.get('keyId') != summary.current_key_id:
-                revisions[(secret.namespace, secret.name)] = secret.mod_revision
+                revisions[(stored.namespace, stored.name)] = stored.mod_revision
             count += 1
             if count % 500 == 0:
-                progress(count, max(reader.total or count, count), f'Planning: read {count} of {reader.total} secrets')
-    write_times, skip = old_writes(client, options.rotation_days) if summary.needs_write_times() else (None, None)
-    current_id = hash_only_current_key(key_hash, summary.current_key_id)
+                progress(count, max(reader.total or count, count),
+                         f'Planning: read {count} of {reader.total} {kind.name}')
+    write_times, skip = (None, None)
+    if summary.needs_write_times():
+        if kind is SECRETS:
+            write_times, skip = old_writes(session.client, options.rotation_days)
+            if skip:
+                logger.warning('KMS v1 secrets written before the last rotation cannot be found: %s', skip)
+        else:
+            skip = 'the last write times of KMS v1 objects are read for secrets only: every one is a target'
+    current_id = hash_only_current_key(key_hash, summary.current_key_id, current[0])
     if current_id:
-        logger.info('No secret is stored under the current KMS v2 key yet (%s): every KMS v2 secret is a target',
-                    how)
+        logger.info('No %s object is stored under the current KMS v2 key yet (%s): every KMS v2 one is a target',
+                    kind.name, how)
     scan, _ = summary.finish(current_key_id=current_id, current_key_source=SOURCE_METRICS if current_id else None,
                              write_times=write_times, age_skip_reason=skip, rotation_days=options.rotation_days,
                              revision=reader.revision)
-    if skip:
-        logger.warning('KMS v1 secrets written before the last rotation cannot be found: %s', skip)
-    _namespaces_matched(options.namespaces, namespaces)
-    chosen = select(scan, options.only, options.namespaces, options.secrets)
-    for target in chosen:
+    found = select(scan, options.only, options.namespaces, options.secrets if kind is SECRETS else ())
+    if kind is not SECRETS and scan['byKmsVersion'].get('v1'):
+        found += _v1_objects(summary, options)  # no write times outside secrets: every KMS v1 object
+    for target in found:
         target.mod_revision_before = revisions.get((target.namespace, target.name))
-    if options.secrets:
-        _named_but_current(options, chosen)
-    logger.info('Plan: %s of %s secrets to rewrite (current KMS v2 key: %s, %s)', len(chosen), scan['total'],
-                scan.get('currentKeyId'), how)
-    return _Plan(chosen, scan['total'], reader.revision, scan.get('currentKeyId'), scan.get('currentKeyIdSource'))
+        if kind is not SECRETS:
+            target.resource = kind.name
+            target.etcd_key = kind.prefix + (f'{target.namespace}/' if kind.namespaced else '') + target.name
+    return found, scan
+
+
+def _v1_objects(summary: ScanSummary, options) -> list[Target]:
+    """Every KMS v1 object of a resource other than secrets, as a stale target: whether one was written before the
+    last rotation is known only from write times, which are read for secrets only."""
+    wanted = set(options.namespaces)
+    return [Target(namespace, name, 'stale', 'kms', kms_version='v1',
+                   plan_reason='KMS v1: written before or after the last key rotation is not known for this resource')
+            for namespace, name in summary.kms_v1_secrets()
+            if options.only in ('all', 'stale') and (not wanted or namespace in wanted)]
 
 
 def _namespaces_matched(asked, seen: set) -> None:
@@ -181,11 +241,12 @@ def _confirm(options: ReencryptOptions, targets: list) -> None:
     if options.yes:
         return
     counts = ', '.join(f'{n} {kind}' for kind, n in sorted(_count(t.kind for t in targets).items()))
+    noun = 'secrets' if all(t.resource is None for t in targets) else 'objects'
     if not sys.stdin.isatty():
-        raise argument_error(make(ValidationError, f'reencrypt would rewrite {len(targets)} secrets ({counts}) and '
+        raise argument_error(make(ValidationError, f'reencrypt would rewrite {len(targets)} {noun} ({counts}) and '
                                                    'there is no terminal to confirm it.',
                                   'Pass --yes to rewrite them (or --dry-run to see the plan).'))
-    if not prompt_y_n(f'Rewrite {len(targets)} secrets through the API ({counts}) so they are stored with KMS '
+    if not prompt_y_n(f'Rewrite {len(targets)} {noun} through the API ({counts}) so they are stored with KMS '
                       'under the current key?', default='n'):
         raise make(ManualInterrupt, 'Nothing was rewritten.', 'Run with --dry-run to review the plan.')
 
@@ -232,7 +293,7 @@ class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared s
                                     if self.timed_out.is_set() or self.deadline.expired() else 'interrupted')
 
     def current_in_etcd(self, target) -> bool:
-        stored = self.session.secret(target.namespace, target.name)
+        stored = self.session.object(self.plan.kinds[_of(target)].prefix, target.namespace, target.name)
         return verdict_after(classify(stored.value) if stored else None, stored.mod_revision if stored else None,
                              self.plan.current_key_id, target.mod_revision_before)[0]
 
@@ -240,7 +301,7 @@ class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared s
         if self.stop.is_set() or self.deadline.expired():
             target.end(Outcome.FAILED, self.not_rewritten())
             return
-        if not addressable(target.namespace, target.name):
+        if not addressable(target.namespace, target.name, self.plan.kinds[_of(target)].namespaced):
             target.end(Outcome.SKIPPED, 'its etcd key is not a name the API can address')
             return
         self.pacer.wait(self.stop)
@@ -273,7 +334,7 @@ class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared s
     def _rewrite(self, target):
         """(outcome, rounds); outcome None when a conflict turned out to be someone else's rewrite."""
         force = force_write(target, self.plan.current_key_id)
-        outcome = rewriting.rewrite(self.client, target.namespace, target.name, force, self.stop)
+        outcome = self._once(target, force)
         target.throttled = outcome.throttled
         rounds = 1
         # Someone else wrote it meanwhile: current already if etcd says so, else read and write it again.
@@ -283,10 +344,19 @@ class _Rewriter:  # pylint: disable=too-many-instance-attributes  # the shared s
                 return None, rounds
             if rounds >= defaults.REWRITE_ATTEMPTS or self.stop.is_set():
                 break
-            outcome = rewriting.rewrite(self.client, target.namespace, target.name, force, self.stop)
+            outcome = self._once(target, force)
             target.throttled += outcome.throttled
             rounds += 1
         return outcome, rounds
+
+    def _once(self, target, force):
+        """One GET + PUT of ``target`` at its API path (a secret's, or its resource's in the version to write)."""
+        if target.resource is None:
+            return rewriting.rewrite(self.client, target.namespace, target.name, force, self.stop)
+        kind = self.plan.kinds[target.resource]
+        path = api_path(kind.ref, kind.version, target.name, target.namespace if kind.namespaced else None)
+        return rewriting.rewrite(self.client, target.namespace, target.name, force, self.stop, path=path,
+                                 what=kind.singular, resource=kind.name)
 
     def run(self, targets) -> tuple[int, bool]:
         """(writes, interrupted)."""
@@ -346,24 +416,29 @@ def _collect(done, fatal, progress, counter, total):
     progress(counter['done'], total, f"Rewrote {counter['done']} of {total} secrets")
 
 
-def _verify_from_etcd(session, targets, current_key_id):
-    """Read every target again from etcd (one paged scan) and require KMS under the current key."""
-    by_key = {(t.namespace, t.name): t for t in targets if t.outcome in (Outcome.WRITTEN, Outcome.ALREADY_CURRENT)}
+def _verify_from_etcd(session, targets, plan):
+    """Read every target again from etcd (one paged scan per resource) and require KMS under the current key."""
+    current_key_id = plan.current_key_id
+    by_key = {(_of(t), t.namespace, t.name): t for t in targets
+              if t.outcome in (Outcome.WRITTEN, Outcome.ALREADY_CURRENT)}
     seen = set()
-    for secret in session.secrets():
-        target = by_key.get((secret.namespace, secret.name))
-        if target is None:
+    for kind in plan.kinds.values():
+        if not any(key[0] == kind.name for key in by_key):
             continue
-        seen.add((secret.namespace, secret.name))
-        classification = classify(secret.value)
-        target.mod_revision_after = secret.mod_revision
-        target.storage_after = classification.get('storage')
-        target.key_id_after = classification.get('keyId')
-        ok, why = verdict_after(classification, secret.mod_revision, current_key_id, target.mod_revision_before)
-        if target.outcome == Outcome.WRITTEN:
-            target.end(Outcome.REENCRYPTED if ok else Outcome.FAILED, '' if ok else why)
-        elif not ok:
-            target.end(Outcome.FAILED, why)
+        for stored in session.objects(kind.prefix, kind.namespaced):
+            target = by_key.get((kind.name, stored.namespace, stored.name))
+            if target is None:
+                continue
+            seen.add((kind.name, stored.namespace, stored.name))
+            classification = classify(stored.value)
+            target.mod_revision_after = stored.mod_revision
+            target.storage_after = classification.get('storage')
+            target.key_id_after = classification.get('keyId')
+            ok, why = verdict_after(classification, stored.mod_revision, current_key_id, target.mod_revision_before)
+            if target.outcome == Outcome.WRITTEN:
+                target.end(Outcome.REENCRYPTED if ok else Outcome.FAILED, '' if ok else why)
+            elif not ok:
+                target.end(Outcome.FAILED, why)
     for key, target in by_key.items():
         if key not in seen:
             target.end(Outcome.FAILED, 'the key is gone from etcd')
@@ -386,8 +461,9 @@ def _checks(result, targets) -> list:
         if target.outcome in DONE:
             continue
         detail = target.reason or target.plan_reason or target.outcome.value
+        where = f'{printable(target.namespace)}/{printable(target.name)}'
         checks.append(check('SecretReencrypted', SKIPPED if target.outcome in (Outcome.SKIPPED, Outcome.PLANNED)
-                            else FAILED, detail, target=f'{printable(target.namespace)}/{printable(target.name)}'))
+                            else FAILED, detail, target=f'{target.resource} {where}' if target.resource else where))
     return checks
 
 

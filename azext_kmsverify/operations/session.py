@@ -136,13 +136,23 @@ class ClusterSession:  # pylint: disable=too-many-instance-attributes  # one per
 
     def secrets(self):
         """Every secret in etcd, in key order, as the pages stream in (one paged scan pinned to one revision)."""
-        prefix = len(defaults.ETCD_SECRETS_PREFIX)
-        for kv in self.reader.iter_prefix(defaults.ETCD_SECRETS_PREFIX):
-            namespace, _, name = kv.key[prefix:].decode('utf-8', 'replace').partition('/')
+        return self.objects(defaults.ETCD_SECRETS_PREFIX)
+
+    def objects(self, prefix: str, namespaced: bool = True):
+        """Every object under the etcd ``prefix`` (a ``kube.resources.Resource``'s), in key order, as
+        :class:`StoredSecret` records (``namespace`` '' for a cluster-scoped resource)."""
+        skip = len(prefix)
+        for kv in self.reader.iter_prefix(prefix):
+            rest = kv.key[skip:].decode('utf-8', 'replace')
+            namespace, name = rest.partition('/')[::2] if namespaced else ('', rest)
             yield StoredSecret(namespace, name, kv.value, kv.mod_revision, kv.create_revision, kv.version)
 
     def secret(self, namespace: str, name: str) -> StoredSecret | None:
         """One secret as etcd stores it, or None when etcd has no such key."""
-        kv = self.reader.get(f'{defaults.ETCD_SECRETS_PREFIX}{namespace}/{name}')
+        return self.object(defaults.ETCD_SECRETS_PREFIX, namespace, name)
+
+    def object(self, prefix: str, namespace: str, name: str) -> StoredSecret | None:
+        """One object under ``prefix`` as etcd stores it ('' namespace: cluster-scoped), or None."""
+        kv = self.reader.get(f'{prefix}{namespace}/{name}' if namespace else f'{prefix}{name}')
         return None if kv is None else StoredSecret(namespace, name, kv.value, kv.mod_revision, kv.create_revision,
                                                     kv.version)

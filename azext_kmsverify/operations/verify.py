@@ -24,6 +24,7 @@ from azext_kmsverify.kube.health import read_health
 from azext_kmsverify.kube.keyage import key_age
 from azext_kmsverify.kube.metrics import current_key_hash
 from azext_kmsverify.kube.probe import ProbeSecret
+from azext_kmsverify.kube.resources import SECRETS, resolve
 from azext_kmsverify.kube.secrets import old_writes, secret_exists
 from azext_kmsverify.operations.run import Run
 from azext_kmsverify.options import VerifyOptions
@@ -31,7 +32,7 @@ from azext_kmsverify.text import printable
 from azext_kmsverify.verdict import access
 from azext_kmsverify.verdict import checks as rules
 from azext_kmsverify.verdict.classify import classify
-from azext_kmsverify.verdict.keys import SOURCE_METRICS, hash_only_current_key
+from azext_kmsverify.verdict.keys import SOURCE_METRICS, SOURCE_PROBE, hash_only_current_key
 from azext_kmsverify.verdict.posture import with_posture
 from azext_kmsverify.verdict.rotation import EarliestWrites, rotation_check
 from azext_kmsverify.verdict.scan import ScanSummary
@@ -88,15 +89,15 @@ def verify_cluster(run: Run, session) -> dict:
         check_list.extend(rules.secret_check(e, kms_unhealthy=unhealthy) for e in entries)
         check_list.extend(missing)
         scan = None
+        resources = []
         if options.all_secrets:
-            with run.step('scanning every secret'):
-                current = next((e.key_id for e in entries if e.probe and e.key_id), None)
-                scan, scan_checks = scan_all(run, session, current)
-            check_list.extend(scan_checks)
+            scan, resources = scan_kinds(run, session, entries, check_list)
         warning = rules.kms_v1_warning(entries, (scan or {}).get('byKmsVersion'))
         if warning:
             check_list.append(warning)
         result = rules.build_result(session.info, check_list, entries, etcd_pod=session.etcd_pod, scan=scan)
+        if options.resources:
+            result['resources'] = resources
     # --fail-on-kms-v1: KMS v1 in use is a failure (the result then also names the KMS version; a fleet's rows always
     # do, fleet.py).
     return with_posture(result, True) if options.fail_on_kms_v1 else result
@@ -170,6 +171,56 @@ def scan_all(run: Run, session, current_key_id):
     elif scan.get('currentKeyIdSource') != SOURCE_METRICS and scan['byKmsVersion'].get('v2'):
         scan['currentKeyIdNote'] = f'/metrics not used: {how}'
     return scan, checks
+
+
+def scan_kinds(run: Run, session, entries, check_list: list):
+    """``--all-secrets``: the scan of secrets (``scan``) and of each other ``--resource`` (``resources``); their
+    checks are added to ``check_list``."""
+    with run.step('reading the resources to scan'):
+        kinds = resolve(session.client, run.options.resources)
+    current = next((e.key_id for e in entries if e.probe and e.key_id), None)
+    scan, resources = None, []
+    if SECRETS in kinds:
+        with run.step('scanning every secret'):
+            scan, scan_checks = scan_all(run, session, current)
+        check_list.extend(scan_checks)
+    for kind in kinds:
+        if kind is not SECRETS:
+            with run.step(f'scanning {kind.name}'):
+                found, found_checks = scan_resource(run, session, kind, scan, current)
+            resources.append(found)
+            check_list.extend(found_checks)
+    return scan, resources
+
+
+def scan_resource(run: Run, session, kind, secrets_scan: dict | None, probe_key_id: str | None):
+    """Classify every object of one more ``--resource`` (``kube.resources.Resource``) as the scan of secrets
+    does; the current KMS v2 key is the one the secrets' scan decided (else /metrics, the probe, the latest write).
+    Returns (the resource's entry of ``resources``, its checks: their target names the resource)."""
+    known = (secrets_scan or {}).get('currentKeyId')
+    source = (secrets_scan or {}).get('currentKeyIdSource')
+    key_hash = None
+    if known is None:
+        key_hash, _ = current_key_hash(session.client)
+        known, source = probe_key_id, (SOURCE_PROBE if probe_key_id else None)
+    summary = ScanSummary(current_key_id=known, current_key_source=source, current_key_hash=key_hash,
+                          resource=kind.name, prefix=kind.prefix)
+    count = 0
+    with run.progress(f'Reading {kind.name} from etcd') as progress:
+        for stored in session.objects(kind.prefix, kind.namespaced):
+            summary.add(printable(stored.namespace), printable(stored.name), classify(stored.value),
+                        stored.mod_revision)
+            count += 1
+            if count % 500 == 0:
+                progress(count, max(session.reader.total or count, count), f'Reading {kind.name} {count}')
+        progress(count, count or 1, f'Read {count} {kind.name}')
+    hash_only = hash_only_current_key(key_hash, summary.current_key_id, known)
+    found, found_checks = summary.finish(
+        current_key_id=hash_only, current_key_source=SOURCE_METRICS if hash_only else None,
+        age_skip_reason='the last write times of KMS v1 objects are read for secrets only',
+        rotation_days=run.options.rotation_days, fail_on_stale=run.options.fail_on_stale,
+        revision=session.reader.revision)
+    return {'resource': kind.name, 'etcdPrefix': kind.prefix, 'namespaced': kind.namespaced, **found}, found_checks
 
 
 def _rotation(run: Run, client, writes: EarliestWrites, scan: dict) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 
-SCHEMA_VERSION = '1.0'
+SCHEMA_VERSION = '1.1'  # 1.1: verify's resources, reencrypt's plan.byResource and targets[].resource
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'schemas', 'result-1.json')
 
 

@@ -34,7 +34,12 @@ from azext_kmsverify.verdict.checks import (
     SKIPPED,
     WARNING,
 )
-from azext_kmsverify.verdict.scan import ALL_SECRETS_ENCRYPTED, KMS_V1_ROTATION, KMS_V2_CURRENT_KEY
+from azext_kmsverify.verdict.scan import (
+    ALL_OBJECTS_ENCRYPTED,
+    ALL_SECRETS_ENCRYPTED,
+    KMS_V1_ROTATION,
+    KMS_V2_CURRENT_KEY,
+)
 
 SCHEMA = 'https://json.schemastore.org/sarif-2.1.0.json'
 INFORMATION_URI = 'https://github.com/Azure/azure-cli-extensions'
@@ -77,6 +82,11 @@ RULES = {
                     'verify creates one random probe secret and deletes it; one was left behind.',
                     'Delete it: `kubectl delete secret -n <namespace> -l app.kubernetes.io/managed-by=kmsverify`.',
                     '2.0'),
+    ALL_OBJECTS_ENCRYPTED: ('Every object of an encrypted resource is encrypted with KMS',
+                            'verify --resource: an object of a resource the EncryptionConfiguration encrypts (e.g. '
+                            'configmaps, a custom resource) stored in plaintext or with a local key is readable by '
+                            'anyone who can read etcd or its backups.',
+                            'Run `az aksarc kms reencrypt --resource <resource>` (--dry-run first).', '7.0'),
     'Reencrypt': ('Re-encryption completed', 'Every target secret was rewritten and proven from etcd.',
                   'Run `az aksarc kms reencrypt` again: it picks only what is still not current.', '5.0'),
     'SecretReencrypted': ('A secret was re-encrypted and proven from etcd',
@@ -138,8 +148,11 @@ def _result(rule_id, level, message, cluster, etcd_key=None, *, properties=None)
     return item
 
 
-def _secret_key(entry):
-    return entry.get('etcdKey') or f"/registry/secrets/{entry.get('namespace') or ''}/{entry.get('name') or ''}"
+def _secret_key(entry, prefix='/registry/secrets/'):
+    if entry.get('etcdKey'):
+        return entry['etcdKey']
+    where = f"{entry['namespace']}/" if entry.get('namespace') else ''
+    return f"{prefix}{where}{entry.get('name') or ''}"
 
 
 def _cluster_results(result):
@@ -169,13 +182,24 @@ def _cluster_results(result):
         secrets.append(_result(rule, level, f"{entry.get('namespace')}/{entry.get('name')}: "
                                             f"{entry.get('reason') or 'under an older key'}",
                                cluster, _secret_key(entry), properties={'keyId': entry.get('keyId')}))
+    for scanned in result.get('resources') or []:  # verify --resource: each other resource's findings
+        prefix = scanned.get('etcdPrefix') or '/registry/'
+        for entry in (scanned.get('failing') or []) + (scanned.get('stale') or []):
+            secrets.append(_result(ALL_OBJECTS_ENCRYPTED if entry in (scanned.get('failing') or []) else
+                                   KMS_V2_CURRENT_KEY if entry.get('kmsVersion') == 'v2' else KMS_V1_ROTATION,
+                                   'error' if entry in (scanned.get('failing') or []) else 'warning',
+                                   f"{scanned.get('resource')} {entry.get('namespace')}/{entry.get('name')}: "
+                                   f"{entry.get('reason') or ''}", cluster, _secret_key(entry, prefix),
+                                   properties={'resource': scanned.get('resource'), 'storage': entry.get('storage')}))
     for target in result.get('targets') or []:
         outcome = target.get('outcome')
-        level = {'failed': 'error', 'refused': 'error', 'skipped': 'warning', 'planned': 'note'}.get(outcome)
+        level = {'failed': 'error', 'refusedByAdmission': 'error', 'skipped': 'warning',
+                 'planned': 'note'}.get(outcome)
         if level:
             reason = target.get('reason') or ('planned: would be rewritten' if outcome == 'planned' else outcome)
+            what = f"{target['resource']} " if target.get('resource') else ''
             secrets.append(_result('SecretReencrypted', level,
-                                   f"{target.get('namespace')}/{target.get('name')}: {reason}", cluster,
+                                   f"{what}{target.get('namespace')}/{target.get('name')}: {reason}", cluster,
                                    _secret_key(target), properties={'outcome': outcome}))
     # The per-secret checks of reencrypt duplicate its targets: keep the targets' results only.
     overall = [r for r in overall if not (r['ruleId'] == 'SecretReencrypted' and result.get('targets') is not None)]

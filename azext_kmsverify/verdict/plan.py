@@ -58,6 +58,8 @@ class Target:  # pylint: disable=too-many-instance-attributes  # one field per r
     key_id_after: str | None = None
     throttled: int | None = None
     admission: dict | None = None  # verdict.admission.AdmissionRefusal.to_dict() of a refused rewrite
+    resource: str | None = None  # the --resource it is an object of; None: a secret
+    etcd_key: str | None = None  # its etcd key, when not a secret (a secret's is /registry/secrets/NS/NAME)
 
     def end(self, outcome: Outcome, reason: str | None) -> None:
         self.outcome, self.reason = outcome, reason
@@ -69,7 +71,8 @@ class Target:  # pylint: disable=too-many-instance-attributes  # one field per r
                 'outcome': self.outcome.value if self.outcome else None, 'reason': self.reason,
                 'modRevisionBefore': self.mod_revision_before, 'modRevisionAfter': self.mod_revision_after,
                 'storageAfter': self.storage_after, 'keyIdAfter': self.key_id_after, 'throttled': self.throttled,
-                **({'admission': self.admission} if self.admission else {})}
+                **({'admission': self.admission} if self.admission else {}),
+                **({'resource': self.resource, 'etcdKey': printable(self.etcd_key or '')} if self.resource else {})}
 
 
 def kind_of(storage: str | None, stale: bool) -> str:
@@ -100,9 +103,9 @@ def targets(scan: dict, only: str = 'all', namespaces=(), secrets=()) -> list[Ta
     return found
 
 
-def addressable(namespace: str, name: str) -> bool:
-    """Whether the API can name this secret (a key in etcd can be anything; the API's names cannot)."""
-    return is_namespace(namespace) and is_secret_name(name)
+def addressable(namespace: str, name: str, namespaced: bool = True) -> bool:
+    """Whether the API can name this object (a key in etcd can be anything; the API's names cannot)."""
+    return (is_namespace(namespace) if namespaced else namespace == '') and is_secret_name(name)
 
 
 def force_write(target: Target, current_key_id: str | None = None) -> bool:

@@ -23,6 +23,7 @@ from azext_kmsverify.verdict.keys import (
 )
 
 ALL_SECRETS_ENCRYPTED = 'AllSecretsEncrypted'
+ALL_OBJECTS_ENCRYPTED = 'AllObjectsEncrypted'  # another --resource's (the check's target names the resource)
 KMS_V2_CURRENT_KEY = 'KmsV2CurrentKey'
 KMS_V1_ROTATION = 'KmsV1WrittenBeforeRotation'
 
@@ -76,7 +77,12 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
       namespaces shared), at roughly 80 bytes per secret: pass the key id up front to avoid that.
     """
 
-    def __init__(self, current_key_id=None, current_key_source=SOURCE_PROBE, current_key_hash=None):
+    def __init__(self, current_key_id=None, current_key_source=SOURCE_PROBE, current_key_hash=None, *,
+                 resource=None, prefix=defaults.ETCD_SECRETS_PREFIX):
+        # ``resource``: the --resource scanned when it is not secrets (its checks then name it as their target,
+        # and their text says 'object'); ``prefix`` its etcd prefix.
+        self._resource, self._prefix = resource, prefix
+        self._noun = 'secret' if resource is None else 'object'
         # The current key is known up front from /metrics (its hash: the first key id with that hash), else from
         # the probe (``current_key_id``), else learnt at the end (the latest write).
         self._key_hash = current_key_hash
@@ -196,15 +202,23 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
             'currentKeyIdSource': current_key_source,
             'failing': failing,
             'stale': stale,
-            'remediation': remediation(bool(failing), bool(stale)),
+            'remediation': remediation(bool(failing), bool(stale), self._resource),
         }
         return scan, checks
 
+    def _check(self, name, status, detail):
+        if self._resource is None:
+            return check(name, status, detail)
+        return check(ALL_OBJECTS_ENCRYPTED if name == ALL_SECRETS_ENCRYPTED else name, status, detail,
+                     target=self._resource)
+
     def _encrypted_check(self):
+        noun = self._noun
         if not self.total:
-            return check(ALL_SECRETS_ENCRYPTED, WARNING, 'no secrets found under /registry/secrets/: nothing to verify')
+            return self._check(ALL_SECRETS_ENCRYPTED, WARNING,
+                               f'no {noun}s found under {self._prefix}: nothing to verify')
         if not self._failing:
-            return check(ALL_SECRETS_ENCRYPTED, PASSED, f"{_all(self.total, 'secret')} encrypted with KMS")
+            return self._check(ALL_SECRETS_ENCRYPTED, PASSED, f'{_all(self.total, noun)} encrypted with KMS')
         kinds = {}
         for _, _, storage, _, malformed, _ in self._failing:
             storage = storage + ' (malformed)' if malformed else storage
@@ -212,13 +226,13 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
         parts = ', '.join(f'{n} {s}' for s, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
         bad = len(self._failing)
         verb = 'is' if bad == 1 else 'are'
-        return check(ALL_SECRETS_ENCRYPTED, FAILED,
-                     f"{bad} of {_plural(self.total, 'secret')} {verb} not encrypted with KMS: {parts}")
+        return self._check(ALL_SECRETS_ENCRYPTED, FAILED,
+                           f'{bad} of {_plural(self.total, noun)} {verb} not encrypted with KMS: {parts}')
 
     def _v2_check(self, current, source, v2_total, write_times, stale_status):
         if current is None:
-            return [], check(KMS_V2_CURRENT_KEY, WARNING, 'cannot tell the current KMS v2 key id: no KMS v2 value '
-                                                          'carries one')
+            return [], self._check(KMS_V2_CURRENT_KEY, WARNING,
+                                   'cannot tell the current KMS v2 key id: no KMS v2 value carries one')
         stale, per_key = [], {}
         for key_id, namespaces in self._v2.items():
             if key_id == current:
@@ -232,20 +246,22 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
                                   'lastWrite': _iso(write_times.get((namespace, name))), 'reason': reason})
         where = f'current key id {current} ({_SOURCE_TEXT.get(source, source)})'
         if not stale:
-            return stale, check(KMS_V2_CURRENT_KEY, PASSED, f"{_all(v2_total, 'KMS v2 secret')} under the {where}")
+            return stale, self._check(KMS_V2_CURRENT_KEY, PASSED,
+                                      f"{_all(v2_total, 'KMS v2 ' + self._noun)} under the {where}")
         keys = ', '.join(f"{k if k is not None else 'no key id'} ({n})"
                          for k, n in sorted(per_key.items(), key=lambda kv: (-kv[1], kv[0] or '')))
         verb = 'was' if len(stale) == 1 else 'were'
-        return stale, check(KMS_V2_CURRENT_KEY, stale_status,
-                            f"{len(stale)} of {_plural(v2_total, 'KMS v2 secret')} {verb} written under an older key "
-                            f'than the {where}: {keys}')
+        return stale, self._check(KMS_V2_CURRENT_KEY, stale_status,
+                                  f"{len(stale)} of {_plural(v2_total, 'KMS v2 ' + self._noun)} {verb} written under "
+                                  f'an older key than the {where}: {keys}')
 
     def _v1_check(self, write_times, skip_reason, rotation_days, now, stale_status):
         v1_total = self._by_version['v1']
         if skip_reason:
-            return [], check(KMS_V1_ROTATION, SKIPPED, skip_reason)
+            return [], self._check(KMS_V1_ROTATION, SKIPPED, skip_reason)
         if write_times is None:
-            return [], check(KMS_V1_ROTATION, SKIPPED, 'the last write times of the KMS v1 secrets were not read')
+            return [], self._check(KMS_V1_ROTATION, SKIPPED,
+                                   f'the last write times of the KMS v1 {self._noun}s were not read')
         limit = now - timedelta(days=rotation_days)
         stale = []
         for namespace, name in self.kms_v1_secrets():
@@ -256,19 +272,25 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
                               'reason': f'KMS v1, last written more than {rotation_days} days ago: before the last key '
                                         'rotation'})
         if not stale:
-            return stale, check(KMS_V1_ROTATION, PASSED,
-                                f"none of {_plural(v1_total, 'KMS v1 secret')} was last written more than "
-                                f'{rotation_days} days ago (the key rotation period)')
+            return stale, self._check(KMS_V1_ROTATION, PASSED,
+                                      f"none of {_plural(v1_total, 'KMS v1 ' + self._noun)} was last written more "
+                                      f'than {rotation_days} days ago (the key rotation period)')
         verb = 'was' if len(stale) == 1 else 'were'
-        return stale, check(KMS_V1_ROTATION, stale_status,
-                            f"{len(stale)} of {_plural(v1_total, 'KMS v1 secret')} {verb} last written more than "
-                            f'{rotation_days} days ago, before the last key rotation')
+        return stale, self._check(KMS_V1_ROTATION, stale_status,
+                                  f"{len(stale)} of {_plural(v1_total, 'KMS v1 ' + self._noun)} {verb} last written "
+                                  f'more than {rotation_days} days ago, before the last key rotation')
 
 
-def remediation(failing, stale):
+def remediation(failing, stale, resource=None):
     """How to re-encrypt: rewriting a secret makes the API server store it again with its first provider."""
     if not failing and not stale:
         return None
+    if resource is not None:
+        return (f'Rewrite the listed {resource} objects so that the API server stores them again with its current '
+                f'first provider: `az aksarc kms reencrypt --resource {resource}` with the same cluster options '
+                '(--dry-run first) rewrites exactly these and proves the result from etcd. They become '
+                'KMS-encrypted only if the EncryptionConfiguration lists the resource with KMS as its first '
+                'provider.')
     text = ('Rewrite the listed secrets so that the API server stores them again with its current first provider '
             '(and, for KMS, the current key): `az aksarc kms reencrypt` with the same cluster options (--dry-run '
             f'first) rewrites exactly these and proves the result from etcd. `{REWRITE_ALL}` (the method the AKS on '

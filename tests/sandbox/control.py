@@ -53,6 +53,7 @@ _FLAGS = {"apiserver": "--apiserver",
           "provider": "--provider", "etcdctl": "--etcdctl", "nodes": "--nodes", "broken_node": "--broken-node",
           "readyz_style": "--readyz-style", "history": "--history", "entra": "--entra", "enforce_pop": "--enforce-pop"}
 _NO_FLAGS = {"entra": "--no-entra", "enforce_pop": "--no-enforce-pop"}
+ENCRYPTED_RESOURCES = "encrypted-resources.json"  # resources encrypted besides secrets (encrypt_resources)
 READ_KEYS = "read-keys.json"  # local keys the API server added for reading (write_secret "with"), kept for a resume
 
 
@@ -307,7 +308,7 @@ class Sandbox:
             raise SandboxError("enforce_pop (--enforce-pop/--no-enforce-pop) needs the Entra emulator (entra=True, "
                                "--entra)")
         self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("sandbox.json", "serve-ready.json", "serve.json", READ_KEYS):
+        for stale in ("sandbox.json", "serve-ready.json", "serve.json", READ_KEYS, ENCRYPTED_RESOURCES):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / stale).unlink()
         self._partial: dict = {"pids": {}, "kms_dir": None}
@@ -571,7 +572,8 @@ class Sandbox:
         files = kubeapiserver.write_files(self.dir, serve_cfg["pki"], serve_cfg["provider"], serve_cfg["local_key"],
                                           kms.get("socket"),
                                           f"https://127.0.0.1:{ports['webhook_port']}/tokenreview",
-                                          _read_json(self.dir / READ_KEYS))
+                                          _read_json(self.dir / READ_KEYS),
+                                          _read_json(self.dir / ENCRYPTED_RESOURCES) or ())
         cmd = kubeapiserver.command(Path(real["binaries"]) / "kube-apiserver", real["version"], real["port"],
                                     serve_cfg["etcd"], serve_cfg["pki"], files, serve_cfg["provider"],
                                     serve_cfg.get("readyz_style", "aggregate"))
@@ -596,6 +598,16 @@ class Sandbox:
         self._start_kube_apiserver(serve_cfg, ports, timeout)
         update_info(self.dir, pids={"kube_apiserver": self._partial["pids"]["kube_apiserver"]})
         self._wait_ready(timeout)
+
+    def encrypt_resources(self, resources, timeout: float = 90.0) -> None:
+        """Encrypt ``resources`` (e.g. ``["configmaps", "widgets.example.com"]``) as secrets are: they join the
+        secrets' entry of the EncryptionConfiguration, and the real kube-apiserver restarts on it (kept for a
+        resume). Objects written before stay as they were stored, as on a real cluster."""
+        info = self.info
+        if info.get("apiserver_mode") != "real":
+            raise SandboxError("encrypt_resources needs the real kube-apiserver (up --apiserver real)")
+        _write_json(self.dir / ENCRYPTED_RESOURCES, list(resources))
+        self._restart_kube_apiserver(timeout)
 
     def _bootstrap(self, serve_cfg: dict, ports: dict) -> None:
         """RBAC, Nodes and mirror pods in the real server (idempotent)."""

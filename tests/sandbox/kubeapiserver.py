@@ -84,10 +84,11 @@ def free_port() -> int:
 
 
 def encryption_config(provider: str, local_key: str | None, kms_socket: str | None,
-                      read_keys: dict | None = None) -> dict:
+                      read_keys: dict | None = None, also=()) -> dict:
     """The EncryptionConfiguration for ``provider``: it first (writes), then the local keys kept for reading
     (``read_keys``: kind -> base64 key, what ``ctl write_secret`` "with" a local kind writes with, as a cluster
-    that moved from a local key to KMS keeps its old key), then identity (reads of older values)."""
+    that moved from a local key to KMS keeps its old key), then identity (reads of older values). ``also``: other
+    resources encrypted the same way (``Sandbox.encrypt_resources``: configmaps, a custom resource)."""
     if provider == "identity":
         first = {"identity": {}}
     elif provider in ("kms-v1", "kms-v2"):
@@ -103,7 +104,7 @@ def encryption_config(provider: str, local_key: str | None, kms_socket: str | No
             if kind != provider]
     providers = [first, *kept] if provider == "identity" else [first, *kept, {"identity": {}}]
     return {"apiVersion": "apiserver.config.k8s.io/v1", "kind": "EncryptionConfiguration",
-            "resources": [{"resources": ["secrets"], "providers": providers}]}
+            "resources": [{"resources": ["secrets", *also], "providers": providers}]}
 
 
 def _issue(ca_cert: Path, ca_key: Path, cn: str, orgs=()) -> tuple[bytes, bytes]:
@@ -132,7 +133,7 @@ def _write_private(path: Path, data: bytes) -> Path:
 
 
 def write_files(directory: Path, pki: dict, provider: str, local_key: str | None, kms_socket: str | None,
-                webhook_url: str, read_keys: dict | None = None) -> dict:
+                webhook_url: str, read_keys: dict | None = None, also=()) -> dict:
     """Write the server's files (once: a resume keeps the keys) and the encryption config; returns their paths."""
     d = directory / "apiserver"
     d.mkdir(parents=True, exist_ok=True)
@@ -156,8 +157,8 @@ def write_files(directory: Path, pki: dict, provider: str, local_key: str | None
             cert, key = _issue(ca_cert, ca_key, cn, orgs=("system:masters",) if stem == "kubelet" else ())
             files[f"{stem}_cert"].write_bytes(cert)
             _write_private(files[f"{stem}_key"], key)
-    _write_private(files["encryption"], yaml.safe_dump(encryption_config(provider, local_key, kms_socket, read_keys),
-                                                       sort_keys=False).encode())
+    config = encryption_config(provider, local_key, kms_socket, read_keys, also)
+    _write_private(files["encryption"], yaml.safe_dump(config, sort_keys=False).encode())
     webhook = {"apiVersion": "v1", "kind": "Config",
                "clusters": [{"name": "guard", "cluster": {"server": webhook_url,
                                                           "certificate-authority": str(ca_cert)}}],

@@ -118,3 +118,31 @@ def test_nothing_raw_from_outside_reaches_the_file(raw):
     result['scan']['failing'][0]['reason'] = f'reason{raw}'
     text = json.dumps(to_sarif(result, version='1'), ensure_ascii=False)
     assert raw not in text
+
+
+def test_other_resources_and_their_targets_are_results_at_their_own_etcd_keys():
+    result = _scan_result()
+    result['resources'] = [{'resource': 'widgets.example.com', 'etcdPrefix': '/registry/example.com/widgets/',
+                            'namespaced': True, 'total': 2,
+                            'failing': [{'namespace': 'default', 'name': 'w', 'storage': 'identity',
+                                         'reason': 'stored in plaintext (identity)'}], 'stale': []}]
+    result['targets'] = [
+        {'namespace': 'default', 'name': 'w', 'kind': 'plaintext', 'outcome': 'failed', 'reason': 'x',
+         'resource': 'widgets.example.com', 'etcdKey': '/registry/example.com/widgets/default/w'},
+        {'namespace': 'default', 'name': 'v', 'kind': 'plaintext', 'outcome': 'refusedByAdmission',
+         'reason': 'refused by admission webhook "deny.example.com"', 'resource': 'widgets.example.com',
+         'etcdKey': '/registry/example.com/widgets/default/v'}]
+    log = to_sarif(result, version='1.0.0b1', exit_code=4, started='2026-12-07T10:00:00Z',
+                   finished='2026-12-07T10:00:05Z')
+    _validate(log)
+    results = log['runs'][0]['results']
+    objects = [r for r in results if r['ruleId'] == 'AllObjectsEncrypted']
+    assert len(objects) == 1 and objects[0]['level'] == 'error'
+    assert objects[0]['message']['text'].startswith('widgets.example.com default/w: ')
+    uris = [r['locations'][0]['physicalLocation']['artifactLocation']['uri'] for r in results
+            if r['ruleId'] in ('AllObjectsEncrypted', 'SecretReencrypted')]
+    assert all('example.com/widgets/default/' in uri for uri in uris), uris
+    rewrites = [r for r in results if r['ruleId'] == 'SecretReencrypted']
+    assert [r['level'] for r in rewrites] == ['error', 'error']  # a webhook's refusal is an error, not dropped
+    assert len({r['partialFingerprints'][FINGERPRINT] for r in rewrites}) == 2
+    assert 'AllObjectsEncrypted' in {r['id'] for r in log['runs'][0]['tool']['driver']['rules']}

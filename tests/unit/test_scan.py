@@ -297,3 +297,26 @@ def test_a_malformed_kms_value_names_its_version():
     scan, _ = summary.finish()
     [failing] = scan['failing']
     assert 'KMS v2 prefix but a malformed payload' in failing['reason'] and 'None' not in failing['reason']
+
+
+def test_another_resource_is_counted_and_checked_under_its_own_name():
+    from azext_kmsverify.verdict.scan import ALL_OBJECTS_ENCRYPTED
+    summary = ScanSummary(current_key_id='key-2', resource='configmaps', prefix='/registry/configmaps/')
+    summary.add('default', 'a', _v2('key-2'), 1)
+    summary.add('default', 'b', _v2('key-1'), 2)
+    summary.add('kube-system', 'c', IDENTITY, 3)
+    scan, checks = summary.finish(revision=9)
+    assert [(c['name'], c['target'], c['status']) for c in checks] == [
+        (ALL_OBJECTS_ENCRYPTED, 'configmaps', 'Failed'), (KMS_V2_CURRENT_KEY, 'configmaps', 'Warning')]
+    assert checks[0]['detail'] == '1 of 3 objects is not encrypted with KMS: 1 identity'
+    assert checks[1]['detail'].startswith('1 of 2 KMS v2 objects was written under an older key')
+    assert [(f['namespace'], f['name']) for f in scan['failing']] == [('kube-system', 'c')]
+    assert [(s['namespace'], s['name']) for s in scan['stale']] == [('default', 'b')]
+    assert 'reencrypt --resource configmaps' in scan['remediation'] and 'secret' not in scan['remediation']
+    empty, empty_checks = ScanSummary(resource='widgets.example.com', prefix='/registry/example.com/widgets/').finish()
+    assert empty['total'] == 0
+    assert empty_checks[0]['detail'] == 'no objects found under /registry/example.com/widgets/: nothing to verify'
+    assert empty_checks[0]['status'] == 'Warning' and empty_checks[0]['target'] == 'widgets.example.com'
+    # secrets keep their names and targets (the contract of 1.0)
+    _, secret_checks = ScanSummary().finish()
+    assert secret_checks[0]['name'] == ALL_SECRETS_ENCRYPTED and secret_checks[0]['target'] is None
