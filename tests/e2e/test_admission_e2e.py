@@ -2,7 +2,8 @@
 
 The sandbox's real kube-apiserver (v1.29.6) calls a real webhook (tests/sandbox/admission.py, installed through
 the API as the ValidatingWebhookConfiguration ``deny-secret-updates.sandbox.kmsverify.test``): UPDATE of a secret
-labelled ``kmsverify.test/deny-update: "true"`` is refused, everything else allowed. Secrets under an older KMS v2
+labelled ``kmsverify.test/deny-update: "true"`` is refused with a message (``"silent"``: with no status), everything
+else allowed. Secrets under an older KMS v2
 key (a rotation) and plaintext ones, some of them labelled, are re-encrypted through the installed az. What the
 command claims is checked against etcd (host-side etcdctl) and against the API's own answer.
 """
@@ -33,7 +34,7 @@ API_SILENT = 'admission webhook "deny-secret-updates.sandbox.kmsverify.test" den
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory, installed):
-    """KMS v2: secrets made through the API under key-0001, plaintext ones written before encryption; two of them
+    """KMS v2: secrets made through the API under key-0001, plaintext ones written before encryption; three of them
     labelled for denial; a rotation to key-0002; the webhook installed; then a dry run, the run (JSON), the run
     again (table), and the run once the webhook configuration is deleted."""
     box = Sandbox(str(tmp_path_factory.mktemp('admission')))
