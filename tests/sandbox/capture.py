@@ -9,7 +9,11 @@ reload on, ``aggregate-failed.http500`` and its ``/readyz/kms-providers`` body w
 ``per-provider-ok`` with reload off and KMS v1, ``no-kms-ok`` for identity with reload off, ``no-kms-reload-ok``
 for aescbc with reload on, ``nonverbose-ok``), and ``metrics/kms-v2.txt``, ``metrics/kms-v1.txt`` (the KMS and
 storage families of the pages after two creates, a list, a key rotation taken by the server, and two updates).
-``VERSION`` holds the server's ``gitVersion``.
+``VERSION`` holds the server's ``gitVersion``. ``admission/*.json``: the Status bodies (HTTP code in the name) the
+server answers an update refused by the sandbox's admission webhook (:mod:`.admission`): with its message
+(``webhook-denied.http403``), with no status (``webhook-denied-without-explanation.http400``), and the webhook's
+URL refusing connections under ``failurePolicy: Fail`` (``webhook-unreachable.http500``, the port replaced by
+``PORT``). ``--only admission`` captures just these.
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ def capture(out: Path) -> None:
                     box.api("PUT", f"/api/v1/namespaces/default/secrets/{name}", obj)
                 (out / "metrics" / f"{provider}.txt").write_text(_kms_families(box.api("GET", "/metrics")[1]))
             if provider == "kms-v2":
+                capture_admission(box, out)
                 (out / "readyz" / "aggregate-ok.txt").write_text(_readyz(box, "/readyz?verbose", True)[1])
                 box.kms("kill")
                 (out / "readyz" / "aggregate-failed.http500.txt").write_text(
@@ -103,10 +108,67 @@ def capture(out: Path) -> None:
     (out / "etcd-values" / "expected.json").write_text(json.dumps(expected, indent=2) + "\n")
 
 
+def _until(request, status: int, timeout: float = 30) -> tuple[int, object]:
+    """The server picks webhook configurations up from its informer, within a second or so."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = request()
+        if answer[0] == status or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.1)
+
+
+def capture_admission(box: Sandbox, out: Path) -> None:
+    """``admission/*.json``: the server's answers to updates the sandbox's admission webhook refuses (or cannot
+    be called for). The secrets are the sandbox's own (no value of them is in an answer)."""
+    from . import admission
+    d = out / "admission"
+    d.mkdir(parents=True, exist_ok=True)
+    secrets = "/api/v1/namespaces/default/secrets"
+
+    def save(name: str, answer: tuple[int, object], expected: int, port: int | None = None) -> None:
+        status, body = answer
+        if status != expected:
+            raise RuntimeError(f"{name}: HTTP {status} {body}")
+        text = json.dumps(body, separators=(",", ":"))
+        (d / f"{name}.http{status}.json").write_text(text.replace(str(port), "PORT") if port else text)
+
+    box.admission_webhook()
+    for name, label in (("webhook-denied", "true"), ("webhook-denied-without-explanation", "silent")):
+        obj = box.create_secret("default", f"admission-{label}", {"k": "v"}, labels={admission.LABEL: label})
+        save(name, box.api("PUT", f"{secrets}/admission-{label}?dryRun=All", obj), 403 if label == "true" else 400)
+    box.admission_webhook(install=False)
+    port = json.loads((box.dir / "serve-ready.json").read_text())["refused_port"]
+    hooks = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+    config = admission.configuration(f"https://127.0.0.1:{port}{admission.PATH}",
+                                     Path(box.info["pki"]["ca_cert"]).read_bytes())
+    status, body = box.api("POST", hooks, config)
+    if status != 201:
+        raise RuntimeError(f"{admission.NAME}: HTTP {status} {body}")
+    try:
+        obj = box.api("GET", f"{secrets}/admission-true")[1]
+        save("webhook-unreachable", _until(lambda: box.api("PUT", f"{secrets}/admission-true?dryRun=All", obj), 500),
+             500, port)
+    finally:
+        box.api("DELETE", f"{hooks}/{admission.NAME}")
+    for label in ("true", "silent"):
+        box.api("DELETE", f"{secrets}/admission-{label}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.sandbox.capture", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path)
-    capture(p.parse_args(argv).out)
+    p.add_argument("--only", choices=["admission"], help="capture only these fixtures (from one kms-v2 sandbox)")
+    args = p.parse_args(argv)
+    if args.only == "admission":
+        box = Sandbox(tempfile.mkdtemp(prefix="capture-admission-"))
+        box.up(provider="kms-v2", entra=False)
+        try:
+            capture_admission(box, args.out)
+        finally:
+            box.down()
+        return 0
+    capture(args.out)
     return 0
 
 

@@ -711,6 +711,56 @@ class Sandbox:
             raise SandboxError(f"creating secret {namespace}/{name} failed: HTTP {status} {obj}")
         return obj
 
+    def admission_webhook(self, install: bool = True, timeout: float = 30.0) -> str:
+        """Install (or with ``install=False`` remove) the ValidatingWebhookConfiguration of :mod:`.admission`
+        through the real API server: UPDATE of a secret labelled ``kmsverify.test/deny-update: "true"`` is then
+        refused by a webhook the API server really calls (the server process's). Idempotent; call it again after a
+        resume (the webhook's port may have changed). Returns once the API server enforces it, or no longer does (a
+        dry-run update of a labelled probe secret in ``default`` is refused, or allowed; the probe is deleted
+        again). Returns the webhook's name."""
+        from . import admission
+        if self.info.get("apiserver_mode") != "real":
+            raise SandboxError("the admission webhook needs the real kube-apiserver (up --apiserver real)")
+        path = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+        if not install:
+            status, answer = self.api("DELETE", f"{path}/{admission.NAME}")
+            if status not in (200, 404):
+                raise SandboxError(f"deleting {admission.NAME}: HTTP {status} {answer}")
+            self._await_webhook(admission, False, timeout)
+            return admission.NAME
+        port = json.loads((self.dir / "serve-ready.json").read_text())["webhook_port"]
+        body = admission.configuration(f"https://127.0.0.1:{port}{admission.PATH}",
+                                       Path(self.info["pki"]["ca_cert"]).read_bytes())
+        status, answer = self.api("POST", path, body)
+        if status == 409:
+            current = self.api("GET", f"{path}/{admission.NAME}")[1]
+            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            status, answer = self.api("PUT", f"{path}/{admission.NAME}", body)
+        if status not in (200, 201):
+            raise SandboxError(f"creating {admission.NAME}: HTTP {status} {answer}")
+        self._await_webhook(admission, True, timeout)
+        return admission.NAME
+
+    def _await_webhook(self, admission, enforced: bool, timeout: float) -> None:
+        """The API server picks webhook configurations up from its informer: wait until it refuses (or, not
+        ``enforced``, allows) a dry-run update of a labelled probe secret."""
+        name = f"admission-probe-{os.urandom(4).hex()}"
+        probe = self.create_secret("default", name, {"probe": "x"}, labels={admission.LABEL: "true"})
+        url = f"/api/v1/namespaces/default/secrets/{name}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                status, answer = self.api("PUT", f"{url}?dryRun=All", probe)
+                denied = status >= 400 and f'admission webhook "{admission.NAME}" denied' in str(answer)
+                if denied == enforced and (denied or status == 200):
+                    return
+                if time.monotonic() > deadline:
+                    raise SandboxError(f"the API server did not {'enforce' if enforced else 'drop'} "
+                                       f"{admission.NAME} within {timeout}s: HTTP {status} {answer}")
+                time.sleep(0.2)
+        finally:
+            self.api("DELETE", url)
+
     def _seed(self, provider: str, history: bool):
         seeded, hist = [], None
         if history:

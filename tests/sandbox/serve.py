@@ -248,12 +248,16 @@ async def serve(directory: Path) -> None:
         from .auth import EntraAuthn
         authn = EntraAuthn(entra.verifier(), entra.cluster_id, entra.enforce_pop)
     if real:
-        # The token webhook (guard) and the nodes' kubelet endpoint; a broken node's kubelet port refuses.
+        # The token webhook (guard), the admission webhook and the nodes' kubelet endpoint; a broken node's
+        # kubelet port refuses.
         from .guard import Guard
         from .kubelet import Kubelet
         hook_sock, kubelet_sock = _listen(ports.get("webhook", 0)), _listen(ports.get("kubelet", 0))
         refused = _refusing(ports.get("refused", 0))
-        sites += [(Guard(authn).app(), hook_sock, apiserver_ssl(pki)),
+        from . import admission
+        hooks = Guard(authn).app()
+        admission.install(hooks)  # the validating admission webhook, on the same site (Sandbox.admission_webhook)
+        sites += [(hooks, hook_sock, apiserver_ssl(pki)),
                   (Kubelet(api).app(), kubelet_sock, apiserver_ssl(pki))]
         ready.update(webhook_port=hook_sock.getsockname()[1], kubelet_port=kubelet_sock.getsockname()[1],
                      refused_port=refused.getsockname()[1])

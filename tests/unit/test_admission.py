@@ -64,3 +64,24 @@ def test_names_and_messages_are_one_printable_line():
     found = refusal(400, body)
     assert '\x1b' not in found.name and '\n' not in found.message and '\u202e' not in found.message
     assert found.name.startswith('evil')
+
+
+# What a real kube-apiserver v1.29.6 answered (python -m tests.sandbox.capture --only admission): the sandbox's
+# webhook refusing with a message and code 403, refusing with no status, and its URL refusing connections.
+REAL = FIXTURES / 'kube-apiserver-v1.29.6' / 'admission'
+SANDBOX_WEBHOOK = 'deny-secret-updates.sandbox.kmsverify.test'
+
+
+@pytest.mark.parametrize('name, kind, message, code', [
+    ('webhook-denied.http403.json', DENIED_BY_WEBHOOK,
+     "updates of secrets labelled kmsverify.test/deny-update=true are refused by the sandbox's admission policy", 403),
+    ('webhook-denied-without-explanation.http400.json', DENIED_BY_WEBHOOK, '', 400),
+    ('webhook-unreachable.http500.json', WEBHOOK_UNREACHABLE,
+     'failed to call webhook: Post "https://127.0.0.1:PORT/admission/deny-secret-updates?timeout=5s": dial tcp '
+     '127.0.0.1:PORT: connect: connection refused', 500),
+])
+def test_the_real_servers_answers_name_the_webhook(name, kind, message, code):
+    status = int(name.rsplit('.http', 1)[1].split('.')[0])
+    found = refusal(status, (REAL / name).read_bytes())
+    assert (found.kind, found.name, found.message, found.code, found.binding) == (kind, SANDBOX_WEBHOOK, message,
+                                                                                  code, None)
