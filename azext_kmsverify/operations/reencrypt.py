@@ -33,7 +33,7 @@ from azext_kmsverify.text import printable
 from azext_kmsverify.verdict.access import REENCRYPT, REENCRYPT_DRY_RUN
 from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, check
 from azext_kmsverify.verdict.classify import classify
-from azext_kmsverify.verdict.keys import HASH_PREFIX, SOURCE_METRICS, hash_only_current_key
+from azext_kmsverify.verdict.keys import HASH_PREFIX, SOURCE_METRICS, current_key_note, hash_only_current_key
 from azext_kmsverify.verdict.plan import DONE, Outcome, Target, addressable, force_write, is_current_key, verdict_after
 from azext_kmsverify.verdict.plan import targets as select
 from azext_kmsverify.verdict.scan import ScanSummary
@@ -57,6 +57,7 @@ def reencrypt(run: Run) -> dict:
         result = {'passed': False, 'dryRun': options.dry_run, 'interrupted': False, 'cluster': session.info,
                   'etcdPod': session.etcd_pod, 'currentKeyId': plan.current_key_id,
                   'currentKeyIdSource': plan.current_key_source,
+                  **({'currentKeyIdNote': plan.note} if plan.note else {}),
                   'plan': {'scanned': plan.scanned, 'revision': plan.revision, 'targets': len(targets),
                            'byKind': _count(t.kind for t in targets)}}
         if options.dry_run or not targets:
@@ -110,6 +111,7 @@ class _Plan:
     revision: int | None
     current_key_id: str | None
     current_key_source: str | None
+    note: str | None = None  # why the current key came from where it did (verdict.keys.current_key_note)
 
 
 def _plan(run: Run, session) -> _Plan:
@@ -151,7 +153,9 @@ def _plan(run: Run, session) -> _Plan:
         _named_but_current(options, chosen)
     logger.info('Plan: %s of %s secrets to rewrite (current KMS v2 key: %s, %s)', len(chosen), scan['total'],
                 scan.get('currentKeyId'), how)
-    return _Plan(chosen, scan['total'], reader.revision, scan.get('currentKeyId'), scan.get('currentKeyIdSource'))
+    note = current_key_note(scan.get('currentKeyIdSource'), how, hash_only=bool(current_id))
+    return _Plan(chosen, scan['total'], reader.revision, scan.get('currentKeyId'), scan.get('currentKeyIdSource'),
+                 note if current_id or scan['byKmsVersion'].get('v2') else None)
 
 
 def _namespaces_matched(asked, seen: set) -> None:

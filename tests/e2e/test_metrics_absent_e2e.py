@@ -197,6 +197,12 @@ def test_after_a_rotation_without_the_metrics_the_probe_finds_the_old_key_secret
     scan = unprobed.json()['scan']
     assert (scan['currentKeyId'], scan['currentKeyIdSource'], scan['stale']) == (before, 'latestWrite', [])
     assert 'misses a key rotation' in scan['currentKeyIdNote']
+    # reencrypt plans from the same evidence, and says so
+    plan = az('aksarc', 'kms', 'reencrypt', '--kubeconfig', box.kubeconfig, '--dry-run', '-o', 'json')
+    assert plan.code == 0, plan  # nothing to rewrite, as far as the latest write tells
+    body = plan.json()
+    assert (body['currentKeyId'], body['currentKeyIdSource'], body['plan']['targets']) == (before, 'latestWrite', 0)
+    assert 'misses a key rotation' in body['currentKeyIdNote'] and 'removed or renamed' in body['currentKeyIdNote']
 
     # The same etcd with the metrics back: /metrics names the new key by its hash alone, and every secret is stale.
     _serve(box, [])
@@ -205,3 +211,8 @@ def test_after_a_rotation_without_the_metrics_the_probe_finds_the_old_key_secret
     scan = with_metrics.json()['scan']
     assert scan['currentKeyIdSource'] == 'metrics' and scan['currentKeyId'].startswith('sha256:')
     assert len(scan['stale']) == stored[before]
+    plan = az('aksarc', 'kms', 'reencrypt', '--kubeconfig', box.kubeconfig, '--dry-run', '-o', 'json')
+    assert plan.code == 4, plan  # --dry-run found targets
+    body = plan.json()
+    assert body['currentKeyIdSource'] == 'metrics' and body['plan']['targets'] == stored[before]
+    assert 'no secret in etcd is stored under it yet' in body['currentKeyIdNote']
