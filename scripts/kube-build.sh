@@ -50,8 +50,10 @@ start=$(date +%s)
 cd "$mod"
 cmds="kube-apiserver kubectl"
 if [ -n "$without" ]; then
-    src="$out/src"
-    rm -rf "$src" && mkdir -p "$src/mod"
+    # a source copy of its own: two builds of the same variant at once (shared .tools) do not meet
+    src="$(mktemp -d "$out.src.XXXXXX")"
+    trap 'rm -rf "$src"' EXIT
+    mkdir -p "$src/mod"
     cp "$mod/go.mod" "$mod/go.sum" "$mod/tools.go" "$src/mod/"
     apiserver="$(go list -mod=readonly -m -f '{{.Dir}}' k8s.io/apiserver)"
     cp -r "$apiserver" "$src/apiserver" && chmod -R u+w "$src/apiserver"
@@ -63,7 +65,7 @@ if [ -n "$without" ]; then
         var="$(awk -v want="\"$short\"," '/^[ \t]*[A-Za-z_][A-Za-z0-9_]* *= *metrics\.New/ {v=$1} $1=="Name:" && $2==want {print v}' "$metrics")"
         if [ "$short" = "$name" ] || [ -z "$var" ] || ! grep -q "legacyregistry.MustRegister($var)" "$metrics"; then
             echo "kube-build: $name is not a KMS envelope metric of k8s.io/apiserver (apiserver_envelope_encryption_*)" >&2
-            rm -rf "$out"
+            rmdir "$out" 2>/dev/null || true
             exit 1
         fi
         sed -i "/legacyregistry.MustRegister($var)\$/d" "$metrics"
@@ -78,9 +80,8 @@ fi
 for cmd in $cmds; do
     echo "kube-build: building $cmd $version (cold: tens of minutes on 2 cores)" >&2
     CGO_ENABLED=0 go build -mod=readonly -tags providerless -trimpath -ldflags "$ldflags" \
-        -o "$out/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
-    mv "$out/$cmd.tmp" "$out/$cmd"
+        -o "$out/$cmd.tmp.$$" "k8s.io/kubernetes/cmd/$cmd"
+    mv "$out/$cmd.tmp.$$" "$out/$cmd"
 done
-[ -z "$without" ] || rm -rf "$out/src"
 echo "kube-build: built in $(( $(date +%s) - start ))s into $out${without:+ (without $without)}" >&2
 echo "$out"
