@@ -71,6 +71,8 @@ def test_disabled_metrics_leaves_them_and_without_key_id_hash_total_the_key_stil
     _serve(box, [])
     # kube-apiserver --disabled-metrics=<the three> (sandbox.json, the process's flags): the families are all there
     assert box.info['disabled_metrics'] == sorted(KEY_ID_METRICS)
+    argv = Path(f"/proc/{box.info['pids']['kube_apiserver']}/cmdline").read_bytes().split(b'\0')
+    assert ('--disabled-metrics=' + ','.join(sorted(KEY_ID_METRICS))).encode() in argv
     assert _families(box) == set(KEY_ID_METRICS), _families(box)
     with_metric = _all_secrets(az, box)
     assert with_metric.code == 0, with_metric
