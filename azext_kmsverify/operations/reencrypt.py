@@ -34,7 +34,7 @@ from azext_kmsverify.text import printable
 from azext_kmsverify.verdict.access import REENCRYPT, REENCRYPT_DRY_RUN
 from azext_kmsverify.verdict.checks import FAILED, PASSED, SKIPPED, check
 from azext_kmsverify.verdict.classify import classify
-from azext_kmsverify.verdict.keys import HASH_PREFIX, SOURCE_METRICS, hash_only_current_key
+from azext_kmsverify.verdict.keys import HASH_PREFIX, SOURCE_METRICS, current_key_note, hash_only_current_key
 from azext_kmsverify.verdict.plan import DONE, Outcome, Target, addressable, force_write, is_current_key, verdict_after
 from azext_kmsverify.verdict.plan import targets as select
 from azext_kmsverify.verdict.resources import api_path
@@ -61,6 +61,7 @@ def reencrypt(run: Run) -> dict:
         result = {'passed': False, 'dryRun': options.dry_run, 'interrupted': False, 'cluster': session.info,
                   'etcdPod': session.etcd_pod, 'currentKeyId': plan.current_key_id,
                   'currentKeyIdSource': plan.current_key_source,
+                  **({'currentKeyIdNote': plan.note} if plan.note else {}),
                   'plan': {'scanned': plan.scanned, 'revision': plan.revision, 'targets': len(targets),
                            'byKind': _count(t.kind for t in targets)}}
         if options.resources:
@@ -120,6 +121,7 @@ class _Plan:  # pylint: disable=too-many-instance-attributes  # one field per fi
     current_key_source: str | None
     kinds: dict  # resource name -> kube.resources.Resource
     scanned_by: dict  # resource name -> objects scanned
+    note: str | None = None  # why the current key came from where it did (verdict.keys.current_key_note)
 
 
 def _of(target: Target) -> str:
@@ -136,11 +138,12 @@ def _plan(run: Run, session, kinds: list[Resource]) -> _Plan:
     options = run.options
     key_hash, how = current_key_hash(session.client)
     namespaces = set()  # seen in etcd: a --namespace that matches none is said so, not a silent green
-    chosen, scanned_by, current = [], {}, (None, None)
+    chosen, scanned_by, current, v2_seen = [], {}, (None, None), False
     for kind in sorted(kinds, key=lambda k: k is not SECRETS):
         found, scan = _plan_one(run, session, kind, (key_hash, how), current, namespaces=namespaces)
         if current[0] is None and scan.get('currentKeyId'):
             current = (scan.get('currentKeyId'), scan.get('currentKeyIdSource'))
+        v2_seen = v2_seen or bool(scan['byKmsVersion'].get('v2'))
         chosen.extend(found)
         scanned_by[kind.name] = scan['total']
     _namespaces_matched(options.namespaces, namespaces)
@@ -148,8 +151,10 @@ def _plan(run: Run, session, kinds: list[Resource]) -> _Plan:
         _named_but_current(options, chosen)
     logger.info('Plan: %s of %s objects to rewrite (current KMS v2 key: %s, %s)', len(chosen),
                 sum(scanned_by.values()), current[0], how)
+    hash_only = bool(current[0] and current[0].startswith(HASH_PREFIX))
+    note = current_key_note(current[1], how, hash_only=hash_only)
     return _Plan(chosen, sum(scanned_by.values()), session.reader.revision, current[0], current[1],
-                 {k.name: k for k in kinds}, scanned_by)
+                 {k.name: k for k in kinds}, scanned_by, note if hash_only or v2_seen else None)
 
 
 def _plan_one(run: Run, session, kind: Resource, metrics, current, *, namespaces: set):

@@ -32,7 +32,7 @@ from azext_kmsverify.text import printable
 from azext_kmsverify.verdict import access
 from azext_kmsverify.verdict import checks as rules
 from azext_kmsverify.verdict.classify import classify
-from azext_kmsverify.verdict.keys import SOURCE_METRICS, SOURCE_PROBE, hash_only_current_key
+from azext_kmsverify.verdict.keys import SOURCE_METRICS, SOURCE_PROBE, current_key_note, hash_only_current_key
 from azext_kmsverify.verdict.posture import with_posture
 from azext_kmsverify.verdict.rotation import EarliestWrites, rotation_check
 from azext_kmsverify.verdict.scan import ScanSummary
@@ -165,11 +165,9 @@ def scan_all(run: Run, session, current_key_id):
                                   rotation_days=options.rotation_days, fail_on_stale=options.fail_on_stale,
                                   revision=reader.revision)
     checks.append(_rotation(run, client, writes, scan))
-    if hash_only:
-        scan['currentKeyIdNote'] = ('the current key is known by the hash /metrics publishes: no secret in etcd is '
-                                    'stored under it yet')
-    elif scan.get('currentKeyIdSource') != SOURCE_METRICS and scan['byKmsVersion'].get('v2'):
-        scan['currentKeyIdNote'] = f'/metrics not used: {how}'
+    note = current_key_note(scan.get('currentKeyIdSource'), how, hash_only=bool(hash_only))
+    if note and (hash_only or scan['byKmsVersion'].get('v2')):
+        scan['currentKeyIdNote'] = note
     return scan, checks
 
 

@@ -193,7 +193,8 @@ def _properties(suite, result):
     if isinstance(credential, dict):
         props += [('cluster.credential.' + k, credential.get(k)) for k in ('type', 'login', 'pop')]
     props += [('etcdPod', result.get('etcdPod')), ('passed', result.get('passed'))]
-    props += [('scan.' + k, scan.get(k)) for k in ('total', 'revision', 'currentKeyId', 'currentKeyIdSource')]
+    props += [('scan.' + k, scan.get(k))
+              for k in ('total', 'revision', 'currentKeyId', 'currentKeyIdSource', 'currentKeyIdNote')]
     props = [(k, v) for k, v in props if v is not None]
     if props:
         element = _sub(suite, 'properties')

@@ -9,6 +9,12 @@ value/encrypt/envelope/metrics/metrics.go``): ``apiserver_envelope_encryption_ke
 ``..._key_id_hash_status_last_timestamp_seconds`` for the key id its plugin's Status call returns. The hash is
 ``sha256:`` + the hex SHA-256 of the key id. The newest Status key is the one the next write uses; without it,
 the newest ``to_storage`` one.
+
+These metrics are alpha and may go (kubernetes PR #136354 removes ``..._key_id_hash_total``, which is not read
+here). A page without any key id series while ``apiserver_storage_transformation_operations_total`` counts KMS v2
+transformations means this API server does not publish them (removed, renamed, or built without them): every
+KMS v2 encryption and decryption, and the Status call at start, would have recorded one. The caller then falls
+back to the probe or the latest write and says so (:func:`current_key_note`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,12 @@ import re
 
 STATUS = 'apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds'
 LAST_USED = 'apiserver_envelope_encryption_key_id_hash_last_timestamp_seconds'
+TRANSFORMATIONS = 'apiserver_storage_transformation_operations_total'
+NO_KEY_ID_SERIES = (f'the API server publishes no KMS v2 key id series ({STATUS}, {LAST_USED}) although it '
+                    f'encrypts or decrypts with KMS v2 ({TRANSFORMATIONS}): this release removed or renamed them, or '
+                    'they are turned off')
+NO_KMS_V2 = ('the API server publishes no KMS v2 key id hash (KMS v1, no KMS v2 encryption since it started, or '
+             'this release removed or renamed the key id metrics)')
 # name{labels} value: label values are quoted with \\ \" \n escapes (the Prometheus text format).
 _SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?[ \t]+(\S+)')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -31,7 +43,11 @@ def current_key_hash(metrics_text: str) -> tuple[str | None, str]:
     """``(key id hash, how it was found)`` of the key the API server encrypts with now; ``(None, why)`` when
     the page has no KMS v2 key id metric. Linear in the page."""
     best = {STATUS: (None, -1.0), LAST_USED: (None, -1.0)}
+    kms_v2_used = False
     for line in metrics_text.splitlines():
+        if line.startswith(TRANSFORMATIONS + '{'):
+            kms_v2_used = kms_v2_used or 'transformer_prefix="k8s:enc:kms:v2:' in line
+            continue
         if not line.startswith(('apiserver_envelope_encryption_key_id_hash_status_last',
                                 'apiserver_envelope_encryption_key_id_hash_last')):
             continue
@@ -51,7 +67,7 @@ def current_key_hash(metrics_text: str) -> tuple[str | None, str]:
         return best[STATUS][0], 'the key id its KMS v2 plugin reports (Status)'
     if best[LAST_USED][0]:
         return best[LAST_USED][0], 'the key id of its latest encryption'
-    return None, 'the API server publishes no KMS v2 key id hash (KMS v1, or nothing encrypted yet)'
+    return None, NO_KEY_ID_SERIES if kms_v2_used else NO_KMS_V2
 
 
 HASH_PREFIX = 'sha256:'  # a current key known only by its /metrics hash (key_id_hash)
@@ -71,6 +87,22 @@ def hash_only_current_key(key_hash: str | None, found_key_id: str | None, known_
 SOURCE_METRICS = 'metrics'
 SOURCE_PROBE = 'probe'
 SOURCE_LATEST_WRITE = 'latestWrite'
+
+
+def current_key_note(source: str | None, metrics_why: str, *, hash_only: bool = False) -> str | None:
+    """``scan.currentKeyIdNote``: why the current KMS v2 key came from where it came from, when not plainly from
+    /metrics (None then). ``metrics_why``: why /metrics gave no key (forbidden, unreadable, no key id series)."""
+    if hash_only:
+        return 'the current key is known by the hash /metrics publishes: no secret in etcd is stored under it yet'
+    if source in (SOURCE_METRICS, None):
+        return None
+    note = f'/metrics not used: {metrics_why}'
+    if source == SOURCE_LATEST_WRITE:
+        note += ('; the current key is taken to be the key id of the most recently written secret, which misses a '
+                 'key rotation that no write has followed yet (--probe writes a secret under the current key)')
+    elif source == SOURCE_PROBE:
+        note += '; the probe secret, written during this run, names the current key'
+    return note
 
 
 def decide_current_key(*, given=None, given_source=None, found=None, found_source=None, probe=None,

@@ -246,8 +246,10 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
                                   'lastWrite': _iso(write_times.get((namespace, name))), 'reason': reason})
         where = f'current key id {current} ({_SOURCE_TEXT.get(source, source)})'
         if not stale:
+            unseen = ('; a key rotation that no write has followed yet cannot be seen without /metrics or --probe'
+                      if source == SOURCE_LATEST_WRITE else '')
             return stale, self._check(KMS_V2_CURRENT_KEY, PASSED,
-                                      f"{_all(v2_total, 'KMS v2 ' + self._noun)} under the {where}")
+                                      f"{_all(v2_total, 'KMS v2 ' + self._noun)} under the {where}{unseen}")
         keys = ', '.join(f"{k if k is not None else 'no key id'} ({n})"
                          for k, n in sorted(per_key.items(), key=lambda kv: (-kv[1], kv[0] or '')))
         verb = 'was' if len(stale) == 1 else 'were'

@@ -235,7 +235,9 @@ def build_status(*, readyz_status: int | None, readyz_body: str | None, check_re
     providers, kms_versions = _versions(lines, reload, check_reasons, facts, metrics_unknown)
 
     key = _current_key(facts, metrics_unknown)  # hash, last used, last reported, age
-    unknown_why = metrics_unknown if facts is None else 'the /metrics page gives no bound on the key age'
+    # no key id series: the reason why (absent metrics), not a missing bound
+    unknown_why = metrics_unknown if facts is None else (key[0].unknown or 'the /metrics page gives no bound on the '
+                                                                           'key age')
     checks = [health_check,
               rotation.rotation_check(kms_versions=kms_versions.value or [], age=key[3], unknown_why=unknown_why,
                                       rotation_days=rotation_days, grace_days=grace_days, now=now,
@@ -330,8 +332,13 @@ def _current_key(facts: MetricFacts | None, metrics_unknown: str):
         return unknown, Fact(None, None, metrics_unknown), Fact(None, None, metrics_unknown), None
     current = facts.current_hash
     if current is None:
-        why = ('/metrics has no KMS v2 key id series (KMS v1, no KMS v2 write or Status since the API server started, '
-               'or the metric was removed or renamed)')
+        if 'v2' in facts.providers.values():  # KMS v2 transformations counted, yet no key id recorded
+            why = (f'/metrics has no KMS v2 key id series ({STATUS_LAST}, {LAST_USED}) although the API server '
+                   f'encrypts or decrypts with KMS v2 ({TRANSFORMATIONS}): this release removed or renamed them, or '
+                   'they are turned off')
+        else:
+            why = ('/metrics has no KMS v2 key id series (KMS v1, no KMS v2 write or Status since the API server '
+                   'started, or the metric was removed or renamed)')
         return Fact(None, None, why), Fact(None, None, why), Fact(None, None, why), None
     key = Fact(current, f'/metrics ({facts.current_source})')
     used = facts.to_storage_last.get(current)

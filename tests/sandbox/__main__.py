@@ -2,6 +2,7 @@
 
     python -m tests.sandbox up   --dir DIR [--provider kms-v2] [--etcdctl 3.5] [--nodes 1] [--broken-node]
                                  [--readyz-style aggregate|per-provider] [--history] [--no-entra | --no-enforce-pop]
+                                 [--disabled-metrics NAME,...] [--without-metrics NAME,...]
     python -m tests.sandbox up   --dir DIR --clusters N [--providers kms-v2,kms-v1,identity,...]
                                  [--disconnected NAME[:STATUS][,NAME...]] [--no-entra] [--etcdctl ...] [--nodes ...]
     python -m tests.sandbox down --dir DIR
@@ -24,7 +25,16 @@ import argparse
 import json
 import sys
 
-from .control import APISERVERS, DEFAULTS, PROVIDERS, READYZ_STYLES, Sandbox, SandboxError
+from .control import (
+    APISERVERS,
+    DEFAULTS,
+    KEY_ID_HASH_TOTAL,
+    KEY_ID_METRICS,
+    PROVIDERS,
+    READYZ_STYLES,
+    Sandbox,
+    SandboxError,
+)
 
 
 def main(argv=None) -> int:
@@ -51,6 +61,13 @@ def main(argv=None) -> int:
                     help=f"default {DEFAULTS['apiserver']}: the kube-apiserver `make kube-apiserver` builds "
                          "(tests/sandbox/kubeapiserver.py); emulator: the Python API server emulator (fault injection "
                          "with ctl; a fleet always runs on it)")
+    up.add_argument("--disabled-metrics", metavar="NAME,...",
+                    help="passed to the real kube-apiserver as --disabled-metrics (it does not remove the KMS "
+                         "envelope metrics: 1.29 applies it after loading the encryption configuration)")
+    up.add_argument("--without-metrics", metavar="NAME,...",
+                    help="run a kube-apiserver of the same release built without these KMS envelope metrics (built "
+                         f"on first use into .tools/): e.g. {KEY_ID_HASH_TOTAL} (upstream PR #136354 removes it), or "
+                         f"every KMS v2 key-id metric: {','.join(KEY_ID_METRICS)}")
     up.add_argument("--clusters", type=int, metavar="N",
                     help="a fleet of N clusters (sandbox-1 ... sandbox-N, and other-1 in a second subscription)")
     up.add_argument("--providers", metavar="LIST",
@@ -91,7 +108,8 @@ def main(argv=None) -> int:
             info = box.up(provider=a.provider, etcdctl=a.etcdctl, nodes=a.nodes, broken_node=a.broken_node,
                           readyz_style=a.readyz_style, history=a.history, entra=a.entra, enforce_pop=a.enforce_pop,
                           clusters=a.clusters, providers=a.providers, disconnected=a.disconnected,
-                          apiserver=a.apiserver)
+                          apiserver=a.apiserver, disabled_metrics=a.disabled_metrics,
+                          without_metrics=a.without_metrics)
             print(json.dumps({k: v for k, v in info.items() if k != "pki"}, indent=2))
             if box.resumed:
                 print(f"resumed the stopped sandbox in {box.dir} (its data, certificates and keys)", file=sys.stderr)

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .control import PROVIDERS, Sandbox
+from .control import KEY_ID_METRICS, PROVIDERS, Sandbox
 
 CANARY = "fixture-canary-7c1e"
 # The families of /metrics kept (the full page is 1.5 MB): what the product and the KMS checks read.
@@ -97,6 +97,12 @@ def capture(out: Path) -> None:
                 (out / "metrics" / f"{provider}.txt").write_text(_kms_families(box.api("GET", "/metrics")[1]))
             if provider == "kms-v2":
                 capture_admission(box, out)
+                # the same server built without the KMS v2 key-id metrics (up/restart_apiserver without_metrics)
+                box.restart_apiserver(without_metrics=KEY_ID_METRICS)
+                box.create_secret("default", "third", {"k": "v"})
+                box.api("GET", "/api/v1/secrets")
+                (out / "metrics" / "kms-v2-without-key-id-metrics.txt").write_text(
+                    _kms_families(box.api("GET", "/metrics")[1]))
                 (out / "readyz" / "aggregate-ok.txt").write_text(_readyz(box, "/readyz?verbose", True)[1])
                 box.kms("kill")
                 (out / "readyz" / "aggregate-failed.http500.txt").write_text(

@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import ssl
@@ -48,10 +49,18 @@ CLUSTER = "sandbox-cluster"
 KUBERNETES_VERSION = "v1.30.4"
 UNIX_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
 DEFAULTS = {"provider": "kms-v2", "etcdctl": "3.5", "nodes": 1, "broken_node": False, "readyz_style": "aggregate",
-            "history": False, "entra": True, "enforce_pop": True, "apiserver": "real"}
+            "history": False, "entra": True, "enforce_pop": True, "apiserver": "real", "disabled_metrics": [],
+            "without_metrics": []}
 _FLAGS = {"apiserver": "--apiserver",
           "provider": "--provider", "etcdctl": "--etcdctl", "nodes": "--nodes", "broken_node": "--broken-node",
-          "readyz_style": "--readyz-style", "history": "--history", "entra": "--entra", "enforce_pop": "--enforce-pop"}
+          "readyz_style": "--readyz-style", "history": "--history", "entra": "--entra", "enforce_pop": "--enforce-pop",
+          "disabled_metrics": "--disabled-metrics", "without_metrics": "--without-metrics"}
+# kube-apiserver's KMS v2 key-id metrics (staging/src/k8s.io/apiserver/pkg/storage/value/encrypt/envelope/metrics/
+# metrics.go), for ``up(without_metrics=...)``: the one upstream PR #136354 would remove, and all three.
+KEY_ID_HASH_TOTAL = "apiserver_envelope_encryption_key_id_hash_total"
+KEY_ID_METRICS = (KEY_ID_HASH_TOTAL, "apiserver_envelope_encryption_key_id_hash_last_timestamp_seconds",
+                  "apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds")
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _NO_FLAGS = {"entra": "--no-entra", "enforce_pop": "--no-enforce-pop"}
 ENCRYPTED_RESOURCES = "encrypted-resources.json"  # resources encrypted besides secrets (encrypt_resources)
 READ_KEYS = "read-keys.json"  # local keys the API server added for reading (write_secret "with"), kept for a resume
@@ -170,11 +179,27 @@ def _json_safe(paths: dict) -> dict:
     return out
 
 
+def parse_metric_names(value) -> list[str] | None:
+    """``up``'s ``disabled_metrics``/``without_metrics`` (``"a,b"`` or a list of fully qualified metric names;
+    None: not given) as a sorted list; SandboxError for a name that is not a Prometheus metric name."""
+    if value is None:
+        return None
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = sorted({str(n).strip() for n in names if str(n).strip()})
+    bad = [n for n in names if not _METRIC_NAME.fullmatch(n)]
+    if bad:
+        raise SandboxError(f"disabled_metrics and without_metrics take fully qualified metric names, not {bad[0]!r}")
+    return names
+
+
 def _check_options(asked: dict) -> None:
     """SandboxError for an option ``up`` cannot honour (None: not given)."""
     provider, etcdctl, nodes, readyz_style = (asked[k] for k in ("provider", "etcdctl", "nodes", "readyz_style"))
     if asked.get("apiserver") is not None and asked["apiserver"] not in APISERVERS:
         raise SandboxError(f"apiserver must be one of {', '.join(APISERVERS)}, not {asked['apiserver']!r}")
+    for k in ("disabled_metrics", "without_metrics"):
+        if asked.get(k) and asked.get("apiserver") == "emulator":
+            raise SandboxError(f"{k} ({_FLAGS[k]}) needs the real kube-apiserver (--apiserver real)")
     if provider is not None and provider not in PROVIDERS:
         raise SandboxError(f"unknown provider {provider!r} (expected one of {', '.join(PROVIDERS)})")
     if etcdctl is not None and etcdctl not in ("3.5", "3.4"):
@@ -258,7 +283,8 @@ class Sandbox:
     def up(self, provider: str | None = None, etcdctl: str | None = None, nodes: int | None = None,
            broken_node: bool | None = None, readyz_style: str | None = None, history: bool | None = None,
            entra: bool | None = None, enforce_pop: bool | None = None, timeout: float = 60.0,
-           clusters: int | None = None, providers=None, disconnected=None, apiserver: str | None = None) -> dict:
+           clusters: int | None = None, providers=None, disconnected=None, apiserver: str | None = None,
+           disabled_metrics=None, without_metrics=None) -> dict:
         """Start everything, wait until ``/readyz`` passes, seed secrets; return sandbox.json's content.
 
         Options left as None take their defaults (kms-v2, etcdctl 3.5, 1 node, no broken node, aggregate readyz,
@@ -273,11 +299,20 @@ class Sandbox:
         ``clusters=N`` starts a fleet instead (tests/sandbox/fleet.py): ``sandbox-1`` ... ``sandbox-N`` (and
         ``other-1`` in a second subscription) behind one ARM, Resource Graph and Entra emulator, ``providers``
         (a list or ``"kms-v2,identity"``) given to them in turn, ``disconnected`` (names, ``"NAME[:STATUS],..."`` or
-        a dict name -> status) not connected; the other options apply to every cluster."""
+        a dict name -> status) not connected; the other options apply to every cluster.
+
+        The real kube-apiserver only, one cluster (``"a,b"`` or a list of metric names): ``disabled_metrics`` is
+        passed as kube-apiserver's ``--disabled-metrics`` (which does NOT remove the KMS envelope metrics: 1.29
+        applies it after loading the encryption configuration, which registered them); ``without_metrics`` runs a
+        kube-apiserver of the same release built with those KMS envelope metrics never registered
+        (:func:`.kubeapiserver.binaries`), so ``/metrics`` has no line of them (``KEY_ID_HASH_TOTAL``,
+        ``KEY_ID_METRICS``: the KMS v2 key-id metrics). :meth:`restart_apiserver` changes either on a running
+        sandbox."""
         from . import fleet
         asked = {"provider": provider, "etcdctl": etcdctl, "nodes": nodes, "broken_node": broken_node,
                  "readyz_style": readyz_style, "history": history, "entra": entra, "enforce_pop": enforce_pop,
-                 "apiserver": apiserver}
+                 "apiserver": apiserver, "disabled_metrics": parse_metric_names(disabled_metrics),
+                 "without_metrics": parse_metric_names(without_metrics)}
         _check_options(asked)
         fleet_asked = {"clusters": clusters, "providers": fleet.parse_providers(providers),
                        "disconnected": fleet.parse_disconnected(disconnected)}
@@ -307,6 +342,9 @@ class Sandbox:
         if enforce_pop is not None and not options["entra"]:
             raise SandboxError("enforce_pop (--enforce-pop/--no-enforce-pop) needs the Entra emulator (entra=True, "
                                "--entra)")
+        for k in ("disabled_metrics", "without_metrics"):
+            if options[k] and options["apiserver"] != "real":
+                raise SandboxError(f"{k} ({_FLAGS[k]}) needs the real kube-apiserver (--apiserver real)")
         self.dir.mkdir(parents=True, exist_ok=True)
         for stale in ("sandbox.json", "serve-ready.json", "serve.json", READ_KEYS, ENCRYPTED_RESOURCES):
             with contextlib.suppress(FileNotFoundError):
@@ -316,7 +354,8 @@ class Sandbox:
             return self._up(options["provider"], options["etcdctl"], options["nodes"], options["broken_node"],
                             options["readyz_style"], options["history"], timeout,
                             entra=options["enforce_pop"] if options["entra"] else None,
-                            apiserver=options["apiserver"])
+                            apiserver=options["apiserver"], disabled_metrics=options["disabled_metrics"],
+                            without_metrics=options["without_metrics"])
         except BaseException as e:
             self._teardown(self._partial)
             if isinstance(e, SandboxError):
@@ -359,7 +398,7 @@ class Sandbox:
                            f"{', '.join(c['name'] for c in info['clusters'])})")
 
     def _up(self, provider, etcdctl, n_nodes, broken_node, readyz_style, history, timeout, entra=None,
-            apiserver="emulator") -> dict:
+            apiserver="emulator", disabled_metrics=(), without_metrics=()) -> dict:
         """``entra``: None for no Entra emulator, else its enforce_pop. ``apiserver``: ``real`` (the built
         kube-apiserver, tests/sandbox/kubeapiserver.py) or ``emulator``."""
         from .etcdproc import EtcdProcess, etcdctl_env, find_etcdctl
@@ -370,7 +409,7 @@ class Sandbox:
         if apiserver == "real":
             from . import kubeapiserver
             try:
-                real = {"binaries": str(kubeapiserver.binaries()), "port": kubeapiserver.free_port()}
+                real = {"binaries": str(kubeapiserver.binaries(without_metrics)), "port": kubeapiserver.free_port()}
             except kubeapiserver.BinaryMissing as e:
                 raise SandboxError(str(e)) from None
             real["version"] = _binary_version(real["binaries"])
@@ -414,6 +453,8 @@ class Sandbox:
             "read_keys": str(self.dir / READ_KEYS),
             "entra": entra_cfg.result() if entra_cfg is not None else None,
             "real_apiserver": real,
+            "disabled_metrics": list(disabled_metrics or []),
+            "without_metrics": list(without_metrics or []),
         }
         if real:
             # Local keys for reading, configured from the start: kube-apiserver reads its configuration once, and
@@ -433,6 +474,7 @@ class Sandbox:
         info = {
             "dir": str(self.dir), "provider": provider, "etcdctl_version": etcdctl, "readyz_style": readyz_style,
             "kubernetes_version": serve_cfg["kubernetes_version"], "apiserver_mode": apiserver,
+            "disabled_metrics": list(disabled_metrics or []), "without_metrics": list(without_metrics or []),
             **_urls(ports, api_url),
             "etcd": {"endpoint": etcd.endpoint, "port": etcd.client_port, "peer_port": etcd.peer_port},
             "ca_bundle": str(pki["ca_bundle"]),
@@ -472,13 +514,17 @@ class Sandbox:
                   "broken_node": bool(info.get("broken_pods")), "readyz_style": info.get("readyz_style", "aggregate"),
                   "history": info.get("history") is not None, "entra": bool(info.get("entra")),
                   "enforce_pop": (info.get("entra") or {}).get("enforce_pop", True),
-                  "apiserver": info.get("apiserver_mode", "emulator")}
+                  "apiserver": info.get("apiserver_mode", "emulator"),
+                  "disabled_metrics": list(info.get("disabled_metrics") or []),
+                  "without_metrics": list(info.get("without_metrics") or [])}
         differ = []
         for k, v in asked.items():
             if v is None or v == stored[k] or (k == "history" and v is False):  # no history asked: none seeded
                 continue
             if isinstance(v, bool):
                 differ.append(_FLAGS[k] if stored[k] else _NO_FLAGS.get(k, f"no {_FLAGS[k]}"))
+            elif isinstance(v, list):
+                differ.append(f"{_FLAGS[k]} {','.join(stored[k]) or '(none)'} (not {','.join(v) or '(none)'})")
             else:
                 differ.append(f"{_FLAGS[k]} {stored[k]} (not {v})")
         if differ:
@@ -525,7 +571,7 @@ class Sandbox:
         if real:
             from . import kubeapiserver
             try:
-                real["binaries"] = str(kubeapiserver.binaries())
+                real["binaries"] = str(kubeapiserver.binaries(serve_cfg.get("without_metrics") or ()))
             except kubeapiserver.BinaryMissing as e:
                 raise SandboxError(str(e)) from None
             if not _port_free(real["port"]):
@@ -576,7 +622,8 @@ class Sandbox:
                                           _read_json(self.dir / ENCRYPTED_RESOURCES) or ())
         cmd = kubeapiserver.command(Path(real["binaries"]) / "kube-apiserver", real["version"], real["port"],
                                     serve_cfg["etcd"], serve_cfg["pki"], files, serve_cfg["provider"],
-                                    serve_cfg.get("readyz_style", "aggregate"))
+                                    serve_cfg.get("readyz_style", "aggregate"),
+                                    disabled_metrics=serve_cfg.get("disabled_metrics") or ())
         proc = spawn(cmd, self.dir / "logs" / "kube-apiserver.log", cwd=self.dir,
                      banner=f"--- kube-apiserver {real['version']} {time.strftime('%Y-%m-%dT%H:%M:%SZ')}")
         self._procs["kube_apiserver"] = proc
@@ -608,6 +655,28 @@ class Sandbox:
             raise SandboxError("encrypt_resources needs the real kube-apiserver (up --apiserver real)")
         _write_json(self.dir / ENCRYPTED_RESOURCES, list(resources))
         self._restart_kube_apiserver(timeout)
+
+    def restart_apiserver(self, disabled_metrics=None, without_metrics=None, timeout: float = 60.0) -> dict:
+        """Restart the real kube-apiserver on the same etcd, port and files, with ``disabled_metrics`` and
+        ``without_metrics`` as :meth:`up` takes them (None: unchanged; empty: none), and wait for /readyz; returns
+        sandbox.json. The server's in-memory metrics start anew (its first KMS v2 Status call comes at start)."""
+        from . import kubeapiserver
+        info = self.info
+        self._not_a_fleet(info, "restart the API server of")
+        if info.get("apiserver_mode") != "real":
+            raise SandboxError("restart_apiserver needs the real kube-apiserver (up --apiserver real)")
+        serve_cfg = json.loads((self.dir / "serve.json").read_text())
+        changes = {k: parse_metric_names(v) for k, v in (("disabled_metrics", disabled_metrics),
+                                                          ("without_metrics", without_metrics)) if v is not None}
+        serve_cfg.update(changes)
+        try:
+            serve_cfg["real_apiserver"]["binaries"] = str(kubeapiserver.binaries(serve_cfg.get("without_metrics")))
+        except kubeapiserver.BinaryMissing as e:
+            raise SandboxError(str(e)) from None
+        _write_json(self.dir / "serve.json", serve_cfg)
+        update_info(self.dir, **changes)
+        self._restart_kube_apiserver(timeout)
+        return self.info
 
     def _bootstrap(self, serve_cfg: dict, ports: dict) -> None:
         """RBAC, Nodes and mirror pods in the real server (idempotent)."""

@@ -135,6 +135,10 @@ def check_options(asked: dict) -> None:
     if asked.get("apiserver") == "real":
         raise SandboxError("--apiserver real is for one cluster: a fleet's clusters run on the API server emulator "
                            "(tests/sandbox/README.md)")
+    for k, flag in (("disabled_metrics", "--disabled-metrics"), ("without_metrics", "--without-metrics")):
+        if asked.get(k):
+            raise SandboxError(f"{flag} is for one cluster on the real kube-apiserver, not a fleet (its clusters run "
+                               "on the API server emulator)")
     if asked.get("broken_node"):
         raise SandboxError("--broken-node is for one cluster, not a fleet (break a node of one cluster with its ctl "
                            "exec_fault)")

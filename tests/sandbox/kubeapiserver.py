@@ -53,9 +53,25 @@ def release() -> str:
     return m.group(1)
 
 
-def binaries() -> Path:
+def binaries(without_metrics=()) -> Path:
     """The folder holding kube-apiserver (and kubectl): ``KUBEBUILDER_ASSETS`` when it holds kube-apiserver, else
-    ``.tools/kubernetes-<release>``; BinaryMissing (with the make target to run) when there is none."""
+    ``.tools/kubernetes-<release>``; BinaryMissing (with the make target to run) when there is none.
+
+    ``without_metrics`` (KMS envelope metric names): the same release built with those metrics never registered
+    (``scripts/kube-build.sh --without-metrics``: a copy of k8s.io/apiserver whose envelope metrics.go lacks their
+    ``MustRegister`` lines), built here when missing (seconds with a warm Go build cache), cached in
+    ``.tools/kubernetes-<release>-without-<hash>/``. ``--disabled-metrics`` cannot do this: kube-apiserver applies it
+    after loading the encryption configuration, which has already registered them (README)."""
+    if without_metrics:
+        import subprocess
+        script = REPO_ROOT / "scripts" / "kube-build.sh"
+        done = subprocess.run([str(script), "--without-metrics", ",".join(without_metrics)], capture_output=True,
+                              text=True, timeout=3600)
+        folder = Path(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else None
+        if folder is None or not os.access(folder / "kube-apiserver", os.X_OK):
+            raise BinaryMissing(f"could not build kube-apiserver without {', '.join(without_metrics)}: "
+                                f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no output'}")
+        return folder
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     if assets and os.access(Path(assets) / "kube-apiserver", os.X_OK):
         return Path(assets)
@@ -171,11 +187,13 @@ def write_files(directory: Path, pki: dict, provider: str, local_key: str | None
 
 
 def command(binary: Path, version: str, port: int, etcd: dict, pki: dict, files: dict, provider: str,
-            readyz_style: str = "aggregate") -> list[str]:
+            readyz_style: str = "aggregate", disabled_metrics=()) -> list[str]:
     """kube-apiserver's command line (kubeadm's flags where they apply). ``readyz_style`` ``aggregate`` turns on
     the encryption config's automatic reload (one ``kms-providers`` check and the reload poststarthook);
     ``per-provider`` leaves it off (1.29: ``kms-provider-<n>`` checks for KMS v1, still ``kms-providers`` for v2
-    alone)."""
+    alone). ``disabled_metrics``: fully qualified metric names for component-base's ``--disabled-metrics``
+    (k8s.io/component-base metrics/options.go: such a metric is hidden, never registered, so ``/metrics`` has no
+    line of it)."""
     gates = []
     minor = int(version.split(".")[1])
     if provider == "kms-v1":
@@ -202,6 +220,8 @@ def command(binary: Path, version: str, port: int, etcd: dict, pki: dict, files:
         cmd.append("--encryption-provider-config-automatic-reload=true")
     if gates:
         cmd.append("--feature-gates=" + ",".join(gates))
+    if disabled_metrics:
+        cmd.append("--disabled-metrics=" + ",".join(disabled_metrics))
     return cmd
 
 

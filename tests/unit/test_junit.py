@@ -127,6 +127,17 @@ def test_failing_scan_with_warning_and_skipped(schema):
     assert skipped.get('message') == 'metadata not readable'
 
 
+def test_the_scan_properties_say_where_the_current_key_came_from_and_why(schema):
+    result = _scan_result(fail_on_stale=False)
+    result['scan']['currentKeyIdNote'] = '/metrics not used: it publishes no KMS v2 key id series'
+    suite = _valid(schema, _xml(result))
+    props = {p.get('name'): p.get('value') for p in suite.find('properties')}
+    assert (props['scan.currentKeyId'], props['scan.currentKeyIdSource']) == ('key-2', 'probe')
+    assert props['scan.currentKeyIdNote'] == '/metrics not used: it publishes no KMS v2 key id series'
+    assert 'scan.currentKeyIdNote' not in {p.get('name') for p in _valid(schema, _xml(_scan_result(False)))
+                                           .find('properties')}
+
+
 def test_fail_on_stale_adds_stale_secrets(schema):
     data = _xml(_scan_result(fail_on_stale=True))
     suite = _valid(schema, data)

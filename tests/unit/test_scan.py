@@ -157,6 +157,19 @@ def test_latest_write_decides_current_key():
     assert '(from the most recently written secret)' in _by_name(checks)[KMS_V2_CURRENT_KEY]['detail']
 
 
+def test_all_under_the_latest_write_passes_but_says_what_it_cannot_see():
+    summary = ScanSummary()
+    summary.add('a', 'x', _v2('key-1'), 5)
+    summary.add('b', 'y', _v2('key-1'), 9)
+    scan, checks = summary.finish()
+    found = _by_name(checks)[KMS_V2_CURRENT_KEY]
+    assert (scan['currentKeyId'], scan['currentKeyIdSource'], scan['stale']) == ('key-1', 'latestWrite', [])
+    assert found['status'] == 'Passed' and 'cannot be seen without /metrics or --probe' in found['detail'], found
+    probed = ScanSummary(current_key_id='key-1')
+    probed.add('a', 'x', _v2('key-1'), 5)
+    assert '--probe' not in _by_name(probed.finish()[1])[KMS_V2_CURRENT_KEY]['detail']
+
+
 def test_current_key_given_up_front_must_match():
     summary = ScanSummary(current_key_id='key-2')
     summary.add('a', 'x', _v2('key-1'), 1)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.sandbox.proc import processes_mentioning
-from tests.sandbox.control import Sandbox, _alive
+from tests.sandbox.control import KEY_ID_HASH_TOTAL, Sandbox, _alive
 
 PROJECT = Path(__file__).resolve().parents[3]
 
@@ -86,6 +86,9 @@ def test_up_on_a_stopped_sandbox_resumes_it(sandbox_dir):
     other = sandbox_cli("up", "--dir", d, "--provider", "aescbc", "--nodes", "3")
     assert_one_line_error(other, "stopped sandbox", "--provider kms-v2 (not aescbc)", "--nodes 1 (not 3)")
     assert processes_mentioning(d) == []
+    other = sandbox_cli("up", "--dir", d, "--without-metrics", KEY_ID_HASH_TOTAL)
+    assert_one_line_error(other, "stopped sandbox", f"--without-metrics (none) (not {KEY_ID_HASH_TOTAL})")
+    assert processes_mentioning(d) == []
 
     for _ in range(2):  # resuming a resumed sandbox is the same again
         resumed = sandbox_cli("up", "--dir", d)
@@ -115,6 +118,22 @@ def test_up_on_a_stopped_sandbox_resumes_it(sandbox_dir):
         assert core.read_namespaced_secret("app-config", "team").data == {"token": "dDBrZW4="}
         assert sandbox_cli("down", "--dir", d).returncode == 0
         assert processes_mentioning(d) == []
+
+
+def test_metric_options_it_cannot_honour_fail_in_one_line_and_start_nothing(tmp_path):
+    d = str(tmp_path / "box")
+    assert_one_line_error(sandbox_cli("up", "--dir", d, "--apiserver", "emulator", "--without-metrics",
+                                      KEY_ID_HASH_TOTAL), "needs the real kube-apiserver")
+    assert_one_line_error(sandbox_cli("up", "--dir", d, "--disabled-metrics", "not a name"),
+                          "fully qualified metric names", "'not a name'")
+    assert_one_line_error(sandbox_cli("up", "--dir", d, "--clusters", "2", "--without-metrics", KEY_ID_HASH_TOTAL),
+                          "not a fleet")
+    # a name that is not a KMS envelope metric of k8s.io/apiserver: the build says so, nothing is left in .tools
+    before = set((PROJECT / ".tools").glob("kubernetes-*-without-*"))
+    assert_one_line_error(sandbox_cli("up", "--dir", d, "--without-metrics", "apiserver_envelope_encryption_nope"),
+                          "apiserver_envelope_encryption_nope is not a KMS envelope metric")
+    assert set((PROJECT / ".tools").glob("kubernetes-*-without-*")) == before
+    assert processes_mentioning(d) == []
 
 
 def test_up_on_a_directory_without_a_complete_sandbox_fails_in_one_line(tmp_path):
