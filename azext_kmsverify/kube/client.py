@@ -33,6 +33,7 @@ from azext_kmsverify.text import printable
 logger = get_logger(__name__)
 
 _TOKEN_OK = frozenset(range(0x21, 0x7f))  # what an HTTP header can carry of a token, after kubectl's trim
+_LAST_TRY_SECONDS = 2.0  # what a throttled request's last try keeps of the deadline for itself
 
 
 class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per part of the kubeconfig's transport
@@ -136,18 +137,22 @@ class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per par
 
     def _throttled(self, method: str, path: str, deadline, *, retries: int, headers_out, doing, **kwargs):
         """:meth:`_request`, sent again after each 429's Retry-After (:func:`kube.errors.throttle_delay`) up to
-        ``retries`` times. A wait the deadline cuts short ends in the timeout error of the next attempt."""
+        ``retries`` times. A Retry-After that outlasts the deadline is cut short: one last try, a moment before the
+        deadline (the probe's delete has 10 s; kube-apiserver asks for up to 32), and its answer is returned."""
         import time
         doing = doing or f'{method} {path}'
-        for attempt in range(retries + 1):
+        left = retries
+        while True:
             headers = {}
             status, content = self._request(method, path, deadline, doing=doing, headers_out=headers, **kwargs)
-            if status != 429 or attempt == retries:
+            if status != 429 or left <= 0:
                 break
-            delay = throttle_delay(headers)
+            left -= 1
+            delay, spare = throttle_delay(headers), deadline.remaining() - _LAST_TRY_SECONDS
+            if delay > spare:
+                delay, left = max(0.0, spare), 0
             logger.debug('429 Too Many Requests while %s: sending it again in %.1f s', printable(doing), delay)
-            doing = doing if attempt else f'{doing} (throttled: 429 Too Many Requests)'
-            time.sleep(max(0.0, min(delay, deadline.remaining())))
+            time.sleep(delay)
         if headers_out is not None:
             headers_out.update(headers)
         return status, content

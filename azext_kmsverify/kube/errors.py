@@ -97,9 +97,9 @@ class KubeErrors:
         if status == 404 and not_found:
             return make(ResourceNotFoundError, printable(not_found[0]), not_found[1])
         if status == 429:  # API Priority and Fairness: a plain-text body, the reason is the status itself
-            return make(AzureResponseError, f'The API server kept answering 429 Too Many Requests while {doing}, '
-                                            f'after {defaults.THROTTLED_RETRIES} retries (API Priority and Fairness '
-                                            'throttles this identity).',
+            return make(AzureResponseError, f'The API server kept answering 429 Too Many Requests while {doing} '
+                                            '(API Priority and Fairness throttles this identity), within the time '
+                                            'given and its Retry-After.',
                         'Retry later, or with fewer --parallel rewrites; a cluster admin can find the FlowSchema '
                         'that throttles it by the X-Kubernetes-PF-FlowSchema-UID header of the answers.')
         return make(AzureResponseError, f"The API server answered {status} while {doing}: "

@@ -148,15 +148,22 @@ def test_a_rewrite_counts_each_429_of_its_get_and_put(served, sleeps):
     assert [round(s) for s in sleeps] == [1, 2]
 
 
-def test_a_retry_after_beyond_the_deadline_ends_in_the_timeout_error_naming_the_throttling(served):
-    from azure.cli.core.azclierror import AzCLIError
-    server, client = served([('429', '32')] * 3, seconds=1.0)
+def test_a_retry_after_beyond_the_deadline_is_cut_short_to_one_last_try_before_it(served, sleeps):
+    server, client = served([('429', '32')] * 3, seconds=10.0)
+    status, body = client.request('DELETE', '/api/v1/namespaces/default/secrets/p', doing='deleting the probe')
+    assert status == 429 and server.seen == ['DELETE', 'DELETE']  # one last try, then the 429 is the answer
+    assert len(sleeps) == 1 and 7.0 < sleeps[0] <= 8.0  # the 10 s less the last try's 2 s, not the 32 asked
+    assert 'kept answering 429' in client.errors.api(status, body, 'deleting the probe').error_msg
+    server, client = served([('429', '32'), ('200',)], seconds=10.0)
+    assert client.request('DELETE', '/x', bounded=False, timeout=10)[0] == 200  # the probe's delete on the way out
+    assert 7.0 < sleeps[1] <= 8.0
+
+
+def test_with_less_time_left_than_the_last_try_keeps_it_is_sent_at_once(served):
+    server, client = served([('429', '1')] * 3, seconds=1.5)
     started = time.monotonic()
-    with pytest.raises(AzCLIError) as raised:
-        client.request('GET', '/api/v1/namespaces/kube-system/pods', doing='listing pods in kube-system')
-    assert time.monotonic() - started < 5  # the 32 s were not waited
-    assert 'throttled: 429 Too Many Requests' in raised.value.error_msg, raised.value.error_msg
-    assert server.seen == ['GET']
+    status, _ = client.request('GET', '/api/v1/namespaces/kube-system/pods', doing='listing pods in kube-system')
+    assert status == 429 and server.seen == ['GET', 'GET'] and time.monotonic() - started < 1.0
 
 
 @pytest.mark.parametrize('value,seconds', [
