@@ -48,7 +48,12 @@ REENCRYPT_ONLY = ('all', 'plaintext', 'local-key', 'stale')
 REENCRYPT_PARALLEL = 16  # rewrites in flight at once (bench: 184/s at 16, 147/s at 8, no more at 32)
 REWRITE_ATTEMPTS = 5  # GET+PUT rounds per secret through 429s and conflicts
 RETRY_AFTER_SECONDS = 1.0  # when a 429 names no Retry-After
-RETRY_AFTER_MAX_SECONDS = 30.0
+# kube-apiserver's APF doubles its Retry-After (1, 2, 4, ... s) while it keeps rejecting, up to 32 s
+# (maxRetryAfter, k8s.io/apiserver pkg/util/flowcontrol/dropped_requests_tracker.go); a longer one is cut to this.
+RETRY_AFTER_MAX_SECONDS = 32.0
+# A 429 (API Priority and Fairness rejected the request before doing anything) is retried this many times by
+# every request but the rewrites, which honour and count their own (client-go's rest client retries 10 times).
+THROTTLED_RETRIES = 10
 METADATA_ONLY_ACCEPT = 'application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json'
 
 # Fleets (verify --ids / --all-clusters).

@@ -5,9 +5,10 @@
 
 Every wait is bounded by the run's deadline, from outside: each connection's socket is registered with the
 deadline's watchdog, which shuts it down at expiry, so a peer that trickles bytes cannot stretch a read. Nothing
-is retried (a retry would double ``--timeout``), no redirect is followed (a credential goes only to the server it
-is for), and every body read from the cluster is capped, so a hostile or broken server can neither hang nor
-exhaust the run.
+is retried but a 429 Too Many Requests, which API Priority and Fairness answers before doing anything, after its
+``Retry-After`` and within the deadline (a retry of anything else could double ``--timeout``); no redirect is
+followed (a credential goes only to the server it is for), and every body read from the cluster is capped, so a
+hostile or broken server can neither hang nor exhaust the run.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from azext_kmsverify.auth.kubeconfig import Kubeconfig
 from azext_kmsverify.auth.memfiles import MemoryFiles
 from azext_kmsverify.errors import argument_error, make
 from azext_kmsverify.kube.compat import LoadedKubeconfig, load
-from azext_kmsverify.kube.errors import KubeErrors
+from azext_kmsverify.kube.errors import KubeErrors, throttle_delay
 from azext_kmsverify.text import printable
 
 logger = get_logger(__name__)
 
 _TOKEN_OK = frozenset(range(0x21, 0x7f))  # what an HTTP header can carry of a token, after kubectl's trim
+_LAST_TRY_SECONDS = 2.0  # what a throttled request's last try keeps of the deadline for itself
 
 
 class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per part of the kubeconfig's transport
@@ -115,20 +117,45 @@ class KubeClient:  # pylint: disable=too-many-instance-attributes  # one per par
 
     def request(self, method: str, path: str, *, query=None, accept: str = 'application/json', body=None,
                 timeout: float = 30, max_bytes: int = defaults.BODY_MAX_BYTES, doing: str | None = None,
-                bounded: bool = True, headers_out: dict | None = None) -> tuple[int, bytes]:
+                bounded: bool = True, headers_out: dict | None = None,
+                throttled_retries: int = defaults.THROTTLED_RETRIES) -> tuple[int, bytes]:
         """(status, body bytes). Raises azclierrors for transport failures, redirects and oversized answers.
         ``headers_out``, if given, receives the answer's headers (e.g. Retry-After). ``bounded=False`` (the
         probe's delete on the way out, when the run's deadline may be spent): the request gets a deadline of its
-        own of ``timeout`` seconds, enforced from outside like the run's."""
+        own of ``timeout`` seconds, enforced from outside like the run's. A 429 is sent again after its
+        Retry-After up to ``throttled_retries`` times while the deadline allows (0: the caller honours 429s
+        itself); the last answer is returned."""
+        kwargs = {'query': query, 'accept': accept, 'body': body, 'timeout': timeout, 'max_bytes': max_bytes,
+                  'doing': doing, 'headers_out': headers_out, 'retries': throttled_retries}
         if bounded:
-            return self._request(method, path, self.deadline, query=query, accept=accept, body=body,
-                                 timeout=timeout, max_bytes=max_bytes, doing=doing, headers_out=headers_out)
+            return self._throttled(method, path, self.deadline, **kwargs)
         from azext_kmsverify.deadline import Deadline
         self.sockets.resume()
         with Deadline(timeout) as own:
             own.watch(self.sockets.shutdown_all)
-            return self._request(method, path, own, query=query, accept=accept, body=body, timeout=timeout,
-                                 max_bytes=max_bytes, doing=doing, headers_out=headers_out)
+            return self._throttled(method, path, own, **kwargs)
+
+    def _throttled(self, method: str, path: str, deadline, *, retries: int, headers_out, doing, **kwargs):
+        """:meth:`_request`, sent again after each 429's Retry-After (:func:`kube.errors.throttle_delay`) up to
+        ``retries`` times. A Retry-After that outlasts the deadline is cut short: one last try, a moment before the
+        deadline (the probe's delete has 10 s; kube-apiserver asks for up to 32), and its answer is returned."""
+        import time
+        doing = doing or f'{method} {path}'
+        left = retries
+        while True:
+            headers = {}
+            status, content = self._request(method, path, deadline, doing=doing, headers_out=headers, **kwargs)
+            if status != 429 or left <= 0:
+                break
+            left -= 1
+            delay, spare = throttle_delay(headers), deadline.remaining() - _LAST_TRY_SECONDS
+            if delay > spare:
+                delay, left = max(0.0, spare), 0
+            logger.debug('429 Too Many Requests while %s: sending it again in %.1f s', printable(doing), delay)
+            time.sleep(delay)
+        if headers_out is not None:
+            headers_out.update(headers)
+        return status, content
 
     def _request(self, method: str, path: str, deadline, *, query, accept, body, timeout, max_bytes, doing,
                  headers_out) -> tuple[int, bytes]:

@@ -10,8 +10,10 @@ the API server writes for users), transport errors their root cause in a few wor
 from __future__ import annotations
 
 import json
+import random
 import re
 
+from azext_kmsverify import defaults
 from azext_kmsverify.errors import make
 from azext_kmsverify.text import printable, truncate
 
@@ -94,9 +96,35 @@ class KubeErrors:
                         f'Ask a cluster admin for Kubernetes RBAC permission to {permission or doing}.')
         if status == 404 and not_found:
             return make(ResourceNotFoundError, printable(not_found[0]), not_found[1])
+        if status == 429:  # API Priority and Fairness: a plain-text body, the reason is the status itself
+            return make(AzureResponseError, f'The API server kept answering 429 Too Many Requests while {doing} '
+                                            '(API Priority and Fairness throttles this identity), within the time '
+                                            'given and its Retry-After.',
+                        'Retry later, or with fewer --parallel rewrites; a cluster admin can find the FlowSchema '
+                        'that throttles it by the X-Kubernetes-PF-FlowSchema-UID header of the answers.')
         return make(AzureResponseError, f"The API server answered {status} while {doing}: "
                                         f"{message or 'no details'}",
                     'Retry; if it persists, check the API server logs.')
+
+
+def retry_after(headers: dict) -> float:
+    """The seconds a 429's ``Retry-After`` (lower-case header names) asks for: kube-apiserver's API Priority and
+    Fairness sends whole seconds, 1 to 32; none, a date, a negative or NaN value count as
+    :data:`~azext_kmsverify.defaults.RETRY_AFTER_SECONDS`, more than
+    :data:`~azext_kmsverify.defaults.RETRY_AFTER_MAX_SECONDS` as that."""
+    try:
+        asked = float(headers.get('retry-after') or defaults.RETRY_AFTER_SECONDS)
+    except ValueError:
+        asked = defaults.RETRY_AFTER_SECONDS
+    if not asked >= 0.0:  # negative or NaN
+        asked = defaults.RETRY_AFTER_SECONDS
+    return min(asked, defaults.RETRY_AFTER_MAX_SECONDS)
+
+
+def throttle_delay(headers: dict) -> float:
+    """How long to wait after a 429: its :func:`retry_after`, plus up to a fifth more (and 50 ms), so requests
+    throttled together do not all come back at the same moment."""
+    return retry_after(headers) * random.uniform(1.0, 1.2) + random.uniform(0.0, 0.05)
 
 
 def status_message(body: bytes | str) -> str:

@@ -16,13 +16,12 @@ the length of one rewrite and never reaches a log line or a message.
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from azext_kmsverify import defaults
-from azext_kmsverify.kube.errors import status_message
+from azext_kmsverify.kube.errors import status_message, throttle_delay
 from azext_kmsverify.verdict.admission import AdmissionRefusal, refusal
 
 ANNOTATION = defaults.REENCRYPTED_ANNOTATION
@@ -58,7 +57,7 @@ def rewrite(client, namespace: str, name: str, force: bool, stop=None, *, path: 
             return Outcome(FAILED, 'not rewritten: stopped while throttled (429)', throttled=throttled, stopped=True)
         headers = {}
         status, body = client.request('GET', path, timeout=30, doing=f'reading {what} {shown}',
-                                      headers_out=headers)
+                                      headers_out=headers, throttled_retries=0)
         if status == 429:
             throttled += 1
             _wait(client, headers, stop)
@@ -85,7 +84,8 @@ def rewrite(client, namespace: str, name: str, force: bool, stop=None, *, path: 
             metadata['annotations'] = annotations
         headers = {}
         status, answer = client.request('PUT', path, body=obj, accept=defaults.METADATA_ONLY_ACCEPT, timeout=30,
-                                        doing=f'rewriting {what} {shown}', headers_out=headers)
+                                        doing=f'rewriting {what} {shown}', headers_out=headers,
+                                        throttled_retries=0)
         del obj
         if status in (200, 201):
             try:
@@ -117,14 +117,7 @@ def _wait(client, headers: dict, stop) -> None:
     """Sleep as API Priority and Fairness asks (``Retry-After`` seconds, plus up to a fifth more so the workers
     throttled together do not all come back at the same moment), bounded by the deadline and woken by ``stop``
     (an interrupt, or the end of the time for rewrites)."""
-    try:
-        asked = float(headers.get('retry-after') or defaults.RETRY_AFTER_SECONDS)
-    except ValueError:
-        asked = defaults.RETRY_AFTER_SECONDS
-    if not asked >= 0.0:  # negative or NaN
-        asked = defaults.RETRY_AFTER_SECONDS
-    asked = min(asked, defaults.RETRY_AFTER_MAX_SECONDS)
-    delay = min(asked * random.uniform(1.0, 1.2) + random.uniform(0.0, 0.05), client.deadline.remaining())
+    delay = min(throttle_delay(headers), client.deadline.remaining())
     if stop is not None:
         stop.wait(delay)
     else:

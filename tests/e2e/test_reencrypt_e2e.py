@@ -634,61 +634,108 @@ def test_a_concurrent_writers_updates_all_survive(tmp_path, az, provider):
 # --- API Priority and Fairness: 429 with Retry-After ----------------------------------------------------------
 
 
-def _throttle_state(box):
-    return box.ctl({'writes': {}})['result']['writes']['state']
-
-
-def test_429_is_honoured_and_the_run_still_ends_current(tmp_path, az):
+def test_real_apf_429s_are_honoured_and_the_run_still_ends_current(tmp_path, az):
+    """The real kube-apiserver's API Priority and Fairness throttles the identity reencrypt runs as
+    (``Sandbox.throttle``: its own FlowSchema and a priority level of 3 seats that rejects what exceeds them with 429
+    at once). ``--parallel 32`` meets real 429s, waits their Retry-After, and every target ends under the current
+    key, proven from etcd; the result counts exactly the 429s the server says it sent to that identity."""
     box = Sandbox(str(tmp_path / 'sandbox'))
-    box.up(provider='kms-v2', apiserver='emulator')  # ctl writes.throttle: the emulator's 429s
+    box.up(provider='kms-v2')
     try:
-        assert box.ctl({'seed': {'namespace': 'bulk', 'count': 45, 'size': 64}})['ok']
+        assert box.ctl({'seed': {'namespace': 'bulk', 'count': 150, 'size': 64}})['ok']
         current = box.kms('rotate')
         before, _ = etcd_state(box)
-        box.ctl({'writes': {'throttle': {'share': 0.5, 'retry_after': 1}}})
+        throttle = box.throttle()
+        assert throttle['nominal_limit'] == 3
+        counts = box.flow_counts()
         started = time.monotonic()
-        result = _reencrypt(az, box, '--yes', '-o', 'json')
+        result = az('aksarc', 'kms', 'reencrypt', '--kubeconfig', throttle['kubeconfig'], '--yes', '--parallel', '32',
+                    '-o', 'json')
         elapsed = time.monotonic() - started
-        throttled = _throttle_state(box)['throttled']
-        box.ctl({'writes': {'throttle': None}})
+        sent = {k: v - counts[k] for k, v in box.flow_counts().items()}
         assert result.code == 0, result
         body = result.json()
+        assert body['cluster']['context'] == 'throttled-admin@sandbox'
         assert body['summary'] == {'reencrypted': len(before)}
         counted = sum(t['throttled'] for t in body['targets'])
-        assert counted == throttled > 0  # every 429 the API server sent was seen and waited out
-        assert elapsed >= 1.0  # at least one Retry-After was waited
-        assert {stored(v) for v, _ in etcd_state(box)[0].values()} == {('kms', 'v2', current)}
+        assert counted == sent['rejected'] > 0, (counted, sent)  # every 429 the API server sent was seen and waited out
+        assert sent['dispatched'] > 2 * len(before)  # the run's requests went through the throttled flow: GET+PUT each
+        assert elapsed >= 1.0  # at least one Retry-After (1 s at least) was waited
+        after, _ = etcd_state(box)
+        assert {stored(v) for v, _ in after.values()} == {('kms', 'v2', current)}
+        assert all(after[key][1] > before[key][1] for key in before)  # each written again: its ModRevision moved
+        assert_no_leak(result)
     finally:
         box.down()
 
 
+def _saturate(box, stop, threads=40):
+    """A noisy neighbour in the throttled identity's flow: ``threads`` clients GETting as that identity until
+    ``stop`` is set, each at once again after an answer (429s included), so its seats stay taken and the server's
+    Retry-After grows (1, 2, 4, ... 32 s)."""
+    def worker():
+        while not stop.is_set():
+            box.request('GET', '/api/v1/namespaces/kube-system/secrets', identity='throttled')
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    return workers
+
+
 def test_timeout_while_throttled_reports_what_was_not_rewritten(tmp_path, az):
+    """Rewrites throttled by the real server's APF until --timeout: the run still ends in a result (exit 4) that
+    says which targets were not rewritten (still as they were in etcd) and which were (under the current key)."""
+    from tests.conftest import AZ, EXTENSION_DIR
     box = Sandbox(str(tmp_path / 'sandbox'))
-    box.up(provider='kms-v2', apiserver='emulator')  # ctl writes.throttle: the emulator's 429s
+    box.up(provider='kms-v2')
+    stop = threading.Event()
     try:
         assert box.ctl({'seed': {'namespace': 'bulk', 'count': 60, 'size': 64}})['ok']
         current = box.kms('rotate')
         before, _ = etcd_state(box)
-        box.ctl({'writes': {'throttle': {'share': 0.5, 'retry_after': 4}}})
+        throttle = box.throttle()
+        env = dict(os.environ, AZURE_CONFIG_DIR=str(tmp_path / 'azure'), AZURE_EXTENSION_DIR=str(EXTENSION_DIR),
+                   AZURE_CORE_COLLECT_TELEMETRY='false', PYTHONSAFEPATH='1')
         started = time.monotonic()
-        result = _reencrypt(az, box, '--yes', '--timeout', '8', '-o', 'json')
+        # paced (4 a second: 15 s for the 60) so that the neighbour is at work before the rewrites are done
+        proc = subprocess.Popen([str(AZ), 'aksarc', 'kms', 'reencrypt', '--kubeconfig', throttle['kubeconfig'],
+                                 '--yes', '--parallel', '8', '--max-per-second', '4', '--timeout', '20', '-o', 'json'],
+                                env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL)
+        try:
+            end = time.monotonic() + 60
+            while time.monotonic() < end and proc.poll() is None and sum(
+                    rev > before[key][1] for key, (_, rev) in etcd_state(box)[0].items() if key in before) < 2:
+                time.sleep(0.2)
+            counts = box.flow_counts()
+            _saturate(box, stop)
+            out, err = proc.communicate(timeout=90)
+        finally:
+            stop.set()
+            if proc.poll() is None:
+                proc.kill()
         elapsed = time.monotonic() - started
-        box.ctl({'writes': {'throttle': None}})
-        assert result.code == 4, result  # a result, not a timeout error
-        assert elapsed < 12
-        body = result.json()
+        assert proc.returncode == 4, (proc.returncode, err)  # a result, not a timeout error
+        assert elapsed < 30
+        assert box.flow_counts()['rejected'] > counts['rejected']
+        body = json.loads(out)
+        assert body['cluster']['context'] == 'throttled-admin@sandbox'
         outcomes = _outcomes(body)
-        assert set(outcomes.values()) == {'reencrypted', 'failed'}
+        assert set(outcomes.values()) == {'reencrypted', 'failed'}, body['summary']
+        # the server's 429s reached the rewrites (a target never started has no count)
+        assert sum(t['throttled'] or 0 for t in body['targets']) > 0
         after, _ = etcd_state(box)
         for target in body['targets']:
             key = (target['namespace'], target['name'])
             if target['outcome'] == 'failed':
-                assert target['reason'] == 'not rewritten: the --timeout of 8 s was reached', target
+                assert target['reason'] == 'not rewritten: the --timeout of 20 s was reached', target
                 assert after[key] == before[key]
             else:
                 assert stored(after[key][0]) == ('kms', 'v2', current)
         assert {c['name']: c['status'] for c in body['checks']}['Reencrypt'] == 'Failed'
+        assert 'Traceback' not in err
     finally:
+        stop.set()
         box.down()
 
 
@@ -866,23 +913,25 @@ def test_a_server_failure_mid_run_reports_what_was_rewritten_what_was_not_and_wh
 
     from tests.conftest import AZ, EXTENSION_DIR
     box = Sandbox(str(tmp_path / 'sandbox'))
-    # The emulated API server: the run must be caught mid-rewrite, which its APF throttle (429s on demand) makes
-    # certain, and its process is the API server to kill (tests/sandbox/README.md lists the emulator's tests).
-    box.up(provider='kms-v2', apiserver='emulator')
+    box.up(provider='kms-v2')  # the real kube-apiserver: its process is killed mid-run
     try:
         assert box.ctl({'seed': {'namespace': 'bulk', 'count': 60, 'size': 64}})['ok']
         box.kms('rotate')
-        box.ctl({'writes': {'throttle': {'share': 0.5, 'retry_after': 1}}})
+        before, _ = etcd_state(box)
         env = dict(os.environ, AZURE_CONFIG_DIR=str(tmp_path / 'azure'), AZURE_EXTENSION_DIR=str(EXTENSION_DIR),
                    AZURE_CORE_COLLECT_TELEMETRY='false', PYTHONSAFEPATH='1')
+        # paced (4 rewrites a second: 15 s for the 60) so that the run is caught mid-rewrite
         proc = subprocess.Popen([str(AZ), 'aksarc', 'kms', 'reencrypt', '--kubeconfig', box.kubeconfig, '--yes',
-                                 '--parallel', '2', '--timeout', '120', '-o', 'json'], env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                                 '--parallel', '2', '--max-per-second', '4', '--timeout', '120', '-o', 'json'],
+                                env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL)
         try:
             end = time.monotonic() + 90
-            while time.monotonic() < end and _throttle_state(box)['throttled'] < 4:
+            while time.monotonic() < end and sum(rev > before[key][1] for key, (_, rev) in etcd_state(box)[0].items()
+                                                 if key in before) < 2:  # two rewrites are in etcd
                 time.sleep(0.2)
-            os.kill(box.info['pids']['server'], signal.SIGKILL)
+            assert proc.poll() is None, 'the run ended before the API server could be killed'
+            os.kill(box.info['pids']['kube_apiserver'], signal.SIGKILL)
             out, err = proc.communicate(timeout=150)
         finally:
             if proc.poll() is None:

@@ -9,6 +9,7 @@
     python -m tests.sandbox kms  --dir DIR [--cluster NAME] stop|kill|start|rotate|unhealthy|healthy
     python -m tests.sandbox ctl  --dir DIR [--cluster NAME] '<json>'
     python -m tests.sandbox az-login --dir DIR [--az PATH] [--identity sp|cert|federated]
+    python -m tests.sandbox throttle --dir DIR [--shares N] [--queue N] | --off
 
 ``up`` prints sandbox.json on stdout and returns once the API server's /readyz passes; it cleans up after itself
 when it fails. On a directory that holds a stopped sandbox it resumes that sandbox (saying so in one line on
@@ -92,6 +93,14 @@ def main(argv=None) -> int:
     login.add_argument("--identity", choices=("sp", "cert", "federated"), default="sp",
                        help="service principal with a secret (default), with a certificate, or the workload identity's "
                             "federated token")
+    throttle = sub.add_parser("throttle", help="the real kube-apiserver's APF throttles kubeconfig-throttled's "
+                                               "identity (Sandbox.throttle)")
+    throttle.add_argument("--dir", required=True)
+    throttle.add_argument("--shares", type=int, default=1,
+                          help="nominal concurrency shares of its priority level (default 1: 3 seats of 600)")
+    throttle.add_argument("--queue", type=int, default=0,
+                          help="requests that may wait in its one queue (default 0: excess requests get 429 at once)")
+    throttle.add_argument("--off", action="store_true", help="remove the FlowSchema and priority level again")
     a = p.parse_args(argv)
     if a.command == "az-login":
         from .azlogin import AzLoginError, az_login
@@ -119,6 +128,11 @@ def main(argv=None) -> int:
             result = (box.cluster(a.cluster) if a.cluster else box).kms(a.action)
             if result is not None:
                 print(result)
+        elif a.command == "throttle":
+            if a.off:
+                box.unthrottle()
+            else:
+                print(json.dumps(box.throttle(shares=a.shares, queue=a.queue), indent=2))
         elif a.command == "ctl":
             try:
                 body = json.loads(a.json)

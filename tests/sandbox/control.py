@@ -63,6 +63,7 @@ KEY_ID_METRICS = (KEY_ID_HASH_TOTAL, "apiserver_envelope_encryption_key_id_hash_
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _NO_FLAGS = {"entra": "--no-entra", "enforce_pop": "--no-enforce-pop"}
 ENCRYPTED_RESOURCES = "encrypted-resources.json"  # resources encrypted besides secrets (encrypt_resources)
+THROTTLED_CERT, THROTTLED_KEY = "pki/throttled.crt", "pki/throttled.key"  # Sandbox.throttle's identity
 READ_KEYS = "read-keys.json"  # local keys the API server added for reading (write_secret "with"), kept for a resume
 
 
@@ -727,28 +728,124 @@ class Sandbox:
 
     # -- talking to the API server as the admin ------------------------------------------------------------------------
 
-    def _ssl(self) -> ssl.SSLContext:
+    def _ssl(self, identity: str = "admin") -> ssl.SSLContext:
+        """TLS with the client certificate of ``identity``: ``admin`` (system:masters), ``restricted`` or
+        ``throttled`` (:meth:`throttle`)."""
         pki = self.info["pki"]
         ctx = ssl.create_default_context(cafile=pki["ca_cert"])
-        ctx.load_cert_chain(pki["admin_cert"], pki["admin_key"])
+        if identity == "throttled":
+            ctx.load_cert_chain(str(self.dir / THROTTLED_CERT), str(self.dir / THROTTLED_KEY))
+        else:
+            ctx.load_cert_chain(pki[f"{identity}_cert"], pki[f"{identity}_key"])
         return ctx
 
-    def api(self, method: str, path: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int, object]:
-        """One admin request to the API server: (status, parsed JSON or text)."""
+    def request(self, method: str, path: str, body: dict | None = None, timeout: float = 30.0,
+                identity: str = "admin") -> tuple[int, dict, bytes]:
+        """One request to the API server as ``identity`` (see :meth:`_ssl`): (status, headers (lower-case
+        names), body bytes)."""
         url = self.info["apiserver"]["url"] + path
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(url, data=data, method=method, headers={
             "Content-Type": "application/json", "Accept": "application/json",
             "User-Agent": f"kubectl/{KUBERNETES_VERSION} (linux/amd64) kubernetes/2bd1a5e"})
         try:
-            with urllib.request.urlopen(req, context=self._ssl(), timeout=timeout) as resp:
-                status, raw = resp.status, resp.read()
+            with urllib.request.urlopen(req, context=self._ssl(identity), timeout=timeout) as resp:
+                return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
         except urllib.error.HTTPError as e:
-            status, raw = e.code, e.read()
+            return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+    def api(self, method: str, path: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int, object]:
+        """One admin request to the API server: (status, parsed JSON or text)."""
+        status, _, raw = self.request(method, path, body, timeout)
         try:
             return status, json.loads(raw)
         except ValueError:
             return status, raw.decode(errors="replace")
+
+    # -- API Priority and Fairness: an identity the real server throttles ---------------------------------------------
+
+    @property
+    def kubeconfig_throttled(self) -> str:
+        return str(self.dir / "kubeconfig-throttled")
+
+    def throttle(self, shares: int = 1, queue: int = 0, timeout: float = 60.0) -> dict:
+        """Make the real kube-apiserver throttle one identity of its own: ``kubeconfig-throttled`` (client
+        certificate CN=throttled-admin, cluster-admin by a ClusterRoleBinding, not in system:masters, which APF
+        exempts). Every request of that identity (and nothing else: the admin and the sandbox's own traffic are
+        not touched) goes to PriorityLevelConfiguration ``sandbox-throttled``: ``shares`` nominal concurrency
+        shares, nothing lent or borrowed, and what exceeds its limit answered 429 at once (``queue=0``,
+        ``Reject``) or after ``queue`` requests wait in one queue. Idempotent (a second call replaces the
+        priority level's spec). Returns (and records in sandbox.json ``throttle``) the kubeconfig, the user, the
+        FlowSchema's and priority level's uids (a 429 of APF names them in ``X-Kubernetes-PF-*-UID``) and the
+        priority level's nominal concurrency limit as the server computed it (/metrics), once a request of the
+        identity is classified into it."""
+        from . import kubeapiserver
+        info = self.info
+        if info.get("apiserver_mode") != "real":
+            raise SandboxError("throttle needs the real kube-apiserver (up --apiserver real); the emulator has "
+                               "ctl writes.throttle")
+        pki = info["pki"]
+        user = kubeapiserver.THROTTLED_USER
+        kubeapiserver.issue_client(pki, user, self.dir / THROTTLED_CERT, self.dir / THROTTLED_KEY)
+        self._write_kubeconfig(Path(self.kubeconfig_throttled), info["apiserver"]["url"], Path(pki["ca_cert"]), user,
+                               self.dir / THROTTLED_CERT, self.dir / THROTTLED_KEY)
+        uids = {}
+        for path, obj in kubeapiserver.throttle_objects(user, shares, queue):
+            name = obj["metadata"]["name"]
+            status, out = self.api("POST", path, obj)
+            if status == 409:
+                status, current = self.api("GET", f"{path}/{name}")
+                if status == 200:
+                    obj = {**obj, "metadata": {**obj["metadata"],
+                                               "resourceVersion": current["metadata"]["resourceVersion"]}}
+                    status, out = self.api("PUT", f"{path}/{name}", obj)
+            if status not in (200, 201):
+                raise SandboxError(f"throttle: {path}/{name}: HTTP {status} {out}")
+            uids[obj.get("kind") or "ClusterRoleBinding"] = out["metadata"]["uid"]
+        fs_uid, pl_uid = uids["FlowSchema"], uids["PriorityLevelConfiguration"]
+        deadline = time.monotonic() + timeout
+        while True:  # the server's APF controller takes the objects in a moment after they are stored
+            status, headers, _ = self.request("GET", "/api", identity="throttled")
+            if status == 200 and headers.get("x-kubernetes-pf-flowschema-uid") == fs_uid and \
+                    headers.get("x-kubernetes-pf-prioritylevel-uid") == pl_uid:
+                break
+            if time.monotonic() > deadline:
+                raise SandboxError(f"throttle: requests of {user} were not classified as "
+                                   f"{kubeapiserver.THROTTLE_NAME} within {timeout:.0f}s (last: HTTP {status}, "
+                                   f"FlowSchema {headers.get('x-kubernetes-pf-flowschema-uid')})")
+            time.sleep(0.2)
+        limit = None
+        while limit is None and time.monotonic() < deadline:
+            status, page = self.api("GET", "/metrics", timeout=30)
+            limit = kubeapiserver.nominal_limit(str(page), kubeapiserver.THROTTLE_NAME) if status == 200 else None
+            if limit is None:
+                time.sleep(0.2)
+        throttle = {"user": user, "kubeconfig": self.kubeconfig_throttled, "flow_schema": kubeapiserver.THROTTLE_NAME,
+                    "flow_schema_uid": fs_uid, "priority_level": kubeapiserver.THROTTLE_NAME,
+                    "priority_level_uid": pl_uid, "shares": shares, "queue": queue, "nominal_limit": limit}
+        update_info(self.dir, throttle=throttle)
+        return throttle
+
+    def flow_counts(self) -> dict:
+        """``{"dispatched": n, "rejected": n}`` of the throttled identity's FlowSchema, from the server's /metrics
+        (counters since the server started: compare two readings)."""
+        from . import kubeapiserver
+        status, page = self.api("GET", "/metrics", timeout=30)
+        if status != 200:
+            raise SandboxError(f"/metrics: HTTP {status}")
+        return kubeapiserver.flow_counts(str(page))
+
+    def unthrottle(self) -> None:
+        """Remove the FlowSchema and priority level of :meth:`throttle` (the identity keeps cluster-admin; its
+        requests fall back to the suggested FlowSchemas)."""
+        from . import kubeapiserver
+        for path, obj in reversed(kubeapiserver.throttle_objects(kubeapiserver.THROTTLED_USER)):
+            if obj.get("kind") is None:
+                continue  # the ClusterRoleBinding stays
+            status, out = self.api("DELETE", f"{path}/{obj['metadata']['name']}")
+            if status not in (200, 202, 404):
+                raise SandboxError(f"unthrottle: {path}: HTTP {status} {out}")
+        update_info(self.dir, throttle=None)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -370,6 +370,74 @@ def set_kubelet_port(api, node: str, port: int) -> None:
         raise RuntimeError(f"node {node} status: HTTP {code} {out}")
 
 
+# --- API Priority and Fairness: a throttled identity -------------------------------------------------------------
+
+THROTTLED_USER = "throttled-admin"  # kubeconfig-throttled's client certificate (no group: not system:masters)
+THROTTLE_NAME = "sandbox-throttled"  # the FlowSchema, PriorityLevelConfiguration and ClusterRoleBinding
+FLOWCONTROL = "/apis/flowcontrol.apiserver.k8s.io/v1"  # GA in 1.29
+THROTTLE_PRECEDENCE = 50  # before every suggested FlowSchema but exempt (1) and probes (2)
+
+
+def throttle_objects(user: str, shares: int = 1, queue: int = 0) -> list[tuple[str, dict]]:
+    """(collection path, object) of what throttles ``user`` (and only it): cluster-admin for it, a Limited
+    PriorityLevelConfiguration with ``shares`` nominal concurrency shares that lends nothing and borrows nothing
+    (its concurrency limit is its nominal one, ceil(server limit x shares / all shares)), excess requests rejected
+    with 429 at once (``queue=0``: ``limitResponse: Reject``) or after waiting in one queue of ``queue`` requests,
+    and a FlowSchema sending every request of ``user`` (resource and non-resource) there."""
+    limit = {"type": "Reject"} if queue <= 0 else {
+        "type": "Queue", "queuing": {"queues": 1, "handSize": 1, "queueLengthLimit": queue}}
+    return [
+        ("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+         {"metadata": {"name": THROTTLE_NAME},
+          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+          "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}]}),
+        (f"{FLOWCONTROL}/prioritylevelconfigurations",
+         {"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
+          "metadata": {"name": THROTTLE_NAME},
+          "spec": {"type": "Limited", "limited": {"nominalConcurrencyShares": shares, "lendablePercent": 0,
+                                                  "borrowingLimitPercent": 0, "limitResponse": limit}}}),
+        (f"{FLOWCONTROL}/flowschemas",
+         {"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema",
+          "metadata": {"name": THROTTLE_NAME},
+          "spec": {"priorityLevelConfiguration": {"name": THROTTLE_NAME},
+                   "matchingPrecedence": THROTTLE_PRECEDENCE, "distinguisherMethod": {"type": "ByUser"},
+                   "rules": [{"subjects": [{"kind": "User", "user": {"name": user}}],
+                              "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                                                 "clusterScope": True, "namespaces": ["*"]}],
+                              "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}]}]}}),
+    ]
+
+
+def issue_client(pki: dict, cn: str, cert_path: Path, key_path: Path, orgs=()) -> None:
+    """A client certificate of the cluster CA for ``cn`` (once: kept if it is there)."""
+    if Path(cert_path).exists() and Path(key_path).exists():
+        return
+    cert, key = _issue(Path(pki["ca_cert"]), Path(pki["ca_key"]), cn, orgs)
+    _write_private(Path(key_path), key)
+    Path(cert_path).write_bytes(cert)
+
+
+def flow_counts(metrics_page: str, flow_schema: str = THROTTLE_NAME) -> dict:
+    """``{"dispatched": n, "rejected": n}``: the requests of ``flow_schema`` the server has executed and rejected
+    (429) since it started (``apiserver_flowcontrol_{dispatched,rejected}_requests_total``, summed over reasons)."""
+    counts = {"dispatched": 0, "rejected": 0}
+    for line in metrics_page.splitlines():
+        for kind in counts:
+            if line.startswith(f"apiserver_flowcontrol_{kind}_requests_total{{") and \
+                    f'flow_schema="{flow_schema}"' in line:
+                counts[kind] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def nominal_limit(metrics_page: str, priority_level: str) -> int | None:
+    """``apiserver_flowcontrol_nominal_limit_seats`` of ``priority_level`` in a /metrics page."""
+    for line in metrics_page.splitlines():
+        if line.startswith("apiserver_flowcontrol_nominal_limit_seats{") and \
+                f'priority_level="{priority_level}"' in line:
+            return int(float(line.rsplit(" ", 1)[1]))
+    return None
+
+
 def delete_pods(api, pods: list[dict]) -> None:
     for p in pods:
         meta = p["metadata"]
