@@ -51,6 +51,9 @@ def main(argv=None) -> int:
                     help=f"default {DEFAULTS['apiserver']}: the kube-apiserver `make kube-apiserver` builds "
                          "(tests/sandbox/kubeapiserver.py); emulator: the Python API server emulator (fault injection "
                          "with ctl; a fleet always runs on it)")
+    up.add_argument("--apiservers", type=int, metavar="N",
+                    help="default 1: N real kube-apiservers on the one etcd and KMS plugin, behind a local TCP load "
+                         "balancer (round robin per connection) that the kubeconfigs name")
     up.add_argument("--clusters", type=int, metavar="N",
                     help="a fleet of N clusters (sandbox-1 ... sandbox-N, and other-1 in a second subscription)")
     up.add_argument("--providers", metavar="LIST",
@@ -91,7 +94,7 @@ def main(argv=None) -> int:
             info = box.up(provider=a.provider, etcdctl=a.etcdctl, nodes=a.nodes, broken_node=a.broken_node,
                           readyz_style=a.readyz_style, history=a.history, entra=a.entra, enforce_pop=a.enforce_pop,
                           clusters=a.clusters, providers=a.providers, disconnected=a.disconnected,
-                          apiserver=a.apiserver)
+                          apiserver=a.apiserver, apiservers=a.apiservers)
             print(json.dumps({k: v for k, v in info.items() if k != "pki"}, indent=2))
             if box.resumed:
                 print(f"resumed the stopped sandbox in {box.dir} (its data, certificates and keys)", file=sys.stderr)

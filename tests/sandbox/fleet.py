@@ -135,6 +135,8 @@ def check_options(asked: dict) -> None:
     if asked.get("apiserver") == "real":
         raise SandboxError("--apiserver real is for one cluster: a fleet's clusters run on the API server emulator "
                            "(tests/sandbox/README.md)")
+    if (asked.get("apiservers") or 1) > 1:
+        raise SandboxError("--apiservers is for one cluster (on the real kube-apiserver), not a fleet")
     if asked.get("broken_node"):
         raise SandboxError("--broken-node is for one cluster, not a fleet (break a node of one cluster with its ctl "
                            "exec_fault)")
