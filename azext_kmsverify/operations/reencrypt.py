@@ -67,6 +67,8 @@ def reencrypt(run: Run) -> dict:
             result['plan']['byResource'] = {k.name: {'scanned': plan.scanned_by.get(k.name, 0),
                                                      'targets': sum(1 for t in targets if _of(t) == k.name)}
                                             for k in kinds}
+        if plan.newer_key_ids:
+            return _keys_disagree(run, result, plan, targets, started)
         if options.dry_run or not targets:
             for target in targets:
                 target.outcome = Outcome.PLANNED
@@ -82,6 +84,26 @@ def reencrypt(run: Run) -> dict:
                 _verify_from_etcd(session, targets, plan)
         result['currentKeyId'] = _named_key(plan.current_key_id, targets)
         return _finish(result, targets, started, written, interrupted)
+
+
+def _keys_disagree(run: Run, result: dict, plan, targets: list[Target], started: float) -> dict:
+    """Nothing is rewritten: etcd holds objects under a KMS v2 key newer than the one the answering API server calls
+    current (``verdict.keys.newer_key_ids``), so a rewrite through it could store them under the older key. The
+    result says so; the run exits 1 (it could not rewrite safely), to be run again once the servers agree."""
+    why = (f"not rewritten: etcd holds objects under KMS v2 key id {', '.join(plan.newer_key_ids)}, newer than "
+           f'{plan.current_key_id} that the API server which answered calls current; another API server already '
+           'encrypts with the newer key')
+    logger.error('The API servers do not agree on the current KMS v2 key: %s. Nothing was rewritten (a rewrite '
+                 'could store secrets under the older key). Run again in a minute, once every API server has taken '
+                 'the new key (each asks its KMS plugin about once a minute).', why[len('not rewritten: '):])
+    run.incomplete()
+    result['newerKeyIds'] = list(plan.newer_key_ids)
+    for target in targets:
+        target.end(Outcome.SKIPPED, why)
+    result = _finish(result, targets, started)
+    result['passed'] = False
+    result['checks'].insert(1, check('KmsV2CurrentKey', FAILED, why[len('not rewritten: '):]))
+    return result
 
 
 def _ended_by(run: Run, error: AzCLIError, session, targets: list[Target], plan) -> None:
@@ -120,6 +142,7 @@ class _Plan:  # pylint: disable=too-many-instance-attributes  # one field per fi
     current_key_source: str | None
     kinds: dict  # resource name -> kube.resources.Resource
     scanned_by: dict  # resource name -> objects scanned
+    newer_key_ids: list  # KMS v2 key ids newer than the current one (verdict.keys.newer_key_ids): nothing is rewritten
 
 
 def _of(target: Target) -> str:
@@ -136,11 +159,12 @@ def _plan(run: Run, session, kinds: list[Resource]) -> _Plan:
     options = run.options
     key_hash, how = current_key_hash(session.client)
     namespaces = set()  # seen in etcd: a --namespace that matches none is said so, not a silent green
-    chosen, scanned_by, current = [], {}, (None, None)
+    chosen, scanned_by, current, newer = [], {}, (None, None), set()
     for kind in sorted(kinds, key=lambda k: k is not SECRETS):
         found, scan = _plan_one(run, session, kind, (key_hash, how), current, namespaces=namespaces)
         if current[0] is None and scan.get('currentKeyId'):
             current = (scan.get('currentKeyId'), scan.get('currentKeyIdSource'))
+        newer.update(scan.get('newerKeyIds') or ())
         chosen.extend(found)
         scanned_by[kind.name] = scan['total']
     _namespaces_matched(options.namespaces, namespaces)
@@ -149,7 +173,7 @@ def _plan(run: Run, session, kinds: list[Resource]) -> _Plan:
     logger.info('Plan: %s of %s objects to rewrite (current KMS v2 key: %s, %s)', len(chosen),
                 sum(scanned_by.values()), current[0], how)
     return _Plan(chosen, sum(scanned_by.values()), session.reader.revision, current[0], current[1],
-                 {k.name: k for k in kinds}, scanned_by)
+                 {k.name: k for k in kinds}, scanned_by, sorted(newer))
 
 
 def _plan_one(run: Run, session, kind: Resource, metrics, current, *, namespaces: set):

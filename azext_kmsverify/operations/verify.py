@@ -229,7 +229,10 @@ def _rotation(run: Run, client, writes: EarliestWrites, scan: dict) -> dict:
     options = run.options
     versions = [v for v, n in (scan.get('byKmsVersion') or {}).items() if n]
     age, why = None, ''
-    if 'v2' in versions:
+    if scan.get('newerKeyIds'):  # the current key is in doubt: dating it would call the newer keys older
+        why = (f"etcd holds secrets under {', '.join(scan['newerKeyIds'])}, newer than the key id the API server "
+               'that answered calls current: the API servers do not agree on the current key yet')
+    elif 'v2' in versions:
         with run.step('dating the current KMS v2 key'):
             age, why = key_age(client, writes, scan.get('currentKeyId'))
     found = rotation_check(kms_versions=versions, age=age, unknown_why=why or 'no secret is stored with KMS v2',

@@ -67,6 +67,20 @@ def hash_only_current_key(key_hash: str | None, found_key_id: str | None, known_
     return None
 
 
+def newer_key_ids(current_key_id: str | None, first_revisions: dict) -> list[str]:
+    """KMS v2 key ids whose oldest value in etcd (``first_revisions``: key id -> lowest ModRevision) was written after
+    the oldest value under ``current_key_id``: keys newer than the one called current. One API server writes under
+    one key at a time, so the values of a key it rotated away from are all older than the first value under the
+    next. A key that began after the current one means another API server already writes under a newer key: in an
+    HA control plane each server takes a rotated key at its next KMS plugin Status call (about once a minute), and
+    the one that answered has not yet. [] when the current key has no value in etcd."""
+    first = first_revisions.get(current_key_id) if current_key_id else None
+    if first is None:
+        return []
+    return sorted(k for k, rev in first_revisions.items()
+                  if k is not None and k != current_key_id and rev is not None and rev > first)
+
+
 # Where the current key comes from, as ``scan.currentKeyIdSource`` and ``reencrypt``'s ``currentKeyIdSource`` say.
 SOURCE_METRICS = 'metrics'
 SOURCE_PROBE = 'probe'

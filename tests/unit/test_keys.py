@@ -76,3 +76,37 @@ def test_the_hash_stands_for_the_key_only_when_nothing_else_names_it():
     assert hash_only_current_key('sha256:ab', 'k1') is None
     assert hash_only_current_key('sha256:ab', None, 'probe-key') is None
     assert hash_only_current_key(None, None) is None
+
+
+def test_a_key_first_written_after_the_current_ones_oldest_is_newer():
+    from azext_kmsverify.verdict.keys import newer_key_ids
+    # one API server: the values of the key it rotated away from are all older than those of the next key
+    assert newer_key_ids('key-2', {'key-1': 10, 'key-2': 50, 'key-0': 3}) == []
+    # HA, an API server still on key-1 answered: key-2 began after key-1's oldest value
+    assert newer_key_ids('key-1', {'key-1': 10, 'key-2': 50, 'key-3': 60, 'key-0': 3}) == ['key-2', 'key-3']
+    assert newer_key_ids('sha256:ab', {'key-1': 10}) == []  # the current key has nothing stored yet
+    assert newer_key_ids(None, {'key-1': 10}) == []
+
+
+def test_the_scan_does_not_call_a_newer_key_older_when_an_api_server_lags():
+    """Three API servers after a rotation to key-2: the one that answered /metrics still says key-1. The secrets
+    written under key-2 are not stale, and the check says that the servers disagree."""
+    summary = ScanSummary(current_key_hash=key_id_hash('key-1'))
+    v2 = lambda key: {'storage': 'kms', 'kmsVersion': 'v2', 'provider': 'p', 'keyId': key}  # noqa: E731
+    summary.add('a', 'before', v2('key-1'), 10)
+    summary.add('a', 'after-on-a-new-server', v2('key-2'), 50)
+    summary.add('a', 'after-on-the-lagging-server', v2('key-1'), 60)
+    scan, checks = summary.finish()
+    assert (scan['currentKeyId'], scan['currentKeyIdSource']) == ('key-1', 'metrics')
+    assert scan['newerKeyIds'] == ['key-2'] and scan['stale'] == []
+    [key] = [c for c in checks if c['name'] == 'KmsV2CurrentKey']
+    assert key['status'] == 'Warning'
+    assert 'current KMS v2 key id is key-1 (from the API server\'s /metrics)' in key['detail']
+    assert '1 KMS v2 secret in etcd is under key-2, first written after the oldest under key-1' in key['detail']
+    assert 'older key' not in key['detail']
+    # the same etcd, answered by a server on key-2: key-1's values are older (stale), nothing is newer
+    summary = ScanSummary(current_key_hash=key_id_hash('key-2'))
+    for name, key_id, rev in (('before', 'key-1', 10), ('new', 'key-2', 50), ('lagging', 'key-1', 60)):
+        summary.add('a', name, v2(key_id), rev)
+    scan, _ = summary.finish()
+    assert 'newerKeyIds' not in scan and sorted(s['name'] for s in scan['stale']) == ['before', 'lagging']
