@@ -103,6 +103,7 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
         self._v2 = {}           # key id (or None when the value has none) -> namespace -> [name, ...]
         self._latest = None     # (mod_revision, key id) of the newest KMS v2 value with a key id
         self._first = {}        # KMS v2 key id -> the lowest ModRevision under it (keys.newer_key_ids)
+        self._newer = []        # key ids newer than the current one (set by finish)
         self._strings = {}      # one shared object per distinct provider name
 
     @property
@@ -178,10 +179,10 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
         checks = [self._encrypted_check()]
         stale = []
         v2_total = self._by_version.get('v2', 0)
-        newer = newer_key_ids(current_key_id, self._first)
+        self._newer = newer_key_ids(current_key_id, self._first)
         if v2_total:
             found, key_check = self._v2_check(current_key_id, current_key_source, v2_total, write_times or {},
-                                              stale_status, newer)
+                                              stale_status, newer=self._newer)
             stale.extend(found)
             checks.append(key_check)
         if self._by_version.get('v1', 0):
@@ -209,8 +210,8 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
             'stale': stale,
             'remediation': remediation(bool(failing), bool(stale), self._resource),
         }
-        if newer:
-            scan['newerKeyIds'] = newer
+        if self._newer:
+            scan['newerKeyIds'] = self._newer
         return scan, checks
 
     def _check(self, name, status, detail):
@@ -236,7 +237,7 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
         return self._check(ALL_SECRETS_ENCRYPTED, FAILED,
                            f'{bad} of {_plural(self.total, noun)} {verb} not encrypted with KMS: {parts}')
 
-    def _v2_check(self, current, source, v2_total, write_times, stale_status, newer=()):
+    def _v2_check(self, current, source, v2_total, write_times, stale_status, *, newer=()):
         if current is None:
             return [], self._check(KMS_V2_CURRENT_KEY, WARNING,
                                    'cannot tell the current KMS v2 key id: no KMS v2 value carries one')

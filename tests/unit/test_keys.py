@@ -101,7 +101,7 @@ def test_the_scan_does_not_call_a_newer_key_older_when_an_api_server_lags():
     assert scan['newerKeyIds'] == ['key-2'] and scan['stale'] == []
     [key] = [c for c in checks if c['name'] == 'KmsV2CurrentKey']
     assert key['status'] == 'Warning'
-    assert 'current KMS v2 key id is key-1 (from the API server\'s /metrics)' in key['detail']
+    assert "current KMS v2 key id is key-1 (from the API server's /metrics)" in key['detail']
     assert '1 KMS v2 secret in etcd is under key-2, first written after the oldest under key-1' in key['detail']
     assert 'older key' not in key['detail']
     # the same etcd, answered by a server on key-2: key-1's values are older (stale), nothing is newer
