@@ -25,7 +25,7 @@ from azext_kmsverify import defaults
 from azext_kmsverify.errors import argument_error, make
 from azext_kmsverify.kube import rewrite as rewriting
 from azext_kmsverify.kube.access import CHECKING_ACCESS, require
-from azext_kmsverify.kube.metrics import current_key_hash
+from azext_kmsverify.kube.metrics import key_evidence
 from azext_kmsverify.kube.resources import SECRETS, Resource, resolve
 from azext_kmsverify.kube.secrets import old_writes
 from azext_kmsverify.operations.run import Run
@@ -157,11 +157,11 @@ def _plan(run: Run, session, kinds: list[Resource]) -> _Plan:
     """The scan of ``verify --all-secrets`` (etcd is the source of truth), with the targets' ModRevisions: secrets
     first (their scan decides the current key), then each other ``--resource`` under the same key."""
     options = run.options
-    key_hash, how = current_key_hash(session.client)
+    key_hash, how, known = key_evidence(session.client)
     namespaces = set()  # seen in etcd: a --namespace that matches none is said so, not a silent green
     chosen, scanned_by, current, newer = [], {}, (None, None), set()
     for kind in sorted(kinds, key=lambda k: k is not SECRETS):
-        found, scan = _plan_one(run, session, kind, (key_hash, how), current, namespaces=namespaces)
+        found, scan = _plan_one(run, session, kind, (key_hash, how, known), current, namespaces=namespaces)
         if current[0] is None and scan.get('currentKeyId'):
             current = (scan.get('currentKeyId'), scan.get('currentKeyIdSource'))
         newer.update(scan.get('newerKeyIds') or ())
@@ -177,16 +177,16 @@ def _plan(run: Run, session, kinds: list[Resource]) -> _Plan:
 
 
 def _plan_one(run: Run, session, kind: Resource, metrics, current, *, namespaces: set):
-    """(targets, scan) of one resource. ``metrics``: (hash, how) of the current key from /metrics; ``current``:
+    """(targets, scan) of one resource. ``metrics``: (hash, how, known key hashes) from /metrics; ``current``:
     (key id, source) decided by an earlier resource's scan, or (None, None)."""
     options, reader = run.options, session.reader
-    key_hash, how = metrics
+    key_hash, how, known = metrics
     if kind is SECRETS:
-        summary = ScanSummary(current_key_hash=key_hash)
+        summary = ScanSummary(current_key_hash=key_hash, known_key_hashes=known)
     else:
         summary = ScanSummary(current_key_id=current[0], current_key_source=current[1],
                               current_key_hash=None if current[0] else key_hash, resource=kind.name,
-                              prefix=kind.prefix)
+                              prefix=kind.prefix, known_key_hashes=known)
     revisions = {}
     count = 0
     with run.progress(f'Planning from etcd: {kind.name}') as progress:

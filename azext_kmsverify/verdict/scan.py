@@ -79,7 +79,7 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
     """
 
     def __init__(self, current_key_id=None, current_key_source=SOURCE_PROBE, current_key_hash=None, *,
-                 resource=None, prefix=defaults.ETCD_SECRETS_PREFIX):
+                 resource=None, prefix=defaults.ETCD_SECRETS_PREFIX, known_key_hashes=None):
         # ``resource``: the --resource scanned when it is not secrets (its checks then name it as their target,
         # and their text says 'object'); ``prefix`` its etcd prefix.
         self._resource, self._prefix = resource, prefix
@@ -104,6 +104,7 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
         self._latest = None     # (mod_revision, key id) of the newest KMS v2 value with a key id
         self._first = {}        # KMS v2 key id -> the lowest ModRevision under it (keys.newer_key_ids)
         self._newer = []        # key ids newer than the current one (set by finish)
+        self._known_hashes = known_key_hashes  # key id hashes on the answering server's /metrics (None: not read)
         self._strings = {}      # one shared object per distinct provider name
 
     @property
@@ -179,7 +180,7 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
         checks = [self._encrypted_check()]
         stale = []
         v2_total = self._by_version.get('v2', 0)
-        self._newer = newer_key_ids(current_key_id, self._first)
+        self._newer = newer_key_ids(current_key_id, self._first, self._known_hashes)
         if v2_total:
             found, key_check = self._v2_check(current_key_id, current_key_source, v2_total, write_times or {},
                                               stale_status, newer=self._newer)
