@@ -931,8 +931,14 @@ class Sandbox:
         id its next write uses): the kubeconfig's server, or each kube-apiserver on ``ports``; returns the seconds
         waited."""
         started = time.monotonic()
+        def taken(port):
+            try:
+                return self.status_key_ids(port)[-1:] == [key_id_hash(key_id)]
+            except (SandboxError, OSError):  # not answering yet (restarting)
+                return False
+
         for port in list(ports or [None]):
-            while self.status_key_ids(port)[-1:] != [key_id_hash(key_id)]:
+            while not taken(port):
                 if time.monotonic() - started > timeout:
                     raise SandboxError(f"kube-apiserver{f' on port {port}' if port else ''} did not take the KMS key "
                                        f"id {key_id} within {timeout:.0f}s")
