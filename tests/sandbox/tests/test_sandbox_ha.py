@@ -2,8 +2,8 @@
 balancer (tests/sandbox/lb.py), each with its own KMS v2 key-id state.
 
 - each server is the built binary on its own port, and the kubeconfig names the load balancer;
-- the load balancer spreads connections over the three processes (told apart by ``process_start_time_seconds``
-  on their /metrics), with TLS end to end (the kubeconfig's CA verifies the servers' certificate);
+- the load balancer spreads connections over the three processes (each counts the requests it served on its own
+  /metrics), with TLS end to end (the kubeconfig's CA verifies the servers' certificate);
 - after ``rotate_with_lag`` the restarted servers write under the new key id and the lagging one under the old,
   as etcd shows; restarting it ends the disagreement;
 - ``down`` stops every server, and a resume starts them all again.
@@ -29,10 +29,28 @@ def box(tmp_path_factory):
     b.down()
 
 
-def _start_time(box, port=None):
-    status, page = box.api("GET", "/metrics", port=port)
-    assert status == 200
-    return float(re.search(r"^process_start_time_seconds (\S+)$", page, re.M).group(1))
+PROBE = "/api/v1/namespaces/default/limitranges/lb-probe"  # a GET nothing else makes (404)
+
+
+def _served(box):
+    """{port: GETs of a limitrange served} of each kube-apiserver, from its own /metrics (``apiserver_request_total``:
+    each server counts only what it served; ``/version`` is not counted there)."""
+    counts = {}
+    for port in box.apiserver_ports():
+        status, page = box.api("GET", "/metrics", port=port)
+        assert status == 200
+        counts[port] = sum(float(m.group(1)) for m in re.finditer(
+            r'^apiserver_request_total\{[^}]*resource="limitranges"[^}]*verb="GET"[^}]*\} (\S+)$', page, re.M))
+    return counts
+
+
+def _spread(box, n=6):
+    """How many requests through the load balancer (a new connection each) each server served."""
+    before = _served(box)
+    for _ in range(n):
+        assert box.api("GET", PROBE)[0] == 404
+    after = _served(box)
+    return sorted(after[p] - before[p] for p in after)
 
 
 def _key_id(box, name):
@@ -54,10 +72,8 @@ def test_three_built_servers_each_on_its_own_port_and_the_kubeconfig_names_the_b
 
 
 def test_the_balancer_spreads_connections_over_the_three_processes(box):
-    own = {_start_time(box, s["port"]) for s in box.info["kube_apiservers"]}
-    assert len(own) == 3  # three processes, told apart by their start times
-    through = [_start_time(box) for _ in range(6)]  # urllib: a new connection per request
-    assert set(through) == own
+    assert len({s["pid"] for s in box.info["kube_apiservers"]}) == 3
+    assert _spread(box) == [2, 2, 2]  # urllib: a new connection per request, round robin
 
 
 def test_a_lagging_server_writes_under_the_old_key_until_it_takes_the_new_one(box):
@@ -84,4 +100,4 @@ def test_down_stops_every_server_and_a_resume_starts_them_all(box):
     box.up()
     servers = box.info["kube_apiservers"]
     assert len(servers) == 3 and all(is_alive(s["pid"]) for s in servers)
-    assert len({_start_time(box) for _ in range(6)}) == 3
+    assert _spread(box) == [2, 2, 2]
