@@ -26,6 +26,18 @@ def metrics_page(client) -> tuple[str | None, str]:
     return body.decode('utf-8', 'replace'), ''
 
 
+def key_evidence(client) -> tuple[str | None, str, set | None]:
+    """``(hash, how, known key hashes)`` from one read of /metrics: the current KMS v2 key's hash (or None, why
+    not) and every key id hash the page shows (``verdict.keys.known_key_hashes``; None when it could not be read)."""
+    from azext_kmsverify.verdict.keys import current_key_hash as parse
+    from azext_kmsverify.verdict.keys import known_key_hashes
+    text, why = metrics_page(client)
+    if text is None:
+        return None, why, None
+    key_hash, how = parse(text)
+    return key_hash, how, known_key_hashes(text)
+
+
 def current_key_hash(client) -> tuple[str | None, str]:
     """``(hash, how)`` of the KMS v2 key the API server encrypts with now, or ``(None, why not)``."""
     from azext_kmsverify.verdict.keys import current_key_hash as parse

@@ -25,7 +25,7 @@ from azext_kmsverify import defaults
 from azext_kmsverify.errors import argument_error, make
 from azext_kmsverify.kube import rewrite as rewriting
 from azext_kmsverify.kube.access import CHECKING_ACCESS, require
-from azext_kmsverify.kube.metrics import current_key_hash
+from azext_kmsverify.kube.metrics import key_evidence
 from azext_kmsverify.kube.resources import SECRETS, Resource, resolve
 from azext_kmsverify.kube.secrets import old_writes
 from azext_kmsverify.operations.run import Run
@@ -68,6 +68,8 @@ def reencrypt(run: Run) -> dict:
             result['plan']['byResource'] = {k.name: {'scanned': plan.scanned_by.get(k.name, 0),
                                                      'targets': sum(1 for t in targets if _of(t) == k.name)}
                                             for k in kinds}
+        if plan.newer_key_ids:
+            return _keys_disagree(run, result, plan, targets, started)
         if options.dry_run or not targets:
             for target in targets:
                 target.outcome = Outcome.PLANNED
@@ -83,6 +85,26 @@ def reencrypt(run: Run) -> dict:
                 _verify_from_etcd(session, targets, plan)
         result['currentKeyId'] = _named_key(plan.current_key_id, targets)
         return _finish(result, targets, started, written, interrupted)
+
+
+def _keys_disagree(run: Run, result: dict, plan, targets: list[Target], started: float) -> dict:
+    """Nothing is rewritten: etcd holds objects under a KMS v2 key newer than the one the answering API server calls
+    current (``verdict.keys.newer_key_ids``), so a rewrite through it could store them under the older key. The
+    result says so; the run exits 1 (it could not rewrite safely), to be run again once the servers agree."""
+    why = (f"not rewritten: etcd holds objects under KMS v2 key id {', '.join(plan.newer_key_ids)}, newer than "
+           f'{plan.current_key_id} that the API server which answered calls current; another API server already '
+           'encrypts with the newer key')
+    logger.error('The API servers do not agree on the current KMS v2 key: %s. Nothing was rewritten (a rewrite '
+                 'could store secrets under the older key). Run again in a minute, once every API server has taken '
+                 'the new key (each asks its KMS plugin about once a minute).', why[len('not rewritten: '):])
+    run.incomplete()
+    result['newerKeyIds'] = list(plan.newer_key_ids)
+    for target in targets:
+        target.end(Outcome.SKIPPED, why)
+    result = _finish(result, targets, started)
+    result['passed'] = False
+    result['checks'].insert(1, check('KmsV2CurrentKey', FAILED, why[len('not rewritten: '):]))
+    return result
 
 
 def _ended_by(run: Run, error: AzCLIError, session, targets: list[Target], plan) -> None:
@@ -121,6 +143,7 @@ class _Plan:  # pylint: disable=too-many-instance-attributes  # one field per fi
     current_key_source: str | None
     kinds: dict  # resource name -> kube.resources.Resource
     scanned_by: dict  # resource name -> objects scanned
+    newer_key_ids: list  # KMS v2 key ids newer than the current one (verdict.keys.newer_key_ids): nothing is rewritten
     note: str | None = None  # why the current key came from where it did (verdict.keys.current_key_note)
 
 
@@ -136,14 +159,15 @@ def _plan(run: Run, session, kinds: list[Resource]) -> _Plan:
     """The scan of ``verify --all-secrets`` (etcd is the source of truth), with the targets' ModRevisions: secrets
     first (their scan decides the current key), then each other ``--resource`` under the same key."""
     options = run.options
-    key_hash, how = current_key_hash(session.client)
+    key_hash, how, known = key_evidence(session.client)
     namespaces = set()  # seen in etcd: a --namespace that matches none is said so, not a silent green
-    chosen, scanned_by, current, v2_seen = [], {}, (None, None), False
+    chosen, scanned_by, current, v2_seen, newer = [], {}, (None, None), False, set()
     for kind in sorted(kinds, key=lambda k: k is not SECRETS):
-        found, scan = _plan_one(run, session, kind, (key_hash, how), current, namespaces=namespaces)
+        found, scan = _plan_one(run, session, kind, (key_hash, how, known), current, namespaces=namespaces)
         if current[0] is None and scan.get('currentKeyId'):
             current = (scan.get('currentKeyId'), scan.get('currentKeyIdSource'))
         v2_seen = v2_seen or bool(scan['byKmsVersion'].get('v2'))
+        newer.update(scan.get('newerKeyIds') or ())
         chosen.extend(found)
         scanned_by[kind.name] = scan['total']
     _namespaces_matched(options.namespaces, namespaces)
@@ -154,20 +178,20 @@ def _plan(run: Run, session, kinds: list[Resource]) -> _Plan:
     hash_only = bool(current[0] and current[0].startswith(HASH_PREFIX))
     note = current_key_note(current[1], how, hash_only=hash_only)
     return _Plan(chosen, sum(scanned_by.values()), session.reader.revision, current[0], current[1],
-                 {k.name: k for k in kinds}, scanned_by, note if hash_only or v2_seen else None)
+                 {k.name: k for k in kinds}, scanned_by, sorted(newer), note if hash_only or v2_seen else None)
 
 
 def _plan_one(run: Run, session, kind: Resource, metrics, current, *, namespaces: set):
-    """(targets, scan) of one resource. ``metrics``: (hash, how) of the current key from /metrics; ``current``:
+    """(targets, scan) of one resource. ``metrics``: (hash, how, known key hashes) from /metrics; ``current``:
     (key id, source) decided by an earlier resource's scan, or (None, None)."""
     options, reader = run.options, session.reader
-    key_hash, how = metrics
+    key_hash, how, known = metrics
     if kind is SECRETS:
-        summary = ScanSummary(current_key_hash=key_hash)
+        summary = ScanSummary(current_key_hash=key_hash, known_key_hashes=known)
     else:
         summary = ScanSummary(current_key_id=current[0], current_key_source=current[1],
                               current_key_hash=None if current[0] else key_hash, resource=kind.name,
-                              prefix=kind.prefix)
+                              prefix=kind.prefix, known_key_hashes=known)
     revisions = {}
     count = 0
     with run.progress(f'Planning from etcd: {kind.name}') as progress:

@@ -22,7 +22,7 @@ from azext_kmsverify.errors import make
 from azext_kmsverify.kube.access import CHECKING_ACCESS, require
 from azext_kmsverify.kube.health import read_health
 from azext_kmsverify.kube.keyage import key_age
-from azext_kmsverify.kube.metrics import current_key_hash
+from azext_kmsverify.kube.metrics import current_key_hash, key_evidence
 from azext_kmsverify.kube.probe import ProbeSecret
 from azext_kmsverify.kube.resources import SECRETS, resolve
 from azext_kmsverify.kube.secrets import old_writes, secret_exists
@@ -136,9 +136,9 @@ def scan_all(run: Run, session, current_key_id):
     options, client, reader = run.options, session.client, session.reader
     # Knowing the current key up front (from /metrics, else the probe's) keeps only the names of secrets under
     # older keys.
-    key_hash, how = current_key_hash(client)
+    key_hash, how, known = key_evidence(client)
     logger.info('Current KMS v2 key from /metrics: %s', how)
-    summary = ScanSummary(current_key_id=current_key_id, current_key_hash=key_hash)
+    summary = ScanSummary(current_key_id=current_key_id, current_key_hash=key_hash, known_key_hashes=known)
     writes = EarliestWrites()  # per KMS v2 key id, the oldest and newest value written once: dates the current key
     count = 0
     with run.progress('Reading secrets from etcd') as progress:
@@ -227,7 +227,10 @@ def _rotation(run: Run, client, writes: EarliestWrites, scan: dict) -> dict:
     options = run.options
     versions = [v for v, n in (scan.get('byKmsVersion') or {}).items() if n]
     age, why = None, ''
-    if 'v2' in versions:
+    if scan.get('newerKeyIds'):  # the current key is in doubt: dating it would call the newer keys older
+        why = (f"etcd holds secrets under {', '.join(scan['newerKeyIds'])}, newer than the key id the API server "
+               'that answered calls current: the API servers do not agree on the current key yet')
+    elif 'v2' in versions:
         with run.step('dating the current KMS v2 key'):
             age, why = key_age(client, writes, scan.get('currentKeyId'))
     found = rotation_check(kms_versions=versions, age=age, unknown_why=why or 'no secret is stored with KMS v2',

@@ -83,6 +83,39 @@ def hash_only_current_key(key_hash: str | None, found_key_id: str | None, known_
     return None
 
 
+def known_key_hashes(metrics_text: str) -> set[str]:
+    """Every key id hash on the page's ``apiserver_envelope_encryption_key_id_hash_*`` samples: keys this API server
+    got from its plugin's Status, encrypted with, or decrypted a value of (``from_storage`` is recorded only after
+    the plugin decrypted the DEK: a value under a key the plugin never had does not show)."""
+    found = set()
+    for line in metrics_text.splitlines():
+        if line.startswith('apiserver_envelope_encryption_key_id_hash_'):
+            match = _SAMPLE.fullmatch(line.strip())
+            if match:
+                key_hash = dict(_LABEL.findall(match.group(2) or '')).get('key_id_hash')
+                if key_hash:
+                    found.add(key_hash)
+    return found
+
+
+def newer_key_ids(current_key_id: str | None, first_revisions: dict, known_hashes=None) -> list[str]:
+    """KMS v2 key ids whose oldest value in etcd (``first_revisions``: key id -> lowest ModRevision) was written after
+    the oldest value under ``current_key_id``: keys newer than the one called current. One API server writes under
+    one key at a time, so the values of a key it rotated away from are all older than the first value under the
+    next. A key that began after the current one means another API server already writes under a newer key: in an
+    HA control plane each server takes a rotated key at its next KMS plugin Status call (about once a minute), and
+    the one that answered has not yet. Only keys in ``known_hashes`` (:func:`known_key_hashes` of the answering
+    server's /metrics: it decrypted values under them, so its plugin has them) count: a value planted or restored
+    under a key the plugin never had is not a newer key. [] when the current key has no value in etcd, or
+    without /metrics (``known_hashes`` None)."""
+    first = first_revisions.get(current_key_id) if current_key_id else None
+    if first is None or not known_hashes:
+        return []
+    return sorted(k for k, rev in first_revisions.items()
+                  if k is not None and k != current_key_id and rev is not None and rev > first
+                  and key_id_hash(k) in known_hashes)
+
+
 # Where the current key comes from, as ``scan.currentKeyIdSource`` and ``reencrypt``'s ``currentKeyIdSource`` say.
 SOURCE_METRICS = 'metrics'
 SOURCE_PROBE = 'probe'

@@ -20,6 +20,7 @@ from azext_kmsverify.verdict.keys import (
     SOURCE_PROBE,
     decide_current_key,
     key_id_hash,
+    newer_key_ids,
 )
 
 ALL_SECRETS_ENCRYPTED = 'AllSecretsEncrypted'
@@ -78,7 +79,7 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
     """
 
     def __init__(self, current_key_id=None, current_key_source=SOURCE_PROBE, current_key_hash=None, *,
-                 resource=None, prefix=defaults.ETCD_SECRETS_PREFIX):
+                 resource=None, prefix=defaults.ETCD_SECRETS_PREFIX, known_key_hashes=None):
         # ``resource``: the --resource scanned when it is not secrets (its checks then name it as their target,
         # and their text says 'object'); ``prefix`` its etcd prefix.
         self._resource, self._prefix = resource, prefix
@@ -101,6 +102,9 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
         self._v1 = {}           # namespace -> [name, ...]
         self._v2 = {}           # key id (or None when the value has none) -> namespace -> [name, ...]
         self._latest = None     # (mod_revision, key id) of the newest KMS v2 value with a key id
+        self._first = {}        # KMS v2 key id -> the lowest ModRevision under it (keys.newer_key_ids)
+        self._newer = []        # key ids newer than the current one (set by finish)
+        self._known_hashes = known_key_hashes  # key id hashes on the answering server's /metrics (None: not read)
         self._strings = {}      # one shared object per distinct provider name
 
     @property
@@ -137,6 +141,8 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
                 self._by_key_id[key_id] = self._by_key_id.get(key_id, 0) + 1
                 if self._latest is None or mod_revision > self._latest[0]:
                     self._latest = (mod_revision, key_id)
+                if mod_revision is not None and mod_revision < self._first.get(key_id, mod_revision + 1):
+                    self._first[key_id] = mod_revision
             if self._known_key is None or key_id != self._known_key:
                 self._v2.setdefault(key_id, {}).setdefault(namespace, []).append(name)
 
@@ -174,9 +180,10 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
         checks = [self._encrypted_check()]
         stale = []
         v2_total = self._by_version.get('v2', 0)
+        self._newer = newer_key_ids(current_key_id, self._first, self._known_hashes)
         if v2_total:
             found, key_check = self._v2_check(current_key_id, current_key_source, v2_total, write_times or {},
-                                              stale_status)
+                                              stale_status, newer=self._newer)
             stale.extend(found)
             checks.append(key_check)
         if self._by_version.get('v1', 0):
@@ -204,6 +211,8 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
             'stale': stale,
             'remediation': remediation(bool(failing), bool(stale), self._resource),
         }
+        if self._newer:
+            scan['newerKeyIds'] = self._newer
         return scan, checks
 
     def _check(self, name, status, detail):
@@ -229,10 +238,20 @@ class ScanSummary:  # pylint: disable=too-many-instance-attributes  # one counte
         return self._check(ALL_SECRETS_ENCRYPTED, FAILED,
                            f'{bad} of {_plural(self.total, noun)} {verb} not encrypted with KMS: {parts}')
 
-    def _v2_check(self, current, source, v2_total, write_times, stale_status):
+    def _v2_check(self, current, source, v2_total, write_times, stale_status, *, newer=()):
         if current is None:
             return [], self._check(KMS_V2_CURRENT_KEY, WARNING,
                                    'cannot tell the current KMS v2 key id: no KMS v2 value carries one')
+        if newer:  # not stale: under a key newer than the one called current (keys.newer_key_ids)
+            count = sum(self._by_key_id.get(k, 0) for k in newer)
+            return [], self._check(
+                KMS_V2_CURRENT_KEY, WARNING,
+                f"the API server that answered says the current KMS v2 key id is {current} "
+                f"({_SOURCE_TEXT.get(source, source)}), but {_plural(count, 'KMS v2 ' + self._noun)} in etcd "
+                f"{'is' if count == 1 else 'are'} under {', '.join(newer)}, first written after the oldest under "
+                f'{current}: another API server already encrypts with a newer key, and this one has not taken it '
+                'yet (each API server asks its KMS plugin about once a minute). Which key is current cannot be '
+                'told until they agree: run again in a minute')
         stale, per_key = [], {}
         for key_id, namespaces in self._v2.items():
             if key_id == current:

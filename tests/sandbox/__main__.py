@@ -69,6 +69,9 @@ def main(argv=None) -> int:
                     help="run a kube-apiserver of the same release built without these KMS envelope metrics (built "
                          f"on first use into .tools/): e.g. {KEY_ID_HASH_TOTAL} (upstream PR #136354 removes it), or "
                          f"every KMS v2 key-id metric: {','.join(KEY_ID_METRICS)}")
+    up.add_argument("--apiservers", type=int, metavar="N",
+                    help="default 1: N real kube-apiservers on the one etcd and KMS plugin, behind a local TCP load "
+                         "balancer (round robin per connection) that the kubeconfigs name")
     up.add_argument("--clusters", type=int, metavar="N",
                     help="a fleet of N clusters (sandbox-1 ... sandbox-N, and other-1 in a second subscription)")
     up.add_argument("--providers", metavar="LIST",
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
                           readyz_style=a.readyz_style, history=a.history, entra=a.entra, enforce_pop=a.enforce_pop,
                           clusters=a.clusters, providers=a.providers, disconnected=a.disconnected,
                           apiserver=a.apiserver, disabled_metrics=a.disabled_metrics,
-                          without_metrics=a.without_metrics)
+                          without_metrics=a.without_metrics, apiservers=a.apiservers)
             print(json.dumps({k: v for k, v in info.items() if k != "pki"}, indent=2))
             if box.resumed:
                 print(f"resumed the stopped sandbox in {box.dir} (its data, certificates and keys)", file=sys.stderr)

@@ -50,8 +50,9 @@ KUBERNETES_VERSION = "v1.30.4"
 UNIX_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
 DEFAULTS = {"provider": "kms-v2", "etcdctl": "3.5", "nodes": 1, "broken_node": False, "readyz_style": "aggregate",
             "history": False, "entra": True, "enforce_pop": True, "apiserver": "real", "disabled_metrics": [],
-            "without_metrics": []}
-_FLAGS = {"apiserver": "--apiserver",
+            "without_metrics": [], "apiservers": 1}
+MAX_APISERVERS = 5
+_FLAGS = {"apiserver": "--apiserver", "apiservers": "--apiservers",
           "provider": "--provider", "etcdctl": "--etcdctl", "nodes": "--nodes", "broken_node": "--broken-node",
           "readyz_style": "--readyz-style", "history": "--history", "entra": "--entra", "enforce_pop": "--enforce-pop",
           "disabled_metrics": "--disabled-metrics", "without_metrics": "--without-metrics"}
@@ -82,6 +83,12 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def key_id_hash(key_id: str) -> str:
+    """The hash kube-apiserver's /metrics shows for a KMS v2 key id (``sha256:<hex>``)."""
+    import hashlib
+    return "sha256:" + hashlib.sha256(key_id.encode()).hexdigest()
 
 
 def _binary_version(folder: str) -> str:
@@ -209,6 +216,11 @@ def _check_options(asked: dict) -> None:
         raise SandboxError(f"nodes must be 1 or 3, not {nodes!r}")
     if readyz_style is not None and readyz_style not in READYZ_STYLES:
         raise SandboxError(f"readyz_style must be one of {', '.join(READYZ_STYLES)}, not {readyz_style!r}")
+    n = asked.get("apiservers")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_APISERVERS):
+        raise SandboxError(f"apiservers must be a number from 1 to {MAX_APISERVERS}, not {n!r}")
+    if (n or 1) > 1 and asked.get("apiserver") == "emulator":
+        raise SandboxError("--apiservers N needs the real kube-apiserver (not --apiserver emulator)")
 
 
 def _urls(ports: dict, api_url: str) -> dict:
@@ -285,7 +297,7 @@ class Sandbox:
            broken_node: bool | None = None, readyz_style: str | None = None, history: bool | None = None,
            entra: bool | None = None, enforce_pop: bool | None = None, timeout: float = 60.0,
            clusters: int | None = None, providers=None, disconnected=None, apiserver: str | None = None,
-           disabled_metrics=None, without_metrics=None) -> dict:
+           disabled_metrics=None, without_metrics=None, apiservers: int | None = None) -> dict:
         """Start everything, wait until ``/readyz`` passes, seed secrets; return sandbox.json's content.
 
         Options left as None take their defaults (kms-v2, etcdctl 3.5, 1 node, no broken node, aggregate readyz,
@@ -308,12 +320,16 @@ class Sandbox:
         kube-apiserver of the same release built with those KMS envelope metrics never registered
         (:func:`.kubeapiserver.binaries`), so ``/metrics`` has no line of them (``KEY_ID_HASH_TOTAL``,
         ``KEY_ID_METRICS``: the KMS v2 key-id metrics). :meth:`restart_apiserver` changes either on a running
-        sandbox."""
+        sandbox.
+
+        ``apiservers=N`` (real kube-apiserver only) runs N kube-apiservers on the one etcd, KMS plugin and files,
+        each on its own port (sandbox.json ``kube_apiservers``), behind a TCP load balancer (:mod:`.lb`, round robin
+        per connection) on the port the kubeconfigs name."""
         from . import fleet
         asked = {"provider": provider, "etcdctl": etcdctl, "nodes": nodes, "broken_node": broken_node,
                  "readyz_style": readyz_style, "history": history, "entra": entra, "enforce_pop": enforce_pop,
                  "apiserver": apiserver, "disabled_metrics": parse_metric_names(disabled_metrics),
-                 "without_metrics": parse_metric_names(without_metrics)}
+                 "without_metrics": parse_metric_names(without_metrics), "apiservers": apiservers}
         _check_options(asked)
         fleet_asked = {"clusters": clusters, "providers": fleet.parse_providers(providers),
                        "disconnected": fleet.parse_disconnected(disconnected)}
@@ -356,7 +372,7 @@ class Sandbox:
                             options["readyz_style"], options["history"], timeout,
                             entra=options["enforce_pop"] if options["entra"] else None,
                             apiserver=options["apiserver"], disabled_metrics=options["disabled_metrics"],
-                            without_metrics=options["without_metrics"])
+                            without_metrics=options["without_metrics"], apiservers=options["apiservers"])
         except BaseException as e:
             self._teardown(self._partial)
             if isinstance(e, SandboxError):
@@ -399,7 +415,7 @@ class Sandbox:
                            f"{', '.join(c['name'] for c in info['clusters'])})")
 
     def _up(self, provider, etcdctl, n_nodes, broken_node, readyz_style, history, timeout, entra=None,
-            apiserver="emulator", disabled_metrics=(), without_metrics=()) -> dict:
+            apiserver="emulator", disabled_metrics=(), without_metrics=(), apiservers=1) -> dict:
         """``entra``: None for no Entra emulator, else its enforce_pop. ``apiserver``: ``real`` (the built
         kube-apiserver, tests/sandbox/kubeapiserver.py) or ``emulator``."""
         from .etcdproc import EtcdProcess, etcdctl_env, find_etcdctl
@@ -414,6 +430,9 @@ class Sandbox:
             except kubeapiserver.BinaryMissing as e:
                 raise SandboxError(str(e)) from None
             real["version"] = _binary_version(real["binaries"])
+            # up --apiservers N: real["port"] is the load balancer's (in the server process), each server has its own
+            real["server_ports"] = ([real["port"]] if apiservers == 1
+                                   else [kubeapiserver.free_port() for _ in range(apiservers)])
         logs = self.dir / "logs"
         logs.mkdir(exist_ok=True)
         nodes = _node_names(n_nodes)
@@ -486,6 +505,7 @@ class Sandbox:
             "kms_state": str(kms_state) if kms_state else None,
             "kms_dir": self._partial["kms_dir"],
             "pids": dict(self._partial["pids"]),
+            "kube_apiservers": self._servers_info(serve_cfg),
             "nodes": nodes,
             "etcd_pods": etcd_pods,
             "broken_pods": broken,
@@ -517,7 +537,8 @@ class Sandbox:
                   "enforce_pop": (info.get("entra") or {}).get("enforce_pop", True),
                   "apiserver": info.get("apiserver_mode", "emulator"),
                   "disabled_metrics": list(info.get("disabled_metrics") or []),
-                  "without_metrics": list(info.get("without_metrics") or [])}
+                  "without_metrics": list(info.get("without_metrics") or []),
+                  "apiservers": len(info.get("kube_apiservers") or ()) or 1}
         differ = []
         for k, v in asked.items():
             if v is None or v == stored[k] or (k == "history" and v is False):  # no history asked: none seeded
@@ -578,12 +599,16 @@ class Sandbox:
             if not _port_free(real["port"]):
                 real["port"] = kubeapiserver.free_port()
             serve_cfg["ports"]["apiserver"] = real["port"]
+            servers = real.get("server_ports") or [real["port"]]
+            real["server_ports"] = [real["port"]] if len(servers) == 1 else [
+                p if _port_free(p) else kubeapiserver.free_port() for p in servers]
         _write_json(self.dir / "serve.json", serve_cfg)
         ports = self._start_server(timeout)
         if real:
             self._start_kube_apiserver(serve_cfg, ports, timeout)
         api_url = self._write_kubeconfigs(ports, _pki_from_info(info))
         update_info(self.dir, **_urls(ports, api_url), pids=dict(self._partial["pids"]),
+                    kube_apiservers=self._servers_info(serve_cfg),
                     entra=_entra_info(serve_cfg, ports, info["ca_bundle"]))
         self._wait_ready(timeout)
         if real:
@@ -609,9 +634,36 @@ class Sandbox:
         self._partial["pids"]["kms_plugin"] = kms.pid
         return kms_socket
 
-    def _start_kube_apiserver(self, serve_cfg: dict, ports: dict, timeout: float) -> None:
-        """Write the real kube-apiserver's files and start it (its token webhook and kubelet endpoint are already
-        served by the server process, at ``ports``); its /readyz is awaited by :meth:`_wait_ready`."""
+    @staticmethod
+    def _pid_key(i: int) -> str:
+        """sandbox.json ``pids`` key of kube-apiserver ``i`` (0-based): the first keeps ``kube_apiserver``."""
+        return "kube_apiserver" if i == 0 else f"kube_apiserver_{i + 1}"
+
+    @staticmethod
+    def _server_ports(serve_cfg: dict) -> list[int]:
+        real = serve_cfg.get("real_apiserver") or {}
+        return list(real.get("server_ports") or ([real["port"]] if real.get("port") else []))
+
+    def _servers_info(self, serve_cfg: dict) -> list[dict]:
+        """sandbox.json ``kube_apiservers``: each real kube-apiserver's port, pid and log ([] on the emulator)."""
+        pids = self._partial.get("pids") or {}
+        return [{"port": port, "url": f"https://127.0.0.1:{port}", "pid": pids.get(self._pid_key(i)),
+                 "log": str(self.dir / "logs" / ("kube-apiserver.log" if i == 0 else f"kube-apiserver-{i + 1}.log"))}
+                for i, port in enumerate(self._server_ports(serve_cfg))]
+
+    def apiserver_ports(self) -> list[int]:
+        """Each real kube-apiserver's own port (``up --apiservers N``: N of them, behind the load balancer)."""
+        return [s["port"] for s in self.info.get("kube_apiservers") or []]
+
+    def _start_kube_apiserver(self, serve_cfg: dict, ports: dict, timeout: float, which=None) -> None:
+        """Write the real kube-apiserver's files and start it (every one, or those numbered ``which``, 0-based;
+        its token webhook and kubelet endpoint are already served by the server process, at ``ports``); its /readyz
+        is awaited by :meth:`_wait_ready`."""
+        for i, port in enumerate(self._server_ports(serve_cfg)):
+            if which is None or i in which:
+                self._start_one_kube_apiserver(serve_cfg, ports, i, port)
+
+    def _start_one_kube_apiserver(self, serve_cfg: dict, ports: dict, i: int, port: int) -> None:
         from . import kubeapiserver
         from .proc import spawn
         real = serve_cfg["real_apiserver"]
@@ -621,31 +673,43 @@ class Sandbox:
                                           f"https://127.0.0.1:{ports['webhook_port']}/tokenreview",
                                           _read_json(self.dir / READ_KEYS),
                                           _read_json(self.dir / ENCRYPTED_RESOURCES) or ())
-        cmd = kubeapiserver.command(Path(real["binaries"]) / "kube-apiserver", real["version"], real["port"],
+        cmd = kubeapiserver.command(Path(real["binaries"]) / "kube-apiserver", real["version"], port,
                                     serve_cfg["etcd"], serve_cfg["pki"], files, serve_cfg["provider"],
                                     serve_cfg.get("readyz_style", "aggregate"),
                                     disabled_metrics=serve_cfg.get("disabled_metrics") or ())
-        proc = spawn(cmd, self.dir / "logs" / "kube-apiserver.log", cwd=self.dir,
+        log = "kube-apiserver.log" if i == 0 else f"kube-apiserver-{i + 1}.log"
+        proc = spawn(cmd, self.dir / "logs" / log, cwd=self.dir,
                      banner=f"--- kube-apiserver {real['version']} {time.strftime('%Y-%m-%dT%H:%M:%SZ')}")
-        self._procs["kube_apiserver"] = proc
-        self._partial["pids"]["kube_apiserver"] = proc.pid
+        self._procs[self._pid_key(i)] = proc
+        self._partial["pids"][self._pid_key(i)] = proc.pid
 
-    def _restart_kube_apiserver(self, timeout: float = 60.0) -> None:
-        """Stop the real kube-apiserver and start it again on the same port (it reads its plugin's key id anew)."""
+    def _restart_kube_apiserver(self, timeout: float = 60.0, which=None) -> None:
+        """Stop the real kube-apiserver(s) and start them again on the same ports (each reads its plugin's key id
+        anew): every one, or those numbered ``which`` (0-based, ``up --apiservers N``)."""
         info = self.info
-        pid = info["pids"].get("kube_apiserver")
-        own = self._procs.get("kube_apiserver")
-        if own is not None and own.pid == pid:
-            terminate(own, 10)
-        else:
-            stop_pid(pid, str(self.dir))
         serve_cfg = json.loads((self.dir / "serve.json").read_text())
+        which = range(len(self._server_ports(serve_cfg))) if which is None else list(which)
+        for i in which:
+            key = self._pid_key(i)
+            pid, own = info["pids"].get(key), self._procs.get(key)
+            if own is not None and own.pid == pid:
+                terminate(own, 10)
+            else:
+                stop_pid(pid, str(self.dir))
         ports = json.loads((self.dir / "serve-ready.json").read_text())
         if not getattr(self, "_partial", None):
             self._partial = {"pids": dict(info["pids"]), "kms_dir": info.get("kms_dir")}
-        self._start_kube_apiserver(serve_cfg, ports, timeout)
-        update_info(self.dir, pids={"kube_apiserver": self._partial["pids"]["kube_apiserver"]})
-        self._wait_ready(timeout)
+        self._start_kube_apiserver(serve_cfg, ports, timeout, which=which)
+        update_info(self.dir, pids={self._pid_key(i): self._partial["pids"][self._pid_key(i)] for i in which},
+                    kube_apiservers=self._servers_info(serve_cfg))
+        self._wait_ready(timeout, which=None if len(which) == len(self._server_ports(serve_cfg)) else which)
+
+    def restart_apiservers(self, which=None, timeout: float = 60.0) -> None:
+        """Restart the real kube-apiservers numbered ``which`` (0-based; all when None): a restarted server takes
+        its KMS v2 plugin's current key id at once, the others at their next Status poll (README: HA)."""
+        if self.info.get("apiserver_mode") != "real":
+            raise SandboxError("restart_apiservers needs the real kube-apiserver (up --apiserver real)")
+        self._restart_kube_apiserver(timeout, which=which)
 
     def encrypt_resources(self, resources, timeout: float = 90.0) -> None:
         """Encrypt ``resources`` (e.g. ``["configmaps", "widgets.example.com"]``) as secrets are: they join the
@@ -740,10 +804,10 @@ class Sandbox:
         return ctx
 
     def request(self, method: str, path: str, body: dict | None = None, timeout: float = 30.0,
-                identity: str = "admin") -> tuple[int, dict, bytes]:
-        """One request to the API server as ``identity`` (see :meth:`_ssl`): (status, headers (lower-case
-        names), body bytes)."""
-        url = self.info["apiserver"]["url"] + path
+                identity: str = "admin", port: int | None = None) -> tuple[int, dict, bytes]:
+        """One request to the API server as ``identity`` (see :meth:`_ssl`), at the kubeconfig's address or the
+        kube-apiserver on ``port``: (status, headers (lower-case names), body bytes)."""
+        url = (f"https://127.0.0.1:{port}" if port else self.info["apiserver"]["url"]) + path
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(url, data=data, method=method, headers={
             "Content-Type": "application/json", "Accept": "application/json",
@@ -754,9 +818,11 @@ class Sandbox:
         except urllib.error.HTTPError as e:
             return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
-    def api(self, method: str, path: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int, object]:
-        """One admin request to the API server: (status, parsed JSON or text)."""
-        status, _, raw = self.request(method, path, body, timeout)
+    def api(self, method: str, path: str, body: dict | None = None, timeout: float = 30.0,
+            port: int | None = None) -> tuple[int, object]:
+        """One admin request to the API server (the kubeconfig's address, or the kube-apiserver on ``port``):
+        (status, parsed JSON or text)."""
+        status, _, raw = self.request(method, path, body, timeout, port=port)
         try:
             return status, json.loads(raw)
         except ValueError:
@@ -847,23 +913,36 @@ class Sandbox:
                 raise SandboxError(f"unthrottle: {path}: HTTP {status} {out}")
         update_info(self.dir, throttle=None)
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, timeout: float, which=None) -> None:
+        """Until /readyz passes: on each real kube-apiserver's own port (``up --apiservers N``), then through the
+        kubeconfig's address; ``which``: only on those servers' own ports (a /readyz through the load balancer
+        could land on another server and make it poll its KMS plugin's Status: README, HA)."""
         deadline = time.monotonic() + timeout
+        servers = self.info.get("kube_apiservers") or []
+        for i, port in enumerate([s["port"] for s in servers] if len(servers) > 1 else []):
+            if which is None or i in which:
+                self._wait_ready_at(deadline, timeout, port)
+        if which is None or len(servers) <= 1:
+            self._wait_ready_at(deadline, timeout, None)
+
+    def _wait_ready_at(self, deadline: float, timeout: float, port: int | None) -> None:
         last = None
         while time.monotonic() < deadline:
-            real = self._procs.get("kube_apiserver")
-            if real is not None and real.poll() is not None:
-                from .proc import tail
-                raise SandboxError(f"kube-apiserver exited with code {real.returncode}:\n"
-                                   f"{tail(self.dir / 'logs' / 'kube-apiserver.log')}")
+            for key, real in self._procs.items():
+                if key.startswith("kube_apiserver") and real.poll() is not None:
+                    from .proc import tail
+                    log = "kube-apiserver" + ("" if key == "kube_apiserver" else f"-{key.rsplit('_', 1)[1]}") + ".log"
+                    raise SandboxError(f"kube-apiserver exited with code {real.returncode}:\n"
+                                       f"{tail(self.dir / 'logs' / log)}")
             try:
-                last = self.api("GET", "/readyz?verbose", timeout=5)
+                last = self.api("GET", "/readyz?verbose", timeout=5, port=port)
                 if last[0] == 200:
                     return
             except OSError as e:
                 last = (None, str(e))
             time.sleep(0.1)
-        raise SandboxError(f"/readyz did not pass within {timeout}s: {last}")
+        raise SandboxError(f"/readyz{f' of the kube-apiserver on port {port}' if port else ''} did not pass within "
+                           f"{timeout}s: {last}")
 
     def create_secret(self, namespace: str, name: str, data: dict, type_: str = "Opaque", labels=None,
                       field_manager: str = "kubectl-create") -> dict:
@@ -990,7 +1069,7 @@ class Sandbox:
 
     def _teardown(self, state: dict) -> None:
         pids = state.get("pids") or {}
-        for name in ("kube_apiserver", "server", "kms_plugin", "etcd"):
+        for name in [*sorted(k for k in pids if k.startswith("kube_apiserver")), "server", "kms_plugin", "etcd"]:
             pid = pids.get(name)
             own = self._procs.get(name)
             if own is not None and own.pid == pid:
@@ -1054,7 +1133,7 @@ class Sandbox:
                 except TimeoutError:
                     raise SandboxError("the KMS plugin did not rotate its key within 10s") from None
                 if wait and info.get("apiserver_mode") == "real" and info["provider"] == "kms-v2":
-                    self.wait_key_id(key_id)
+                    self.wait_key_id(key_id, ports=self.apiserver_ports())
                 return key_id
             return rotate_state(Path(info["kms_state"]))
         if action in ("unhealthy", "healthy"):
@@ -1062,20 +1141,65 @@ class Sandbox:
             return None
         raise SandboxError(f"unknown kms action {action!r} (stop, kill, start, rotate, unhealthy, healthy)")
 
-    def wait_key_id(self, key_id: str, timeout: float = 90.0) -> float:
+    def wait_key_id(self, key_id: str, timeout: float = 90.0, ports=None) -> float:
         """Wait until the real kube-apiserver's /metrics shows ``key_id`` from its KMS v2 plugin's Status (the key
-        id its next write uses); returns the seconds waited."""
-        import hashlib
-        want = 'key_id_hash="sha256:' + hashlib.sha256(key_id.encode()).hexdigest() + '"'
+        id its next write uses): the kubeconfig's server, or each kube-apiserver on ``ports``; returns the seconds
+        waited."""
         started = time.monotonic()
-        while True:
-            status, page = self.api("GET", "/metrics", timeout=30)
-            if status == 200 and any(line.startswith("apiserver_envelope_encryption_key_id_hash_status_last_timestamp")
-                                     and want in line for line in str(page).splitlines()):
-                return time.monotonic() - started
-            if time.monotonic() - started > timeout:
-                raise SandboxError(f"kube-apiserver did not take the KMS key id {key_id} within {timeout:.0f}s")
-            time.sleep(1)
+        def taken(port):
+            try:
+                return self.status_key_ids(port)[-1:] == [key_id_hash(key_id)]
+            except (SandboxError, OSError):  # not answering yet (restarting)
+                return False
+
+        for port in list(ports or [None]):
+            while not taken(port):
+                if time.monotonic() - started > timeout:
+                    raise SandboxError(f"kube-apiserver{f' on port {port}' if port else ''} did not take the KMS key "
+                                       f"id {key_id} within {timeout:.0f}s")
+                time.sleep(1)
+        return time.monotonic() - started
+
+    def rotate_with_lag(self, lagging=(0,), timeout: float = 90.0) -> str:
+        """A KMS v2 key rotation that ``up --apiservers N`` servers take at different times, as an HA control
+        plane does: wait for a KMS plugin Status poll of the servers numbered ``lagging`` (0-based), rotate at once,
+        then restart the others (a restarted server takes the new key id at once). The lagging ones write under
+        the old key id until their next Status call: their next poll, a minute after the one awaited, or a
+        /readyz (or /healthz) that reaches them 20 s or more after it. Returns the new key id."""
+        ports = self.apiserver_ports()
+        if len(ports) < 2 or self.info["provider"] != "kms-v2":
+            raise SandboxError("rotate_with_lag needs a KMS v2 sandbox with several kube-apiservers (--apiservers N)")
+        lagging = sorted(set(lagging))
+        before = {i: self._last_status_call(ports[i]) for i in lagging}
+        deadline = time.monotonic() + timeout
+        while any(self._last_status_call(ports[i]) == before[i] for i in lagging):
+            if time.monotonic() > deadline:
+                raise SandboxError(f"no KMS plugin Status poll of kube-apiservers {lagging} within {timeout:.0f}s")
+            time.sleep(0.25)
+        key_id = self.kms("rotate", wait=False)
+        self.restart_apiservers([i for i in range(len(ports)) if i not in lagging])
+        return key_id
+
+    def _last_status_call(self, port: int) -> float:
+        """When the kube-apiserver on ``port`` last called its KMS v2 plugin's Status (its /metrics)."""
+        status, page = self.api("GET", "/metrics", timeout=30, port=port)
+        return max((float(line.rsplit(" ", 1)[1]) for line in str(page).splitlines() if line.startswith(
+            "apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds{")), default=0.0)
+
+    def status_key_ids(self, port: int | None = None) -> list[str]:
+        """The KMS v2 key id hashes the kube-apiserver (on ``port``, else the kubeconfig's) got from its plugin's
+        Status calls, oldest first by the time of the last call that returned each (its /metrics)."""
+        status, page = self.api("GET", "/metrics", timeout=30, port=port)
+        if status != 200:
+            raise SandboxError(f"/metrics: HTTP {status}")
+        seen = {}
+        for line in str(page).splitlines():
+            if line.startswith("apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds{"):
+                labels, _, value = line.rpartition(" ")
+                for part in labels.split(","):
+                    if "key_id_hash=" in part:
+                        seen[part.split("=", 1)[1].strip('"}')] = float(value)
+        return sorted(seen, key=seen.get)
 
     def ctl(self, body: dict, timeout: float = 60.0) -> dict:
         """POST fault-injection JSON to the control port (see the README); returns the server's answer."""

@@ -139,6 +139,8 @@ def check_options(asked: dict) -> None:
         if asked.get(k):
             raise SandboxError(f"{flag} is for one cluster on the real kube-apiserver, not a fleet (its clusters run "
                                "on the API server emulator)")
+    if (asked.get("apiservers") or 1) > 1:
+        raise SandboxError("--apiservers is for one cluster (on the real kube-apiserver), not a fleet")
     if asked.get("broken_node"):
         raise SandboxError("--broken-node is for one cluster, not a fleet (break a node of one cluster with its ctl "
                            "exec_fault)")

@@ -227,10 +227,16 @@ async def serve(directory: Path) -> None:
     await api.start()
     ports = cfg.get("ports") or {}  # a resumed sandbox asks for its former ports again
     real = cfg.get("real_apiserver")
+    lb = None
     if real:  # the real kube-apiserver listens there (control.py starts it once this process serves)
         api_sock = None
         arm_sock, ctl_sock = (_listen(ports.get(site, 0)) for site in ("arm", "control"))
         api.port = real["port"]
+        if len(real.get("server_ports") or ()) > 1:  # up --apiservers N: the kubeconfig names the load balancer
+            from .lb import LoadBalancer
+            lb = LoadBalancer(_listen(real["port"]), real["server_ports"])
+            await lb.start()
+            api.port = lb.sock.getsockname()[1]
     else:
         api_sock, arm_sock, ctl_sock = (_listen(ports.get(site, 0)) for site in ("apiserver", "arm", "control"))
         api.port = api_sock.getsockname()[1]

@@ -315,8 +315,8 @@ def test_a_malformed_kms_value_names_its_version():
 def test_another_resource_is_counted_and_checked_under_its_own_name():
     from azext_kmsverify.verdict.scan import ALL_OBJECTS_ENCRYPTED
     summary = ScanSummary(current_key_id='key-2', resource='configmaps', prefix='/registry/configmaps/')
-    summary.add('default', 'a', _v2('key-2'), 1)
-    summary.add('default', 'b', _v2('key-1'), 2)
+    summary.add('default', 'a', _v2('key-2'), 2)
+    summary.add('default', 'b', _v2('key-1'), 1)  # older: written before the first value under key-2
     summary.add('kube-system', 'c', IDENTITY, 3)
     scan, checks = summary.finish(revision=9)
     assert [(c['name'], c['target'], c['status']) for c in checks] == [

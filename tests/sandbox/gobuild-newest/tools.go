@@ -1,0 +1,9 @@
+//go:build tools
+
+// Package tools pins the commands the sandbox builds (`go mod tidy` keeps their dependencies in go.sum).
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
