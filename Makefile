@@ -73,9 +73,9 @@ K8S_NEWEST_TESTS ?= tests/e2e/test_verify_e2e.py tests/e2e/test_status_e2e.py te
 	tests/e2e/test_fidelity.py tests/sandbox/tests/test_sandbox_realserver.py
 .PHONY: kube-apiserver-newest test-k8s-newest
 kube-apiserver-newest:
-	@scripts/kube-build.sh tests/sandbox/gobuild-newest >/dev/null
+	@KUBE_GOBUILD=tests/sandbox/gobuild-newest scripts/kube-build.sh >/dev/null
 test-k8s-newest: install system-deps kube-apiserver-newest
-	KUBEBUILDER_ASSETS=$$(scripts/kube-build.sh tests/sandbox/gobuild-newest) $(BIN)/python -m pytest -q \
+	KUBEBUILDER_ASSETS=$$(KUBE_GOBUILD=tests/sandbox/gobuild-newest scripts/kube-build.sh) $(BIN)/python -m pytest -q \
 		$(K8S_NEWEST_TESTS)
 
 $(WHEEL): $(BIN)/.installed $(SOURCES)

@@ -11,9 +11,16 @@
 # configuration (it does not: Metrics.Apply() runs after BuildGenericConfig, which registers them), and what
 # kubernetes PR #136354 does to apiserver_envelope_encryption_key_id_hash_total. The k8s.io/apiserver module is
 # copied, its envelope metrics.go loses the MustRegister line of each, and go.mod's replace points at the copy.
+#
+# KUBE_GOBUILD names another module folder: tests/sandbox/gobuild-newest (the newest release the proxy serves that
+# builds, for `make test-k8s-newest`); KUBEBUILDER_ASSETS then does not apply.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mod="$root/tests/sandbox/gobuild"
+if [ -n "${KUBE_GOBUILD:-}" ]; then
+    mod="$(cd "$KUBE_GOBUILD" && pwd)"
+    unset KUBEBUILDER_ASSETS
+fi
 without=""
 if [ "${1:-}" = "--without-metrics" ]; then
     without="${2:?--without-metrics needs NAME,...}"

@@ -65,50 +65,71 @@ def _keys(box):
     return {k: (view[k][2], state[k][1]) for k in state}
 
 
+# The lag the lagging runs need lasts about 20 s (module docstring); a machine slow enough to let a /readyz reach
+# server 1 after that ends it before the runs do. Then the scenario is set up again on a new sandbox (the runs'
+# results are only asserted from an attempt in which server 1 lagged throughout, as its own /metrics says).
+ATTEMPTS = 3
+
+
 @pytest.fixture(scope='module')
 def ha(tmp_path_factory, installed):
-    box = Sandbox(tmp_path_factory.mktemp('ha'))
-    box.up(apiservers=3)
-    try:
-        tmp = tmp_path_factory.mktemp('ha-az')
-        az = Az(tmp / 'azure-config')
-        ports = box.apiserver_ports()
-        assert box.api('POST', '/api/v1/namespaces', {'metadata': {'name': NAMESPACE}})[0] == 201
-        for i in range(6):
-            _create(box, f'before-{i}')
-        old = json.loads(Path(box.info['kms_state']).read_text())['current']
-        lagger = _kubeconfig_for(box, ports[0], tmp / 'lagging.kubeconfig')
-        run = {'box': box, 'old': old}
-        started = time.monotonic()
-        run['new'] = new = box.rotate_with_lag(lagging=[0])
-        run['seconds'] = {'rotated': round(time.monotonic() - started, 1)}
-        run['lagging_at_start'] = _lagging(box, old)
-        for i in range(3):  # workloads write through the servers that have the new key
-            _create(box, f'after-{i}', port=ports[1 + i % 2])
-        run['keys_before'] = _keys(box)
-        # Through the lagging server alone: no /readyz reaches it 20 s after its last Status call before these end.
-        run['verify_lagging'] = az('aksarc', 'kms', 'verify', '--kubeconfig', lagger, '--all-secrets', '-o', 'json')
-        run['reencrypt_lagging'] = az('aksarc', 'kms', 'reencrypt', '--kubeconfig', lagger, '--yes', '-o', 'json')
-        run['lagging_after_lagging_runs'] = _lagging(box, old)
-        run['seconds']['lagging_runs_done'] = round(time.monotonic() - started, 1)
-        run['keys_after_lagging'] = _keys(box)
-        # Through the load balancer (round robin per connection): any server may answer any request.
-        run['verify_lb'] = az('aksarc', 'kms', 'verify', '--kubeconfig', box.kubeconfig, '-o', 'json')
-        run['reencrypt_lb'] = az('aksarc', 'kms', 'reencrypt', '--kubeconfig', box.kubeconfig, '--yes', '--parallel',
-                                 '4', '-o', 'json')
-        run['keys_after_lb'] = _keys(box)
-        run['lagging_after_lb'] = _lagging(box, old)
-        # The servers converge: the lagging one is restarted (it would take the key at its next poll anyway).
-        box.restart_apiservers([0])
-        run['converged'] = [box.status_key_ids(p)[-1] for p in ports] == [key_id_hash(new)] * 3
-        run['reencrypt_again'] = az('aksarc', 'kms', 'reencrypt', '--kubeconfig', box.kubeconfig, '--yes', '-o',
-                                    'json')
-        run['keys_after_again'] = _keys(box)
-        run['verify_after'] = az('aksarc', 'kms', 'verify', '--kubeconfig', box.kubeconfig, '--all-secrets',
-                                 '--fail-on-stale', '-o', 'json')
-        yield run
-    finally:
-        box.down()
+    missed = []
+    for attempt in range(ATTEMPTS):
+        box = Sandbox(tmp_path_factory.mktemp(f'ha-{attempt}'))
+        box.up(apiservers=3)
+        try:
+            run = _scenario(box, tmp_path_factory.mktemp(f'ha-az-{attempt}'))
+            if run is None:
+                missed.append(attempt)
+                continue
+            run['missed_attempts'] = missed
+            yield run
+            return
+        finally:
+            box.down()
+    pytest.fail(f'server 1 never lagged through the lagging runs in {ATTEMPTS} attempts')
+
+
+def _scenario(box, tmp):
+    """The runs of the module, or None when server 1 stopped lagging before the runs through it ended."""
+    az = Az(tmp / 'azure-config')
+    ports = box.apiserver_ports()
+    assert box.api('POST', '/api/v1/namespaces', {'metadata': {'name': NAMESPACE}})[0] == 201
+    for i in range(6):
+        _create(box, f'before-{i}')
+    old = json.loads(Path(box.info['kms_state']).read_text())['current']
+    lagger = _kubeconfig_for(box, ports[0], tmp / 'lagging.kubeconfig')
+    run = {'box': box, 'old': old}
+    started = time.monotonic()
+    run['new'] = new = box.rotate_with_lag(lagging=[0])
+    run['seconds'] = {'rotated': round(time.monotonic() - started, 1)}
+    run['lagging_at_start'] = _lagging(box, old)
+    for i in range(3):  # workloads write through the servers that have the new key
+        _create(box, f'after-{i}', port=ports[1 + i % 2])
+    run['keys_before'] = _keys(box)
+    # Through the lagging server alone: no /readyz reaches it 20 s after its last Status call before these end.
+    run['verify_lagging'] = az('aksarc', 'kms', 'verify', '--kubeconfig', lagger, '--all-secrets', '-o', 'json')
+    run['reencrypt_lagging'] = az('aksarc', 'kms', 'reencrypt', '--kubeconfig', lagger, '--yes', '-o', 'json')
+    run['lagging_after_lagging_runs'] = _lagging(box, old)
+    run['seconds']['lagging_runs_done'] = round(time.monotonic() - started, 1)
+    if not (run['lagging_at_start'] and run['lagging_after_lagging_runs']):
+        return None
+    run['keys_after_lagging'] = _keys(box)
+    # Through the load balancer (round robin per connection): any server may answer any request.
+    run['verify_lb'] = az('aksarc', 'kms', 'verify', '--kubeconfig', box.kubeconfig, '-o', 'json')
+    run['reencrypt_lb'] = az('aksarc', 'kms', 'reencrypt', '--kubeconfig', box.kubeconfig, '--yes', '--parallel',
+                             '4', '-o', 'json')
+    run['keys_after_lb'] = _keys(box)
+    run['lagging_after_lb'] = _lagging(box, old)
+    # The servers converge: the lagging one is restarted (it would take the key at its next poll anyway).
+    box.restart_apiservers([0])
+    run['converged'] = [box.status_key_ids(p)[-1] for p in ports] == [key_id_hash(new)] * 3
+    run['reencrypt_again'] = az('aksarc', 'kms', 'reencrypt', '--kubeconfig', box.kubeconfig, '--yes', '-o',
+                                'json')
+    run['keys_after_again'] = _keys(box)
+    run['verify_after'] = az('aksarc', 'kms', 'verify', '--kubeconfig', box.kubeconfig, '--all-secrets',
+                             '--fail-on-stale', '-o', 'json')
+    return run
 
 
 def test_the_servers_disagree_while_the_product_runs_through_the_lagging_one(ha):
