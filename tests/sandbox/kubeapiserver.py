@@ -216,6 +216,11 @@ def command(binary: Path, version: str, port: int, etcd: dict, pki: dict, files:
            f"--kubelet-client-certificate={files['kubelet_cert']}", f"--kubelet-client-key={files['kubelet_key']}",
            "--kubelet-preferred-address-types=InternalIP", "--enable-bootstrap-token-auth=true",
            "--profiling=false", "--v=1"]
+    if minor >= 36:
+        # 1.36+ refuses a loopback --advertise-address with the default endpoint reconciler (lease): "cannot use
+        # public IP 127.0.0.1 with endpoint reconciler ... may not be in the loopback range"; the sandbox needs no
+        # `kubernetes` Service endpoints.
+        cmd.append("--endpoint-reconciler-type=none")
     if readyz_style == "aggregate":
         cmd.append("--encryption-provider-config-automatic-reload=true")
     if gates:
