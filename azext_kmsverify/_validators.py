@@ -12,7 +12,6 @@ import re
 from azext_kmsverify.errors import BadArguments, argument_error, exit_with
 from azext_kmsverify.names import is_namespace, is_secret_name
 from azext_kmsverify.text import printable, truncate
-from azext_kmsverify.verdict.resources import prefixes
 
 _CONTROL = re.compile('[\x00-\x1f\x7f]')
 
@@ -112,6 +111,7 @@ def _validate_resources(ns):
     values = getattr(ns, 'resources', None)
     if not values:
         return
+    from azext_kmsverify.verdict.resources import prefixes  # only when --resource is given: start-up stays light
     if hasattr(ns, 'all_secrets') and not ns.all_secrets:
         raise argument_error(RequiredArgumentMissingError(
             '--resource applies to the scan of --all-secrets.',
