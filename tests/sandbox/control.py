@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from .proc import StartError, is_alive, is_ours, kill_process, spawn_python, stop_pid, terminate, wait_ready
+from .proc import StartError, free_port, is_alive, is_ours, kill_process, spawn_python, stop_pid, terminate, wait_ready
 
 PROVIDERS = ("kms-v1", "kms-v2", "aescbc", "aesgcm", "secretbox", "identity")
 APISERVERS = ("real", "emulator")
@@ -426,13 +426,13 @@ class Sandbox:
         if apiserver == "real":
             from . import kubeapiserver
             try:
-                real = {"binaries": str(kubeapiserver.binaries(without_metrics)), "port": kubeapiserver.free_port()}
+                real = {"binaries": str(kubeapiserver.binaries(without_metrics)), "port": free_port()}
             except kubeapiserver.BinaryMissing as e:
                 raise SandboxError(str(e)) from None
             real["version"] = _binary_version(real["binaries"])
             # up --apiservers N: real["port"] is the load balancer's (in the server process), each server has its own
             real["server_ports"] = ([real["port"]] if apiservers == 1
-                                   else [kubeapiserver.free_port() for _ in range(apiservers)])
+                                   else [free_port() for _ in range(apiservers)])
         logs = self.dir / "logs"
         logs.mkdir(exist_ok=True)
         nodes = _node_names(n_nodes)
@@ -597,11 +597,11 @@ class Sandbox:
             except kubeapiserver.BinaryMissing as e:
                 raise SandboxError(str(e)) from None
             if not _port_free(real["port"]):
-                real["port"] = kubeapiserver.free_port()
+                real["port"] = free_port()
             serve_cfg["ports"]["apiserver"] = real["port"]
             servers = real.get("server_ports") or [real["port"]]
             real["server_ports"] = [real["port"]] if len(servers) == 1 else [
-                p if _port_free(p) else kubeapiserver.free_port() for p in servers]
+                p if _port_free(p) else free_port() for p in servers]
         _write_json(self.dir / "serve.json", serve_cfg)
         ports = self._start_server(timeout)
         if real:

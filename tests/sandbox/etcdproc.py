@@ -16,7 +16,7 @@ import time
 from functools import cache
 from pathlib import Path
 
-from .proc import StartError, kill_process, spawn, tail, terminate, wait_ready
+from .proc import StartError, free_port, kill_process, spawn, tail, terminate, wait_ready
 
 DEBIAN_ETCDCTL = "/usr/bin/etcdctl"
 
@@ -86,12 +86,6 @@ def etcdctl_env(paths: dict, endpoint: str | None = None) -> dict:
     if endpoint:
         env["ETCDCTL_ENDPOINTS"] = endpoint
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class EtcdProcess:

@@ -23,7 +23,6 @@ import datetime
 import json
 import os
 import re
-import socket
 from pathlib import Path
 
 import yaml
@@ -88,12 +87,6 @@ def available() -> bool:
     except BinaryMissing:
         return False
     return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- files ------------------------------------------------------------------------------------------------------

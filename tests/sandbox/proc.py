@@ -33,6 +33,41 @@ class StartError(RuntimeError):
         self.log_tail = log_tail
 
 
+# --- ports -------------------------------------------------------------------------------------------------
+
+_GIVEN: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port() -> int:
+    """A loopback port a child can listen on. Taken below the kernel's ephemeral range: a port from ``bind(0)``
+    is in that range, and between closing it and the child's bind, any outgoing connection (kube-apiserver opens
+    dozens to etcd) may be given it. CI lost a module of tests to "bind: address already in use" that way. Never
+    the same port twice in one process; chosen at random so concurrent test processes rarely meet."""
+    import random
+    import socket
+    high = min(_ephemeral_low(), 65536) - 1
+    low = 20000 if high > 21000 else 1024
+    for _ in range(500):
+        port = random.randint(low, high)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise OSError("no free loopback port below the ephemeral range")
+
+
 # --- children of this process -----------------------------------------------------------------------------
 
 

@@ -103,6 +103,20 @@ def _response(status, body=b'', content_type='application/json', headers=()):
     return ('\r\n'.join(head) + '\r\n\r\n').encode('utf-8'), body
 
 
+def _gone(writer):
+    """The peer is gone (its socket closed once the loop ran the connection-lost callback)."""
+    sock = writer.get_extra_info('socket')
+    return writer.is_closing() or sock is None or sock.fileno() == -1
+
+
+async def _drain(writer):
+    """``drain()`` and then a yield. Over TLS, ``drain()`` returns at once without yielding after the peer has
+    gone, so an endless writer never let the loop run the connection-lost callback: it spun, asyncio logging
+    "socket.send() raised exception." for every write, hundreds of thousands a second, for the rest of the run."""
+    await writer.drain()
+    await asyncio.sleep(0)
+
+
 def ws_frame(opcode, payload, fin=True):
     """One unmasked server frame."""
     head = bytes([(0x80 if fin else 0) | opcode])
@@ -333,7 +347,7 @@ class HostileServer:
     @staticmethod
     async def _trickle(writer, data, interval):
         for index in range(len(data)):
-            if writer.is_closing():
+            if _gone(writer):
                 return
             writer.write(data[index:index + 1])
             await writer.drain()
@@ -344,10 +358,10 @@ class HostileServer:
         writer.write(f'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n'.encode())
         chunk = b'[' + b'0,' * (512 * 1024)
         sent = 0
-        while sent < size and not writer.is_closing():
+        while sent < size and not _gone(writer):
             piece = chunk[:size - sent]
             writer.write(piece)
-            await writer.drain()
+            await _drain(writer)
             sent += len(piece)
 
     @staticmethod
@@ -355,9 +369,9 @@ class HostileServer:
         writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n')
         piece = b'{"items":[' + b'{"metadata":{"name":"x"}},' * 2000
         chunk = f'{len(piece):x}\r\n'.encode() + piece + b'\r\n'
-        while not writer.is_closing():
+        while not _gone(writer):
             writer.write(chunk)
-            await writer.drain()
+            await _drain(writer)
 
     # --- what each phase answers when it behaves (with every field hostile under 'inject') -----------------------
     def _normal(self, phase, method, target, body, inject, options):
@@ -447,9 +461,9 @@ class HostileServer:
         if frames_behaviour == 'endless':  # continuation frames, never a final one
             writer.write(ws_frame(0x2, b'\x01' + b'A' * 65535, fin=False))
             piece = ws_frame(0x0, b'A' * 65536, fin=False)
-            while not writer.is_closing():
+            while not _gone(writer):
                 writer.write(piece)
-                await writer.drain()
+                await _drain(writer)
             return False
         if frames_behaviour == 'trickle-frame':  # one 64 KiB frame, a byte every interval
             frame = ws_frame(0x2, b'\x01' + b'A' * 65535)

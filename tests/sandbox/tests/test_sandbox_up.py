@@ -7,6 +7,7 @@ differ from the stopped one's, fail with one line on stderr and exit code 1, lea
 """
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.sandbox.proc import processes_mentioning
+from tests.sandbox.proc import free_port, processes_mentioning
 from tests.sandbox.control import KEY_ID_HASH_TOTAL, Sandbox, _alive
 
 PROJECT = Path(__file__).resolve().parents[3]
@@ -144,3 +145,14 @@ def test_up_on_a_directory_without_a_complete_sandbox_fails_in_one_line(tmp_path
     (d / "sandbox.json").write_text("{not json")
     assert_one_line_error(sandbox_cli("up", "--dir", str(d)), "not JSON")
     assert processes_mentioning(str(d)) == []
+
+
+def test_listen_ports_are_never_in_the_ephemeral_range_and_never_given_twice():
+    """CI lost a module to "bind: address already in use": a port from bind(0) is ephemeral, and kube-apiserver's
+    own connections to etcd can be given it before kube-apiserver listens on it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 <= p < low for p in ports)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[-1]))
