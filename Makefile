@@ -103,9 +103,6 @@ demo: install kube-apiserver
 test: install system-deps kube-apiserver
 	$(BIN)/ruff check azext_kmsverify tests bench
 	$(BIN)/python -m pytest tests -q
-# test-az-min is not part of `make test` until its known failure is fixed: on azure-cli 2.60.0, Entra sign-in with
-# PoP against the real kube-apiserver is refused (the access token's cnf.kid is not the PoP key's thumbprint; see
-# README, Development). `make test-az-min` runs it.
 
 # The oldest azure-cli the extension claims (azext.minCliCoreVersion), in a virtualenv of its own with the wheel
 # in an extension folder of its own: the e2e tests of the paths that lean on az's internals run on it as well:

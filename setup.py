@@ -28,8 +28,11 @@ CLASSIFIERS = [
 # 37 also pydantic, and its own package alone is 126 MB. 24.2.0 is the oldest client the extension supports.
 DEPENDENCIES = [
     'kubernetes>=24.2.0,<36',
-    # kubelogin's spn, msi, workloadidentity and azurepipelines sign-ins (msal, which it wraps, ships with az).
-    'azure-identity>=1.16.0',
+    # kubelogin's spn, msi, workloadidentity and azurepipelines sign-ins. It runs on az's own msal, not on the copy
+    # installed beside it (az has imported msal before it loads an extension), so its msal requirement must hold
+    # for every az the extension claims: 1.19 to 1.25 ask for msal>=1.30 (az 2.64.0 and later); 1.26 on ask for
+    # msal>=1.39 (az 2.91 on), and on az 2.60 msal 1.28 broke managed identity (no UserAssignedManagedIdentity).
+    'azure-identity>=1.19.0,<1.26',
 ]
 
 with open('README.md', 'r', encoding='utf-8') as f:

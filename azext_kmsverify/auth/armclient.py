@@ -73,7 +73,7 @@ def _pipeline_client(cli_ctx, token, deadline):
         policies.RequestIdPolicy(),
         policies.BearerTokenCredentialPolicy(_Token(), scope),
         policies.RetryPolicy(retry_total=2, timeout=max(deadline.remaining(), 1)),
-        # az adds custom_hook_policy from 2.61 on (absent on 2.60: the oldest az this extension claims).
+        # az adds custom_hook_policy from 2.61 on; built without it where absent (2.60, older than claimed).
         kwargs.get('custom_hook_policy'),
         kwargs['logging_policy'],
     ]
