@@ -103,6 +103,7 @@ demo: install kube-apiserver
 test: install system-deps kube-apiserver
 	$(BIN)/ruff check azext_kmsverify tests bench
 	$(BIN)/python -m pytest tests -q
+	$(MAKE) --no-print-directory test-az-min
 
 # The oldest azure-cli the extension claims (azext.minCliCoreVersion), in a virtualenv of its own with the wheel
 # in an extension folder of its own: the e2e tests of the paths that lean on az's internals run on it as well:

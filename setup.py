@@ -30,8 +30,8 @@ DEPENDENCIES = [
     'kubernetes>=24.2.0,<36',
     # kubelogin's spn, msi, workloadidentity and azurepipelines sign-ins. It runs on az's own msal, not on the copy
     # installed beside it (az has imported msal before it loads an extension), so its msal requirement must hold
-    # for every az the extension claims: 1.19 to 1.25 ask for msal>=1.30 (az 2.64.0 and later); 1.26 on ask for
-    # msal>=1.39 (az 2.91 on), and on az 2.60 msal 1.28 broke managed identity (no UserAssignedManagedIdentity).
+    # for every az the extension claims: 1.19 to 1.25 ask for msal>=1.30, and their managed identity needs 1.31
+    # (az 2.65.0 on); 1.26 on ask for msal>=1.39 (az 2.91 on). Tested on az 2.65.0 by `make test-az-min`.
     'azure-identity>=1.19.0,<1.26',
 ]
 

@@ -253,16 +253,23 @@ def _no_browser(adaptor) -> None:
     (azure-cli ``auth/msal_credentials.py`` ``UserCredential.acquire_token``): it waits for a browser that a
     pipeline or a terminal over SSH never has, so an expired sign-in would hang the run. kubelogin's azurecli login
     never prompts either. On this credential only (each fetch makes its own), the fallback re-raises the request's
-    own failure (an AuthenticationError with Entra's AADSTS message); a credential without it is left alone."""
+    own failure (an AuthenticationError with Entra's AADSTS message); a credential without it is left alone.
+    The fallback has three shapes across the az releases claimed: ``_acquire_token_interactive`` (2.66 on),
+    ``self._msal_app.acquire_token_interactive`` (2.65) and, where UserCredential is itself the msal app,
+    ``self.acquire_token_interactive`` (2.64 and before). Only a UserCredential is touched: Cloud Shell's credential
+    gets every token through msal's ``acquire_token_interactive(prompt="none")``."""
     inner = getattr(adaptor, '_credential', None)
-    if inner is None or not callable(getattr(inner, '_acquire_token_interactive', None)):
+    if type(inner).__name__ != 'UserCredential':
         return
 
     def refuse(*_args, **_kwargs):
         failure = sys.exc_info()[1]  # acquire_token calls the fallback while it handles the request's failure
         raise failure if failure is not None else RuntimeError('an interactive sign-in is needed')
 
-    inner._acquire_token_interactive = refuse  # pylint: disable=protected-access
+    for owner in (inner, getattr(inner, '_msal_app', None)):
+        for name in ('_acquire_token_interactive', 'acquire_token_interactive'):
+            if owner is not None and callable(getattr(owner, name, None)):
+                setattr(owner, name, refuse)
 
 
 _GUID = re.compile(r'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$')

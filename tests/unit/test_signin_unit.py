@@ -146,3 +146,80 @@ def test_a_failed_pop_request_never_opens_a_browser():
     with pytest.raises(Failure, match='AADSTS700082'):
         adaptor._credential.acquire_token(['x/.default'], data={'token_type': 'pop'})
     _no_browser(object())  # a credential without the fallback is left alone
+
+
+def test_a_failed_pop_request_never_opens_a_browser_on_older_az():
+    """az before msal_credentials.py (2.64, msal_authentication.py): UserCredential is msal's
+    PublicClientApplication and calls its public ``acquire_token_interactive`` in the fallback."""
+    from azext_kmsverify.auth.tokens import _no_browser
+
+    class Failure(Exception):
+        pass
+
+    class UserCredential:
+        def get_token(self, *scopes, **kwargs):
+            try:
+                raise Failure('AADSTS700082: The refresh token has expired')
+            except Failure:
+                if 'data' in kwargs:
+                    return self.acquire_token_interactive(list(scopes), **kwargs)
+                raise
+
+        def acquire_token_interactive(self, scopes, **kwargs):
+            raise AssertionError('a browser was opened')
+
+    class Adaptor:
+        _credential = UserCredential()
+
+    adaptor = Adaptor()
+    _no_browser(adaptor)
+    with pytest.raises(Failure, match='AADSTS700082'):
+        adaptor._credential.get_token('x/.default', data={'token_type': 'pop'})
+
+
+def test_a_failed_pop_request_never_opens_a_browser_on_az_2_65():
+    """az 2.65: UserCredential wraps the msal app and calls ``self._msal_app.acquire_token_interactive``."""
+    from azext_kmsverify.auth.tokens import _no_browser
+
+    class Failure(Exception):
+        pass
+
+    class App:
+        def acquire_token_interactive(self, scopes, **kwargs):
+            raise AssertionError('a browser was opened')
+
+    class UserCredential:
+        _msal_app = App()
+
+        def get_token(self, *scopes, **kwargs):
+            try:
+                raise Failure('AADSTS700082: The refresh token has expired')
+            except Failure:
+                return self._msal_app.acquire_token_interactive(list(scopes), **kwargs)
+
+    class Adaptor:
+        _credential = UserCredential()
+
+    adaptor = Adaptor()
+    _no_browser(adaptor)
+    with pytest.raises(Failure, match='AADSTS700082'):
+        adaptor._credential.get_token('x/.default', data={'token_type': 'pop'})
+
+
+def test_cloud_shells_credential_keeps_its_interactive_call():
+    """Cloud Shell's credential gets every token through msal's acquire_token_interactive(prompt="none")."""
+    from azext_kmsverify.auth.tokens import _no_browser
+
+    class App:
+        def acquire_token_interactive(self, scopes, **kwargs):
+            return {'access_token': 'x', 'prompt': kwargs.get('prompt')}
+
+    class CloudShellCredential:
+        _msal_app = App()
+
+    class Adaptor:
+        _credential = CloudShellCredential()
+
+    adaptor = Adaptor()
+    _no_browser(adaptor)
+    assert adaptor._credential._msal_app.acquire_token_interactive(['x'], prompt='none')['prompt'] == 'none'
