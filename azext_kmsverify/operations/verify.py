@@ -182,25 +182,31 @@ def scan_kinds(run: Run, session, entries, check_list: list):
         with run.step('scanning every secret'):
             scan, scan_checks = scan_all(run, session, current)
         check_list.extend(scan_checks)
-    for kind in kinds:
-        if kind is not SECRETS:
-            with run.step(f'scanning {kind.name}'):
-                found, found_checks = scan_resource(run, session, kind, scan, current)
+    others = [kind for kind in kinds if kind is not SECRETS]
+    key_hash = None
+    if others and (scan or {}).get('currentKeyId') is None:
+        with run.step('reading the current key from /metrics'):
+            key_hash, _ = current_key_hash(session.client)  # once for every resource
+    for kind in others:
+        with run.step(f'scanning {kind.name}'):
+            found, found_checks = scan_resource(run, session, kind, scan, current, key_hash)
             resources.append(found)
             check_list.extend(found_checks)
     return scan, resources
 
 
-def scan_resource(run: Run, session, kind, secrets_scan: dict | None, probe_key_id: str | None):
+def scan_resource(run: Run, session, kind, secrets_scan: dict | None, probe_key_id: str | None,
+                  key_hash: str | None):
     """Classify every object of one more ``--resource`` (``kube.resources.Resource``) as the scan of secrets
-    does; the current KMS v2 key is the one the secrets' scan decided (else /metrics, the probe, the latest write).
-    Returns (the resource's entry of ``resources``, its checks: their target names the resource)."""
+    does; the current KMS v2 key is the one the secrets' scan decided (else ``key_hash`` from /metrics, the probe,
+    the latest write). Returns (the resource's entry of ``resources``, its checks: their target names the
+    resource)."""
     known = (secrets_scan or {}).get('currentKeyId')
     source = (secrets_scan or {}).get('currentKeyIdSource')
-    key_hash = None
     if known is None:
-        key_hash, _ = current_key_hash(session.client)
         known, source = probe_key_id, (SOURCE_PROBE if probe_key_id else None)
+    else:
+        key_hash = None
     summary = ScanSummary(current_key_id=known, current_key_source=source, current_key_hash=key_hash,
                           resource=kind.name, prefix=kind.prefix)
     count = 0
