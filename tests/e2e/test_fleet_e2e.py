@@ -6,8 +6,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.sandbox.control import SUBSCRIPTION, Sandbox
-from tests.sandbox.fleet import OTHER_SUBSCRIPTION
+from tests.sandbox.control import SUBSCRIPTION
+from tests.sandbox.fleet import OTHER_SUBSCRIPTION, Fleet
 
 from tests.conftest import PROJECT, assert_no_leak
 
@@ -17,7 +17,7 @@ MISSING = f'/subscriptions/{SUBSCRIPTION}/resourceGroups/sandbox-rg/providers/Mi
 
 @pytest.fixture(scope='module')
 def fleet(tmp_path_factory):
-    box = Sandbox(str(tmp_path_factory.mktemp('fleet')))
+    box = Fleet(str(tmp_path_factory.mktemp('fleet')))
     box.up(clusters=4, providers='kms-v2,kms-v1,identity', disconnected='sandbox-4')
     yield box
     box.down()
