@@ -241,7 +241,10 @@ def _entra_info(serve_cfg: dict, ports: dict, ca_bundle) -> dict | None:
     if not serve_cfg.get("entra"):
         return None
     from .entra import info
-    return info(serve_cfg["entra"], ports["entra_port"], ports["msi_port"], str(ca_bundle))
+    out = info(serve_cfg["entra"], ports["entra_port"], ports["msi_port"], str(ca_bundle))
+    if serve_cfg.get("arm_id"):  # a fleet's cluster: PoP tokens are bound to its own ARM id
+        out["cluster_id"] = serve_cfg["arm_id"]
+    return out
 
 
 def _token_id() -> str:

@@ -438,6 +438,16 @@ def test_a_fleet_with_entra(tmp_path):
             assert r.status_code == 401 and r.json()["message"] == "Unauthorized", r.text
             log = (Path(c["dir"]) / "logs" / "server.log").read_text()
             assert "tokenreview: denied" in log and f"u={c['id']}" in log
+        # a PoP token bound to one cluster's ARM id (its sandbox.json's entra.cluster_id) is taken by that cluster's
+        # kube-apiserver (through its token webhook) and by no other
+        from tests.conftest import pop_token
+        one, other = info["clusters"]
+        assert box.cluster(one["name"]).info["entra"]["cluster_id"] == one["id"]
+        token = pop_token(box.cluster(one["name"]))
+        for c, status in ((one, 200), (other, 401)):
+            r = requests.get(f"{c['apiserver_url']}/api/v1/namespaces", headers={"Authorization": f"Bearer {token}"},
+                             verify=ca, timeout=30)
+            assert r.status_code == status, (c["name"], r.text)
     finally:
         box.down()
     assert processes_mentioning(str(box.dir)) == []
