@@ -1,10 +1,11 @@
 """Fleet benchmark: `az aksarc kms verify --all-clusters --max-parallel 8` against 1, 10 and 20 sandbox clusters.
 
 For each N: a fleet sandbox (`up --clusters N`: one ARM, Resource Graph and Entra emulator, one etcd, KMS
-plugin and real kube-apiserver per cluster), a real `az login` against its Entra emulator, then the fleet run through
-the installed extension: wall time and peak RSS of the az process (measured by a small parent, as bench_scan does), and both
-relative to one cluster. Targets: 20 clusters in at most 3x the time of one; memory that does not grow with the
-number of clusters beyond the results themselves.
+plugin and real kube-apiserver per cluster), a real `az login` against its Entra emulator, then the fleet run
+through the installed extension: wall time and peak RSS of the az process (measured by a small parent, as
+bench_scan does), and both relative to one cluster. Targets: 20 clusters in at most 3x the time of one; memory
+that does not grow with the number of clusters beyond the results themselves. A real cluster takes about 400 MB
+(tests/sandbox/README.md, A fleet): 20 are about 8 GB.
 
     .venv/bin/python bench/bench_fleet.py [--clusters 1,10,20] [--runs 2] [--max-parallel 8] [--all-secrets]
 """

@@ -499,3 +499,15 @@ def test_cost_of_a_cluster(tmp_path):
               f"{(total - rss['fleet server']) / (n + 1):.0f} MB")
     (n1, s1, t1, *_), (nn, sn, tn, *_) = report[0], report[-1]
     print(f"per extra cluster: {(sn - s1) / (nn - n1):.2f} s, {(tn - t1) / (nn - n1):.0f} MB")
+
+
+def test_control_does_not_import_fleet():
+    """Imports run one way: fleet composes control's Sandbox; control knows nothing of fleets' code."""
+    import ast
+    tree = ast.parse((PROJECT / "tests" / "sandbox" / "control.py").read_text())
+    imported = {(n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m == "fleet" or m.endswith(".fleet")}, imported
+    fleet_tree = ast.parse((PROJECT / "tests" / "sandbox" / "fleet.py").read_text())
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "control" and n.level == 1 for n in fleet_tree.body)
