@@ -1069,7 +1069,7 @@ class Sandbox:
     def _not_a_fleet(self, info: dict, what: str) -> None:
         if info.get("fleet"):
             raise SandboxError(f"{self.dir} holds a fleet: {what} one of its clusters (--cluster NAME, "
-                               f"Sandbox.cluster(name)): {', '.join(c['name'] for c in info['clusters'])}")
+                               f"Fleet.cluster(name)): {', '.join(c['name'] for c in info['clusters'])}")
         if info.get("member_of") and not info.get("control"):
             raise SandboxError(f"cluster {info['cluster']['name']} is not connected "
                                f"({info['cluster']['connectivity']}): it has no processes to control")
