@@ -1,10 +1,11 @@
 """Fleet benchmark: `az aksarc kms verify --all-clusters --max-parallel 8` against 1, 10 and 20 sandbox clusters.
 
-For each N: a fleet sandbox (`up --clusters N`: one ARM, Resource Graph and Entra emulator, one etcd and KMS
-plugin per cluster), a real `az login` against its Entra emulator, then the fleet run through the installed
-extension: wall time and peak RSS of the az process (measured by a small parent, as bench_scan does), and both
-relative to one cluster. Targets: 20 clusters in at most 3x the time of one; memory that does not grow with the
-number of clusters beyond the results themselves.
+For each N: a fleet sandbox (`up --clusters N`: one ARM, Resource Graph and Entra emulator, one etcd, KMS
+plugin and real kube-apiserver per cluster), a real `az login` against its Entra emulator, then the fleet run
+through the installed extension: wall time and peak RSS of the az process (measured by a small parent, as
+bench_scan does), and both relative to one cluster. Targets: 20 clusters in at most 3x the time of one; memory
+that does not grow with the number of clusters beyond the results themselves. A real cluster takes about 400 MB
+(tests/sandbox/README.md, A fleet): 20 are about 8 GB.
 
     .venv/bin/python bench/bench_fleet.py [--clusters 1,10,20] [--runs 2] [--max-parallel 8] [--all-secrets]
 """
@@ -25,10 +26,10 @@ sys.path.insert(0, str(PROJECT))
 
 from bench.bench_scan import AZ, run_measured  # noqa: E402
 from tests.sandbox.azlogin import az_env, az_login  # noqa: E402
-from tests.sandbox.control import Sandbox  # noqa: E402
+from tests.sandbox.fleet import Fleet  # noqa: E402
 
 
-def fleet_run(box: Sandbox, config_dir: Path, args, workdir: Path, n: int) -> dict:
+def fleet_run(box: Fleet, config_dir: Path, args, workdir: Path, n: int) -> dict:
     env = az_env(box.info['entra'])
     env.update({'AZURE_CONFIG_DIR': str(config_dir), 'AZURE_CORE_ONLY_SHOW_ERRORS': 'true',
                 'AZURE_EXTENSION_DIR': os.environ.get('AZURE_EXTENSION_DIR', str(PROJECT / '.az' / 'extensions'))})
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix='bench-fleet-') as tmp:
         root = Path(args.dir or tmp)
         for n in sizes:
-            box = Sandbox(str(root / f'fleet-{n}'))
+            box = Fleet(str(root / f'fleet-{n}'))
             box.up(clusters=n, providers='kms-v2,kms-v1')
             try:
                 config_dir = root / f'azure-{n}'

@@ -14,6 +14,7 @@ import re
 import pytest
 
 from tests.sandbox.control import Sandbox
+from tests.sandbox.fleet import Fleet
 
 from tests.conftest import PROJECT
 
@@ -77,7 +78,7 @@ def box(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def fleet(tmp_path_factory):
-    box = Sandbox(str(tmp_path_factory.mktemp('golden-fleet')))
+    box = Fleet(str(tmp_path_factory.mktemp('golden-fleet')))
     box.up(clusters=3, providers='kms-v2,identity', disconnected='sandbox-3')
     yield box
     box.down()

@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tests.sandbox.control import SUBSCRIPTION, Sandbox
+from tests.sandbox.fleet import Fleet
 
 from tests.conftest import assert_no_leak, probe_secrets_left, verify
 
@@ -234,7 +235,7 @@ def test_verify_all_secrets_on_a_fresh_key_passes_the_rotation_check(az, box):
 
 @pytest.fixture(scope='module')
 def fleet(tmp_path_factory):
-    box = Sandbox(str(tmp_path_factory.mktemp('status-fleet')))
+    box = Fleet(str(tmp_path_factory.mktemp('status-fleet')))
     box.up(clusters=2, providers='kms-v2,kms-v1')
     yield box
     box.down()

@@ -23,8 +23,10 @@ stderr with exit code 1 (2 for bad arguments).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from pathlib import Path
 
 from .control import (
     APISERVERS,
@@ -35,7 +37,9 @@ from .control import (
     READYZ_STYLES,
     Sandbox,
     SandboxError,
+    read_info,
 )
+from .fleet import Fleet
 
 
 def main(argv=None) -> int:
@@ -61,7 +65,7 @@ def main(argv=None) -> int:
     up.add_argument("--apiserver", choices=APISERVERS,
                     help=f"default {DEFAULTS['apiserver']}: the kube-apiserver `make kube-apiserver` builds "
                          "(tests/sandbox/kubeapiserver.py); emulator: the Python API server emulator (fault injection "
-                         "with ctl; a fleet always runs on it)")
+                         "with ctl; one cluster only: a fleet runs the real one)")
     up.add_argument("--disabled-metrics", metavar="NAME,...",
                     help="passed to the real kube-apiserver as --disabled-metrics (it does not remove the KMS "
                          "envelope metrics: 1.29 applies it after loading the encryption configuration)")
@@ -114,24 +118,27 @@ def main(argv=None) -> int:
             return 1
         return 0
 
-    box = Sandbox(a.dir)
     try:
+        box = _box(a)
         if a.command == "up":
+            fleet = {"clusters": a.clusters, "providers": a.providers, "disconnected": a.disconnected} \
+                if isinstance(box, Fleet) else {}
             info = box.up(provider=a.provider, etcdctl=a.etcdctl, nodes=a.nodes, broken_node=a.broken_node,
                           readyz_style=a.readyz_style, history=a.history, entra=a.entra, enforce_pop=a.enforce_pop,
-                          clusters=a.clusters, providers=a.providers, disconnected=a.disconnected,
                           apiserver=a.apiserver, disabled_metrics=a.disabled_metrics,
-                          without_metrics=a.without_metrics, apiservers=a.apiservers)
+                          without_metrics=a.without_metrics, apiservers=a.apiservers, **fleet)
             print(json.dumps({k: v for k, v in info.items() if k != "pki"}, indent=2))
             if box.resumed:
                 print(f"resumed the stopped sandbox in {box.dir} (its data, certificates and keys)", file=sys.stderr)
         elif a.command == "down":
             box.down()
         elif a.command == "kms":
-            result = (box.cluster(a.cluster) if a.cluster else box).kms(a.action)
+            result = _one(box, a).kms(a.action)
             if result is not None:
                 print(result)
         elif a.command == "throttle":
+            if isinstance(box, Fleet):
+                raise SandboxError(f"{box.dir} holds a fleet: throttle is for one cluster (Fleet.cluster(name))")
             if a.off:
                 box.unthrottle()
             else:
@@ -142,11 +149,36 @@ def main(argv=None) -> int:
             except ValueError as e:
                 print(f"error: the ctl argument is not JSON: {e}", file=sys.stderr)
                 return 2
-            print(json.dumps((box.cluster(a.cluster) if a.cluster else box).ctl(body), indent=2))
+            print(json.dumps(_one(box, a).ctl(body), indent=2))
     except SandboxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _box(a):
+    """A Fleet for a fleet's directory or fleet options, else a Sandbox."""
+    fleet_args = a.command == "up" and any(v is not None for v in (a.clusters, a.providers, a.disconnected))
+    info = {}
+    with contextlib.suppress(SandboxError):
+        if (Path(a.dir) / "sandbox.json").exists():
+            info = read_info(a.dir)
+    if info.get("fleet") or (fleet_args and not info):
+        return Fleet(a.dir)
+    if fleet_args:
+        raise SandboxError(f"{Path(a.dir).resolve()} holds a single-cluster sandbox: resume it without --clusters, "
+                           f"--providers or --disconnected, or run 'python -m tests.sandbox down --dir {a.dir}' and "
+                           "remove it, or use another --dir")
+    return Sandbox(a.dir)
+
+
+def _one(box, a):
+    """The sandbox ``kms``/``ctl`` talk to: a fleet's cluster ``--cluster NAME``, or the sandbox itself."""
+    if a.cluster:
+        if not isinstance(box, Fleet):
+            raise SandboxError(f"{box.dir} holds one cluster, not a fleet (up --clusters N)")
+        return box.cluster(a.cluster)
+    return box if isinstance(box, Sandbox) else Sandbox(box.dir)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@
     box.ctl({"exec_fault": {"pod": box.info["etcd_pods"][0], "mode": "drop"}})
     box.down()                         # idempotent; stops every process recorded in sandbox.json
     box.up()                           # on a stopped sandbox: resumes it (same data, certificates and keys)
-    box.up(clusters=5, providers=["kms-v2", "identity"])   # a fleet (tests/sandbox/fleet.py)
-    box.cluster("sandbox-2").api(...)  # one cluster of a fleet, as a Sandbox
+
+A fleet (many clusters behind one ARM, Resource Graph and Entra emulator) is :class:`tests.sandbox.fleet.Fleet`,
+which holds one Sandbox per cluster; this module does not import it.
 
 Every process runs in its own session and is recorded by pid in ``sandbox.json``, so ``down`` works from
 another process (``python -m tests.sandbox down --dir DIR``) and leaves nothing behind. Every port is a free
@@ -223,12 +224,15 @@ def _check_options(asked: dict) -> None:
         raise SandboxError("--apiservers N needs the real kube-apiserver (not --apiserver emulator)")
 
 
-def _urls(ports: dict, api_url: str) -> dict:
-    """sandbox.json's entries for the server process's sites (from serve-ready.json's ports)."""
+def _urls(ports: dict, api_url: str, arm: dict | None = None) -> dict:
+    """sandbox.json's entries for the server process's sites (from serve-ready.json's ports); ``arm``: serve.json's
+    ARM record of the cluster (a fleet's cluster has its own name, resource group and subscription)."""
+    arm = arm or {"subscription": SUBSCRIPTION, "resource_group": RESOURCE_GROUP, "cluster": CLUSTER,
+                  "tenant": TENANT}
     return {"apiserver": {"url": api_url, "port": ports["apiserver_port"]},
             "arm": {"url": f"https://127.0.0.1:{ports['arm_port']}", "port": ports["arm_port"],
-                    "subscription": SUBSCRIPTION, "resource_group": RESOURCE_GROUP, "cluster": CLUSTER,
-                    "tenant": TENANT},
+                    "subscription": arm["subscription"], "resource_group": arm["resource_group"],
+                    "cluster": arm["cluster"], "tenant": arm["tenant"]},
             "control": {"url": f"http://127.0.0.1:{ports['control_port']}"}}
 
 
@@ -237,7 +241,10 @@ def _entra_info(serve_cfg: dict, ports: dict, ca_bundle) -> dict | None:
     if not serve_cfg.get("entra"):
         return None
     from .entra import info
-    return info(serve_cfg["entra"], ports["entra_port"], ports["msi_port"], str(ca_bundle))
+    out = info(serve_cfg["entra"], ports["entra_port"], ports["msi_port"], str(ca_bundle))
+    if serve_cfg.get("arm_id"):  # a fleet's cluster: PoP tokens are bound to its own ARM id
+        out["cluster_id"] = serve_cfg["arm_id"]
+    return out
 
 
 def _token_id() -> str:
@@ -276,6 +283,7 @@ class Sandbox:
         self.dir = Path(directory).resolve()
         self._procs: dict[str, subprocess.Popen] = {}
         self.resumed = False  # the last up() resumed a stopped sandbox
+        self.member: dict | None = None  # one cluster of a fleet: what tests.sandbox.fleet.Fleet chose for it
 
     # -- properties ------------------------------------------------------------------------------------------------
 
@@ -296,8 +304,8 @@ class Sandbox:
     def up(self, provider: str | None = None, etcdctl: str | None = None, nodes: int | None = None,
            broken_node: bool | None = None, readyz_style: str | None = None, history: bool | None = None,
            entra: bool | None = None, enforce_pop: bool | None = None, timeout: float = 60.0,
-           clusters: int | None = None, providers=None, disconnected=None, apiserver: str | None = None,
-           disabled_metrics=None, without_metrics=None, apiservers: int | None = None) -> dict:
+           apiserver: str | None = None, disabled_metrics=None, without_metrics=None,
+           apiservers: int | None = None) -> dict:
         """Start everything, wait until ``/readyz`` passes, seed secrets; return sandbox.json's content.
 
         Options left as None take their defaults (kms-v2, etcdctl 3.5, 1 node, no broken node, aggregate readyz,
@@ -309,10 +317,8 @@ class Sandbox:
         written again; an option that differs from the stopped sandbox's is an error. A running sandbox in the
         directory is an error. On failure everything started is stopped again and SandboxError says why.
 
-        ``clusters=N`` starts a fleet instead (tests/sandbox/fleet.py): ``sandbox-1`` ... ``sandbox-N`` (and
-        ``other-1`` in a second subscription) behind one ARM, Resource Graph and Entra emulator, ``providers``
-        (a list or ``"kms-v2,identity"``) given to them in turn, ``disconnected`` (names, ``"NAME[:STATUS],..."`` or
-        a dict name -> status) not connected; the other options apply to every cluster.
+        A fleet of clusters is :class:`tests.sandbox.fleet.Fleet` (``Fleet(dir).up(clusters=N)``): a Sandbox
+        per cluster, set up by this same code.
 
         The real kube-apiserver only, one cluster (``"a,b"`` or a list of metric names): ``disabled_metrics`` is
         passed as kube-apiserver's ``--disabled-metrics`` (which does NOT remove the KMS envelope metrics: 1.29
@@ -325,14 +331,11 @@ class Sandbox:
         ``apiservers=N`` (real kube-apiserver only) runs N kube-apiservers on the one etcd, KMS plugin and files,
         each on its own port (sandbox.json ``kube_apiservers``), behind a TCP load balancer (:mod:`.lb`, round robin
         per connection) on the port the kubeconfigs name."""
-        from . import fleet
         asked = {"provider": provider, "etcdctl": etcdctl, "nodes": nodes, "broken_node": broken_node,
                  "readyz_style": readyz_style, "history": history, "entra": entra, "enforce_pop": enforce_pop,
                  "apiserver": apiserver, "disabled_metrics": parse_metric_names(disabled_metrics),
                  "without_metrics": parse_metric_names(without_metrics), "apiservers": apiservers}
         _check_options(asked)
-        fleet_asked = {"clusters": clusters, "providers": fleet.parse_providers(providers),
-                       "disconnected": fleet.parse_disconnected(disconnected)}
         self.resumed = False
         if (self.dir / "sandbox.json").exists():
             info = read_info(self.dir)
@@ -340,21 +343,12 @@ class Sandbox:
                 raise SandboxError(f"{self.dir} is a cluster of the fleet in {info['member_of']}: run up and down on "
                                    "the fleet's directory")
             if info.get("fleet"):
-                if fleet.running(self.dir, info):
-                    raise SandboxError(f"a sandbox is already running in {self.dir}: run 'python -m tests.sandbox "
-                                       f"down --dir {self.dir}' first, or use another --dir")
-                return fleet.resume(self, info, {**asked, **fleet_asked}, timeout)
+                raise SandboxError(f"{self.dir} holds a fleet: bring it up with tests.sandbox.fleet.Fleet (python -m "
+                                   f"tests.sandbox up --dir {self.dir})")
             if any(is_alive(p) and is_ours(p, str(self.dir)) for p in (info.get("pids") or {}).values()):
                 raise SandboxError(f"a sandbox is already running in {self.dir}: run 'python -m tests.sandbox down "
                                    f"--dir {self.dir}' first, or use another --dir")
-            if any(v is not None for v in fleet_asked.values()):
-                raise SandboxError(f"{self.dir} holds a stopped single-cluster sandbox: resume it without --clusters, "
-                                   f"--providers or --disconnected, or run 'python -m tests.sandbox down --dir "
-                                   f"{self.dir}' and remove it, or use another --dir")
             return self._resume(info, asked, timeout)
-        fleet.check_options({**asked, **fleet_asked})
-        if clusters is not None:
-            return self._up_fleet(asked, fleet_asked, timeout)
         options = {k: DEFAULTS[k] if v is None else v for k, v in asked.items()}
         if enforce_pop is not None and not options["entra"]:
             raise SandboxError("enforce_pop (--enforce-pop/--no-enforce-pop) needs the Entra emulator (entra=True, "
@@ -382,51 +376,27 @@ class Sandbox:
             raise SandboxError(f"sandbox did not come up: {type(e).__name__}: {e}\n(logs in {self.dir / 'logs'})") \
                 from e
 
-    def _up_fleet(self, asked: dict, fleet_asked: dict, timeout: float) -> dict:
-        from . import fleet
-        options = {k: DEFAULTS[k] if v is None else v for k, v in asked.items()}
-        if asked["enforce_pop"] is not None and not options["entra"]:
-            raise SandboxError("enforce_pop (--enforce-pop/--no-enforce-pop) needs the Entra emulator (entra=True, "
-                               "--entra)")
-        options.update(clusters=fleet_asked["clusters"], providers=fleet_asked["providers"] or [DEFAULTS["provider"]],
-                       disconnected=fleet_asked["disconnected"] or {})
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("sandbox.json", "serve-ready.json", "serve.json"):
-            with contextlib.suppress(FileNotFoundError):
-                (self.dir / stale).unlink()
-        self._partial = {"pids": {}, "kms_dir": None}
-        try:
-            return fleet.up(self, options, timeout)  # stops what it started when it fails
-        except BaseException as e:
-            if isinstance(e, (SandboxError, KeyboardInterrupt)):
-                raise
-            raise SandboxError(f"the fleet did not come up: {type(e).__name__}: {e}\n(logs in {self.dir / 'logs'} "
-                               f"and {self.dir / 'clusters'}/*/logs)") from e
-
-    def cluster(self, name: str) -> Sandbox:
-        """One cluster of a fleet, as a Sandbox (``api``, ``ctl``, ``kms``, ``etcdctl``, ``info``, kubeconfigs)."""
-        info = self.info
-        for c in info.get("clusters") or []:
-            if c["name"] == name:
-                return Sandbox(c["dir"])
-        if not info.get("fleet"):
-            raise SandboxError(f"{self.dir} holds one cluster, not a fleet (up --clusters N)")
-        raise SandboxError(f"no cluster {name!r} in the fleet in {self.dir} (clusters: "
-                           f"{', '.join(c['name'] for c in info['clusters'])})")
-
     def _up(self, provider, etcdctl, n_nodes, broken_node, readyz_style, history, timeout, entra=None,
             apiserver="emulator", disabled_metrics=(), without_metrics=(), apiservers=1) -> dict:
         """``entra``: None for no Entra emulator, else its enforce_pop. ``apiserver``: ``real`` (the built
-        kube-apiserver, tests/sandbox/kubeapiserver.py) or ``emulator``."""
+        kube-apiserver, tests/sandbox/kubeapiserver.py) or ``emulator``.
+
+        One cluster of a fleet (``self.member``, set by :class:`tests.sandbox.fleet.Fleet`) is set up by this same
+        code, with what the fleet chose for it: its nodes and certificates, its API server port (ARM already names
+        it), its ARM record, and the fleet's Entra emulator (whose tokens its webhook checks); its server process
+        then serves no ARM or Entra of its own."""
         from .etcdproc import EtcdProcess, etcdctl_env, find_etcdctl
         from .pki import make_pki
+
+        member = self.member
 
         find_etcdctl(etcdctl)  # fail early, with the install hint
         real = None
         if apiserver == "real":
             from . import kubeapiserver
             try:
-                real = {"binaries": str(kubeapiserver.binaries(without_metrics)), "port": free_port()}
+                real = {"binaries": str(kubeapiserver.binaries(without_metrics)),
+                        "port": member["port"] if member else free_port()}
             except kubeapiserver.BinaryMissing as e:
                 raise SandboxError(str(e)) from None
             real["version"] = _binary_version(real["binaries"])
@@ -435,10 +405,17 @@ class Sandbox:
                                    else [free_port() for _ in range(apiservers)])
         logs = self.dir / "logs"
         logs.mkdir(exist_ok=True)
-        nodes = _node_names(n_nodes)
-        pki = make_pki(self.dir, nodes)
+        if member:
+            nodes, pki = member["nodes"], member["pki"]
+        else:
+            nodes = _node_names(n_nodes)
+            pki = make_pki(self.dir, nodes)
         entra_cfg = None
-        if entra is not None:  # the tenant's RSA keys are made while etcd starts
+        if member:
+            from concurrent.futures import Future
+            entra_cfg = Future()
+            entra_cfg.set_result(member["entra"])
+        elif entra is not None:  # the tenant's RSA keys are made while etcd starts
             from concurrent.futures import ThreadPoolExecutor
             from .entra import create
             pool = ThreadPoolExecutor(1)
@@ -476,6 +453,10 @@ class Sandbox:
             "disabled_metrics": list(disabled_metrics or []),
             "without_metrics": list(without_metrics or []),
         }
+        if member:  # the fleet's ARM and Entra emulators serve this cluster (serve.py serves neither)
+            serve_cfg.update(member_of=member["member_of"], arm_id=member["arm_id"], fleet_ports=member["fleet_ports"],
+                             arm={"cluster": member["name"], "resource_group": member["resource_group"],
+                                  "tenant": TENANT, "subscription": member["subscription"]})
         if real:
             # Local keys for reading, configured from the start: kube-apiserver reads its configuration once, and
             # ctl write_secret "with" a local kind writes with these (store.local_reader finds them).
@@ -495,7 +476,7 @@ class Sandbox:
             "dir": str(self.dir), "provider": provider, "etcdctl_version": etcdctl, "readyz_style": readyz_style,
             "kubernetes_version": serve_cfg["kubernetes_version"], "apiserver_mode": apiserver,
             "disabled_metrics": list(disabled_metrics or []), "without_metrics": list(without_metrics or []),
-            **_urls(ports, api_url),
+            **_urls(ports, api_url, serve_cfg["arm"]),
             "etcd": {"endpoint": etcd.endpoint, "port": etcd.client_port, "peer_port": etcd.peer_port},
             "ca_bundle": str(pki["ca_bundle"]),
             "kubeconfig": str(self.dir / "kubeconfig"),
@@ -514,6 +495,8 @@ class Sandbox:
             "history": None,
             "entra": _entra_info(serve_cfg, ports, pki["ca_bundle"]),
         }
+        if member:
+            info.update(member_of=member["member_of"], cluster=member["cluster"])
         _write_json(self.dir / "sandbox.json", info)
         self._wait_ready(timeout)
         if real:
@@ -607,7 +590,7 @@ class Sandbox:
         if real:
             self._start_kube_apiserver(serve_cfg, ports, timeout)
         api_url = self._write_kubeconfigs(ports, _pki_from_info(info))
-        update_info(self.dir, **_urls(ports, api_url), pids=dict(self._partial["pids"]),
+        update_info(self.dir, **_urls(ports, api_url, serve_cfg["arm"]), pids=dict(self._partial["pids"]),
                     kube_apiservers=self._servers_info(serve_cfg),
                     entra=_entra_info(serve_cfg, ports, info["ca_bundle"]))
         self._wait_ready(timeout)
@@ -1061,9 +1044,8 @@ class Sandbox:
             raise SandboxError(f"{self.dir} is a cluster of the fleet in {info['member_of']}: run 'python -m "
                                f"tests.sandbox down --dir {info['member_of']}'")
         if info.get("fleet"):
-            from . import fleet
-            fleet.down(self, info)
-            return
+            raise SandboxError(f"{self.dir} holds a fleet: stop it with tests.sandbox.fleet.Fleet (python -m "
+                               f"tests.sandbox down --dir {self.dir})")
         self._teardown(info)
         update_info(self.dir, pids={k: None for k in (info.get("pids") or {})})
 
@@ -1087,7 +1069,7 @@ class Sandbox:
     def _not_a_fleet(self, info: dict, what: str) -> None:
         if info.get("fleet"):
             raise SandboxError(f"{self.dir} holds a fleet: {what} one of its clusters (--cluster NAME, "
-                               f"Sandbox.cluster(name)): {', '.join(c['name'] for c in info['clusters'])}")
+                               f"Fleet.cluster(name)): {', '.join(c['name'] for c in info['clusters'])}")
         if info.get("member_of") and not info.get("control"):
             raise SandboxError(f"cluster {info['cluster']['name']} is not connected "
                                f"({info['cluster']['connectivity']}): it has no processes to control")

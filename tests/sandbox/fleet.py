@@ -1,10 +1,10 @@
 """A fleet: many AKS-Arc-like clusters behind one ARM emulator (with Resource Graph) and Entra emulator.
 
-    box = Sandbox(dir)
-    box.up(clusters=3, providers=["kms-v2", "kms-v1", "identity"], disconnected={"sandbox-3": "Offline"})
-    box.info["clusters"]               # name, resource group, subscription, ARM id, provider, kubeconfig, ...
-    box.cluster("sandbox-2").api(...)  # a Sandbox bound to one cluster: api, ctl, kms, etcdctl as usual
-    box.down()
+    fleet = Fleet(dir)
+    fleet.up(clusters=3, providers=["kms-v2", "kms-v1", "identity"], disconnected={"sandbox-3": "Offline"})
+    fleet.info["clusters"]               # name, resource group, subscription, ARM id, provider, kubeconfig, ...
+    fleet.cluster("sandbox-2").api(...)  # the Sandbox of one cluster: api, ctl, kms, etcdctl as usual
+    fleet.down()                         # then fleet.up() resumes it
 
 Clusters ``sandbox-1`` ... ``sandbox-N`` in subscription ``SUBSCRIPTION`` (every 4th in resource group ``edge-rg``
 with the tag ``edge=true``, the others in ``sandbox-rg``; ``env=prod`` for odd, ``env=dev`` for even numbers;
@@ -14,26 +14,46 @@ first). A cluster that is not ``Connected`` (``disconnected``: ``Offline`` by de
 ``Expired``, ``AgentNotInstalled``) has that ``connectivityStatus`` in ARM and Resource Graph, no processes, and an
 API server port that refuses connections (its kubeconfig points there).
 
-Each connected cluster is what a single sandbox is, in ``DIR/clusters/<name>/`` (its own certificates, nodes and
-etcd pods, kubeconfigs, ``etcd.env`` and ``sandbox.json``): its own etcd process, its own KMS plugin process when
-its provider is KMS, its own API server and control site (ports) in the fleet's ONE server process. One etcd per
-cluster (rather than key prefixes in one etcd) keeps the in-pod etcdctl seeing exactly ``/registry/...`` keys of
-its own cluster, as on a real control plane; the cost is measured in tests/sandbox/tests/test_sandbox_fleet.py and
-tests/sandbox/README.md.
+A :class:`Fleet` composes: each connected cluster is a single real-server sandbox (:class:`.control.Sandbox`, set
+up by the same ``_up``/``_resume`` code) in ``DIR/clusters/<name>/``: its own certificates, etcd, KMS plugin, real
+kube-apiserver, server process (token webhook, kubelet endpoint, control site), RBAC, Node and mirror pods. The
+fleet's own server process (``DIR/serve.json`` with ``fleet``) serves only the ARM (with Resource Graph) and Entra
+emulators and holds the disconnected clusters' refusing ports; ARM's ``listUserKubeconfig`` and
+``listAdminKubeconfig`` of a cluster name that cluster's kube-apiserver (its port is chosen before the fleet's
+server starts), and each cluster's token webhook checks the fleet's Entra tokens for its own ARM id. This module
+imports :mod:`.control`; control does not import it.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
-import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .proc import is_alive, is_ours
+from .control import (
+    _FLAGS,
+    DEFAULTS,
+    PROVIDERS,
+    RESOURCE_GROUP,
+    SUBSCRIPTION,
+    TENANT,
+    Sandbox,
+    SandboxError,
+    _binary_version,
+    _check_options,
+    _entra_info,
+    _json_safe,
+    _node_names,
+    _pki_from_info,
+    _port_free,
+    _write_json,
+    read_info,
+    update_info,
+)
+from .proc import free_port, is_alive, is_ours
 
 MAIN_RG = "sandbox-rg"
 EDGE_RG = "edge-rg"
@@ -42,12 +62,9 @@ OTHER_RG = "other-rg"
 OTHER_CLUSTER = "other-1"
 CONNECTIVITY = ("Connected", "Connecting", "Offline", "Expired", "AgentNotInstalled")
 MAX_CLUSTERS = 50
-WORKERS = 8  # threads starting processes and seeding: enough to overlap waits, few enough for 2 cores
-
-
-def _control():
-    from . import control
-    return control
+WORKERS = 8  # threads stopping clusters: enough to overlap waits
+START_PARALLEL = 3  # clusters started at once: each kube-apiserver takes seconds of CPU to start, on 2 cores
+MEMBER_TIMEOUT = 180.0  # a cluster's start (etcd, KMS plugin, kube-apiserver /readyz, RBAC, nodes, seeds)
 
 
 def arm_id(sub: str, rg: str, name: str) -> str:
@@ -61,11 +78,10 @@ def parse_providers(value) -> list[str] | None:
     items = value.split(",") if isinstance(value, str) else list(value)
     items = [p.strip() for p in items if p and p.strip()]
     if not items:
-        raise _control().SandboxError("providers must name at least one provider")
-    unknown = [p for p in items if p not in _control().PROVIDERS]
+        raise SandboxError("providers must name at least one provider")
+    unknown = [p for p in items if p not in PROVIDERS]
     if unknown:
-        raise _control().SandboxError(f"unknown provider {unknown[0]!r} in providers (expected "
-                                      f"{', '.join(_control().PROVIDERS)})")
+        raise SandboxError(f"unknown provider {unknown[0]!r} in providers (expected {', '.join(PROVIDERS)})")
     return items
 
 
@@ -82,15 +98,14 @@ def parse_disconnected(value) -> dict | None:
     for name, status in items:
         match = next((c for c in CONNECTIVITY[1:] if c.lower() == str(status).lower()), None)
         if match is None:
-            raise _control().SandboxError(f"connectivity status {status!r} of {name} is not one ARM reports for a "
-                                          f"disconnected cluster (expected {', '.join(CONNECTIVITY[1:])})")
+            raise SandboxError(f"connectivity status {status!r} of {name} is not one ARM reports for a "
+                               f"disconnected cluster (expected {', '.join(CONNECTIVITY[1:])})")
         out[name] = match
     return out
 
 
 def plan(n: int, providers: list[str], disconnected: dict) -> list[dict]:
     """The clusters of a fleet of ``n`` (and ``other-1``), in order."""
-    from .control import SUBSCRIPTION
     specs = []
     for i in range(1, n + 1):
         edge = i % 4 == 0
@@ -104,8 +119,8 @@ def plan(n: int, providers: list[str], disconnected: dict) -> list[dict]:
     names = {s["name"] for s in specs}
     unknown = sorted(set(disconnected) - names)
     if unknown:
-        raise _control().SandboxError(f"disconnected: no cluster {unknown[0]!r} in this fleet (clusters sandbox-1 ... "
-                                      f"sandbox-{n} and {OTHER_CLUSTER})")
+        raise SandboxError(f"disconnected: no cluster {unknown[0]!r} in this fleet (clusters sandbox-1 ... "
+                           f"sandbox-{n} and {OTHER_CLUSTER})")
     for s in specs:
         s["connectivity"] = disconnected.get(s["name"], "Connected")
         s["id"] = arm_id(s["subscription"], s["resource_group"], s["name"])
@@ -113,34 +128,30 @@ def plan(n: int, providers: list[str], disconnected: dict) -> list[dict]:
 
 
 def subscriptions() -> list[dict]:
-    from .control import SUBSCRIPTION
     return [{"id": SUBSCRIPTION, "display_name": "Sandbox Subscription", "restricted": True},
             {"id": OTHER_SUBSCRIPTION, "display_name": "Sandbox Other Subscription", "restricted": False}]
 
 
 def check_options(asked: dict) -> None:
     """SandboxError for fleet options that do not go together (None: not given)."""
-    SandboxError = _control().SandboxError
     n = asked.get("clusters")
     if n is None:
         given = [f for k, f in (("providers", "--providers"), ("disconnected", "--disconnected")) if asked.get(k)]
         if given:
             raise SandboxError(f"{given[0]} needs --clusters N (a fleet)")
-        return
+        raise SandboxError("a new fleet needs --clusters N (clusters=N)")
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLUSTERS:
         raise SandboxError(f"clusters must be a number from 1 to {MAX_CLUSTERS}, not {n!r}")
     if asked.get("provider") is not None:
         raise SandboxError("--provider is for one cluster: give a fleet its providers with --providers "
                            "kms-v2,kms-v1,... (assigned to the clusters in turn)")
-    if asked.get("apiserver") == "real":
-        raise SandboxError("--apiserver real is for one cluster: a fleet's clusters run on the API server emulator "
-                           "(tests/sandbox/README.md)")
+    if asked.get("apiserver") == "emulator":
+        raise SandboxError("--apiserver emulator is for one cluster: a fleet's clusters run the real kube-apiserver")
     for k, flag in (("disabled_metrics", "--disabled-metrics"), ("without_metrics", "--without-metrics")):
         if asked.get(k):
-            raise SandboxError(f"{flag} is for one cluster on the real kube-apiserver, not a fleet (its clusters run "
-                               "on the API server emulator)")
+            raise SandboxError(f"{flag} is for one cluster, not a fleet")
     if (asked.get("apiservers") or 1) > 1:
-        raise SandboxError("--apiservers is for one cluster (on the real kube-apiserver), not a fleet")
+        raise SandboxError("--apiservers is for one cluster, not a fleet")
     if asked.get("broken_node"):
         raise SandboxError("--broken-node is for one cluster, not a fleet (break a node of one cluster with its ctl "
                            "exec_fault)")
@@ -152,7 +163,7 @@ def all_pids(directory: Path, info: dict) -> list[int]:
     pids = [p for p in (info.get("pids") or {}).values() if p]
     for c in info.get("clusters") or []:
         with contextlib.suppress(Exception):
-            pids += [p for p in (_control().read_info(c["dir"]).get("pids") or {}).values() if p]
+            pids += [p for p in (read_info(c["dir"]).get("pids") or {}).values() if p]
     return pids
 
 
@@ -160,204 +171,346 @@ def running(directory: Path, info: dict) -> bool:
     return any(is_alive(p) and is_ours(p, str(directory)) for p in all_pids(directory, info))
 
 
-# --- up --------------------------------------------------------------------------------------------------------
+# --- the fleet ---------------------------------------------------------------------------------------------------
 
 
-class _Fleet:
-    """One ``up`` (new or resumed) of a fleet rooted at ``box.dir``."""
+class Fleet:
+    """A fleet rooted at ``directory`` (see the module docstring): ``up``, ``down``, ``cluster``, ``info``."""
 
-    def __init__(self, box):
-        self.box = box
-        self.dir = box.dir
-        self.members: dict = {}  # name -> Sandbox of that cluster's directory (holds its processes)
+    def __init__(self, directory):
+        self.dir = Path(directory).resolve()
+        self.resumed = False  # the last up() resumed a stopped fleet
+        self._server = Sandbox(self.dir)  # the fleet's server process (ARM, Resource Graph, Entra) is run by it
+        self._server._partial = {"pids": {}, "kms_dir": None}
+        self.members: dict[str, Sandbox] = {}  # name -> the Sandbox of each connected cluster started by this up
 
-    def member(self, name: str):
-        from .control import Sandbox
+    @property
+    def info(self) -> dict:
+        return read_info(self.dir)
+
+    def cluster(self, name: str) -> Sandbox:
+        """One cluster of the fleet, as a Sandbox (``api``, ``ctl``, ``kms``, ``etcdctl``, ``info``, kubeconfigs)."""
+        info = self.info
+        if not info.get("fleet"):
+            raise SandboxError(f"{self.dir} holds one cluster, not a fleet (up --clusters N)")
+        for c in info.get("clusters") or []:
+            if c["name"] == name:
+                return Sandbox(c["dir"])
+        raise SandboxError(f"no cluster {name!r} in the fleet in {self.dir} (clusters: "
+                           f"{', '.join(c['name'] for c in info['clusters'])})")
+
+    # -- up -----------------------------------------------------------------------------------------------------
+
+    def up(self, clusters: int | None = None, providers=None, disconnected=None, *, provider: str | None = None,
+           etcdctl: str | None = None, nodes: int | None = None, broken_node: bool | None = None,
+           readyz_style: str | None = None, history: bool | None = None, entra: bool | None = None,
+           enforce_pop: bool | None = None, apiserver: str | None = None, disabled_metrics=None,
+           without_metrics=None, apiservers: int | None = None, timeout: float = 60.0) -> dict:
+        """Start a fleet of ``clusters`` (a new directory) or resume the stopped fleet in it; returns sandbox.json.
+        ``providers`` (a list or ``"kms-v2,identity"``) are given to the clusters in turn; ``disconnected`` (names,
+        ``"NAME[:STATUS],..."`` or a dict name -> status) are not connected; the other options are
+        :meth:`.control.Sandbox.up`'s and apply to every cluster (those for one cluster only are refused)."""
+        from .control import parse_metric_names
+        asked = {"provider": provider, "etcdctl": etcdctl, "nodes": nodes, "broken_node": broken_node,
+                 "readyz_style": readyz_style, "history": history, "entra": entra, "enforce_pop": enforce_pop,
+                 "apiserver": apiserver, "disabled_metrics": parse_metric_names(disabled_metrics),
+                 "without_metrics": parse_metric_names(without_metrics), "apiservers": apiservers}
+        _check_options(asked)
+        fleet_asked = {"clusters": clusters, "providers": parse_providers(providers),
+                       "disconnected": parse_disconnected(disconnected)}
+        self.resumed = False
+        if (self.dir / "sandbox.json").exists():
+            info = read_info(self.dir)
+            if info.get("member_of"):
+                raise SandboxError(f"{self.dir} is a cluster of the fleet in {info['member_of']}: run up and down on "
+                                   "the fleet's directory")
+            if running(self.dir, info):
+                raise SandboxError(f"a sandbox is already running in {self.dir}: run 'python -m tests.sandbox "
+                                   f"down --dir {self.dir}' first, or use another --dir")
+            if not info.get("fleet"):
+                raise SandboxError(f"{self.dir} holds a stopped single-cluster sandbox: resume it without --clusters, "
+                                   f"--providers or --disconnected, or run 'python -m tests.sandbox down --dir "
+                                   f"{self.dir}' and remove it, or use another --dir")
+            return self._resume(info, {**asked, **fleet_asked}, timeout)
+        check_options({**asked, **fleet_asked})
+        options = {k: DEFAULTS[k] if v is None else v for k, v in asked.items()}
+        if enforce_pop is not None and not options["entra"]:
+            raise SandboxError("enforce_pop (--enforce-pop/--no-enforce-pop) needs the Entra emulator (entra=True, "
+                               "--entra)")
+        options.update(apiserver="real", clusters=clusters,
+                       providers=fleet_asked["providers"] or [DEFAULTS["provider"]],
+                       disconnected=fleet_asked["disconnected"] or {})
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("sandbox.json", "serve-ready.json", "serve.json"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / stale).unlink()
+        try:
+            return self._up(options, timeout)
+        except BaseException as e:
+            self._teardown()
+            if isinstance(e, (SandboxError, KeyboardInterrupt)):
+                raise
+            raise SandboxError(f"the fleet did not come up: {type(e).__name__}: {e}\n(logs in {self.dir / 'logs'} "
+                               f"and {self.dir / 'clusters'}/*/logs)") from e
+
+    def _member(self, name: str) -> Sandbox:
         m = self.members.get(name)
         if m is None:
             m = self.members[name] = Sandbox(self.dir / "clusters" / name)
             m._partial = {"pids": {}, "kms_dir": None}
         return m
 
-    def teardown(self) -> None:
-        self.box._teardown(self.box._partial)
+    def _teardown(self) -> None:
         with ThreadPoolExecutor(WORKERS) as pool:
             list(pool.map(lambda m: m._teardown(m._partial), list(self.members.values())))
+        self._server._teardown(self._server._partial)
 
-    # -- processes ------------------------------------------------------------------------------------------
+    def _binaries(self) -> tuple[str, str]:
+        from . import kubeapiserver
+        try:
+            folder = str(kubeapiserver.binaries(()))
+        except kubeapiserver.BinaryMissing as e:
+            raise SandboxError(str(e)) from None
+        return folder, _binary_version(folder)
 
-    def start_member(self, spec: dict, pki: dict, nodes: list[str], etcd_ports: dict | None = None,
-                     kms_state: Path | None = None) -> dict:
-        """Start one connected cluster's etcd (and KMS plugin); returns its serve.json entries."""
-        from .etcdproc import EtcdProcess
-        m = self.member(spec["name"])
-        logs = m.dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        etcd = EtcdProcess(m.dir, pki, node=nodes[0], log_path=logs / "etcd.log", **(etcd_ports or {}))
-        m._partial["pids"]["etcd"] = None
-        etcd.start()
-        m._procs["etcd"] = etcd.proc
-        m._partial["pids"]["etcd"] = etcd.pid
-        kms_socket = None
-        if spec["provider"].startswith("kms-"):
-            kms_socket = m._start_kms(spec["provider"], kms_state or m.dir / "kms-state.json")
-        return {"etcd": etcd, "kms_socket": kms_socket}
+    def _up(self, options: dict, timeout: float) -> dict:
+        from .etcdproc import find_etcdctl
+        from .pki import make_pki
 
-    # -- after the server listens ---------------------------------------------------------------------------
-
-    def write_member(self, spec: dict, serve_cfg: dict, ready: dict, etcd, kms_socket, pki: dict, options: dict,
-                     entra_info, previous: dict | None = None) -> dict:
-        """Kubeconfigs, etcd.env and sandbox.json of one cluster; returns its entry in the fleet's ``clusters``."""
-        from .control import KUBERNETES_VERSION, TENANT, _json_safe, _write_json
-        from .etcdproc import etcdctl_env
-        m = self.member(spec["name"])
-        ports = ready["clusters"][spec["name"]]
-        api_url = m._write_kubeconfigs({"apiserver_port": ports["apiserver_port"]}, pki)
-        connected = spec["connectivity"] == "Connected"
-        etcd_env = None
-        if connected:
-            etcd_env = m.dir / "etcd.env"
-            etcd_env.write_text("".join(f"{k}={v}\n" for k, v in etcdctl_env(pki, etcd.endpoint).items()))
-        bundle = m.dir / "pki" / "ca-bundle.pem"
-        bundle.write_bytes(Path(pki["ca_cert"]).read_bytes() + (self.dir / "pki" / "arm-ca.crt").read_bytes())
-        arm_url = f"https://127.0.0.1:{ready['arm_port']}"
-        control_url = f"http://127.0.0.1:{ports['control_port']}" if ports["control_port"] else None
-        nodes = serve_cfg["nodes"]
-        kms_state = m.dir / "kms-state.json" if spec["provider"].startswith("kms-") and connected else None
-        minfo = {
-            "dir": str(m.dir), "member_of": str(self.dir),
-            "cluster": {k: spec[k] for k in ("name", "resource_group", "subscription", "id", "connectivity", "tags")},
-            "provider": spec["provider"], "etcdctl_version": options["etcdctl"],
-            "readyz_style": options["readyz_style"],
-            "kubernetes_version": KUBERNETES_VERSION,
-            "apiserver": {"url": api_url, "port": ports["apiserver_port"]},
-            "arm": {"url": arm_url, "port": ready["arm_port"], "subscription": spec["subscription"],
-                    "resource_group": spec["resource_group"], "cluster": spec["name"], "tenant": TENANT},
-            "control": {"url": control_url} if control_url else None,
-            "etcd": {"endpoint": etcd.endpoint, "port": etcd.client_port, "peer_port": etcd.peer_port}
-            if connected else None,
-            "ca_bundle": str(bundle),
-            "kubeconfig": m.kubeconfig, "kubeconfig_restricted": m.kubeconfig_restricted,
-            "etcd_env": str(etcd_env) if etcd_env else None,
-            "kms_socket": str(kms_socket) if kms_socket else None,
-            "kms_state": str(kms_state) if kms_state else None,
-            "kms_dir": m._partial["kms_dir"],
-            "pids": dict(m._partial["pids"]),
-            "nodes": nodes, "etcd_pods": sorted(f"etcd-{n}" for n in nodes), "broken_pods": [],
-            "pki": _json_safe(pki),
-            "seeded": (previous or {}).get("seeded", []), "history": (previous or {}).get("history"),
-            "entra": entra_info,
-        }
-        _write_json(m.dir / "sandbox.json", minfo)
-        return {"name": spec["name"], "resource_group": spec["resource_group"], "subscription": spec["subscription"],
-                "id": spec["id"], "provider": spec["provider"], "connectivity": spec["connectivity"],
-                "tags": spec["tags"], "kubeconfig": m.kubeconfig, "kubeconfig_restricted": m.kubeconfig_restricted,
-                "dir": str(m.dir), "apiserver_url": api_url, "control_url": control_url,
-                "etcd_endpoint": etcd.endpoint if connected else None, "etcd_env": minfo["etcd_env"],
-                "kms_socket": minfo["kms_socket"], "etcd_pods": minfo["etcd_pods"]}
-
-    def ready_and_seed(self, specs: list[dict], history: bool, timeout: float, resume: bool) -> None:
-        def one(spec):
-            m = self.member(spec["name"])
-            m._wait_ready(timeout)
-            if resume:
-                seeded = m._seed_missing(list(m.info.get("seeded") or []))
-                _control().update_info(m.dir, seeded=seeded)
-            else:
-                seeded, hist = m._seed(spec["provider"], history)
-                _control().update_info(m.dir, seeded=seeded, history=hist)
-        connected = [s for s in specs if s["connectivity"] == "Connected"]
-        with ThreadPoolExecutor(WORKERS) as pool:
-            list(pool.map(one, connected))
-
-
-def _serve_member(spec: dict, member_dir: Path, nodes: list[str], pki: dict, started: dict, options: dict,
-                  local_key: str | None) -> dict:
-    """A cluster's entry in the fleet's serve.json: a single sandbox's configuration plus its ARM record."""
-    from .control import KUBERNETES_VERSION, READ_KEYS, TENANT, _json_safe
-    kms_socket = started.get("kms_socket")
-    etcd = started.get("etcd")
-    return {
-        "name": spec["name"], "resource_group": spec["resource_group"], "subscription": spec["subscription"],
-        "arm_id": spec["id"], "connectivity": spec["connectivity"], "tags": spec["tags"],
-        "dir": str(member_dir), "provider": spec["provider"], "etcdctl_version": options["etcdctl"],
-        "readyz_style": options["readyz_style"], "nodes": nodes, "kubernetes_version": KUBERNETES_VERSION,
-        "started": time.time(),
-        "etcd": {"endpoint": etcd.endpoint, "ca": str(pki["etcd_ca_cert"]), "cert": str(pki["etcd_client_cert"]),
-                 "key": str(pki["etcd_client_key"])} if etcd else None,
-        "kms": {"socket": str(kms_socket), "api": spec["provider"].split("-")[1]} if kms_socket else None,
-        "local_key": local_key,
-        "pki": _json_safe(pki),
-        "arm": {"cluster": spec["name"], "resource_group": spec["resource_group"], "tenant": TENANT,
-                "subscription": spec["subscription"]},
-        "exec_faults": {},
-        "read_keys": str(member_dir / READ_KEYS),
-        "entra": None,
-    }
-
-
-def up(box, options: dict, timeout: float) -> dict:
-    """A new fleet in ``box.dir`` (``options``: every ``up`` option, defaults applied)."""
-    from .control import RESOURCE_GROUP, SUBSCRIPTION, TENANT, _entra_info, _json_safe, _node_names, _write_json
-    from .etcdproc import find_etcdctl
-    from .pki import make_pki
-
-    t0 = time.monotonic()
-    find_etcdctl(options["etcdctl"])  # fail early, with the install hint
-    specs = plan(options["clusters"], options["providers"], options["disconnected"])
-    fleet = _Fleet(box)
-    (box.dir / "logs").mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(box.dir / "clusters", ignore_errors=True)
-    azure_pki = make_pki(box.dir, [])  # the ARM and Entra certificates (its Kubernetes CA signs nothing used)
-    entra_cfg = None
-    pool = ThreadPoolExecutor(WORKERS)
-    try:
+        t0 = time.monotonic()
+        find_etcdctl(options["etcdctl"])  # fail early, with the install hint
+        _, version = self._binaries()
+        specs = plan(options["clusters"], options["providers"], options["disconnected"])
+        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.dir / "clusters", ignore_errors=True)
+        azure_pki = make_pki(self.dir, [])  # the ARM and Entra certificates (its Kubernetes CA signs nothing used)
+        entra_cfg = None
         if options["entra"]:
             from .entra import create
-            entra_cfg = pool.submit(create, box.dir, tenant=TENANT, subscription=SUBSCRIPTION,
-                                    resource_group=RESOURCE_GROUP, cluster=specs[0]["name"],
-                                    enforce_pop=options["enforce_pop"])
+            entra_cfg = create(self.dir, tenant=TENANT, subscription=SUBSCRIPTION, resource_group=RESOURCE_GROUP,
+                               cluster=specs[0]["name"], enforce_pop=options["enforce_pop"])
         material = {}
         for spec in specs:
-            member_dir = box.dir / "clusters" / spec["name"]
             nodes = _node_names(options["nodes"])
-            material[spec["name"]] = (nodes, make_pki(member_dir, nodes))
-        connected = [s for s in specs if s["connectivity"] == "Connected"]
-        for s in specs:
-            fleet.member(s["name"])  # created here, not in the worker threads
-        started = dict(zip((s["name"] for s in connected),
-                           pool.map(lambda s: fleet.start_member(s, material[s["name"]][1], material[s["name"]][0]),
-                                    connected)))
-        serve_clusters = []
-        for spec in specs:
-            nodes, pki = material[spec["name"]]
-            local = base64.b64encode(os.urandom(32)).decode() \
-                if spec["provider"] in ("aescbc", "aesgcm", "secretbox") else None
-            serve_clusters.append(_serve_member(spec, box.dir / "clusters" / spec["name"], nodes, pki,
-                                                started.get(spec["name"], {}), options, local))
-        serve_cfg = {"fleet": True, "dir": str(box.dir), "pki": _json_safe(azure_pki),
+            port = free_port() if spec["connectivity"] == "Connected" else None
+            material[spec["name"]] = (nodes, make_pki(self.dir / "clusters" / spec["name"], nodes), port)
+        serve_cfg = {"fleet": True, "dir": str(self.dir), "pki": _json_safe(azure_pki),
                      "arm": {"tenant": TENANT, "subscription": SUBSCRIPTION, "subscriptions": subscriptions()},
-                     "entra": entra_cfg.result() if entra_cfg is not None else None, "clusters": serve_clusters}
-        _write_json(box.dir / "serve.json", serve_cfg)
-        ready = box._start_server(timeout)
-        ca_bundle = _write_bundle(box.dir, [material[s["name"]][1] for s in specs])
+                     "entra": entra_cfg, "clusters": [_serve_record(s, material[s["name"]][1], material[s["name"]][2])
+                                                      for s in specs]}
+        _write_json(self.dir / "serve.json", serve_cfg)
+        ready = self._server._start_server(timeout)
+        ca_bundle = _write_bundle(self.dir, [material[s["name"]][1] for s in specs])
         entra_info = _entra_info(serve_cfg, ready, ca_bundle)
-        entries = []
-        for spec, scfg in zip(specs, serve_clusters):
-            got = started.get(spec["name"], {})
-            entries.append(fleet.write_member(spec, scfg, ready, got.get("etcd"), got.get("kms_socket"),
-                                              material[spec["name"]][1], options, entra_info))
-        info = _fleet_info(box.dir, options, ready, ca_bundle, dict(box._partial["pids"]), entra_info, entries,
-                           azure_pki)
-        _write_json(box.dir / "sandbox.json", info)
-        fleet.ready_and_seed(specs, options["history"], timeout, resume=False)
-        return _control().update_info(box.dir, up_seconds=round(time.monotonic() - t0, 2))
-    except BaseException:
-        pool.shutdown(wait=True)
-        fleet.teardown()
-        raise
-    finally:
-        pool.shutdown(wait=False)
+        fleet_ports = _fleet_ports(ready)
+        for spec in specs:
+            _, pki, _ = material[spec["name"]]
+            _member_bundle(self.dir, pki)
+        connected = [s for s in specs if s["connectivity"] == "Connected"]
+        for spec in connected:
+            nodes, pki, port = material[spec["name"]]
+            m = self._member(spec["name"])
+            m.member = {"name": spec["name"], "resource_group": spec["resource_group"],
+                        "subscription": spec["subscription"], "arm_id": spec["id"], "port": port, "nodes": nodes,
+                        "pki": pki, "entra": entra_cfg, "fleet_ports": fleet_ports, "member_of": str(self.dir),
+                        "cluster": _cluster_record(spec)}
+
+        def start(spec):
+            m = self.members[spec["name"]]
+            m._up(spec["provider"], options["etcdctl"], options["nodes"], False, options["readyz_style"],
+                  options["history"], max(timeout, MEMBER_TIMEOUT),
+                  entra=options["enforce_pop"] if options["entra"] else None, apiserver="real")
+        _run_members(start, connected)
+        for spec in specs:
+            if spec["connectivity"] != "Connected":
+                nodes, pki, _ = material[spec["name"]]
+                _write_disconnected(self.dir, spec, ready, pki, nodes, options, entra_info)
+        info = _fleet_info(self.dir, options, ready, ca_bundle, dict(self._server._partial["pids"]), entra_info,
+                           [_entry(read_info(self.dir / "clusters" / s["name"])) for s in specs], azure_pki, version)
+        _write_json(self.dir / "sandbox.json", info)
+        return update_info(self.dir, up_seconds=round(time.monotonic() - t0, 2))
+
+    # -- resume -------------------------------------------------------------------------------------------------
+
+    def _resume(self, info: dict, asked: dict, timeout: float) -> dict:
+        """Restart a stopped fleet on its data: the server process (ARM, Entra) on its former ports when free, then
+        each connected cluster as a stopped single sandbox resumes (etcd, KMS plugin, kube-apiserver on its port
+        when free, missing seeds written again)."""
+        from .etcdproc import find_etcdctl
+        stored = info.get("options") or {}
+        differ = []
+        for k, v in asked.items():
+            if v is None or k not in stored or v == stored[k] or (k == "history" and v is False):
+                continue
+            flag = {"clusters": "--clusters", "providers": "--providers",
+                    "disconnected": "--disconnected"}.get(k) or _FLAGS.get(k, k)
+            shown = stored[k]
+            if isinstance(shown, list):
+                shown = ",".join(shown)
+            elif isinstance(shown, dict):
+                shown = ",".join(f"{n}:{s}" for n, s in shown.items()) or "(none)"
+            differ.append(f"{flag} {shown}")
+        if asked.get("provider") is not None or asked.get("broken_node"):
+            differ.append("a fleet (no --provider or --broken-node)")
+        if differ:
+            raise SandboxError(f"{self.dir} holds a stopped fleet with {', '.join(differ)}: resume it without "
+                               f"{'that option' if len(differ) == 1 else 'those options'}, or run 'python -m "
+                               f"tests.sandbox down --dir {self.dir}' and remove it, or use another --dir")
+        if not (self.dir / "serve.json").exists():
+            raise SandboxError(f"{self.dir} holds a stopped fleet that cannot be resumed (no serve.json): run 'python "
+                               f"-m tests.sandbox down --dir {self.dir}' and remove it, or use another --dir")
+        find_etcdctl(info["etcdctl_version"])
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "serve-ready.json").unlink()
+        self.resumed = True
+        t0 = time.monotonic()
+        try:
+            _, version = self._binaries()
+            serve_cfg = json.loads((self.dir / "serve.json").read_text())
+            minfos = {c["name"]: read_info(c["dir"]) for c in info["clusters"]}
+            for rec in serve_cfg["clusters"]:  # a cluster's kube-apiserver keeps its port when free
+                port = minfos[rec["name"]]["apiserver"]["port"]
+                if rec["connectivity"] == "Connected" and not _port_free(port):
+                    port = free_port()
+                rec["apiserver_port"] = port
+            serve_cfg["ports"] = {"arm": info["arm"]["port"]}
+            if info.get("entra"):
+                serve_cfg["ports"].update(entra=info["entra"]["port"], msi=info["entra"]["msi_port"])
+            _write_json(self.dir / "serve.json", serve_cfg)
+            ready = self._server._start_server(timeout)
+            entra_info = _entra_info(serve_cfg, ready, info["ca_bundle"])
+            fleet_ports = _fleet_ports(ready)
+            connected = [rec for rec in serve_cfg["clusters"] if rec["connectivity"] == "Connected"]
+            for rec in connected:
+                m = self._member(rec["name"])
+                mcfg_path = m.dir / "serve.json"
+                mcfg = json.loads(mcfg_path.read_text())
+                mcfg["fleet_ports"] = fleet_ports
+                mcfg["real_apiserver"]["port"] = rec["apiserver_port"]
+                mcfg["real_apiserver"]["server_ports"] = [rec["apiserver_port"]]
+                _write_json(mcfg_path, mcfg)
+
+            def restart(rec):
+                m = self.members[rec["name"]]
+                m._resume(minfos[rec["name"]], {}, max(timeout, MEMBER_TIMEOUT))
+            _run_members(restart, connected)
+            options = dict(info["options"])
+            for rec in serve_cfg["clusters"]:
+                if rec["connectivity"] != "Connected":
+                    minfo = minfos[rec["name"]]
+                    _write_disconnected(self.dir, {**minfo["cluster"], "provider": minfo["provider"]}, ready,
+                                        _pki_from_info(minfo), minfo["nodes"], options, entra_info)
+            new = _fleet_info(self.dir, options, ready, Path(info["ca_bundle"]), dict(self._server._partial["pids"]),
+                              entra_info, [_entry(read_info(c["dir"])) for c in info["clusters"]], info["pki"],
+                              version)
+            _write_json(self.dir / "sandbox.json", new)
+            return update_info(self.dir, up_seconds=round(time.monotonic() - t0, 2))
+        except BaseException as e:
+            self._teardown()
+            with contextlib.suppress(Exception):
+                _mark_stopped(self.dir, info)
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            text = str(e) if isinstance(e, SandboxError) else f"{type(e).__name__}: {e}"
+            raise SandboxError(f"the stopped fleet in {self.dir} did not resume: {text}\n(logs in {self.dir / 'logs'} "
+                               f"and {self.dir / 'clusters'}/*/logs)") from e
+
+    # -- down ---------------------------------------------------------------------------------------------------
+
+    def down(self) -> None:
+        """Stop every cluster's processes, then the server (idempotent); keeps the directory."""
+        if not (self.dir / "sandbox.json").exists():
+            self._teardown()
+            return
+        info = read_info(self.dir)
+        if info.get("member_of"):
+            raise SandboxError(f"{self.dir} is a cluster of the fleet in {info['member_of']}: run 'python -m "
+                               f"tests.sandbox down --dir {info['member_of']}'")
+        if not info.get("fleet"):
+            raise SandboxError(f"{self.dir} holds one cluster, not a fleet: stop it with Sandbox(dir).down()")
+
+        def stop(c):
+            with contextlib.suppress(Exception):
+                Sandbox(c["dir"])._teardown(read_info(c["dir"]))
+        with ThreadPoolExecutor(WORKERS) as pool:
+            list(pool.map(stop, info.get("clusters") or []))
+        self._server._teardown({"pids": {"server": (info.get("pids") or {}).get("server")}})
+        _mark_stopped(self.dir, info)
+
+
+def _run_members(fn, specs: list[dict]) -> None:
+    """``fn(spec)`` for each cluster, START_PARALLEL at a time; the first failure (after all have finished) is
+    raised, naming its cluster."""
+    errors = []
+
+    def one(spec):
+        try:
+            fn(spec)
+        except BaseException as e:  # reported below, with the cluster's name
+            errors.append((spec["name"], e))
+    with ThreadPoolExecutor(START_PARALLEL) as pool:
+        list(pool.map(one, specs))
+    if errors:
+        name, e = errors[0]
+        if isinstance(e, KeyboardInterrupt):
+            raise e
+        raise SandboxError(f"cluster {name}: {e if isinstance(e, SandboxError) else f'{type(e).__name__}: {e}'}") \
+            from e
+
+
+def _cluster_record(spec: dict) -> dict:
+    return {k: spec[k] for k in ("name", "resource_group", "subscription", "id", "connectivity", "tags")}
+
+
+def _serve_record(spec: dict, pki: dict, port: int | None) -> dict:
+    """A cluster's entry in the fleet's serve.json: its ARM record (the port its kube-apiserver will listen on)."""
+    return {"name": spec["name"], "resource_group": spec["resource_group"], "subscription": spec["subscription"],
+            "arm_id": spec["id"], "connectivity": spec["connectivity"], "tags": spec["tags"],
+            "provider": spec["provider"], "pki": _json_safe(pki), "apiserver_port": port}
+
+
+def _fleet_ports(ready: dict) -> dict:
+    """What a cluster's server process needs of the fleet's: the ARM and Entra ports."""
+    return {"arm_port": ready["arm_port"], "entra_port": ready.get("entra_port"), "msi_port": ready.get("msi_port")}
+
+
+def _member_bundle(directory: Path, pki: dict) -> None:
+    """A cluster's ``pki/ca-bundle.pem``: its Kubernetes CA and the fleet's ARM CA (which signs the Entra
+    emulator's certificate too)."""
+    Path(pki["ca_bundle"]).write_bytes(Path(pki["ca_cert"]).read_bytes()
+                                       + (directory / "pki" / "arm-ca.crt").read_bytes())
+
+
+def _write_disconnected(directory: Path, spec: dict, ready: dict, pki: dict, nodes: list[str], options: dict,
+                        entra_info) -> None:
+    """sandbox.json and kubeconfigs of a cluster that is not connected: no processes, its API server port refuses."""
+    m = Sandbox(directory / "clusters" / spec["name"])
+    port = ready["clusters"][spec["name"]]["apiserver_port"]
+    api_url = m._write_kubeconfigs({"apiserver_port": port}, pki)
+    arm_port = ready["arm_port"]
+    _write_json(m.dir / "sandbox.json", {
+        "dir": str(m.dir), "member_of": str(directory), "cluster": _cluster_record(spec),
+        "provider": spec["provider"], "etcdctl_version": options["etcdctl"], "readyz_style": options["readyz_style"],
+        "apiserver_mode": "real", "apiserver": {"url": api_url, "port": port},
+        "arm": {"url": f"https://127.0.0.1:{arm_port}", "port": arm_port, "subscription": spec["subscription"],
+                "resource_group": spec["resource_group"], "cluster": spec["name"], "tenant": TENANT},
+        "control": None, "etcd": None, "ca_bundle": str(pki["ca_bundle"]),
+        "kubeconfig": m.kubeconfig, "kubeconfig_restricted": m.kubeconfig_restricted, "etcd_env": None,
+        "kms_socket": None, "kms_state": None, "kms_dir": None, "pids": {}, "kube_apiservers": [],
+        "nodes": nodes, "etcd_pods": sorted(f"etcd-{n}" for n in nodes), "broken_pods": [], "pki": _json_safe(pki),
+        "seeded": [], "history": None, "entra": entra_info})
+
+
+def _entry(minfo: dict) -> dict:
+    """A cluster's entry in the fleet's sandbox.json ``clusters``, from its own sandbox.json."""
+    c = minfo["cluster"]
+    return {"name": c["name"], "resource_group": c["resource_group"], "subscription": c["subscription"],
+            "id": c["id"], "provider": minfo["provider"], "connectivity": c["connectivity"], "tags": c["tags"],
+            "kubeconfig": minfo["kubeconfig"], "kubeconfig_restricted": minfo["kubeconfig_restricted"],
+            "dir": minfo["dir"], "apiserver_url": minfo["apiserver"]["url"],
+            "control_url": (minfo.get("control") or {}).get("url"),
+            "etcd_endpoint": (minfo.get("etcd") or {}).get("endpoint"), "etcd_env": minfo.get("etcd_env"),
+            "kms_socket": minfo.get("kms_socket"), "etcd_pods": minfo["etcd_pods"]}
 
 
 def _write_bundle(directory: Path, pkis: list[dict]) -> Path:
@@ -370,17 +523,16 @@ def _write_bundle(directory: Path, pkis: list[dict]) -> Path:
 
 
 def _fleet_info(directory: Path, options: dict, ready: dict, ca_bundle: Path, pids: dict, entra_info, entries: list,
-                azure_pki: dict) -> dict:
-    from .control import KUBERNETES_VERSION, SUBSCRIPTION, TENANT, _json_safe
+                azure_pki: dict, version: str) -> dict:
     from .resourcegraph import API_VERSIONS
     arm_url = f"https://127.0.0.1:{ready['arm_port']}"
     subs = subscriptions()
     return {
-        "dir": str(directory), "fleet": True,
+        "dir": str(directory), "fleet": True, "apiserver_mode": "real",
         "options": {k: options[k] for k in ("clusters", "providers", "disconnected", "etcdctl", "nodes",
                                             "readyz_style", "history", "entra", "enforce_pop")},
         "providers": options["providers"], "etcdctl_version": options["etcdctl"],
-        "readyz_style": options["readyz_style"], "kubernetes_version": KUBERNETES_VERSION,
+        "readyz_style": options["readyz_style"], "kubernetes_version": version,
         "arm": {"url": arm_url, "port": ready["arm_port"], "tenant": TENANT, "subscription": SUBSCRIPTION},
         "resource_graph": {"url": f"{arm_url}/providers/Microsoft.ResourceGraph/resources",
                            "api_versions": list(API_VERSIONS)},
@@ -392,120 +544,9 @@ def _fleet_info(directory: Path, options: dict, ready: dict, ca_bundle: Path, pi
     }
 
 
-# --- resume ------------------------------------------------------------------------------------------------
-
-
-def resume(box, info: dict, asked: dict, timeout: float) -> dict:
-    """Restart a stopped fleet on its data: every etcd on its data and ports, every KMS plugin on its keys, the
-    server on serve.json with its former ports (when free); kubeconfigs rewritten, missing seeds written again."""
-    from .control import _FLAGS, _entra_info, _pki_from_info, _write_json, read_info
-    from .etcdproc import find_etcdctl
-    SandboxError = _control().SandboxError
-
-    stored = info.get("options") or {}
-    differ = []
-    for k, v in asked.items():
-        if v is None or k not in stored or v == stored[k] or (k == "history" and v is False):
-            continue
-        flag = {"clusters": "--clusters", "providers": "--providers",
-                "disconnected": "--disconnected"}.get(k) or _FLAGS.get(k, k)
-        shown = stored[k]
-        if isinstance(shown, list):
-            shown = ",".join(shown)
-        elif isinstance(shown, dict):
-            shown = ",".join(f"{n}:{s}" for n, s in shown.items()) or "(none)"
-        differ.append(f"{flag} {shown}")
-    if asked.get("provider") is not None or asked.get("broken_node"):
-        differ.append("a fleet (no --provider or --broken-node)")
-    if differ:
-        raise SandboxError(f"{box.dir} holds a stopped fleet with {', '.join(differ)}: resume it without "
-                           f"{'that option' if len(differ) == 1 else 'those options'}, or run 'python -m "
-                           f"tests.sandbox down --dir {box.dir}' and remove it, or use another --dir")
-    if not (box.dir / "serve.json").exists():
-        raise SandboxError(f"{box.dir} holds a stopped fleet that cannot be resumed (no serve.json): run 'python -m "
-                           f"tests.sandbox down --dir {box.dir}' and remove it, or use another --dir")
-    find_etcdctl(info["etcdctl_version"])
-    with contextlib.suppress(FileNotFoundError):
-        (box.dir / "serve-ready.json").unlink()
-    box.resumed = True
-    box._partial = {"pids": {}, "kms_dir": None}
-    fleet = _Fleet(box)
-    t0 = time.monotonic()
-    try:
-        serve_cfg = json.loads((box.dir / "serve.json").read_text())
-        options = {**stored}
-        specs, minfos = [], {}
-        for c in info["clusters"]:
-            specs.append({k: c[k] for k in ("name", "resource_group", "subscription", "id", "provider",
-                                            "connectivity", "tags")})
-            minfos[c["name"]] = read_info(c["dir"])
-            fleet.member(c["name"])
-        connected = [s for s in specs if s["connectivity"] == "Connected"]
-
-        def restart(spec):
-            minfo = minfos[spec["name"]]
-            e = minfo["etcd"]
-            return fleet.start_member(spec, _pki_from_info(minfo), minfo["nodes"],
-                                      {"client_port": e["port"], "peer_port": e["peer_port"]},
-                                      Path(minfo["kms_state"]) if minfo.get("kms_state") else None)
-        with ThreadPoolExecutor(WORKERS) as pool:
-            started = dict(zip((s["name"] for s in connected), pool.map(restart, connected)))
-        serve_cfg["ports"] = {"arm": info["arm"]["port"]}
-        if info.get("entra"):
-            serve_cfg["ports"].update(entra=info["entra"]["port"], msi=info["entra"]["msi_port"])
-        for scfg in serve_cfg["clusters"]:
-            minfo = minfos[scfg["name"]]
-            got = started.get(scfg["name"])
-            if got and got["kms_socket"]:
-                scfg["kms"]["socket"] = str(got["kms_socket"])
-            scfg["ports"] = {"apiserver": minfo["apiserver"]["port"],
-                             "control": int(minfo["control"]["url"].rsplit(":", 1)[1]) if minfo.get("control") else 0}
-        _write_json(box.dir / "serve.json", serve_cfg)
-        ready = box._start_server(timeout)
-        entra_info = _entra_info(serve_cfg, ready, info["ca_bundle"])
-        entries = []
-        for spec, scfg in zip(specs, serve_cfg["clusters"]):
-            got = started.get(spec["name"], {})
-            minfo = minfos[spec["name"]]
-            entries.append(fleet.write_member(spec, scfg, ready, got.get("etcd"), got.get("kms_socket"),
-                                              _pki_from_info(minfo), options, entra_info, previous=minfo))
-        new = _fleet_info(box.dir, options, ready, Path(info["ca_bundle"]), dict(box._partial["pids"]), entra_info,
-                          entries, info["pki"])
-        _write_json(box.dir / "sandbox.json", new)
-        fleet.ready_and_seed(specs, False, timeout, resume=True)
-        return _control().update_info(box.dir, up_seconds=round(time.monotonic() - t0, 2))
-    except BaseException as e:
-        fleet.teardown()
-        with contextlib.suppress(Exception):
-            _mark_stopped(box.dir, info)
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        text = str(e) if isinstance(e, SandboxError) else f"{type(e).__name__}: {e}"
-        raise SandboxError(f"the stopped fleet in {box.dir} did not resume: {text}\n(logs in {box.dir / 'logs'} and "
-                           f"{box.dir / 'clusters'}/*/logs)") from e
-
-
-# --- down ------------------------------------------------------------------------------------------------------
-
-
-def down(box, info: dict) -> None:
-    """Stop the server, then every cluster's KMS plugin and etcd (idempotent)."""
-    from .control import Sandbox, read_info
-    box._teardown({"pids": {"server": (info.get("pids") or {}).get("server")}})
-
-    def stop(c):
-        with contextlib.suppress(Exception):
-            m = Sandbox(c["dir"])
-            m._teardown(read_info(c["dir"]))
-    with ThreadPoolExecutor(WORKERS) as pool:
-        list(pool.map(stop, info.get("clusters") or []))
-    _mark_stopped(box.dir, info)
-
-
 def _mark_stopped(directory: Path, info: dict) -> None:
-    from .control import update_info
     for c in info.get("clusters") or []:
         with contextlib.suppress(Exception):
-            minfo = _control().read_info(c["dir"])
+            minfo = read_info(c["dir"])
             update_info(c["dir"], pids={k: None for k in (minfo.get("pids") or {})})
     update_info(directory, pids={k: None for k in (info.get("pids") or {})})

@@ -1,7 +1,9 @@
 """The sandbox's server process: API server (HTTPS), ARM emulator (HTTPS) and control site (HTTP) in one loop;
 with ``entra`` in serve.json also the Entra ID emulator (HTTPS) and its managed-identity endpoint (HTTP). For a
 fleet (``fleet`` in serve.json) an API server and a control site per connected cluster, one ARM (with Resource
-Graph) and Entra emulator for all.
+Graph) and Entra emulator for all, and a refusing port per disconnected cluster; each connected cluster of a fleet
+is a sandbox of its own (``member_of`` in its serve.json), whose server process serves no ARM or Entra: the fleet's
+do (``fleet_ports``), and its token webhook checks the fleet's Entra tokens.
 
     python -m tests.sandbox.serve --dir DIR
 
@@ -227,10 +229,14 @@ async def serve(directory: Path) -> None:
     await api.start()
     ports = cfg.get("ports") or {}  # a resumed sandbox asks for its former ports again
     real = cfg.get("real_apiserver")
+    member = cfg.get("fleet_ports")  # one cluster of a fleet: ARM and Entra are the fleet's
+    if member and not real:
+        raise SystemExit("a fleet's cluster runs the real kube-apiserver (serve.json has no real_apiserver)")
     lb = None
     if real:  # the real kube-apiserver listens there (control.py starts it once this process serves)
         api_sock = None
-        arm_sock, ctl_sock = (_listen(ports.get(site, 0)) for site in ("arm", "control"))
+        arm_sock = None if member else _listen(ports.get("arm", 0))
+        ctl_sock = _listen(ports.get("control", 0))
         api.port = real["port"]
         if len(real.get("server_ports") or ()) > 1:  # up --apiservers N: the kubeconfig names the load balancer
             from .lb import LoadBalancer
@@ -241,18 +247,28 @@ async def serve(directory: Path) -> None:
         api_sock, arm_sock, ctl_sock = (_listen(ports.get(site, 0)) for site in ("apiserver", "arm", "control"))
         api.port = api_sock.getsockname()[1]
     api_url = f"https://127.0.0.1:{api.port}"
-    entra, entra_socks = _entra(cfg, ports)
-    arm = ARM(cfg["arm"], api_url, Path(pki["ca_cert"]).read_bytes(), Path(pki["admin_cert"]).read_bytes(),
-              Path(pki["admin_key"]).read_bytes(), entra=entra)
-    arm.url = f"https://127.0.0.1:{arm_sock.getsockname()[1]}"
-    control = Control(api, directory, entra)
-    sites = [(arm.app(), arm_sock, arm_ssl(pki)), (control.app(), ctl_sock, None)]
-    ready = {"pid": os.getpid(), "apiserver_port": api.port, "arm_port": arm_sock.getsockname()[1],
-             "control_port": ctl_sock.getsockname()[1]}
+    if member:
+        entra, entra_socks = _fleet_entra(cfg), None
+        control = Control(api, directory, None)  # managed_identity and sign_ins: the fleet's Entra, not here
+        sites = [(control.app(), ctl_sock, None)]
+        ready = {"pid": os.getpid(), "apiserver_port": api.port, "arm_port": member["arm_port"],
+                 "control_port": ctl_sock.getsockname()[1]}
+        if entra is not None:
+            ready.update(entra_port=member["entra_port"], msi_port=member["msi_port"])
+        arm_url = f"https://127.0.0.1:{member['arm_port']}"
+    else:
+        entra, entra_socks = _entra(cfg, ports)
+        arm = ARM(cfg["arm"], api_url, Path(pki["ca_cert"]).read_bytes(), Path(pki["admin_cert"]).read_bytes(),
+                  Path(pki["admin_key"]).read_bytes(), entra=entra)
+        arm.url = arm_url = f"https://127.0.0.1:{arm_sock.getsockname()[1]}"
+        control = Control(api, directory, entra)
+        sites = [(arm.app(), arm_sock, arm_ssl(pki)), (control.app(), ctl_sock, None)]
+        ready = {"pid": os.getpid(), "apiserver_port": api.port, "arm_port": arm_sock.getsockname()[1],
+                 "control_port": ctl_sock.getsockname()[1]}
     authn = None
     if entra is not None:
         from .auth import EntraAuthn
-        authn = EntraAuthn(entra.verifier(), entra.cluster_id, entra.enforce_pop)
+        authn = EntraAuthn(entra.verifier(), cfg["arm_id"] if member else entra.cluster_id, entra.enforce_pop)
     if real:
         # The token webhook (guard), the admission webhook and the nodes' kubelet endpoint; a broken node's
         # kubelet port refuses.
@@ -276,9 +292,20 @@ async def serve(directory: Path) -> None:
         if authn is not None:
             from .auth import install_entra
             install_entra(api_app, authn)
-    logging.info("serving: apiserver %s, arm %s, control http://127.0.0.1:%s", api_url, arm.url,
+    logging.info("serving: apiserver %s, arm %s, control http://127.0.0.1:%s", api_url, arm_url,
                  ready["control_port"])
-    await _run(directory, sites, ready, entra, entra_socks, pki, [api])
+    await _run(directory, sites, ready, None if member else entra, entra_socks, pki, [api])
+
+
+def _fleet_entra(cfg: dict):
+    """A fleet's cluster: the fleet's Entra emulator (its keys, at the fleet's address) to check tokens with; not
+    served here. None without Entra."""
+    if not cfg.get("entra"):
+        return None
+    from .entra import Entra
+    entra = Entra(cfg["entra"])
+    entra.url = f"https://127.0.0.1:{cfg['fleet_ports']['entra_port']}"
+    return entra
 
 
 def _entra(cfg: dict, ports: dict):
@@ -339,32 +366,22 @@ def _refusing(port: int = 0) -> socket.socket:
 
 
 async def serve_fleet(directory: Path, cfg: dict) -> None:
-    """A fleet (tests/sandbox/fleet.py): one API server and control site per connected cluster, each on its own
-    ports with its own certificates, etcd and KMS plugin; one ARM (with Resource Graph) and Entra emulator."""
-    from .auth import EntraAuthn, install_entra
+    """A fleet (tests/sandbox/fleet.py): one ARM (with Resource Graph) and Entra emulator for every cluster, each
+    connected cluster's record naming the port of its own kube-apiserver (a sandbox of its own, started after this
+    process listens); a disconnected cluster's API server port refuses connections (held here)."""
     ports = cfg.get("ports") or {}
     entra, entra_socks = _entra(cfg, ports)
     arm_sock = _listen(ports.get("arm", 0))
-    connected = [c for c in cfg["clusters"] if c["connectivity"] == "Connected"]
-    apis = {c["name"]: APIServer(c) for c in connected}
-    await asyncio.gather(*(api.start() for api in apis.values()))
-    sites, records, held, ready_clusters = [], [], [], {}
+    records, held, ready_clusters = [], [], {}
     for c in cfg["clusters"]:
-        cports, cpki = c.get("ports") or {}, c["pki"]
-        api = apis.get(c["name"])
-        if api is not None:
-            api_sock, ctl_sock = _listen(cports.get("apiserver", 0)), _listen(cports.get("control", 0))
-            api.port = api_sock.getsockname()[1]
-            app = api.app()
-            if entra is not None:
-                install_entra(app, EntraAuthn(entra.verifier(), c["arm_id"], entra.enforce_pop))
-            sites += [(app, api_sock, apiserver_ssl(cpki)), (Control(api, Path(c["dir"]), entra).app(), ctl_sock, None)]
+        cpki = c["pki"]
+        if c["connectivity"] == "Connected":
+            port = c["apiserver_port"]
         else:
-            api_sock, ctl_sock = _refusing(cports.get("apiserver", 0)), None
-            held.append(api_sock)
-        port = api_sock.getsockname()[1]
-        ready_clusters[c["name"]] = {"apiserver_port": port,
-                                     "control_port": ctl_sock.getsockname()[1] if ctl_sock else None}
+            sock = _refusing(c.get("apiserver_port") or 0)
+            held.append(sock)
+            port = sock.getsockname()[1]
+        ready_clusters[c["name"]] = {"apiserver_port": port}
         records.append({"name": c["name"], "resource_group": c["resource_group"], "subscription": c["subscription"],
                         "apiserver_url": f"https://127.0.0.1:{port}", "connectivity": c["connectivity"],
                         "tags": c["tags"], "ca_pem": Path(cpki["ca_cert"]).read_bytes(),
@@ -373,11 +390,11 @@ async def serve_fleet(directory: Path, cfg: dict) -> None:
     arm = ARM(cfg["arm"], entra=entra, clusters=records)
     arm.url = f"https://127.0.0.1:{arm_sock.getsockname()[1]}"
     pki = cfg["pki"]
-    sites.insert(0, (arm.app(), arm_sock, arm_ssl(pki)))
+    sites = [(arm.app(), arm_sock, arm_ssl(pki))]
     ready = {"pid": os.getpid(), "arm_port": arm_sock.getsockname()[1], "clusters": ready_clusters}
-    logging.info("serving a fleet of %d clusters (%d connected), arm %s", len(cfg["clusters"]), len(apis), arm.url)
+    logging.info("serving a fleet of %d clusters, arm %s", len(cfg["clusters"]), arm.url)
     try:
-        await _run(directory, sites, ready, entra, entra_socks, pki, list(apis.values()))
+        await _run(directory, sites, ready, entra, entra_socks, pki, [])
     finally:
         for sock in held:
             sock.close()
