@@ -37,7 +37,8 @@ from pathlib import Path
 
 import yaml
 
-from .proc import StartError, free_port, is_alive, is_ours, kill_process, spawn_python, stop_pid, terminate, wait_ready
+from .processes.proc import (StartError, free_port, is_alive, is_ours, kill_process, spawn_python, stop_pid, terminate,
+                             wait_ready)
 
 PROVIDERS = ("kms-v1", "kms-v2", "aescbc", "aesgcm", "secretbox", "identity")
 APISERVERS = ("real", "emulator")
@@ -157,7 +158,7 @@ def _pki_from_info(info: dict) -> dict:
 
 
 def _etcd_process(directory: Path, info: dict):
-    from .etcdproc import EtcdProcess
+    from .processes.etcdproc import EtcdProcess
     e = info["etcd"]
     return EtcdProcess(directory, _pki_from_info(info), node=info["nodes"][0], client_port=e["port"],
                        peer_port=e["peer_port"])
@@ -418,7 +419,7 @@ class Sandbox:
             apiserver="emulator", disabled_metrics=(), without_metrics=(), apiservers=1) -> dict:
         """``entra``: None for no Entra emulator, else its enforce_pop. ``apiserver``: ``real`` (the built
         kube-apiserver, tests/sandbox/kubeapiserver.py) or ``emulator``."""
-        from .etcdproc import EtcdProcess, etcdctl_env, find_etcdctl
+        from .processes.etcdproc import EtcdProcess, etcdctl_env, find_etcdctl
         from .pki import make_pki
 
         find_etcdctl(etcdctl)  # fail early, with the install hint
@@ -523,7 +524,7 @@ class Sandbox:
 
     def _resume(self, info: dict, asked: dict, timeout: float) -> dict:
         """Restart a stopped sandbox's processes on its data (see :meth:`up`)."""
-        from .etcdproc import find_etcdctl
+        from .processes.etcdproc import find_etcdctl
 
         missing = [name for name in ("serve.json", "etcd/etcd/member") if not (self.dir / name).exists()]
         if missing or not {"provider", "etcdctl_version", "apiserver", "arm", "control", "etcd", "pki", "nodes",
@@ -619,7 +620,7 @@ class Sandbox:
     def _start_kms(self, provider: str, state: Path) -> Path:
         """Start the KMS plugin on a fresh socket (in DIR/kms, or a short temporary directory when DIR's path
         is too long for a unix socket) with the key state ``state``; returns the socket path."""
-        from .kms_plugin import KMSPluginProcess
+        from .processes.kms_plugin import KMSPluginProcess
 
         kms_dir = self.dir / "kms"
         if len(str(kms_dir / "kms.sock")) > UNIX_PATH_MAX:
@@ -665,7 +666,7 @@ class Sandbox:
 
     def _start_one_kube_apiserver(self, serve_cfg: dict, ports: dict, i: int, port: int) -> None:
         from . import kubeapiserver
-        from .proc import spawn
+        from .processes.proc import spawn
         real = serve_cfg["real_apiserver"]
         kms = serve_cfg.get("kms") or {}
         files = kubeapiserver.write_files(self.dir, serve_cfg["pki"], serve_cfg["provider"], serve_cfg["local_key"],
@@ -930,7 +931,7 @@ class Sandbox:
         while time.monotonic() < deadline:
             for key, real in self._procs.items():
                 if key.startswith("kube_apiserver") and real.poll() is not None:
-                    from .proc import tail
+                    from .processes.proc import tail
                     log = "kube-apiserver" + ("" if key == "kube_apiserver" else f"-{key.rsplit('_', 1)[1]}") + ".log"
                     raise SandboxError(f"kube-apiserver exited with code {real.returncode}:\n"
                                        f"{tail(self.dir / 'logs' / log)}")
@@ -1093,7 +1094,7 @@ class Sandbox:
                                f"({info['cluster']['connectivity']}): it has no processes to control")
 
     def _kms_process(self, info: dict):
-        from .kms_plugin import KMSPluginProcess
+        from .processes.kms_plugin import KMSPluginProcess
         self._not_a_fleet(info, "control the KMS plugin of")
         if not info.get("kms_socket"):
             raise SandboxError(f"this sandbox has no KMS plugin (provider {info['provider']})")
@@ -1107,7 +1108,7 @@ class Sandbox:
         On the real kube-apiserver with KMS v2, ``rotate`` waits (unless ``wait=False``) until the server has
         taken the new key id: it polls its plugin's Status about once a minute and writes under the old key id
         until then (:meth:`wait_key_id`)."""
-        from .kms_plugin import rotate_running, rotate_state, set_healthz
+        from .processes.kms_plugin import rotate_running, rotate_state, set_healthz
         info = self.info
         plugin = self._kms_process(info)
         pid = info["pids"].get("kms_plugin")
@@ -1217,7 +1218,7 @@ class Sandbox:
     def etcdctl(self, *args: str, version: str | None = None, input: bytes | None = None,
                 timeout: float = 30) -> subprocess.CompletedProcess:
         """Host-side etcdctl with the etcd.env credentials (bytes output)."""
-        from .etcdproc import find_etcdctl
+        from .processes.etcdproc import find_etcdctl
         info = self.info
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
         for line in Path(info["etcd_env"]).read_text().splitlines():

@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .proc import is_alive, is_ours
+from .processes.proc import is_alive, is_ours
 
 MAIN_RG = "sandbox-rg"
 EDGE_RG = "edge-rg"
@@ -189,7 +189,7 @@ class _Fleet:
     def start_member(self, spec: dict, pki: dict, nodes: list[str], etcd_ports: dict | None = None,
                      kms_state: Path | None = None) -> dict:
         """Start one connected cluster's etcd (and KMS plugin); returns its serve.json entries."""
-        from .etcdproc import EtcdProcess
+        from .processes.etcdproc import EtcdProcess
         m = self.member(spec["name"])
         logs = m.dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -209,7 +209,7 @@ class _Fleet:
                      entra_info, previous: dict | None = None) -> dict:
         """Kubeconfigs, etcd.env and sandbox.json of one cluster; returns its entry in the fleet's ``clusters``."""
         from .control import KUBERNETES_VERSION, TENANT, _json_safe, _write_json
-        from .etcdproc import etcdctl_env
+        from .processes.etcdproc import etcdctl_env
         m = self.member(spec["name"])
         ports = ready["clusters"][spec["name"]]
         api_url = m._write_kubeconfigs({"apiserver_port": ports["apiserver_port"]}, pki)
@@ -299,7 +299,7 @@ def _serve_member(spec: dict, member_dir: Path, nodes: list[str], pki: dict, sta
 def up(box, options: dict, timeout: float) -> dict:
     """A new fleet in ``box.dir`` (``options``: every ``up`` option, defaults applied)."""
     from .control import RESOURCE_GROUP, SUBSCRIPTION, TENANT, _entra_info, _json_safe, _node_names, _write_json
-    from .etcdproc import find_etcdctl
+    from .processes.etcdproc import find_etcdctl
     from .pki import make_pki
 
     t0 = time.monotonic()
@@ -399,7 +399,7 @@ def resume(box, info: dict, asked: dict, timeout: float) -> dict:
     """Restart a stopped fleet on its data: every etcd on its data and ports, every KMS plugin on its keys, the
     server on serve.json with its former ports (when free); kubeconfigs rewritten, missing seeds written again."""
     from .control import _FLAGS, _entra_info, _pki_from_info, _write_json, read_info
-    from .etcdproc import find_etcdctl
+    from .processes.etcdproc import find_etcdctl
     SandboxError = _control().SandboxError
 
     stored = info.get("options") or {}

@@ -26,7 +26,7 @@ import requests
 from tests.sandbox import codec
 from tests.support.stored import written_under
 from tests.sandbox.control import Sandbox
-from tests.sandbox.kms_client import KMSClient
+from tests.sandbox.processes.kms_client import KMSClient
 from tests.sandbox.metrics import apiserver_id, sha256_label
 from tests.sandbox.transformers import _cbc_encrypt
 
