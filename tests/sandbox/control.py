@@ -237,7 +237,7 @@ def _entra_info(serve_cfg: dict, ports: dict, ca_bundle) -> dict | None:
     """sandbox.json ``entra`` (None without the Entra emulator)."""
     if not serve_cfg.get("entra"):
         return None
-    from .entra import info
+    from .azure.entra.server import info
     return info(serve_cfg["entra"], ports["entra_port"], ports["msi_port"], str(ca_bundle))
 
 
@@ -302,7 +302,7 @@ class Sandbox:
         """Start everything, wait until ``/readyz`` passes, seed secrets; return sandbox.json's content.
 
         Options left as None take their defaults (kms-v2, etcdctl 3.5, 1 node, no broken node, aggregate readyz,
-        no history, the Entra ID emulator with PoP enforced). The Entra ID emulator (tests/sandbox/entra.py; off
+        no history, the Entra ID emulator with PoP enforced). The Entra ID emulator (tests/sandbox/azure/entra/; off
         with ``entra=False``): ARM and the API server accept only tokens it signed, the API server only PoP tokens
         unless ``enforce_pop=False``; sandbox.json ``entra`` says how to sign in. A directory that holds a stopped
         sandbox is resumed: its processes restart on its data
@@ -441,7 +441,7 @@ class Sandbox:
         entra_cfg = None
         if entra is not None:  # the tenant's RSA keys are made while etcd starts
             from concurrent.futures import ThreadPoolExecutor
-            from .entra import create
+            from .azure.entra.server import create
             pool = ThreadPoolExecutor(1)
             entra_cfg = pool.submit(create, self.dir, tenant=TENANT, subscription=SUBSCRIPTION,
                                     resource_group=RESOURCE_GROUP, cluster=CLUSTER, enforce_pop=entra)

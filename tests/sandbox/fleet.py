@@ -313,7 +313,7 @@ def up(box, options: dict, timeout: float) -> dict:
     pool = ThreadPoolExecutor(WORKERS)
     try:
         if options["entra"]:
-            from .entra import create
+            from .azure.entra.server import create
             entra_cfg = pool.submit(create, box.dir, tenant=TENANT, subscription=SUBSCRIPTION,
                                     resource_group=RESOURCE_GROUP, cluster=specs[0]["name"],
                                     enforce_pop=options["enforce_pop"])
@@ -372,7 +372,7 @@ def _write_bundle(directory: Path, pkis: list[dict]) -> Path:
 def _fleet_info(directory: Path, options: dict, ready: dict, ca_bundle: Path, pids: dict, entra_info, entries: list,
                 azure_pki: dict) -> dict:
     from .control import KUBERNETES_VERSION, SUBSCRIPTION, TENANT, _json_safe
-    from .resourcegraph import API_VERSIONS
+    from .azure.resourcegraph import API_VERSIONS
     arm_url = f"https://127.0.0.1:{ready['arm_port']}"
     subs = subscriptions()
     return {

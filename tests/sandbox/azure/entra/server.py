@@ -59,8 +59,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from .jwtverify import JWKSVerifier, TokenError, b64url, b64url_decode, jwk_thumbprint, unverified_claims
-from .pki import _write_key
+from ...jwtverify import JWKSVerifier, TokenError, b64url, b64url_decode, jwk_thumbprint, unverified_claims
+from ...pki import _write_key
 
 log = logging.getLogger("sandbox.entra")
 

@@ -1,0 +1,1 @@
+"""The Entra ID emulator (server.py)."""
