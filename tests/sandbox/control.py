@@ -237,7 +237,7 @@ def _entra_info(serve_cfg: dict, ports: dict, ca_bundle) -> dict | None:
     """sandbox.json ``entra`` (None without the Entra emulator)."""
     if not serve_cfg.get("entra"):
         return None
-    from .azure.entra.server import info
+    from .azure.entra.tenant import info
     return info(serve_cfg["entra"], ports["entra_port"], ports["msi_port"], str(ca_bundle))
 
 
@@ -441,7 +441,7 @@ class Sandbox:
         entra_cfg = None
         if entra is not None:  # the tenant's RSA keys are made while etcd starts
             from concurrent.futures import ThreadPoolExecutor
-            from .azure.entra.server import create
+            from .azure.entra.tenant import create
             pool = ThreadPoolExecutor(1)
             entra_cfg = pool.submit(create, self.dir, tenant=TENANT, subscription=SUBSCRIPTION,
                                     resource_group=RESOURCE_GROUP, cluster=CLUSTER, enforce_pop=entra)

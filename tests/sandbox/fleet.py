@@ -313,7 +313,7 @@ def up(box, options: dict, timeout: float) -> dict:
     pool = ThreadPoolExecutor(WORKERS)
     try:
         if options["entra"]:
-            from .azure.entra.server import create
+            from .azure.entra.tenant import create
             entra_cfg = pool.submit(create, box.dir, tenant=TENANT, subscription=SUBSCRIPTION,
                                     resource_group=RESOURCE_GROUP, cluster=specs[0]["name"],
                                     enforce_pop=options["enforce_pop"])
