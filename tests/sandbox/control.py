@@ -302,7 +302,7 @@ class Sandbox:
         """Start everything, wait until ``/readyz`` passes, seed secrets; return sandbox.json's content.
 
         Options left as None take their defaults (kms-v2, etcdctl 3.5, 1 node, no broken node, aggregate readyz,
-        no history, the Entra ID emulator with PoP enforced). The Entra ID emulator (tests/sandbox/azure/entra/; off
+        no history, the Entra ID emulator with PoP enforced). The Entra ID emulator (tests/sandbox/entra.py; off
         with ``entra=False``): ARM and the API server accept only tokens it signed, the API server only PoP tokens
         unless ``enforce_pop=False``; sandbox.json ``entra`` says how to sign in. A directory that holds a stopped
         sandbox is resumed: its processes restart on its data
