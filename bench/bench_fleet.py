@@ -25,7 +25,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from bench.bench_scan import AZ, run_measured  # noqa: E402
-from tests.sandbox.azlogin import az_env, az_login  # noqa: E402
+from tests.sandbox.azure.azlogin import az_env, az_login  # noqa: E402
 from tests.sandbox.fleet import Fleet  # noqa: E402
 
 

@@ -56,7 +56,7 @@ from bench_scan import SIZE_MIX, _az_env, _split, machine, run_measured  # noqa:
 
 from tests.sandbox import codec  # noqa: E402
 from tests.sandbox.control import Sandbox  # noqa: E402
-from tests.sandbox.kms_plugin import MAGIC  # noqa: E402
+from tests.sandbox.processes.kms_plugin import MAGIC  # noqa: E402
 from tests.sandbox.transformers import split_v1  # noqa: E402
 
 AZ = Path(os.environ.get('KMSVERIFY_BENCH_AZ') or PROJECT / '.venv' / 'bin' / 'az')

@@ -40,7 +40,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from tests.sandbox.control import Sandbox  # noqa: E402
-from tests.sandbox.etcdproc import find_etcd, find_etcdctl  # noqa: E402
+from tests.sandbox.processes.etcdproc import find_etcd, find_etcdctl  # noqa: E402
 
 AZ = PROJECT / '.venv' / 'bin' / 'az'
 PREFIX = '/registry/secrets/'

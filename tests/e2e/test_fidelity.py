@@ -153,7 +153,7 @@ def _kms_v2_key_id(value):
 
 
 def _current_key(box):
-    from tests.sandbox.kms_plugin import current_key_id
+    from tests.sandbox.processes.kms_plugin import current_key_id
     return current_key_id(Path(box.info['kms_state']))
 
 
@@ -523,8 +523,8 @@ def test_kms_v2_rotation_gives_each_secret_its_key_id_and_history_shows_plaintex
 
 def _kms_v1_kek(value):
     """The KEK that wrapped a KMS v1 value's DEK. KMS v1 has no key id on the wire; the sandbox plugin's opaque
-    ciphertext names its key (``sbx1 | len | key id | ...``, see tests/sandbox/kms_plugin.py)."""
-    from tests.sandbox.kms_plugin import MAGIC
+    ciphertext names its key (``sbx1 | len | key id | ...``, see tests/sandbox/processes/kms_plugin.py)."""
+    from tests.sandbox.processes.kms_plugin import MAGIC
     prefix = DOC_PREFIX['kms-v1'].encode()
     assert value.startswith(prefix)
     n = int.from_bytes(value[len(prefix):len(prefix) + 2], 'big')

@@ -20,8 +20,8 @@ import pytest
 
 from tests.sandbox import codec
 from tests.sandbox.control import Sandbox
-from tests.sandbox.etcdproc import find_etcdctl
-from tests.sandbox.kms_plugin import MAGIC
+from tests.sandbox.processes.etcdproc import find_etcdctl
+from tests.sandbox.processes.kms_plugin import MAGIC
 from tests.sandbox.transformers import split_v1
 
 from tests.conftest import assert_no_leak, core_api
@@ -108,7 +108,7 @@ def storage_view(state):
 def host_encryption(box):
     """The sandbox's EncryptionConfiguration, with a client of its running KMS plugin: reads and writes values
     exactly as its API server does."""
-    from tests.sandbox.kms_client import KMSClient
+    from tests.sandbox.processes.kms_client import KMSClient
     from tests.sandbox.transformers import EncryptionConfig
     provider = box.info['provider']
     client = KMSClient(box.info['kms_socket'], provider.split('-')[1])

@@ -16,7 +16,7 @@ when it fails. On a directory that holds a stopped sandbox it resumes that sandb
 stderr); on a running one it fails. ``--clusters N`` starts a fleet (tests/sandbox/fleet.py): ``sandbox-1`` ...
 ``sandbox-N`` and ``other-1`` behind one ARM, Resource Graph and Entra emulator; ``kms`` and ``ctl`` then take
 ``--cluster NAME``. ``az-login`` signs the az of ``--az`` (in the current ``AZURE_CONFIG_DIR``)
-in to the sandbox's Entra emulator for real (tests/sandbox/azlogin.py) and prints who is signed in. Errors go to
+in to the sandbox's Entra emulator for real (tests/sandbox/azure/azlogin.py) and prints who is signed in. Errors go to
 stderr with exit code 1 (2 for bad arguments).
 """
 
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     throttle.add_argument("--off", action="store_true", help="remove the FlowSchema and priority level again")
     a = p.parse_args(argv)
     if a.command == "az-login":
-        from .azlogin import AzLoginError, az_login
+        from .azure.azlogin import AzLoginError, az_login
         try:
             print(az_login(a.dir, az=a.az, identity=a.identity))
         except (AzLoginError, SandboxError) as e:

@@ -15,8 +15,8 @@ must not be able to tell the difference:
   the apiserver's ``unable to transform key`` error.
 
 This module is the entry point: :class:`APIServer` holds one emulated apiserver's state and hands out its
-aiohttp application; the work is done by :mod:`.auth`, :mod:`.health`, :mod:`.pods` (with :mod:`.execws` and
-:mod:`.execspdy`), :mod:`.store`, :mod:`.objects`, :mod:`.handlers` (the routes) and :mod:`.seed` (control-port
+aiohttp application; the work is done by :mod:`.auth`, :mod:`.emulator.health`, :mod:`.pods` (with :mod:`.execws` and
+:mod:`.execspdy`), :mod:`.store`, :mod:`.objects`, :mod:`.emulator.handlers` (the routes) and :mod:`.seed` (control-port
 writes). Started by :mod:`tests.sandbox.serve` from the configuration that :mod:`tests.sandbox.control` writes.
 """
 
@@ -29,10 +29,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import auth, handlers, pods
-from .etcdproc import find_etcd, find_etcdctl
+from . import auth, pods
+from .emulator import handlers
+from .processes.etcdproc import find_etcd, find_etcdctl
 from .pods import build_node, build_pods, etcd_pod_names
-from .proc import kill_quietly
+from .processes.proc import kill_quietly
 from .seed import seed_bulk, write_secret_as
 from .store import EtcdDown, SecretStore
 from .transformers import EncryptionConfig
@@ -57,7 +58,7 @@ class APIServer:
         self.started = cfg.get("started", time.time())
         self.kms_client = None
         if cfg.get("kms"):
-            from .kms_client import KMSClient
+            from .processes.kms_client import KMSClient
             self.kms_client = KMSClient(cfg["kms"]["socket"], cfg["kms"]["api"])
         key = base64.b64decode(cfg["local_key"]) if cfg.get("local_key") else None
         encryption = EncryptionConfig.for_provider(self.provider, kms_client=self.kms_client, key=key)

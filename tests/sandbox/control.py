@@ -38,7 +38,8 @@ from pathlib import Path
 
 import yaml
 
-from .proc import StartError, free_port, is_alive, is_ours, kill_process, spawn_python, stop_pid, terminate, wait_ready
+from .processes.proc import (StartError, free_port, is_alive, is_ours, kill_process, spawn_python, stop_pid, terminate,
+                             wait_ready)
 
 PROVIDERS = ("kms-v1", "kms-v2", "aescbc", "aesgcm", "secretbox", "identity")
 APISERVERS = ("real", "emulator")
@@ -158,7 +159,7 @@ def _pki_from_info(info: dict) -> dict:
 
 
 def _etcd_process(directory: Path, info: dict):
-    from .etcdproc import EtcdProcess
+    from .processes.etcdproc import EtcdProcess
     e = info["etcd"]
     return EtcdProcess(directory, _pki_from_info(info), node=info["nodes"][0], client_port=e["port"],
                        peer_port=e["peer_port"])
@@ -240,7 +241,7 @@ def _entra_info(serve_cfg: dict, ports: dict, ca_bundle) -> dict | None:
     """sandbox.json ``entra`` (None without the Entra emulator)."""
     if not serve_cfg.get("entra"):
         return None
-    from .entra import info
+    from .azure.entra.tenant import info
     out = info(serve_cfg["entra"], ports["entra_port"], ports["msi_port"], str(ca_bundle))
     if serve_cfg.get("arm_id"):  # a fleet's cluster: PoP tokens are bound to its own ARM id
         out["cluster_id"] = serve_cfg["arm_id"]
@@ -309,7 +310,7 @@ class Sandbox:
         """Start everything, wait until ``/readyz`` passes, seed secrets; return sandbox.json's content.
 
         Options left as None take their defaults (kms-v2, etcdctl 3.5, 1 node, no broken node, aggregate readyz,
-        no history, the Entra ID emulator with PoP enforced). The Entra ID emulator (tests/sandbox/entra.py; off
+        no history, the Entra ID emulator with PoP enforced). The Entra ID emulator (tests/sandbox/azure/entra/; off
         with ``entra=False``): ARM and the API server accept only tokens it signed, the API server only PoP tokens
         unless ``enforce_pop=False``; sandbox.json ``entra`` says how to sign in. A directory that holds a stopped
         sandbox is resumed: its processes restart on its data
@@ -385,7 +386,7 @@ class Sandbox:
         code, with what the fleet chose for it: its nodes and certificates, its API server port (ARM already names
         it), its ARM record, and the fleet's Entra emulator (whose tokens its webhook checks); its server process
         then serves no ARM or Entra of its own."""
-        from .etcdproc import EtcdProcess, etcdctl_env, find_etcdctl
+        from .processes.etcdproc import EtcdProcess, etcdctl_env, find_etcdctl
         from .pki import make_pki
 
         member = self.member
@@ -417,7 +418,7 @@ class Sandbox:
             entra_cfg.set_result(member["entra"])
         elif entra is not None:  # the tenant's RSA keys are made while etcd starts
             from concurrent.futures import ThreadPoolExecutor
-            from .entra import create
+            from .azure.entra.tenant import create
             pool = ThreadPoolExecutor(1)
             entra_cfg = pool.submit(create, self.dir, tenant=TENANT, subscription=SUBSCRIPTION,
                                     resource_group=RESOURCE_GROUP, cluster=CLUSTER, enforce_pop=entra)
@@ -506,7 +507,7 @@ class Sandbox:
 
     def _resume(self, info: dict, asked: dict, timeout: float) -> dict:
         """Restart a stopped sandbox's processes on its data (see :meth:`up`)."""
-        from .etcdproc import find_etcdctl
+        from .processes.etcdproc import find_etcdctl
 
         missing = [name for name in ("serve.json", "etcd/etcd/member") if not (self.dir / name).exists()]
         if missing or not {"provider", "etcdctl_version", "apiserver", "arm", "control", "etcd", "pki", "nodes",
@@ -602,7 +603,7 @@ class Sandbox:
     def _start_kms(self, provider: str, state: Path) -> Path:
         """Start the KMS plugin on a fresh socket (in DIR/kms, or a short temporary directory when DIR's path
         is too long for a unix socket) with the key state ``state``; returns the socket path."""
-        from .kms_plugin import KMSPluginProcess
+        from .processes.kms_plugin import KMSPluginProcess
 
         kms_dir = self.dir / "kms"
         if len(str(kms_dir / "kms.sock")) > UNIX_PATH_MAX:
@@ -648,7 +649,7 @@ class Sandbox:
 
     def _start_one_kube_apiserver(self, serve_cfg: dict, ports: dict, i: int, port: int) -> None:
         from . import kubeapiserver
-        from .proc import spawn
+        from .processes.proc import spawn
         real = serve_cfg["real_apiserver"]
         kms = serve_cfg.get("kms") or {}
         files = kubeapiserver.write_files(self.dir, serve_cfg["pki"], serve_cfg["provider"], serve_cfg["local_key"],
@@ -913,7 +914,7 @@ class Sandbox:
         while time.monotonic() < deadline:
             for key, real in self._procs.items():
                 if key.startswith("kube_apiserver") and real.poll() is not None:
-                    from .proc import tail
+                    from .processes.proc import tail
                     log = "kube-apiserver" + ("" if key == "kube_apiserver" else f"-{key.rsplit('_', 1)[1]}") + ".log"
                     raise SandboxError(f"kube-apiserver exited with code {real.returncode}:\n"
                                        f"{tail(self.dir / 'logs' / log)}")
@@ -1075,7 +1076,7 @@ class Sandbox:
                                f"({info['cluster']['connectivity']}): it has no processes to control")
 
     def _kms_process(self, info: dict):
-        from .kms_plugin import KMSPluginProcess
+        from .processes.kms_plugin import KMSPluginProcess
         self._not_a_fleet(info, "control the KMS plugin of")
         if not info.get("kms_socket"):
             raise SandboxError(f"this sandbox has no KMS plugin (provider {info['provider']})")
@@ -1089,7 +1090,7 @@ class Sandbox:
         On the real kube-apiserver with KMS v2, ``rotate`` waits (unless ``wait=False``) until the server has
         taken the new key id: it polls its plugin's Status about once a minute and writes under the old key id
         until then (:meth:`wait_key_id`)."""
-        from .kms_plugin import rotate_running, rotate_state, set_healthz
+        from .processes.kms_plugin import rotate_running, rotate_state, set_healthz
         info = self.info
         plugin = self._kms_process(info)
         pid = info["pids"].get("kms_plugin")
@@ -1199,7 +1200,7 @@ class Sandbox:
     def etcdctl(self, *args: str, version: str | None = None, input: bytes | None = None,
                 timeout: float = 30) -> subprocess.CompletedProcess:
         """Host-side etcdctl with the etcd.env credentials (bytes output)."""
-        from .etcdproc import find_etcdctl
+        from .processes.etcdproc import find_etcdctl
         info = self.info
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
         for line in Path(info["etcd_env"]).read_text().splitlines():

@@ -26,7 +26,7 @@ from aiohttp import WSMsgType, web
 
 from . import kube
 from .kube import status_response
-from .proc import kill_quietly
+from .processes.proc import kill_quietly
 
 EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io", "base64.channel.k8s.io")
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255

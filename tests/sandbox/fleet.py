@@ -53,7 +53,7 @@ from .control import (
     read_info,
     update_info,
 )
-from .proc import free_port, is_alive, is_ours
+from .processes.proc import free_port, is_alive, is_ours
 
 MAIN_RG = "sandbox-rg"
 EDGE_RG = "edge-rg"
@@ -274,7 +274,7 @@ class Fleet:
         return folder, _binary_version(folder)
 
     def _up(self, options: dict, timeout: float) -> dict:
-        from .etcdproc import find_etcdctl
+        from .processes.etcdproc import find_etcdctl
         from .pki import make_pki
 
         t0 = time.monotonic()
@@ -286,7 +286,7 @@ class Fleet:
         azure_pki = make_pki(self.dir, [])  # the ARM and Entra certificates (its Kubernetes CA signs nothing used)
         entra_cfg = None
         if options["entra"]:
-            from .entra import create
+            from .azure.entra.tenant import create
             entra_cfg = create(self.dir, tenant=TENANT, subscription=SUBSCRIPTION, resource_group=RESOURCE_GROUP,
                                cluster=specs[0]["name"], enforce_pop=options["enforce_pop"])
         material = {}
@@ -336,7 +336,7 @@ class Fleet:
         """Restart a stopped fleet on its data: the server process (ARM, Entra) on its former ports when free, then
         each connected cluster as a stopped single sandbox resumes (etcd, KMS plugin, kube-apiserver on its port
         when free, missing seeds written again)."""
-        from .etcdproc import find_etcdctl
+        from .processes.etcdproc import find_etcdctl
         stored = info.get("options") or {}
         differ = []
         for k, v in asked.items():
@@ -524,7 +524,7 @@ def _write_bundle(directory: Path, pkis: list[dict]) -> Path:
 
 def _fleet_info(directory: Path, options: dict, ready: dict, ca_bundle: Path, pids: dict, entra_info, entries: list,
                 azure_pki: dict, version: str) -> dict:
-    from .resourcegraph import API_VERSIONS
+    from .azure.resourcegraph import API_VERSIONS
     arm_url = f"https://127.0.0.1:{ready['arm_port']}"
     subs = subscriptions()
     return {

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import codec, kube
-from .kms_plugin import MAGIC
+from .processes.kms_plugin import MAGIC
 from .objects import managed_entry, managed_fields_for, order_meta, storable, validate_update
 from .store import SECRETS_PREFIX, EtcdDown, NotFound, Rejected, TransformFailure
 from .transformers import EncryptionConfig, TransformError, split_v1

@@ -34,7 +34,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .apiserver import APIServer, etcd_pod_names
-from .arm import ARM
+from .azure.arm import ARM
 from .execws import FAULT_MODES
 
 
@@ -302,7 +302,7 @@ def _fleet_entra(cfg: dict):
     served here. None without Entra."""
     if not cfg.get("entra"):
         return None
-    from .entra import Entra
+    from .azure.entra.server import Entra
     entra = Entra(cfg["entra"])
     entra.url = f"https://127.0.0.1:{cfg['fleet_ports']['entra_port']}"
     return entra
@@ -312,7 +312,7 @@ def _entra(cfg: dict, ports: dict):
     """The Entra emulator and its (Entra, managed identity) sockets, or (None, None) without ``entra``."""
     if not cfg.get("entra"):
         return None, None
-    from .entra import Entra
+    from .azure.entra.server import Entra
     entra = Entra(cfg["entra"])
     entra_sock, msi_sock = _listen(ports.get("entra", 0)), _listen(ports.get("msi", 0))
     entra.url = f"https://127.0.0.1:{entra_sock.getsockname()[1]}"

@@ -11,7 +11,7 @@ Updates are etcd3 ``store.GuaranteedUpdate`` (staging/src/k8s.io/apiserver/pkg/s
 update function runs on the current object; when the new encoding equals the stored (decrypted) encoding and
 the read was not stale, nothing is written (same resourceVersion, same etcd ModRevision); otherwise the value
 is written by the first provider in a transaction conditioned on the ModRevision read, retried on a conflict.
-Metrics (:mod:`.metrics`) are recorded where kube-apiserver records them.
+Metrics (:mod:`.emulator.metrics`) are recorded where kube-apiserver records them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import grpc
 
 from . import codec
 from .etcdgrpc import EtcdClient, prefix_end
-from .metrics import Metrics
+from .emulator.metrics import Metrics
 from .objects import finish_secret, order_meta, storable
 from .transformers import LOCAL_TRANSFORMERS, ReadInfo, TransformError, split_v1
 

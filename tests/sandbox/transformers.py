@@ -406,7 +406,7 @@ class EncryptionConfig:
                      kms_provider_name: str = KMS_PROVIDER_NAME, key: bytes | None = None) -> EncryptionConfig:
         """The sandbox's configuration for ``name`` (one of :data:`PROVIDER_NAMES`): that provider first, then
         identity, so Secrets written before encryption was enabled stay readable, as on a real cluster.
-        ``kms_client`` (a :class:`~.kms_client.KMSClient` of the matching API) is required for KMS;
+        ``kms_client`` (a :class:`~.processes.kms_client.KMSClient` of the matching API) is required for KMS;
         ``key`` is the local key for aescbc/aesgcm/secretbox (random if omitted)."""
         if name == "identity":
             return cls([IdentityTransformer()])

@@ -21,7 +21,7 @@ import pytest
 import requests
 import yaml
 
-from tests.sandbox.proc import processes_mentioning
+from tests.sandbox.processes.proc import processes_mentioning
 from tests.sandbox.control import SUBSCRIPTION, Sandbox, SandboxError, read_info
 from tests.sandbox.fleet import OTHER_SUBSCRIPTION, Fleet
 

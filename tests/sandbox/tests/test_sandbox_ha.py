@@ -18,7 +18,7 @@ import pytest
 
 from tests.sandbox import codec, kubeapiserver
 from tests.sandbox.control import Sandbox, key_id_hash
-from tests.sandbox.proc import is_alive
+from tests.sandbox.processes.proc import is_alive
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import pytest
 
 from tests.sandbox import codec, kubeapiserver
 from tests.sandbox.control import PROVIDERS, Sandbox
-from tests.sandbox.kms_client import KMSClient
+from tests.sandbox.processes.kms_client import KMSClient
 from tests.sandbox.transformers import EncryptionConfig
 
 

@@ -20,7 +20,7 @@ import requests
 import yaml
 
 from tests.sandbox import codec
-from tests.sandbox.proc import processes_mentioning
+from tests.sandbox.processes.proc import processes_mentioning
 from tests.sandbox.control import Sandbox, SandboxError, _alive
 
 PROJECT = Path(__file__).resolve().parents[3]

@@ -20,9 +20,10 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.sandbox import codec, transformers
-from tests.sandbox.etcdproc import DEBIAN_ETCDCTL, EtcdNotFound, EtcdProcess, etcdctl_env, find_etcd, find_etcdctl
-from tests.sandbox.kms_client import KMSClient, KMSError
-from tests.sandbox.kms_plugin import KMSPluginProcess, pid_file_for, set_healthz
+from tests.sandbox.processes.etcdproc import (DEBIAN_ETCDCTL, EtcdNotFound, EtcdProcess, etcdctl_env, find_etcd,
+                                             find_etcdctl)
+from tests.sandbox.processes.kms_client import KMSClient, KMSError
+from tests.sandbox.processes.kms_plugin import KMSPluginProcess, pid_file_for, set_healthz
 from tests.sandbox.pki import make_pki
 from tests.sandbox.transformers import EncryptionConfig, TransformError
 from tests.support.paths import FIXTURES as PROJECT_FIXTURES

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.sandbox.proc import free_port, processes_mentioning
+from tests.sandbox.processes.proc import free_port, processes_mentioning
 from tests.sandbox.control import KEY_ID_HASH_TOTAL, Sandbox, _alive
 
 PROJECT = Path(__file__).resolve().parents[3]

@@ -26,8 +26,8 @@ import requests
 from tests.sandbox import codec
 from tests.support.stored import written_under
 from tests.sandbox.control import Sandbox
-from tests.sandbox.kms_client import KMSClient
-from tests.sandbox.metrics import apiserver_id, sha256_label
+from tests.sandbox.processes.kms_client import KMSClient
+from tests.sandbox.emulator.metrics import apiserver_id, sha256_label
 from tests.sandbox.transformers import _cbc_encrypt
 
 V1_PREFIX = b"k8s:enc:kms:v1:kms-plugin:"

@@ -22,9 +22,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from .control import read_info
+from ..control import read_info
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[3]
 CLOUD = "SandboxCloud"
 IDENTITIES = ("sp", "cert", "federated")
 

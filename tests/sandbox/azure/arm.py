@@ -92,7 +92,7 @@ class ARM:
     def __init__(self, cfg: dict, apiserver_url: str = "", ca_pem: bytes = b"", admin_cert_pem: bytes = b"",
                  admin_key_pem: bytes = b"", entra=None, clusters: list[dict] | None = None):
         self.subscription = cfg.get("subscription", SUBSCRIPTION)
-        self.entra = entra  # a tests.sandbox.entra.Entra: tokens are checked against its JWKS
+        self.entra = entra  # a tests.sandbox.azure.entra.server.Entra: tokens are checked against its JWKS
         self.verifier = entra.verifier(leeway=300) if entra is not None else None
         self.tenant = cfg.get("tenant", "72f988bf-86f1-41af-91ab-2d7cd011db47")
         self.fleet = clusters is not None
@@ -166,7 +166,7 @@ class ARM:
 
     def _authenticate_signed(self, request) -> web.Response | None:
         """ARM's checks of an Entra access token, against the emulator's JWKS, with ARM's 401 codes."""
-        from .jwtverify import TokenError
+        from ..jwtverify import TokenError
         auth = request.headers["Authorization"]
         if not auth.lower().startswith("bearer ") or auth[7:].strip().count(".") != 2:
             return arm_error(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is "

@@ -1,7 +1,7 @@
 """The real KMS plugin gRPC APIs (v1beta1 and v2), compiled at runtime.
 
 The ``.proto`` files here are the source of truth; the ``_pb2``/``_pb2_grpc`` modules are generated with
-``grpc_tools.protoc`` on first use and cached under ``tests/sandbox/_gen/<hash>/`` (gitignored), so no
+``grpc_tools.protoc`` on first use and cached under ``tests/sandbox/processes/_gen/<hash>/`` (gitignored), so no
 generated code lives in git and a grpcio-tools or proto change regenerates automatically (the hash covers the
 proto sources and the grpcio-tools and protobuf versions). Generation writes to a private temporary directory
 that is then renamed into place, so two processes generating at once cannot see a half-written cache.

@@ -11,7 +11,7 @@ import asyncio
 import grpc
 from aiohttp import web
 
-from .kube import TEXT_HEADERS
+from ..kube import TEXT_HEADERS
 
 READYZ_HEAD = ["ping", "log", "etcd", "etcd-readiness"]
 READYZ_TAIL = [

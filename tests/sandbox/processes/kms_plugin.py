@@ -1,6 +1,6 @@
 """A KMS plugin for the sandbox: a separate process serving the real KMS gRPC API on a unix socket.
 
-    python -m tests.sandbox.kms_plugin --socket PATH --api v1|v2 --state FILE [--provider-name NAME]
+    python -m tests.sandbox.processes.kms_plugin --socket PATH --api v1|v2 --state FILE [--provider-name NAME]
 
 kube-apiserver reaches its KMS plugin over ``unix://`` gRPC (v1beta1 ``KeyManagementService`` for KMS v1, v2
 ``KeyManagementService`` for KMS v2); this process speaks exactly those services, so the apiserver emulator's
@@ -310,7 +310,7 @@ class KMSPluginProcess:
             return self
         pid_file = pid_file_for(self.socket_path)
         remove(pid_file)
-        self.proc = spawn_python("tests.sandbox.kms_plugin", [
+        self.proc = spawn_python("tests.sandbox.processes.kms_plugin", [
             "--socket", str(self.socket_path), "--api", self.api, "--state", str(self.state_path),
             "--provider-name", self.provider_name], self.log_path)
         wait_ready(self.proc, lambda: read_pid_file(pid_file) == self.proc.pid and self.socket_path.exists(),
@@ -348,7 +348,7 @@ def rotate_running(pid: int, state_path: Path, timeout: float = 5.0) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.sandbox.kms_plugin", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tests.sandbox.processes.kms_plugin", description=__doc__.split("\n")[0])
     p.add_argument("--socket", required=True, help="unix socket path to listen on")
     p.add_argument("--api", required=True, choices=("v1", "v2"), help="KMS plugin API version")
     p.add_argument("--state", required=True, help="JSON key state file (created if missing)")

@@ -27,7 +27,7 @@ import time
 
 from aiohttp import web
 
-from .kube import dumps
+from ..kube import dumps
 
 FAMILIES = {  # name: (type, help as component-base annotates it)
     "apiserver_envelope_encryption_dek_cache_fill_percent": (

@@ -2,8 +2,8 @@
 and etcd outages as kube-apiserver answers them), version and discovery, minimal OpenAPI, namespaces, and
 secrets CRUD (list with selectors and paging, get, create, update, merge and apply patch, delete, dryRun).
 
-Every handler takes the :class:`~.apiserver.APIServer` first; the health probes are :mod:`.health`'s, nodes,
-pods and pods/exec :mod:`.pods`'.
+Every handler takes the :class:`tests.sandbox.apiserver.APIServer` first; the health probes are :mod:`.health`'s, nodes,
+pods and pods/exec :mod:`tests.sandbox.pods`'.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from functools import partial
 
 from aiohttp import web
 
-from . import codec, health, kube, metrics, pods
-from .auth import authenticate, deny
-from .etcdgrpc import prefix_end
-from .kube import TEXT_HEADERS, SelectorError, dumps, status_response
-from .objects import (DNS_LABEL, SECRET_FIELDS, check_type, fields_set, ignore_timestamp_only_changes, invalid_secret,
+from .. import codec, kube, pods
+from . import health, metrics
+from ..auth import authenticate, deny
+from ..etcdgrpc import prefix_end
+from ..kube import TEXT_HEADERS, SelectorError, dumps, status_response
+from ..objects import (DNS_LABEL, SECRET_FIELDS, check_type, fields_set, ignore_timestamp_only_changes, invalid_secret,
                       managed_fields_for, merge_patch, normalize_secret, order_meta, validate_update, with_type)
-from .store import SECRETS_PREFIX, EtcdDown, Expired, NotFound, Rejected, TransformFailure
-from .transformers import TransformError
+from ..store import SECRETS_PREFIX, EtcdDown, Expired, NotFound, Rejected, TransformFailure
+from ..transformers import TransformError
 
 PAGE = 500
 
