@@ -1,11 +1,11 @@
 """End to end: ``az aksarc kms reencrypt`` meets a validating admission webhook that refuses some rewrites.
 
-The sandbox's real kube-apiserver (v1.29.6) calls a real webhook (tests/sandbox/admission.py, installed through
-the API as the ValidatingWebhookConfiguration ``deny-secret-updates.sandbox.kmsverify.test``): UPDATE of a secret
-labelled ``kmsverify.test/deny-update: "true"`` is refused with a message (``"silent"``: with no status), everything
-else allowed. Secrets under an older KMS v2
-key (a rotation) and plaintext ones, some of them labelled, are re-encrypted through the installed az. What the
-command claims is checked against etcd (host-side etcdctl) and against the API's own answer.
+The sandbox's real kube-apiserver (v1.29.6) calls a real webhook (tests/sandbox/apiserver/admission.py, installed
+through the API as the ValidatingWebhookConfiguration ``deny-secret-updates.sandbox.kmsverify.test``): UPDATE of a
+secret labelled ``kmsverify.test/deny-update: "true"`` is refused with a message (``"silent"``: with no status),
+everything else allowed. Secrets under an older KMS v2 key (a rotation) and plaintext ones, some of them labelled,
+are re-encrypted through the installed az. What the command claims is checked against etcd (host-side etcdctl) and
+against the API's own answer.
 """
 
 import json
@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import Az, assert_no_leak
 from tests.e2e.test_reencrypt_e2e import (Planted, _create, _namespace, _outcomes, _reencrypt, _verify_all, _write,
                                           etcd_revision, etcd_state, stored)
-from tests.sandbox import admission
+from tests.sandbox.apiserver import admission
 from tests.sandbox.control import Sandbox
 
 WEBHOOK = 'deny-secret-updates.sandbox.kmsverify.test'

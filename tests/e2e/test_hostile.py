@@ -1,6 +1,6 @@
-"""The hostile-server harness (tests/sandbox/hostile) against the installed wheel: at each phase the server trickles,
-stalls, redirects, sends endless or oversized answers or hostile characters; every run ends within --timeout plus
-the documented grace, with one line naming the phase, no credential at a redirect target, and nothing raw in any
+"""The hostile-server harness (tests/sandbox/apiserver/hostile) against the installed wheel: at each phase the server
+trickles, stalls, redirects, sends endless or oversized answers or hostile characters; every run ends within --timeout
+plus the documented grace, with one line naming the phase, no credential at a redirect target, and nothing raw in any
 output."""
 
 import json
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import AZ, EXTENSION_DIR, assert_no_leak, verify
-from tests.sandbox.hostile import HostileServer
-from tests.sandbox.hostile.server import RAW_CHARS, TOKEN, wait_for
+from tests.sandbox.apiserver.hostile import HostileServer
+from tests.sandbox.apiserver.hostile.server import RAW_CHARS, TOKEN, wait_for
 
 TIMEOUT = 4
 GRACE = 10  # deadline.GRACE_SECONDS: the probe's delete beyond --timeout

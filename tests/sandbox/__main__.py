@@ -64,7 +64,8 @@ def main(argv=None) -> int:
                          "--no-enforce-pop also accepts bearer tokens (still checked against the emulator's keys)")
     up.add_argument("--apiserver", choices=APISERVERS,
                     help=f"default {DEFAULTS['apiserver']}: the kube-apiserver `make kube-apiserver` builds "
-                         "(tests/sandbox/kubeapiserver.py); emulator: the Python API server emulator (fault injection "
+                         "(tests/sandbox/apiserver/kubeapiserver.py); emulator: the Python API server emulator "
+                         "(fault injection "
                          "with ctl; one cluster only: a fleet runs the real one)")
     up.add_argument("--disabled-metrics", metavar="NAME,...",
                     help="passed to the real kube-apiserver as --disabled-metrics (it does not remove the KMS "

@@ -5,10 +5,10 @@ the token is an Entra-like unsigned JWT (``aud`` the AKS Entra server id, unexpi
 (``up --entra``, :class:`EntraAuthn` installed on the app by the server process) the cluster authenticates as an
 AKS Arc cluster with Entra does: the access token must verify against the emulator's JWKS (signature, issuer,
 audience ``6256c85f-...``, expiry), and with ``enforcePoP`` (the default) it must come inside a PoP token bound to
-this cluster's ARM id (:func:`tests.sandbox.jwtverify.verify_pop`); failures are 401 ``Status`` bodies that say
-why. RBAC as the sandbox's roles grant it: admins and Entra users everything, the ``restricted-user`` (and Entra
-users whose upn starts with ``restricted``) read-only on pods and secrets, without ``create pods/exec`` in
-kube-system. Denials are the real 403 ``Status`` bodies.
+this cluster's ARM id (:func:`tests.sandbox.apiserver.jwtverify.verify_pop`); failures are 401 ``Status``
+bodies that say why. RBAC as the sandbox's roles grant it: admins and Entra users everything, the
+``restricted-user`` (and Entra users whose upn starts with ``restricted``) read-only on pods and secrets, without
+``create pods/exec`` in kube-system. Denials are the real 403 ``Status`` bodies.
 """
 
 from __future__ import annotations
@@ -100,13 +100,13 @@ class EntraAuthn:
     """Bearer tokens as an AKS Arc cluster with Entra checks them (see the module docstring)."""
 
     def __init__(self, verifier, cluster_id: str, enforce_pop: bool = True):
-        self.verifier = verifier  # a tests.sandbox.jwtverify.JWKSVerifier on the Entra emulator's JWKS
+        self.verifier = verifier  # a tests.sandbox.apiserver.jwtverify.JWKSVerifier on the Entra emulator's JWKS
         self.cluster_id = cluster_id
         self.enforce_pop = enforce_pop
 
     def authenticate(self, token: str) -> User:
         """The user of a valid token; raises 401 (a ``Status`` saying why) for any other."""
-        from .jwtverify import TokenError, b64url_decode, verify_pop
+        from .apiserver.jwtverify import TokenError, b64url_decode, verify_pop
         try:
             header = json.loads(b64url_decode(token.split(".")[0]))
         except (ValueError, binascii.Error):

@@ -380,7 +380,7 @@ class Sandbox:
     def _up(self, provider, etcdctl, n_nodes, broken_node, readyz_style, history, timeout, entra=None,
             apiserver="emulator", disabled_metrics=(), without_metrics=(), apiservers=1) -> dict:
         """``entra``: None for no Entra emulator, else its enforce_pop. ``apiserver``: ``real`` (the built
-        kube-apiserver, tests/sandbox/kubeapiserver.py) or ``emulator``.
+        kube-apiserver, tests/sandbox/apiserver/kubeapiserver.py) or ``emulator``.
 
         One cluster of a fleet (``self.member``, set by :class:`tests.sandbox.fleet.Fleet`) is set up by this same
         code, with what the fleet chose for it: its nodes and certificates, its API server port (ARM already names
@@ -394,7 +394,7 @@ class Sandbox:
         find_etcdctl(etcdctl)  # fail early, with the install hint
         real = None
         if apiserver == "real":
-            from . import kubeapiserver
+            from .apiserver import kubeapiserver
             try:
                 real = {"binaries": str(kubeapiserver.binaries(without_metrics)),
                         "port": member["port"] if member else free_port()}
@@ -575,7 +575,7 @@ class Sandbox:
             serve_cfg["ports"].update(entra=info["entra"]["port"], msi=info["entra"]["msi_port"])
         real = serve_cfg.get("real_apiserver")
         if real:
-            from . import kubeapiserver
+            from .apiserver import kubeapiserver
             try:
                 real["binaries"] = str(kubeapiserver.binaries(serve_cfg.get("without_metrics") or ()))
             except kubeapiserver.BinaryMissing as e:
@@ -648,7 +648,7 @@ class Sandbox:
                 self._start_one_kube_apiserver(serve_cfg, ports, i, port)
 
     def _start_one_kube_apiserver(self, serve_cfg: dict, ports: dict, i: int, port: int) -> None:
-        from . import kubeapiserver
+        from .apiserver import kubeapiserver
         from .processes.proc import spawn
         real = serve_cfg["real_apiserver"]
         kms = serve_cfg.get("kms") or {}
@@ -709,7 +709,7 @@ class Sandbox:
         """Restart the real kube-apiserver on the same etcd, port and files, with ``disabled_metrics`` and
         ``without_metrics`` as :meth:`up` takes them (None: unchanged; empty: none), and wait for /readyz; returns
         sandbox.json. The server's in-memory metrics start anew (its first KMS v2 Status call comes at start)."""
-        from . import kubeapiserver
+        from .apiserver import kubeapiserver
         info = self.info
         self._not_a_fleet(info, "restart the API server of")
         if info.get("apiserver_mode") != "real":
@@ -729,7 +729,7 @@ class Sandbox:
 
     def _bootstrap(self, serve_cfg: dict, ports: dict) -> None:
         """RBAC, Nodes and mirror pods in the real server (idempotent)."""
-        from . import kubeapiserver
+        from .apiserver import kubeapiserver
         from .pods import build_node, build_pods
         started = serve_cfg.get("started", time.time())
         nodes = [build_node(n, i, serve_cfg["kubernetes_version"], started) for i, n in enumerate(serve_cfg["nodes"])]
@@ -829,7 +829,7 @@ class Sandbox:
         FlowSchema's and priority level's uids (a 429 of APF names them in ``X-Kubernetes-PF-*-UID``) and the
         priority level's nominal concurrency limit as the server computed it (/metrics), once a request of the
         identity is classified into it."""
-        from . import kubeapiserver
+        from .apiserver import kubeapiserver
         info = self.info
         if info.get("apiserver_mode") != "real":
             raise SandboxError("throttle needs the real kube-apiserver (up --apiserver real); the emulator has "
@@ -879,7 +879,7 @@ class Sandbox:
     def flow_counts(self) -> dict:
         """``{"dispatched": n, "rejected": n}`` of the throttled identity's FlowSchema, from the server's /metrics
         (counters since the server started: compare two readings)."""
-        from . import kubeapiserver
+        from .apiserver import kubeapiserver
         status, page = self.api("GET", "/metrics", timeout=30)
         if status != 200:
             raise SandboxError(f"/metrics: HTTP {status}")
@@ -888,7 +888,7 @@ class Sandbox:
     def unthrottle(self) -> None:
         """Remove the FlowSchema and priority level of :meth:`throttle` (the identity keeps cluster-admin; its
         requests fall back to the suggested FlowSchemas)."""
-        from . import kubeapiserver
+        from .apiserver import kubeapiserver
         for path, obj in reversed(kubeapiserver.throttle_objects(kubeapiserver.THROTTLED_USER)):
             if obj.get("kind") is None:
                 continue  # the ClusterRoleBinding stays
@@ -947,7 +947,7 @@ class Sandbox:
         resume (the webhook's port may have changed). Returns once the API server enforces it, or no longer does (a
         dry-run update of a labelled probe secret in ``default`` is refused, or allowed; the probe is deleted
         again). Returns the webhook's name."""
-        from . import admission
+        from .apiserver import admission
         if self.info.get("apiserver_mode") != "real":
             raise SandboxError("the admission webhook needs the real kube-apiserver (up --apiserver real)")
         path = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"

@@ -266,7 +266,7 @@ class Fleet:
         self._server._teardown(self._server._partial)
 
     def _binaries(self) -> tuple[str, str]:
-        from . import kubeapiserver
+        from .apiserver import kubeapiserver
         try:
             folder = str(kubeapiserver.binaries(()))
         except kubeapiserver.BinaryMissing as e:

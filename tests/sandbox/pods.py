@@ -12,7 +12,8 @@ import secrets as pysecrets
 
 from aiohttp import web
 
-from . import execspdy, execws, kube
+from .apiserver import execspdy
+from . import execws, kube
 from .auth import deny
 from .kube import SelectorError
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .apiserver import APIServer, etcd_pod_names
+from .apiserver.state import APIServer, etcd_pod_names
 from .azure.arm import ARM
 from .execws import FAULT_MODES
 
@@ -163,7 +163,7 @@ class Control:
                     raise ValueError(f"no etcd pod {pod!r} (pods: {', '.join(pods)})")
                 if self.real is not None and "broken" in (mode, self.api.exec_faults.get(pod)):
                     # the real server dials the pod's node's kubelet: a broken node's kubelet port refuses
-                    from .kubeapiserver import set_kubelet_port
+                    from .apiserver.kubeapiserver import set_kubelet_port
                     node = pod[len("etcd-"):]
                     port = self.real["refused_port"] if mode == "broken" else self.real["kubelet_port"]
                     await asyncio.to_thread(set_kubelet_port, self.real["api"], node, port)
@@ -183,13 +183,13 @@ class Control:
                 names = set(etcd_pod_names(self.api.pods))
                 hiding = [p for p in self.api.pods if p["metadata"]["name"] in names]
                 if self.real is not None:
-                    from .kubeapiserver import delete_pods
+                    from .apiserver.kubeapiserver import delete_pods
                     await asyncio.to_thread(delete_pods, self.real["api"], hiding)
                 self.hidden_pods += hiding
                 self.api.pods = [p for p in self.api.pods if p["metadata"]["name"] not in names]
             else:
                 if self.real is not None and self.hidden_pods:
-                    from .kubeapiserver import bootstrap_pods
+                    from .apiserver.kubeapiserver import bootstrap_pods
                     await asyncio.to_thread(bootstrap_pods, self.real["api"], self.hidden_pods)
                 self.api.pods = sorted(self.api.pods + self.hidden_pods,
                                        key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"]))
@@ -239,7 +239,7 @@ async def serve(directory: Path) -> None:
         ctl_sock = _listen(ports.get("control", 0))
         api.port = real["port"]
         if len(real.get("server_ports") or ()) > 1:  # up --apiservers N: the kubeconfig names the load balancer
-            from .lb import LoadBalancer
+            from .apiserver.lb import LoadBalancer
             lb = LoadBalancer(_listen(real["port"]), real["server_ports"])
             await lb.start()
             api.port = lb.sock.getsockname()[1]
@@ -272,18 +272,18 @@ async def serve(directory: Path) -> None:
     if real:
         # The token webhook (guard), the admission webhook and the nodes' kubelet endpoint; a broken node's
         # kubelet port refuses.
-        from .guard import Guard
-        from .kubelet import Kubelet
+        from .apiserver.guard import Guard
+        from .apiserver.kubelet import Kubelet
         hook_sock, kubelet_sock = _listen(ports.get("webhook", 0)), _listen(ports.get("kubelet", 0))
         refused = _refusing(ports.get("refused", 0))
-        from . import admission
+        from .apiserver import admission
         hooks = Guard(authn).app()
         admission.install(hooks)  # the validating admission webhook, on the same site (Sandbox.admission_webhook)
         sites += [(hooks, hook_sock, apiserver_ssl(pki)),
                   (Kubelet(api).app(), kubelet_sock, apiserver_ssl(pki))]
         ready.update(webhook_port=hook_sock.getsockname()[1], kubelet_port=kubelet_sock.getsockname()[1],
                      refused_port=refused.getsockname()[1])
-        from .kubeapiserver import admin_api
+        from .apiserver.kubeapiserver import admin_api
         control.real = {"api": admin_api(pki, api.port), "kubelet_port": ready["kubelet_port"],
                         "refused_port": ready["refused_port"]}
     else:

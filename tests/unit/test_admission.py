@@ -66,8 +66,8 @@ def test_names_and_messages_are_one_printable_line():
     assert found.name.startswith('evil')
 
 
-# What a real kube-apiserver v1.29.6 answered (python -m tests.sandbox.capture --only admission): the sandbox's
-# webhook refusing with a message and code 403, refusing with no status, and its URL refusing connections.
+# What a real kube-apiserver v1.29.6 answered (python -m tests.sandbox.apiserver.capture --only admission):
+# the sandbox's webhook refusing with a message and code 403, refusing with no status, and its URL refusing connections.
 REAL = FIXTURES / 'kube-apiserver-v1.29.6' / 'admission'
 SANDBOX_WEBHOOK = 'deny-secret-updates.sandbox.kmsverify.test'
 

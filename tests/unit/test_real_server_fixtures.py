@@ -1,6 +1,6 @@
 """The product's parsers on what a real kube-apiserver produced: tests/fixtures/kube-apiserver-v1.29.6, captured by
-``python -m tests.sandbox.capture`` from sandboxes on the built binary (etcd values per provider, /readyz bodies,
-the KMS families of /metrics after a KMS v2 key rotation the server had taken)."""
+``python -m tests.sandbox.apiserver.capture`` from sandboxes on the built binary (etcd values per provider, /readyz
+bodies, the KMS families of /metrics after a KMS v2 key rotation the server had taken)."""
 
 import json
 

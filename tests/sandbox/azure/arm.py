@@ -166,7 +166,7 @@ class ARM:
 
     def _authenticate_signed(self, request) -> web.Response | None:
         """ARM's checks of an Entra access token, against the emulator's JWKS, with ARM's 401 codes."""
-        from ..jwtverify import TokenError
+        from ..apiserver.jwtverify import TokenError
         auth = request.headers["Authorization"]
         if not auth.lower().startswith("bearer ") or auth[7:].strip().count(".") != 2:
             return arm_error(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is "

@@ -1,5 +1,5 @@
-"""The hostile harness itself (tests/sandbox/hostile): every role answers, every behaviour misbehaves as documented,
-and the recorder sees a credential when one is sent (so a test asserting none arrived can fail)."""
+"""The hostile harness itself (tests/sandbox/apiserver/hostile): every role answers, every behaviour misbehaves as
+documented, and the recorder sees a credential when one is sent (so a test asserting none arrived can fail)."""
 
 import json
 import socket
@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
-from tests.sandbox.hostile import HOSTILE_TEXT, HostileServer
-from tests.sandbox.hostile.server import RAW_CHARS, TOKEN
+from tests.sandbox.apiserver.hostile import HOSTILE_TEXT, HostileServer
+from tests.sandbox.apiserver.hostile.server import RAW_CHARS, TOKEN
 
 
 @pytest.fixture

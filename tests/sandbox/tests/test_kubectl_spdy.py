@@ -2,7 +2,7 @@
 
 CI machines without kubectl get Debian bookworm's ``kubernetes-client`` (kubectl 1.20) from ``make system-deps``;
 kubectl before 1.29 runs exec over SPDY/3.1 (remotecommand v4 streams), so the sandbox serves that too
-(tests/sandbox/execspdy.py). This file runs that very client, extracted into ``.tools/`` by
+(tests/sandbox/apiserver/execspdy.py). This file runs that very client, extracted into ``.tools/`` by
 ``scripts/debian-kubectl.sh`` whatever kubectl the machine has, against the sandbox: the same steps as
 test_fidelity.py, byte-exact values, exit codes, the distroless image, stdin, large output, faults and RBAC.
 """
@@ -179,7 +179,7 @@ class _RawSpdy:
         import zlib
         from urllib.parse import urlparse
 
-        from tests.sandbox import execspdy
+        from tests.sandbox.apiserver import execspdy
         self.spdy = execspdy
         url = urlparse(box.info['apiserver']['url'])
         ctx = ssl.create_default_context(cafile=box.info['pki']['ca_cert'])

@@ -1,4 +1,4 @@
-"""The sandbox's validating admission webhook (tests/sandbox/admission.py): what it decides, and what the real
+"""The sandbox's validating admission webhook (tests/sandbox/apiserver/admission.py): what it decides, and what the real
 kube-apiserver answers a client once ``Sandbox.admission_webhook()`` installed it (the shapes
 azext_kmsverify/verdict/admission.py reads, recorded in tests/sandbox/README.md)."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sandbox import admission
+from tests.sandbox.apiserver import admission
 from tests.sandbox.control import Sandbox, SandboxError
 
 SECRETS = "/api/v1/namespaces/default/secrets"

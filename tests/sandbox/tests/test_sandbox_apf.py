@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.sandbox import kubeapiserver
+from tests.sandbox.apiserver import kubeapiserver
 from tests.sandbox.control import Sandbox
 
 APF_BODY = b"Too many requests, please try again later.\n"

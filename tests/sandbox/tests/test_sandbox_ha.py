@@ -1,5 +1,5 @@
 """``up --apiservers 3``: three real kube-apiservers on one etcd and KMS plugin, behind the sandbox's TCP load
-balancer (tests/sandbox/lb.py), each with its own KMS v2 key-id state.
+balancer (tests/sandbox/apiserver/lb.py), each with its own KMS v2 key-id state.
 
 - each server is the built binary on its own port, and the kubeconfig names the load balancer;
 - the load balancer spreads connections over the three processes (each counts the requests it served on its own
@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.sandbox import codec, kubeapiserver
+from tests.sandbox import codec
+
+from tests.sandbox.apiserver import kubeapiserver
 from tests.sandbox.control import Sandbox, key_id_hash
 from tests.sandbox.processes.proc import is_alive
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.sandbox import codec, kubeapiserver
+from tests.sandbox import codec
+
+from tests.sandbox.apiserver import kubeapiserver
 from tests.sandbox.control import PROVIDERS, Sandbox
 from tests.sandbox.processes.kms_client import KMSClient
 from tests.sandbox.transformers import EncryptionConfig

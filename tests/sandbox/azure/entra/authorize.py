@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from ...jwtverify import b64url
+from ...apiserver.jwtverify import b64url
 from .errors import no_tenant
 
 

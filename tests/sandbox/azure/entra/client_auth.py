@@ -13,7 +13,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from ...jwtverify import TokenError, b64url_decode, unverified_claims
+from ...apiserver.jwtverify import TokenError, b64url_decode, unverified_claims
 from .errors import error_response, public_with_credential, utc
 from .tenant import ASSERTION_LEEWAY, JWT_BEARER
 

@@ -11,7 +11,7 @@ import time
 
 from aiohttp import web
 
-from ...jwtverify import b64url
+from ...apiserver.jwtverify import b64url
 from .errors import error_response, no_tenant
 
 

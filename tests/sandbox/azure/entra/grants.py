@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ...jwtverify import b64url
+from ...apiserver.jwtverify import b64url
 from .errors import error_response, unknown_resource, utc
 from .tenant import DEVICE_CODE_GRANT, OIDC_SCOPES, find_resource
 from .tokens import app_token, read_refresh_token, token_response

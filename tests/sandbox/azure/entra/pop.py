@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from ...jwtverify import b64url_decode, jwk_thumbprint
+from ...apiserver.jwtverify import b64url_decode, jwk_thumbprint
 from .errors import error_response
 
 

@@ -19,7 +19,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from ...jwtverify import JWKSVerifier, b64url, jwk_thumbprint
+from ...apiserver.jwtverify import JWKSVerifier, b64url, jwk_thumbprint
 from . import authorize, devicecode, discovery, msi, pipelines, token
 from .tenant import PUBLIC_CLIENTS, TOKEN_EXCHANGE_AUDIENCE, _oidc_path, _write_private
 

@@ -9,7 +9,7 @@ import json
 
 from aiohttp import web
 
-from ...jwtverify import b64url
+from ...apiserver.jwtverify import b64url
 from . import grants
 from .client_auth import authenticate_client
 from .errors import error_response, no_tenant, unknown_resource

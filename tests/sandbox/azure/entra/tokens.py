@@ -13,7 +13,7 @@ import time
 
 from aiohttp import web
 
-from ...jwtverify import b64url, b64url_decode
+from ...apiserver.jwtverify import b64url, b64url_decode
 from .tenant import REFRESH_LIFETIME
 
 

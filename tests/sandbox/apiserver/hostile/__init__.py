@@ -2,6 +2,6 @@
 and misbehaves at a chosen phase (tests/sandbox/README.md, "Hostile harness"). Apart from the sandbox's normal path.
 """
 
-from tests.sandbox.hostile.server import BEHAVIOURS, HOSTILE_TEXT, PHASES, HostileServer, Recorder
+from tests.sandbox.apiserver.hostile.server import BEHAVIOURS, HOSTILE_TEXT, PHASES, HostileServer, Recorder
 
 __all__ = ['BEHAVIOURS', 'HOSTILE_TEXT', 'PHASES', 'HostileServer', 'Recorder']

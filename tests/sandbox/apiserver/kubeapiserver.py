@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .processes.proc import REPO_ROOT
+from ..processes.proc import REPO_ROOT
 
 GO_MOD = Path(__file__).resolve().parent / "gobuild" / "go.mod"
 KMS_PROVIDER_NAME = "kms-plugin"  # as transformers.KMS_PROVIDER_NAME (what AKS on Azure Local configures)

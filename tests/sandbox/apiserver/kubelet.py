@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import execspdy, execws
-from .execws import ExecRequest
+from . import execspdy
+from .. import execws
+from ..execws import ExecRequest
 
 
 def _flag(v: str | None) -> bool:

@@ -17,7 +17,7 @@ import time
 
 from aiohttp import web
 
-from . import auth
+from .. import auth
 from .kubeapiserver import ADMIN_GROUP, RESTRICTED_GROUP
 
 log = logging.getLogger("sandbox.guard")

@@ -31,7 +31,7 @@ import zlib
 
 from aiohttp import web
 
-from .execws import ERROR, STDERR, STDOUT, ExecRequest, ExecSession, error_payload
+from ..execws import ERROR, STDERR, STDOUT, ExecRequest, ExecSession, error_payload
 
 SPDY_PROTOCOLS = ("v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io")
 VERSION = 3

@@ -1,7 +1,7 @@
 """Ground truth from the real kube-apiserver: etcd values per provider, /readyz bodies and /metrics pages,
 captured from sandboxes on the built binary into a folder named after its version.
 
-    python -m tests.sandbox.capture --out tests/fixtures/kube-apiserver-v1.29.6
+    python -m tests.sandbox.apiserver.capture --out tests/fixtures/kube-apiserver-v1.29.6
 
 Writes ``etcd-values/<provider>.bin`` (the stored value of ``default/fixture-canary``, created through the API
 with the data in ``expected.json``) and ``expected.json``, ``readyz/*.txt`` (``aggregate-ok`` with automatic
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .control import KEY_ID_METRICS, PROVIDERS, Sandbox
+from ..control import KEY_ID_METRICS, PROVIDERS, Sandbox
 
 CANARY = "fixture-canary-7c1e"
 # The families of /metrics kept (the full page is 1.5 MB): what the product and the KMS checks read.
@@ -162,7 +162,7 @@ def capture_admission(box: Sandbox, out: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.sandbox.capture", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tests.sandbox.apiserver.capture", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--only", choices=["admission"], help="capture only these fixtures (from one kms-v2 sandbox)")
     args = p.parse_args(argv)

@@ -29,14 +29,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import auth, pods
-from .emulator import handlers
-from .processes.etcdproc import find_etcd, find_etcdctl
-from .pods import build_node, build_pods, etcd_pod_names
-from .processes.proc import kill_quietly
-from .seed import seed_bulk, write_secret_as
-from .store import EtcdDown, SecretStore
-from .transformers import EncryptionConfig
+from .. import auth, pods
+from ..emulator import handlers
+from ..processes.etcdproc import find_etcd, find_etcdctl
+from ..pods import build_node, build_pods, etcd_pod_names
+from ..processes.proc import kill_quietly
+from ..seed import seed_bulk, write_secret_as
+from ..store import EtcdDown, SecretStore
+from ..transformers import EncryptionConfig
 
 __all__ = ["APIServer", "etcd_pod_names"]
 
@@ -58,7 +58,7 @@ class APIServer:
         self.started = cfg.get("started", time.time())
         self.kms_client = None
         if cfg.get("kms"):
-            from .processes.kms_client import KMSClient
+            from ..processes.kms_client import KMSClient
             self.kms_client = KMSClient(cfg["kms"]["socket"], cfg["kms"]["api"])
         key = base64.b64decode(cfg["local_key"]) if cfg.get("local_key") else None
         encryption = EncryptionConfig.for_provider(self.provider, kms_client=self.kms_client, key=key)
