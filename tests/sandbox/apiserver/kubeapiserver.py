@@ -33,7 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..processes.proc import REPO_ROOT
 
-GO_MOD = Path(__file__).resolve().parent / "gobuild" / "go.mod"
+GO_MOD = Path(__file__).resolve().parents[1] / "gobuild" / "go.mod"
 KMS_PROVIDER_NAME = "kms-plugin"  # as transformers.KMS_PROVIDER_NAME (what AKS on Azure Local configures)
 ADMIN_GROUP = "3c5a7c2e-5a8e-4c2f-9f5d-5b1a0f0e0a11"  # the AKS Arc cluster's Entra admin group (object id)
 RESTRICTED_GROUP = "sandbox:restricted"  # the group the webhook gives identities named restricted*
