@@ -120,90 +120,65 @@ def test_a_tenant_id_the_az_login_has_no_account_in_is_one_line():
     assert AzLoginSource(None, 'azurecli', 'server', None, tenant=other)._subscription(_Profile([])) is None
 
 
-def test_a_failed_pop_request_never_opens_a_browser():
-    """az's user credential falls back to an interactive browser flow when a request with ``data`` fails; the
-    run raises the request's own failure instead."""
-    from azext_kmsverify.auth.tokens import _no_browser
-
-    class Failure(Exception):
-        pass
-
-    class UserCredential:
-        def acquire_token(self, scopes, **kwargs):
-            try:
-                raise Failure('AADSTS700082: The refresh token has expired')
-            except Failure:
-                return self._acquire_token_interactive(scopes, **kwargs)
-
-        def _acquire_token_interactive(self, scopes, **kwargs):
-            raise AssertionError('a browser was opened')
-
-    class Adaptor:
-        _credential = UserCredential()
-
-    adaptor = Adaptor()
-    _no_browser(adaptor)
-    with pytest.raises(Failure, match='AADSTS700082'):
-        adaptor._credential.acquire_token(['x/.default'], data={'token_type': 'pop'})
-    _no_browser(object())  # a credential without the fallback is left alone
+class _Failure(Exception):
+    pass
 
 
-def test_a_failed_pop_request_never_opens_a_browser_on_older_az():
-    """az before msal_credentials.py (2.64, msal_authentication.py): UserCredential is msal's
-    PublicClientApplication and calls its public ``acquire_token_interactive`` in the fallback."""
-    from azext_kmsverify.auth.tokens import _no_browser
+class _Browser:
+    """msal's app: its interactive flow would open a browser."""
 
-    class Failure(Exception):
-        pass
-
-    class UserCredential:
-        def get_token(self, *scopes, **kwargs):
-            try:
-                raise Failure('AADSTS700082: The refresh token has expired')
-            except Failure:
-                if 'data' in kwargs:
-                    return self.acquire_token_interactive(list(scopes), **kwargs)
-                raise
-
-        def acquire_token_interactive(self, scopes, **kwargs):
-            raise AssertionError('a browser was opened')
-
-    class Adaptor:
-        _credential = UserCredential()
-
-    adaptor = Adaptor()
-    _no_browser(adaptor)
-    with pytest.raises(Failure, match='AADSTS700082'):
-        adaptor._credential.get_token('x/.default', data={'token_type': 'pop'})
+    def acquire_token_interactive(self, scopes, **kwargs):
+        raise AssertionError('a browser was opened')
 
 
-def test_a_failed_pop_request_never_opens_a_browser_on_az_2_65():
+def _expired(fallback):
+    """Raise the request's failure and call ``fallback`` while handling it, as az's UserCredential does."""
+    try:
+        raise _Failure('AADSTS700082: The refresh token has expired')
+    except _Failure:
+        return fallback()
+
+
+class _UserCredential266:
+    """az 2.66 on (msal_credentials.py): the fallback is its own ``_acquire_token_interactive``."""
+
+    def get_token(self, *scopes, **kwargs):
+        return _expired(lambda: self._acquire_token_interactive(scopes, **kwargs))
+
+    def _acquire_token_interactive(self, scopes, **kwargs):
+        raise AssertionError('a browser was opened')
+
+
+class _UserCredential265:
     """az 2.65: UserCredential wraps the msal app and calls ``self._msal_app.acquire_token_interactive``."""
+    _msal_app = _Browser()
+
+    def get_token(self, *scopes, **kwargs):
+        return _expired(lambda: self._msal_app.acquire_token_interactive(list(scopes), **kwargs))
+
+
+class _UserCredential264(_Browser):
+    """az 2.64 and before (msal_authentication.py): UserCredential is msal's PublicClientApplication."""
+
+    def get_token(self, *scopes, **kwargs):
+        return _expired(lambda: self.acquire_token_interactive(list(scopes), **kwargs))
+
+
+@pytest.mark.parametrize('credential', [_UserCredential266, _UserCredential265, _UserCredential264])
+def test_a_failed_pop_request_never_opens_a_browser(credential):
+    """az's user credential falls back to an interactive browser flow when a request with ``data`` fails; the
+    run raises the request's own failure instead, in each shape the fallback has had across the az releases."""
     from azext_kmsverify.auth.tokens import _no_browser
-
-    class Failure(Exception):
-        pass
-
-    class App:
-        def acquire_token_interactive(self, scopes, **kwargs):
-            raise AssertionError('a browser was opened')
-
-    class UserCredential:
-        _msal_app = App()
-
-        def get_token(self, *scopes, **kwargs):
-            try:
-                raise Failure('AADSTS700082: The refresh token has expired')
-            except Failure:
-                return self._msal_app.acquire_token_interactive(list(scopes), **kwargs)
+    credential.__name__ = 'UserCredential'  # what az calls it; only a UserCredential is touched
 
     class Adaptor:
-        _credential = UserCredential()
+        _credential = credential()
 
     adaptor = Adaptor()
     _no_browser(adaptor)
-    with pytest.raises(Failure, match='AADSTS700082'):
+    with pytest.raises(_Failure, match='AADSTS700082'):
         adaptor._credential.get_token('x/.default', data={'token_type': 'pop'})
+    _no_browser(object())  # a credential without the fallback is left alone
 
 
 def test_cloud_shells_credential_keeps_its_interactive_call():
