@@ -189,13 +189,13 @@ def scan_kinds(run: Run, session, entries, check_list: list):
             key_hash, _ = current_key_hash(session.client)  # once for every resource
     for kind in others:
         with run.step(f'scanning {kind.name}'):
-            found, found_checks = scan_resource(run, session, kind, scan, current, key_hash)
+            found, found_checks = scan_resource(run, session, kind, scan, current, key_hash=key_hash)
             resources.append(found)
             check_list.extend(found_checks)
     return scan, resources
 
 
-def scan_resource(run: Run, session, kind, secrets_scan: dict | None, probe_key_id: str | None,
+def scan_resource(run: Run, session, kind, secrets_scan: dict | None, probe_key_id: str | None, *,
                   key_hash: str | None):
     """Classify every object of one more ``--resource`` (``kube.resources.Resource``) as the scan of secrets
     does; the current KMS v2 key is the one the secrets' scan decided (else ``key_hash`` from /metrics, the probe,
